@@ -1,0 +1,3 @@
+from fastrelay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Running the pieces together: ``serve`` (the relay) and ``run`` (relay + simulator)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from fastrelay.config import RelayConfig
+from fastrelay.relay import Relay
+from fastrelay.server import RelayServer
+
+log = logging.getLogger("fastrelay")
+
+
+@dataclass
+class RunningRelay:
+    relay: Relay
+    server: RelayServer
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+@contextlib.asynccontextmanager
+async def running_relay(config: RelayConfig) -> AsyncIterator[RunningRelay]:
+    """The relay listening and its upstreams connecting, stopped on exit."""
+    relay = Relay(config)
+    server = RelayServer(relay)
+    await server.start()
+    relay.start()
+    try:
+        yield RunningRelay(relay, server)
+    finally:
+        await server.stop()
+        await relay.stop()
+
+
+async def wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(config: RelayConfig) -> None:
+    async with running_relay(config) as running:
+        log.info(
+            "fastrelay listening on %s:%d, markets %s, upstream %s",
+            config.host, running.port, ",".join(config.markets), config.upstream,
+        )
+        await wait_for_signal()
+        log.info("shutting down")
+
+
+async def run_with_simulator(config: RelayConfig) -> None:
+    """The main job without a Massive key: the simulator embedded in-process."""
+    from fastrelay.simulator import Simulator, SimulatorConfig
+
+    sim_config = SimulatorConfig()
+    async with Simulator(sim_config) as sim:
+        await sim.start(host="127.0.0.1", port=0)
+        relay_config = replace(config, upstream=f"ws://127.0.0.1:{sim.port}", api_key=sim_config.api_key)
+        log.info("no MASSIVE_API_KEY set: serving the built-in simulated feed")
+        await serve(relay_config)

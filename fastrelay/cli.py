@@ -1,0 +1,76 @@
+"""Command line: ``fastrelay serve | run | sim`` (also ``python -m fastrelay``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from fastrelay import __version__, loops, logs
+from fastrelay.config import (
+    RELAY_OPTIONS,
+    SIM_OPTIONS,
+    ConfigError,
+    RelayConfig,
+    SimConfigFlags,
+    add_options,
+    build,
+    validate,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastrelay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastrelay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the relay against Massive (or --upstream)")
+    add_options(serve, RELAY_OPTIONS)
+    run = commands.add_parser(
+        "run", help="the main job: the relay, on the built-in simulator when MASSIVE_API_KEY is unset"
+    )
+    add_options(run, RELAY_OPTIONS)
+    sim = commands.add_parser("sim", help="a Massive-compatible simulated feed")
+    add_options(sim, SIM_OPTIONS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sim":
+            flags = build(SimConfigFlags(), SIM_OPTIONS, args, os.environ)
+            logs.configure(flags.log_level)
+            return _run_sim(flags)
+        config = build(RelayConfig(), RELAY_OPTIONS, args, os.environ)
+        validate(config)
+    except ConfigError as exc:
+        print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    from fastrelay import app
+
+    if args.command == "run" and not config.api_key:
+        loops.run(app.run_with_simulator(config))
+        return 0
+    if not config.api_key:
+        print("fastrelay: configuration error: no API key: set MASSIVE_API_KEY or --api-key", file=sys.stderr)
+        return 2
+    loops.run(app.serve(config))
+    return 0
+
+
+def _run_sim(flags: SimConfigFlags) -> int:
+    from fastrelay.simulator import SimulatorConfig, run_simulator
+
+    config = SimulatorConfig(
+        api_key=flags.sim_key,
+        rate=flags.rate,
+        events_per_frame=flags.events_per_frame,
+        symbol_count=flags.symbol_count,
+    )
+    try:
+        loops.run(run_simulator(config, flags.host, flags.port))
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,205 @@
+"""Every setting of the relay in one place: defaults, flags, environment twins.
+
+Each flag ``--some-flag`` has an environment twin ``FASTRELAY_SOME_FLAG``; a
+flag given on the command line wins. The Massive key also reads
+``MASSIVE_API_KEY``, the name Massive's own clients use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from fastrelay import markets
+from fastrelay.upstream import UpstreamTimers
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass
+class RelayConfig:
+    host: str = "127.0.0.1"
+    port: int = 3001  # the original dashboard's port
+    markets: tuple[str, ...] = markets.DEFAULT_MARKETS
+    upstream: str = "wss://socket.massive.com"
+    api_key: str = field(default="", repr=False)  # never printed
+    upstream_ca: str | None = None
+    client_tokens: list[str] = field(default_factory=list, repr=False)
+    # Coalescing window in ms. Browsers paint at 60 Hz (16.7 ms), so a few ms
+    # are invisible on a chart, and they multiply the events per write under a
+    # firehose (README, Performance); 0 = flush at the end of each read.
+    flush_interval: float = 5.0
+    # Massive's official clients reject frames over 1 MiB by default; stay
+    # well under it so a client behind a proxy with small buffers copes too.
+    max_frame_size: int = 256 * KIB
+    # Unsent bytes a client may owe before it is dropped as a slow consumer:
+    # a few seconds of a busy wildcard feed for a browser on a poor link.
+    max_client_buffer: int = 4 * MIB
+    max_channels: int = 2000  # per client connection
+    max_message_size: int = 256 * KIB  # incoming client frames (1,000 contracts fit)
+    linger: float = 5.0  # seconds an unwanted channel stays subscribed upstream
+    client_ping_interval: float = 20.0  # Massive's clients ping every 20-25 s
+    client_ping_timeout: float = 20.0
+    upstream_timers: UpstreamTimers = field(default_factory=UpstreamTimers)
+    log_level: str = "info"
+
+
+@dataclass
+class SimConfigFlags:
+    """Flags of ``fastrelay sim`` (mapped onto SimulatorConfig)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    sim_key: str = "sim-key"
+    rate: float = 20.0
+    events_per_frame: int = 1
+    symbol_count: int = 0
+    log_level: str = "info"
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the flag and what is wrong."""
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise ValueError(f"must not be negative: {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"{text!r} is not one of debug, info, warning, error")
+    return level
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    target: str  # attribute path: "port" or "upstream_timers.backoff_base"
+
+
+# Flags of the relay (serve, run). Timers are flags so tests run in seconds.
+RELAY_OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "address to listen on", "host"),
+    Option("port", _positive(int), "port to listen on", "port"),
+    Option("markets", markets.parse_markets, f"comma-separated markets: {','.join(markets.MARKETS)}", "markets"),
+    Option("upstream", str, "Massive base URL (wss://delayed.massive.com for delayed data)", "upstream"),
+    Option("api-key", str, "Massive API key (default: MASSIVE_API_KEY)", "api_key"),
+    Option("upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"),
+    Option("client-tokens", _csv, "comma-separated tokens clients must auth with (unset: open)", "client_tokens"),
+    Option("flush-interval", _positive(float), "coalescing window in ms (0: end of each read)", "flush_interval"),
+    Option("max-frame-size", _positive(int), "largest coalesced frame sent to clients, bytes", "max_frame_size"),
+    Option("max-client-buffer", _positive(int), "unsent bytes before a client is dropped", "max_client_buffer"),
+    Option("max-channels", _positive(int), "channels per client connection", "max_channels"),
+    Option("max-message-size", _positive(int), "largest frame a client may send, bytes", "max_message_size"),
+    Option("linger", _positive(float), "seconds before the last unsubscribe goes upstream", "linger"),
+    Option("client-ping-interval", _positive(float), "ping clients idle this long, s", "client_ping_interval"),
+    Option("client-ping-timeout", _positive(float), "drop clients not answering a ping, s", "client_ping_timeout"),
+    Option("backoff-base", _positive(float), "first reconnect delay ceiling, s", "upstream_timers.backoff_base"),
+    Option("backoff-cap", _positive(float), "largest reconnect delay, s", "upstream_timers.backoff_cap"),
+    Option("healthy-after", _positive(float), "connected this long resets the backoff, s", "upstream_timers.healthy_after"),
+    Option("auth-retry", _positive(float), "delay before retrying after auth_failed, s", "upstream_timers.auth_retry"),
+    Option(
+        "max-connections-cooldown", _positive(float), "delay after max_connections, s",
+        "upstream_timers.max_connections_cooldown",
+    ),
+    Option("upstream-ping-interval", _positive(float), "ping upstream idle this long, s", "upstream_timers.ping_interval"),
+    Option("upstream-ping-timeout", _positive(float), "reconnect if no pong this long, s", "upstream_timers.ping_timeout"),
+    Option(
+        "handshake-timeout", _positive(float), "upstream connect-to-authenticated limit, s",
+        "upstream_timers.handshake_timeout",
+    ),
+    Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
+)
+
+SIM_OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "address to listen on", "host"),
+    Option("port", _positive(int), "port to listen on", "port"),
+    Option("sim-key", str, "API key the simulator accepts", "sim_key"),
+    Option("rate", _positive(float), "frames per second per market", "rate"),
+    Option("events-per-frame", _positive(int), "events in each frame", "events_per_frame"),
+    Option("symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"),
+    Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
+)
+
+
+def env_name(flag: str) -> str:
+    return "FASTRELAY_" + flag.upper().replace("-", "_")
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for option in options:
+        parser.add_argument(
+            f"--{option.flag}",
+            dest=option.flag.replace("-", "_"),
+            default=None,
+            metavar=option.flag.upper().replace("-", "_"),
+            help=f"{option.help} [env {env_name(option.flag)}]",
+        )
+
+
+def _set(target: Any, path: str, value: Any) -> None:
+    *parents, name = path.split(".")
+    for parent in parents:
+        target = getattr(target, parent)
+    setattr(target, name, value)
+
+
+def build(config: Any, options: Sequence[Option], args: argparse.Namespace, env: Mapping[str, str]) -> Any:
+    """Fill ``config`` from flags, then environment twins; raise ConfigError on bad values."""
+    for option in options:
+        raw = getattr(args, option.flag.replace("-", "_"), None)
+        source = f"--{option.flag}"
+        if raw is None:
+            raw = env.get(env_name(option.flag))
+            source = env_name(option.flag)
+        if raw is None and option.flag == "api-key":
+            raw = env.get("MASSIVE_API_KEY")
+            source = "MASSIVE_API_KEY"
+        if raw is None:
+            continue
+        try:
+            value = option.parse(raw)
+        except ValueError as exc:
+            # Never echo a secret back, even a malformed one.
+            shown = "<hidden>" if option.flag in ("api-key", "client-tokens") else repr(raw)
+            raise ConfigError(f"{source}={shown}: {exc}") from None
+        if option.target == "markets":
+            value = tuple(value)
+        _set(config, option.target, value)
+    return config
+
+
+def validate(config: RelayConfig) -> None:
+    """Checks across settings, with messages an operator can act on."""
+    scheme = config.upstream.split("://", 1)[0]
+    if scheme not in ("ws", "wss") or "://" not in config.upstream:
+        raise ConfigError(f"--upstream={config.upstream!r}: expected ws://HOST[:PORT] or wss://HOST[:PORT]")
+    timers = config.upstream_timers
+    if timers.backoff_base <= 0 or timers.backoff_cap < timers.backoff_base:
+        raise ConfigError("--backoff-base must be > 0 and no larger than --backoff-cap")
+    if config.max_frame_size < 1024:
+        raise ConfigError("--max-frame-size must be at least 1024 bytes")
+    if config.upstream_ca and not os.path.isfile(config.upstream_ca):
+        raise ConfigError(f"--upstream-ca={config.upstream_ca!r}: no such file")
+
+
+def field_names(config_type: type) -> list[str]:
+    return [f.name for f in fields(config_type)]

@@ -1,0 +1,364 @@
+"""Routing and fan-out: who gets which event, and one frame per audience; pure.
+
+Theory of operation
+-------------------
+Clients that subscribe exactly the same channels receive exactly the same
+events, so the hub groups them in *audiences* keyed by their channel set, and
+does per-event work per audience, not per client:
+
+1. ``route()`` takes one decoded upstream frame and appends each event's raw
+   bytes to the pending list of every audience that wants it (through an
+   index ``ev -> ticker -> audiences`` plus ``ev -> audiences`` for ``EV.*``).
+   An audience that has ``T.*`` is not indexed under ``T.AAPL`` too, so it
+   gets each event once.
+2. ``flush()`` turns each audience's pending events into complete WebSocket
+   frames (a JSON array, split below the maximum frame size), built once, and
+   writes the same bytes objects to every member: one write per member per
+   flush whatever the number of events.
+3. After each write the member's unsent backlog is checked; a member past
+   the limit is handed to ``on_slow_consumer`` after the flush. Nobody waits
+   for it.
+
+The hub also keeps the last event of state-like channels (quotes, aggregates,
+index values, forex quotes) so a new subscriber of an exact channel fills at
+once, and owns the per-market ``MarketInterest`` reference counts that decide
+the upstream subscriptions. It never touches a socket: members are given a
+``write`` and a ``buffered`` callable, so tests use a recording sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastrelay import markets
+from fastrelay.events import EventHead, ticker_of
+from fastrelay.interest import CapReached, MarketInterest
+from fastrelay.protocol import Channel, event_array_frames, tag_market
+
+
+class Member:
+    """The hub's view of one client connection."""
+
+    __slots__ = ("write", "buffered", "tags_markets", "channels", "audience", "closed", "owner")
+
+    def __init__(
+        self,
+        write: Callable[[bytes], Any],
+        buffered: Callable[[], int],
+        tags_markets: bool = False,
+        owner: Any = None,
+    ) -> None:
+        self.owner = owner  # the connection this member stands for (opaque to the hub)
+        self.write = write  # writes bytes to the client's socket, never blocks
+        self.buffered = buffered  # bytes written but not yet sent
+        # /api/socket clients mix markets on one socket: events of ambiguous
+        # markets (futures) reach them with a "market" key.
+        self.tags_markets = tags_markets
+        self.channels: set[Channel] = set()
+        self.audience: Audience | None = None
+        self.closed = False
+
+
+class Audience:
+    """Members with one channel set: they share every frame."""
+
+    __slots__ = ("channels", "tagged", "members", "pending")
+
+    def __init__(self, channels: frozenset[Channel], tagged: bool) -> None:
+        self.channels = channels
+        self.tagged = tagged
+        self.members: dict[Member, None] = {}  # an ordered set
+        self.pending: list[bytes] = []
+
+
+class _MarketIndex:
+    __slots__ = ("market", "exact", "wildcard", "last", "state_evs", "ambiguous")
+
+    def __init__(self, market: str) -> None:
+        self.market = market
+        self.exact: dict[str, dict[str, list[Audience]]] = {}
+        self.wildcard: dict[str, list[Audience]] = {}
+        self.last: dict[str, dict[str, bytes]] = {}
+        self.state_evs = markets.state_evs(market)
+        self.ambiguous = markets.is_ambiguous(market)
+
+
+@dataclass
+class HubStatistics:
+    events_routed: int = 0  # upstream events that reached at least the router
+    deliveries: int = 0  # events times members they were written to
+    frames_written: int = 0  # frames times members
+    bytes_written: int = 0
+    slow_consumers: int = 0
+    max_backlog: int = 0  # largest member backlog seen at the last flush
+
+
+@dataclass
+class SubscribeResult:
+    accepted: list[Channel]
+    errors: list[str]
+
+
+class Hub:
+    def __init__(
+        self,
+        interests: dict[str, MarketInterest],
+        max_frame_payload: int,
+        max_client_buffer: int,
+        max_channels_per_client: int,
+        on_slow_consumer: Callable[[Member], None],
+    ) -> None:
+        self.interests = interests
+        self.max_frame_payload = max_frame_payload
+        self.max_client_buffer = max_client_buffer
+        self.max_channels_per_client = max_channels_per_client
+        self.on_slow_consumer = on_slow_consumer
+        self._index = {market: _MarketIndex(market) for market in interests}
+        self._audiences: dict[tuple[frozenset[Channel], bool], Audience] = {}
+        self._dirty: list[Audience] = []
+        self.dirty_markets: set[str] = set()  # markets whose upstream interest changed
+        self.stats = HubStatistics()
+        self.members = 0
+
+    # --- membership -----------------------------------------------------------
+    def attach(self, member: Member) -> None:
+        self.members += 1
+        self._move(member)
+
+    def detach(self, member: Member) -> None:
+        if member.closed:
+            return
+        member.closed = True
+        self.members -= 1
+        for channel in member.channels:
+            self._release(channel)
+        member.channels.clear()
+        self._leave_audience(member)
+
+    def subscribe(self, member: Member, channels: Iterable[Channel]) -> SubscribeResult:
+        """Add channels; unknown markets and the contract cap give errors, not exceptions."""
+        accepted: list[Channel] = []
+        errors: list[str] = []
+        new: dict[str, list[Channel]] = {}
+        for channel in dict.fromkeys(channels):
+            if channel.market not in self.interests:
+                errors.append(f"market {channel.market!r} is not served by this relay ({channel.name})")
+            elif channel in member.channels:
+                accepted.append(channel)  # idempotent, as Massive acknowledges again
+            else:
+                new.setdefault(channel.market, []).append(channel)
+        room = self.max_channels_per_client - len(member.channels)
+        for market, wanted in new.items():
+            if len(wanted) > room:
+                errors.append(
+                    f"too many channels: at most {self.max_channels_per_client} per connection "
+                    f"({len(wanted)} more requested on {market}, room for {max(room, 0)})"
+                )
+                continue
+            interest = self.interests[market]
+            try:
+                interest.check_cap([c.name for c in wanted])
+            except CapReached as exc:
+                errors.append(str(exc))
+                continue
+            room -= len(wanted)
+            for channel in wanted:
+                member.channels.add(channel)
+                interest.add(channel.name)
+            self.dirty_markets.add(market)
+            accepted.extend(wanted)
+        if new:
+            self._move(member)
+        return SubscribeResult(accepted, errors)
+
+    def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> list[Channel]:
+        removed = [c for c in dict.fromkeys(channels) if c in member.channels]
+        for channel in removed:
+            member.channels.discard(channel)
+            self._release(channel)
+        if removed:
+            self._move(member)
+        return removed
+
+    def _release(self, channel: Channel) -> None:
+        self.interests[channel.market].remove(channel.name)
+        self.dirty_markets.add(channel.market)
+
+    def _move(self, member: Member) -> None:
+        """Put the member in the audience of its current channel set."""
+        channels = frozenset(member.channels)
+        tagged = member.tags_markets and any(markets.is_ambiguous(c.market) for c in channels)
+        key = (channels, tagged)
+        current = member.audience
+        if current is not None and current.channels == channels and current.tagged == tagged:
+            return
+        self._leave_audience(member)
+        audience = self._audiences.get(key)
+        if audience is None:
+            audience = self._audiences[key] = Audience(channels, tagged)
+            self._index_audience(audience)
+        audience.members[member] = None
+        member.audience = audience
+
+    def _leave_audience(self, member: Member) -> None:
+        audience = member.audience
+        if audience is None:
+            return
+        member.audience = None
+        del audience.members[member]
+        if not audience.members:
+            del self._audiences[(audience.channels, audience.tagged)]
+            self._unindex_audience(audience)
+            # Events still pending for nobody: drop them, skip the flush.
+            audience.pending.clear()
+
+    def _index_lists(self, audience: Audience) -> list[list[Audience]]:
+        """The index lists this audience belongs in (created on demand)."""
+        wildcard_evs = {(c.market, c.ev) for c in audience.channels if c.is_wildcard}
+        lists: list[list[Audience]] = []
+        for channel in audience.channels:
+            index = self._index[channel.market]
+            if channel.is_wildcard:
+                lists.append(index.wildcard.setdefault(channel.ev, []))
+            elif (channel.market, channel.ev) not in wildcard_evs:
+                lists.append(index.exact.setdefault(channel.ev, {}).setdefault(channel.ticker, []))
+        return lists
+
+    def _index_audience(self, audience: Audience) -> None:
+        for audiences in self._index_lists(audience):
+            audiences.append(audience)
+
+    def _unindex_audience(self, audience: Audience) -> None:
+        for audiences in self._index_lists(audience):
+            audiences.remove(audience)
+        for channel in audience.channels:  # prune empty index entries
+            index = self._index[channel.market]
+            if channel.is_wildcard:
+                if not index.wildcard.get(channel.ev, True):
+                    del index.wildcard[channel.ev]
+            else:
+                by_ticker = index.exact.get(channel.ev)
+                if by_ticker is not None and not by_ticker.get(channel.ticker, True):
+                    del by_ticker[channel.ticker]
+                    if not by_ticker:
+                        del index.exact[channel.ev]
+
+    # --- the hot path -----------------------------------------------------------
+    def route(self, market: str, heads: list[EventHead], raws: list[Any]) -> int:
+        """Queue one upstream frame's events for the audiences that want them.
+
+        ``raws`` are the events' bytes (``msgspec.Raw`` or ``bytes``), kept as
+        they came. Returns the number of events routed. Status objects must
+        have been taken out by the caller.
+        """
+        index = self._index[market]
+        wildcard = index.wildcard
+        exact = index.exact
+        last = index.last
+        state_evs = index.state_evs
+        dirty = self._dirty
+        for head, raw in zip(heads, raws):
+            ev = head.ev
+            if ev.__class__ is not str:
+                continue
+            ticker = head.sym
+            if ticker.__class__ is not str:
+                ticker = ticker_of(head)
+            if ev in state_evs and ticker is not None:
+                by_ticker_last = last.get(ev)
+                if by_ticker_last is None:
+                    by_ticker_last = last[ev] = {}
+                by_ticker_last[ticker] = raw
+            targets = wildcard.get(ev)
+            if targets is not None:
+                for audience in targets:
+                    pending = audience.pending
+                    if not pending:
+                        dirty.append(audience)
+                    pending.append(tag_market(raw, market) if audience.tagged else raw)
+            by_ticker = exact.get(ev)
+            if by_ticker is not None and ticker is not None:
+                targets = by_ticker.get(ticker)
+                if targets is not None:
+                    for audience in targets:
+                        pending = audience.pending
+                        if not pending:
+                            dirty.append(audience)
+                        pending.append(tag_market(raw, market) if audience.tagged else raw)
+        self.stats.events_routed += len(heads)
+        return len(heads)
+
+    def has_pending(self) -> bool:
+        return bool(self._dirty)
+
+    def flush(self) -> None:
+        """Write every audience's pending events: frames built once, one write each."""
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        stats = self.stats
+        limit = self.max_client_buffer
+        max_payload = self.max_frame_payload
+        slow: list[Member] = []
+        max_backlog = 0
+        for audience in dirty:
+            events = audience.pending
+            if not events:
+                continue  # the audience emptied since it was queued
+            audience.pending = []
+            frames = event_array_frames(events, max_payload)
+            members = audience.members
+            count = len(members)
+            stats.deliveries += len(events) * count
+            stats.frames_written += len(frames) * count
+            stats.bytes_written += sum(map(len, frames)) * count
+            for member in members:
+                write = member.write
+                for frame in frames:
+                    write(frame)
+                backlog = member.buffered()
+                if backlog > max_backlog:
+                    max_backlog = backlog
+                if backlog > limit:
+                    slow.append(member)
+        stats.max_backlog = max_backlog
+        for member in slow:
+            stats.slow_consumers += 1
+            self.on_slow_consumer(member)
+
+    # --- last value on subscribe -----------------------------------------------
+    def last_values(self, member: Member, channels: Iterable[Channel]) -> list[bytes]:
+        """The latest event seen on each exact state-like channel, ready to send."""
+        found: list[bytes] = []
+        for channel in channels:
+            if channel.is_wildcard:
+                continue
+            index = self._index.get(channel.market)
+            if index is None or channel.ev not in index.state_evs:
+                continue
+            raw = index.last.get(channel.ev, {}).get(channel.ticker)
+            if raw is not None:
+                tagged = member.tags_markets and index.ambiguous
+                found.append(tag_market(raw, channel.market) if tagged else bytes(raw))
+        return found
+
+    def forget_last_values(self, market: str, unsubscribed: Iterable[str]) -> None:
+        """Drop last values of channels no longer subscribed upstream (no stale fills)."""
+        index = self._index[market]
+        wanted = self.interests[market].wanted()
+        for name in unsubscribed:
+            ev, _, ticker = name.partition(".")
+            by_ticker = index.last.get(ev)
+            if by_ticker is None:
+                continue
+            if ticker == "*":
+                for symbol in [s for s in by_ticker if f"{ev}.{s}" not in wanted]:
+                    del by_ticker[symbol]
+            elif f"{ev}.*" not in wanted:
+                by_ticker.pop(ticker, None)
+
+    def audience_count(self) -> int:
+        return len(self._audiences)

@@ -1,0 +1,101 @@
+"""Massive markets (clusters) and what the relay needs to know about each.
+
+Pure data: no I/O. See ../shared/PROTOCOL.md, "Endpoints" and "Events by market".
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Each path is a separate Massive cluster and gets its own upstream socket.
+MARKETS: Final = (
+    "stocks",
+    "options",
+    "indices",
+    "forex",
+    "crypto",
+    "futures",
+    "futures/cme",
+    "futures/cbot",
+    "futures/nymex",
+    "futures/comex",
+)
+DEFAULT_MARKETS: Final = ("stocks", "options")
+
+# Events that describe a state (the latest one replaces the previous), as
+# opposed to prints (trades). A new subscriber of an exact channel gets the
+# last one at once so a quote box or a chart fills without waiting.
+STATE_EVS: Final[dict[str, frozenset[str]]] = {
+    "stocks": frozenset({"Q", "A", "AM", "LULD", "NOI", "FMV", "LV"}),
+    "options": frozenset({"Q", "A", "AM", "FMV", "LV"}),
+    "indices": frozenset({"V", "A", "AM"}),
+    "forex": frozenset({"C", "CA", "CAS", "FMV"}),
+    "crypto": frozenset({"XQ", "XA", "XAS", "FMV", "XL2"}),
+}
+_FUTURES_STATE = frozenset({"Q", "A", "AM"})
+
+# Massive caps these per connection and accepts no wildcard for them
+# (PROTOCOL.md: "Options quotes and FMV accept no wildcard and at most 1,000
+# contracts per connection").
+CAPPED_EVS: Final[dict[str, frozenset[str]]] = {"options": frozenset({"Q", "FMV"})}
+OPTIONS_CONTRACT_CAP: Final = 1000
+
+# ev codes that exist in exactly one market, so a channel on /api/socket
+# needs no market prefix for them.
+_EV_ONLY_IN: Final[dict[str, str]] = {
+    "C": "forex",
+    "CA": "forex",
+    "CAS": "forex",
+    "XT": "crypto",
+    "XQ": "crypto",
+    "XA": "crypto",
+    "XAS": "crypto",
+    "XL2": "crypto",
+    "V": "indices",
+}
+
+
+def is_market(name: str) -> bool:
+    return name in MARKETS
+
+
+def state_evs(market: str) -> frozenset[str]:
+    if market.startswith("futures"):
+        return _FUTURES_STATE
+    return STATE_EVS.get(market, frozenset())
+
+
+def capped_evs(market: str) -> frozenset[str]:
+    return CAPPED_EVS.get(market, frozenset())
+
+
+def is_ambiguous(market: str) -> bool:
+    """Events of this market cannot be told from stocks events by their shape.
+
+    Futures share T, Q, A, AM and plain tickers with stocks, so on the
+    multi-market /api/socket their events carry an explicit market tag.
+    """
+    return market.startswith("futures")
+
+
+def infer_market(ev: str, ticker: str) -> str:
+    """The market of an untagged /api/socket channel (see README, /api/socket)."""
+    market = _EV_ONLY_IN.get(ev)
+    if market is not None:
+        return market
+    if ticker.startswith("O:"):
+        return "options"
+    if ticker.startswith("I:"):
+        return "indices"
+    return "stocks"
+
+
+def parse_markets(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated market list, rejecting unknown names clearly."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    if not names:
+        raise ValueError("no market given")
+    unknown = [name for name in names if name not in MARKETS]
+    if unknown:
+        raise ValueError(f"unknown market(s) {', '.join(unknown)}; known: {', '.join(MARKETS)}")
+    return names

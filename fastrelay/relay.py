@@ -1,0 +1,150 @@
+"""The relay: upstream sessions, the hub, and the timing that ties them.
+
+Owns when things happen, not what: routing is the hub's, protocol rules the
+sessions'. Three timings matter here:
+
+* flush: events routed from upstream frames are written at the end of the
+  read (``flush_interval == 0``) or when the coalescing window closes;
+* interest: subscription changes made while handling client messages are
+  sent upstream once per pass of the loop (``call_soon``), one message per
+  direction per market;
+* linger: a channel nobody wants any more is unsubscribed when its linger
+  expires (``call_at``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+from fastrelay.config import RelayConfig
+from fastrelay.events import EventHead
+from fastrelay.hub import Hub, Member
+from fastrelay.interest import MarketInterest
+from fastrelay.ratelimit import LogThrottle
+from fastrelay.upstream import DisconnectReason, UpstreamSession
+
+log = logging.getLogger("fastrelay.relay")
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        interests = {m: MarketInterest(m, config.linger, self.loop.time) for m in config.markets}
+        self.hub = Hub(
+            interests,
+            max_frame_payload=config.max_frame_size,
+            max_client_buffer=config.max_client_buffer,
+            max_channels_per_client=config.max_channels,
+            on_slow_consumer=self._slow_consumer,
+        )
+        ssl_context = None
+        if config.upstream.startswith("wss://"):
+            ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
+        self.upstreams = {
+            m: UpstreamSession(
+                m, config.upstream, config.api_key, self, timers=config.upstream_timers, ssl_context=ssl_context
+            )
+            for m in config.markets
+        }
+        self._flush_interval = config.flush_interval / 1000.0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._sync_scheduled = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._slow_log = LogThrottle(log, interval=10.0)
+        self.relay_latency_total = 0.0  # seconds, upstream arrival -> written (sum over frames)
+        self._pending_arrivals: list[float] = []
+        self.started_at = time.time()
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        for session in self.upstreams.values():
+            session.start()
+
+    async def stop(self) -> None:
+        for timer in (self._flush_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        await asyncio.gather(*(s.stop() for s in self.upstreams.values()))
+
+    @property
+    def ready(self) -> bool:
+        """Every configured upstream is authenticated."""
+        return all(s.live for s in self.upstreams.values())
+
+    # --- upstream handler ---------------------------------------------------------------
+    def upstream_live(self, session: UpstreamSession) -> None:
+        channels = self.hub.interests[session.market].resubscribe_all()
+        if channels:
+            log.info("upstream %s: resubscribing %d channels", session.market, len(channels))
+        session.send_subscriptions(channels, [])
+
+    def upstream_down(self, session: UpstreamSession, reason: DisconnectReason) -> None:
+        log.info("upstream %s: down (%s); clients stay connected", session.market, reason.value)
+
+    def upstream_events(
+        self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool
+    ) -> None:
+        hub = self.hub
+        hub.route(market, heads, raws)
+        if not hub.has_pending():
+            return
+        if self._flush_interval <= 0:
+            # More frames of the same read follow: coalesce them too.
+            if last_in_buffer:
+                hub.flush()
+        elif self._flush_timer is None:
+            self._flush_timer = self.loop.call_later(self._flush_interval, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        self.hub.flush()
+
+    # --- upstream interest ----------------------------------------------------------------
+    def interest_changed(self) -> None:
+        """Client subscriptions changed: sync the upstream at the end of this pass."""
+        if not self._sync_scheduled:
+            self._sync_scheduled = True
+            self.loop.call_soon(self._sync_upstream)
+
+    def _sync_upstream(self) -> None:
+        self._sync_scheduled = False
+        hub = self.hub
+        dirty = hub.dirty_markets or set(hub.interests)
+        hub.dirty_markets = set()
+        for market in dirty:
+            interest = hub.interests[market]
+            plan = interest.plan()
+            if plan:
+                log.debug("upstream %s: +%s -%s", market, plan.subscribe, plan.unsubscribe)
+                self.upstreams[market].send_subscriptions(plan.subscribe, plan.unsubscribe)
+                if plan.unsubscribe:
+                    hub.forget_last_values(market, plan.unsubscribe)
+        self._schedule_linger()
+
+    def _schedule_linger(self) -> None:
+        expiries = [e for i in self.hub.interests.values() if (e := i.next_expiry()) is not None]
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if expiries:
+            self._linger_timer = self.loop.call_at(min(expiries), self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        self.hub.dirty_markets.update(self.hub.interests)
+        self._sync_upstream()
+
+    # --- clients ------------------------------------------------------------------------------
+    def _slow_consumer(self, member: Member) -> None:
+        self._slow_log.log(
+            logging.WARNING,
+            "dropped a slow consumer: more than %d bytes unsent (total dropped: %d)",
+            self.config.max_client_buffer,
+            self.hub.stats.slow_consumers,
+        )
+        member.owner.drop_slow_consumer()

@@ -1,0 +1,210 @@
+"""The downstream picows server: Massive-compatible paths and plain HTTP probes.
+
+A thin shell: each connection gets a ``ClientSession`` (pure protocol rules)
+and a hub ``Member`` whose ``write`` is the socket's own ``write``, so the
+hub's pre-built frames go to the kernel with no copy and no Python framing.
+
+Paths: ``/stocks``, ``/options``, ... behave like the Massive cluster of that
+market; ``/api/socket`` serves every market on one socket (README,
+"/api/socket"); ``/healthz`` and ``/readyz`` answer plain HTTP GETs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from fastrelay import markets, protocol
+from fastrelay.hub import Member
+from fastrelay.relay import Relay
+from fastrelay.session import ClientSession, Reply, TokenCheck
+
+log = logging.getLogger("fastrelay.server")
+
+API_SOCKET_PATH = "/api/socket"
+# A slow consumer gets this long to take its slow_consumer status and the
+# close frame before the socket is aborted (it may never read again).
+SLOW_CONSUMER_GRACE = 1.0
+
+
+class ClientConnection(WSListener):  # type: ignore[misc]
+    """One downstream WebSocket connection."""
+
+    def __init__(self, server: RelayServer, market: str | None) -> None:
+        self._server = server
+        self._market = market
+        self.transport: WSTransport | None = None
+        self.session: ClientSession | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        server = self._server
+        raw = transport.underlying_transport
+        member = Member(raw.write, raw.get_write_buffer_size, tags_markets=self._market is None, owner=self)
+        server.relay.hub.attach(member)
+        self.session = ClientSession(
+            server.relay.hub, member, self._market, server.tokens, server.relay.interest_changed
+        )
+        server.connections.add(self)
+        transport.send(WSMsgType.TEXT, self.session.opened())
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        session = self.session
+        if session is None or session.member.closed:
+            return
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.TEXT:
+            self._reply(session.receive(frame.get_payload_as_bytes()))
+        elif msg_type is WSMsgType.BINARY:
+            self._reply(session.binary_received())
+        elif msg_type is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        # PING is answered by picows (enable_auto_pong); PONG needs nothing.
+
+    def _reply(self, reply: Reply) -> None:
+        transport = self.transport
+        assert transport is not None
+        for payload in reply.frames:
+            transport.send(WSMsgType.TEXT, payload)
+        if reply.close is not None:
+            code, reason = reply.close
+            self.close(code, reason)
+
+    def close(self, code: int, reason: str, grace: float = SLOW_CONSUMER_GRACE) -> None:
+        """Close with ``code``; abort if the peer has not taken it within ``grace``."""
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        if self.session is not None:
+            self.session.closed()
+        transport.send_close(WSCloseCode(code), reason.encode())
+        transport.disconnect(graceful=True)
+        # A graceful close waits for the write buffer to drain, which a peer
+        # that stopped reading never lets happen.
+        asyncio.get_running_loop().call_later(grace, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.disconnect(graceful=False)
+
+    def drop_slow_consumer(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        # The status goes out only if the socket can still take it; the hub
+        # has already stopped writing to this member.
+        transport.send(
+            WSMsgType.TEXT,
+            protocol.status_frame(protocol.SLOW_CONSUMER, "client too slow: unsent data over the limit"),
+        )
+        self.close(WSCloseCode.TRY_AGAIN_LATER.value, "slow consumer")
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.session is not None:
+            self.session.closed()
+        self._server.connections.discard(self)
+
+
+def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
+    """Accept ``Connection: keep-alive, Upgrade`` (Firefox).
+
+    RFC 6455 4.2.1 asks for a Connection header that *includes* the
+    ``Upgrade`` token; picows 2.3 accepts only the exact value ``upgrade``,
+    and its listener factory sees the headers before it validates them.
+    """
+    connection = request.headers.get("connection")
+    if connection is None:
+        return
+    tokens = [t.strip().lower() for t in connection.split(",")]
+    if "upgrade" in tokens:
+        request.headers["Connection"] = "upgrade"
+
+
+def _plain(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Any:
+    if status == 200:
+        response = WSUpgradeResponse.create_ok_response(body, {"Content-Type": content_type})
+    else:
+        response = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": content_type})
+    return WSUpgradeResponseWithListener(response, None)
+
+
+class RelayServer:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        config = relay.config
+        self.tokens = TokenCheck(config.client_tokens)
+        self.connections: set[ClientConnection] = set()
+        self._server: asyncio.Server | None = None
+        if self.tokens.open_mode:
+            log.warning(
+                "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
+            )
+
+    async def start(self) -> None:
+        config = self.relay.config
+        self._server = await ws_create_server(
+            self._route,
+            config.host,
+            config.port,
+            websocket_handshake_timeout=10,
+            logger_name="server",
+            enable_auto_ping=config.client_ping_interval > 0,
+            auto_ping_idle_timeout=config.client_ping_interval or 20,
+            auto_ping_reply_timeout=config.client_ping_timeout or 20,
+            auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+            max_frame_size=config.max_message_size,
+            # Memory per idle connection (DESIGN.md): uvloop's own transport
+            # and the smallest read buffer picows allows.
+            read_buffer_init_size=1024,
+            use_aiofastnet=False,
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close(WSCloseCode.GOING_AWAY.value, "server shutting down", grace=0.5)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _route(self, request: WSUpgradeRequest) -> Any:
+        path = request.path.decode("latin-1").split("?", 1)[0]
+        if len(path) > 1:
+            path = path.rstrip("/")
+        if path == API_SOCKET_PATH:
+            _normalise_upgrade_headers(request)
+            return ClientConnection(self, None)
+        market = path[1:]
+        if market in self.relay.config.markets:
+            _normalise_upgrade_headers(request)
+            return ClientConnection(self, market)
+        if path == "/healthz":
+            return _plain(200, b"ok\n")
+        if path == "/readyz":
+            if self.relay.ready:
+                return _plain(200, b"ready\n")
+            down = [m for m, s in self.relay.upstreams.items() if not s.live]
+            return _plain(503, f"not ready: upstream down: {', '.join(down)}\n".encode())
+        if markets.is_market(market):
+            return _plain(404, f"market {market} is not served by this relay\n".encode())
+        return None

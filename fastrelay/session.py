@@ -1,0 +1,172 @@
+"""One client's conversation with the relay: auth, subscribe, unsubscribe; pure.
+
+Behaves like a Massive cluster (PROTOCOL.md, "Messages"): a ``connected``
+status on open, ``auth`` answered with ``auth_success`` or ``auth_failed``,
+every subscribe and unsubscribe acknowledged per channel in Massive's
+wording. Returns what to send rather than sending it, so the rules are tested
+without sockets; ``server.py`` is the thin picows shell around it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastrelay import markets, protocol
+from fastrelay.hub import Hub, Member
+from fastrelay.protocol import Channel, ChannelError, ClientMessageError
+
+# Close codes (RFC 6455 7.4.1): 1008 tells Massive's clients not to retry.
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+# Beyond this many bad channels in one message, report the count, not each one.
+MAX_ERRORS_LISTED = 10
+
+
+class TokenCheck:
+    """Client tokens, compared in constant time; no tokens = open mode."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self._tokens = [t.encode() for t in tokens if t]
+
+    @property
+    def open_mode(self) -> bool:
+        return not self._tokens
+
+    def accepts(self, token: str) -> bool:
+        if not self._tokens:
+            return True
+        candidate = token.encode("utf-8", "surrogatepass")
+        # Compare against every token so the time says nothing about which matched.
+        matched = False
+        for known in self._tokens:
+            matched |= hmac.compare_digest(candidate, known)
+        return matched
+
+
+@dataclass
+class Reply:
+    """Payloads (JSON arrays) to send in order, then an optional close."""
+
+    frames: list[bytes] = field(default_factory=list)
+    close: tuple[int, str] | None = None
+
+
+class ClientSession:
+    def __init__(
+        self,
+        hub: Hub,
+        member: Member,
+        market: str | None,
+        tokens: TokenCheck,
+        on_interest_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``market`` is the cluster path (``stocks``...) or None for /api/socket."""
+        self.hub = hub
+        self.member = member
+        self.market = market
+        self.tokens = tokens
+        self.authenticated = False
+        self._on_interest_changed = on_interest_changed
+
+    def opened(self) -> bytes:
+        return protocol.status_frame(protocol.CONNECTED, "Connected Successfully")
+
+    def receive(self, payload: bytes) -> Reply:
+        try:
+            message = protocol.decode_client_message(payload)
+        except ClientMessageError as exc:
+            return Reply([protocol.status_frame(protocol.ERROR, str(exc))])
+        action = message.action
+        if action == "auth":
+            return self._auth(message.params)
+        if action in ("subscribe", "unsubscribe"):
+            if not self.authenticated:
+                return Reply([protocol.status_frame(protocol.AUTH_REQUIRED, "please authenticate first")])
+            if action == "subscribe":
+                return self._subscribe(message.params)
+            return self._unsubscribe(message.params)
+        return Reply([protocol.status_frame(protocol.ERROR, f"unknown action {action[:40]!r}")])
+
+    def binary_received(self) -> Reply:
+        return Reply([protocol.status_frame(protocol.ERROR, "binary frames are not supported: send JSON text")])
+
+    def _auth(self, token: str) -> Reply:
+        if self.authenticated:
+            return Reply([protocol.status_frame(protocol.ERROR, "already authenticated")])
+        if not self.tokens.accepts(token):
+            return Reply(
+                [protocol.status_frame(protocol.AUTH_FAILED, "authentication failed")],
+                close=(CLOSE_POLICY_VIOLATION, "authentication failed"),
+            )
+        self.authenticated = True
+        return Reply([protocol.status_frame(protocol.AUTH_SUCCESS, "authenticated")])
+
+    def _parse(self, params: str) -> tuple[list[Channel], list[str]]:
+        names = protocol.split_params(params)
+        limit = self.hub.max_channels_per_client
+        if len(names) > limit:
+            return [], [f"too many channels in one message: {len(names)} (at most {limit} per connection)"]
+        channels: list[Channel] = []
+        errors: list[str] = []
+        for name in names:
+            try:
+                if self.market is None:
+                    channels.append(protocol.parse_api_channel(name))
+                else:
+                    channels.append(protocol.parse_channel(name, self.market))
+            except ChannelError as exc:
+                errors.append(str(exc))
+        if not names:
+            errors.append("no channel given: params must list channels, e.g. T.AAPL,Q.MSFT")
+        return channels, errors
+
+    def _subscribe(self, params: str) -> Reply:
+        channels, errors = self._parse(params)
+        result = self.hub.subscribe(self.member, channels)
+        errors.extend(result.errors)
+        statuses = [
+            protocol.status(protocol.SUCCESS, protocol.subscribed_message(self._label(c)))
+            for c in result.accepted
+        ]
+        statuses.extend(self._error_statuses(errors))
+        reply = Reply([protocol.statuses_frame(statuses)])
+        last = self.hub.last_values(self.member, result.accepted)
+        if last:
+            reply.frames.append(b"[" + b",".join(last) + b"]")
+        if self.hub.dirty_markets:
+            self._on_interest_changed()
+        return reply
+
+    def _unsubscribe(self, params: str) -> Reply:
+        channels, errors = self._parse(params)
+        self.hub.unsubscribe(self.member, channels)
+        statuses = [
+            protocol.status(protocol.SUCCESS, protocol.unsubscribed_message(self._label(c))) for c in channels
+        ]
+        statuses.extend(self._error_statuses(errors))
+        if self.hub.dirty_markets:
+            self._on_interest_changed()
+        return Reply([protocol.statuses_frame(statuses)])
+
+    def _label(self, channel: Channel) -> str:
+        # On /api/socket an explicitly prefixed channel is acknowledged with
+        # its prefix, so the client can match the ack to what it sent.
+        if self.market is None and markets.infer_market(channel.ev, channel.ticker) != channel.market:
+            return channel.label(tagged=True)
+        return channel.name
+
+    @staticmethod
+    def _error_statuses(errors: list[str]) -> list[dict[str, str]]:
+        statuses = [protocol.status(protocol.ERROR, e) for e in errors[:MAX_ERRORS_LISTED]]
+        if len(errors) > MAX_ERRORS_LISTED:
+            statuses.append(
+                protocol.status(protocol.ERROR, f"{len(errors) - MAX_ERRORS_LISTED} more invalid channels")
+            )
+        return statuses
+
+    def closed(self) -> None:
+        self.hub.detach(self.member)
+        if self.hub.dirty_markets:
+            self._on_interest_changed()
