@@ -258,6 +258,7 @@ class Hub:
         exact = index.exact
         last = index.last
         state_evs = index.state_evs
+        tagging = index.ambiguous
         dirty = self._dirty
         for head, raw in zip(heads, raws):
             ev = head.ev
@@ -277,7 +278,7 @@ class Hub:
                     pending = audience.pending
                     if not pending:
                         dirty.append(audience)
-                    pending.append(tag_market(raw, market) if audience.tagged else raw)
+                    pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
             by_ticker = exact.get(ev)
             if by_ticker is not None and ticker is not None:
                 targets = by_ticker.get(ticker)
@@ -286,7 +287,7 @@ class Hub:
                         pending = audience.pending
                         if not pending:
                             dirty.append(audience)
-                        pending.append(tag_market(raw, market) if audience.tagged else raw)
+                        pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
         self.stats.events_routed += len(heads)
         return len(heads)
 

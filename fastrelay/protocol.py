@@ -192,12 +192,13 @@ def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
     return frames
 
 
-def tag_market(event: bytes, market: str) -> bytes:
+def tag_market(event: bytes | msgspec.Raw, market: str) -> bytes:
     """The event with a leading ``"market"`` key, for /api/socket clients.
 
     The bytes after the opening brace are kept as they came, so no market
     value is re-encoded; only events of ambiguous markets (futures) get this.
     """
-    if event[:1] != b"{" or event[1:2] == b"}":
-        return event
-    return b'{"market":' + orjson.dumps(market) + b"," + event[1:]
+    data = bytes(event)
+    if data[:1] != b"{" or data[1:2] == b"}":
+        return data
+    return b'{"market":' + orjson.dumps(market) + b"," + data[1:]
