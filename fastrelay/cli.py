@@ -68,6 +68,7 @@ def _run_sim(flags: SimConfigFlags) -> int:
         rate=flags.rate,
         events_per_frame=flags.events_per_frame,
         symbol_count=flags.symbol_count,
+        stamp_ns=flags.stamp,
     )
     try:
         loops.run(run_simulator(config, flags.host, flags.port))

@@ -58,6 +58,7 @@ class SimConfigFlags:
     rate: float = 20.0
     events_per_frame: int = 1
     symbol_count: int = 0
+    stamp: bool = False
     log_level: str = "info"
 
 
@@ -78,6 +79,15 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
 
 
 def _log_level(text: str) -> str:
@@ -136,6 +146,7 @@ SIM_OPTIONS: tuple[Option, ...] = (
     Option("rate", _positive(float), "frames per second per market", "rate"),
     Option("events-per-frame", _positive(int), "events in each frame", "events_per_frame"),
     Option("symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"),
+    Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )
 
