@@ -1,0 +1,218 @@
+"""Child processes of the bench and what /proc says about them.
+
+Every child runs in its own session (process group), so stopping it also stops
+anything it started, and a Ctrl-C in the terminal reaches only the bench,
+which then stops the children in order. Each child also gets
+``PR_SET_PDEATHSIG``: if the bench itself is killed (SIGKILL, OOM), the
+kernel ends the children rather than leaving a relay holding a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+# Looked up once here: the child, between fork and exec, only calls it (no
+# dlopen there, and the bench starts no threads, so the fork is safe).
+_prctl: Any = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log_path: Path | None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+async def spawn(
+    name: str,
+    argv: list[str],
+    *,
+    cwd: Path,
+    log_path: Path | None,
+    pipes: bool = False,
+    cpus: set[int] | None = None,
+) -> Child:
+    """Start ``argv`` in a new session; stderr (and stdout unless ``pipes``) go to ``log_path``."""
+    log: IO[bytes] | int = asyncio.subprocess.DEVNULL
+    if log_path is not None:
+        log = log_path.open("wb")
+
+    def prepare() -> None:
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipes else log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=prepare,
+            # Large result lines (histograms, per-channel ranges) come back on stdout.
+            limit=64 * 1024 * 1024,
+        )
+    finally:
+        if not isinstance(log, int):
+            log.close()  # the child holds its own descriptor
+    return Child(name, process, log_path)
+
+
+async def stop_all(children: list[Child], timeout: float = 3.0) -> None:
+    """SIGTERM every process group, wait at most ``timeout``, then SIGKILL what is left."""
+    for child in children:
+        if child.running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        remaining = max(0.05, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(child.process.wait(), remaining)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.process.wait(), 2.0)
+        # A group may outlive its leader (grandchildren): make sure it is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A port the kernel just considered free (a small race, fine on a quiet loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    """Status and body of a plain GET; (0, b"") when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (OSError, ValueError):
+        return 0, b""
+
+
+def http_json(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    status, body = http_get(url, timeout)
+    if status != 200:
+        return None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        data = orjson.loads(body)
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+async def wait_http_ok(url: str, child: Child, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``child`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # A blocking GET on loopback: the bench has nothing else to do meanwhile.
+        status, _ = http_get(url, 0.5)
+        if status == 200:
+            return
+        if not child.running:
+            raise RuntimeError(f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name}: {url} not ready after {timeout:.0f} s:\n{child.log_tail()}")
+        await asyncio.sleep(0.05)
+
+
+# --- /proc -------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), in seconds; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may contain spaces: split after its closing paren.
+    fields = data[data.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _CLOCK_TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process in KiB; empty if it is gone."""
+    found: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return found
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat; the ratio of deltas is the load."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already inside user
+    return float(total - idle), float(total)
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    uname = os.uname()
+    mem_kib = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": f"{uname.sysname} {uname.release}",
+        "machine": uname.machine,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+    }

@@ -1,0 +1,273 @@
+"""The whole path: simulator -> relay -> clients, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from base64 import b64encode
+
+import pytest
+import websockets
+
+from fastrelay.app import RunningRelay, running_relay
+from fastrelay.interest import MarketInterest
+from fastrelay.simulator import Simulator
+from tests.conftest import sim_config
+from tests.utils import TIMEOUT, Client, fast_relay_config, sequence_gaps, wait_until
+
+
+def url(relay: RunningRelay, path: str = "stocks") -> str:
+    return f"ws://127.0.0.1:{relay.port}/{path}"
+
+
+async def wait_ready(relay: RunningRelay) -> None:
+    await wait_until(lambda: relay.relay.ready, what="relay ready")
+
+
+def upstream_subscriptions(sim: Simulator, market: str = "stocks") -> set[str]:
+    return set(sim.stats()["markets"][market]["subscriptions"])
+
+
+async def test_each_client_gets_exactly_its_channels_in_order(relay: RunningRelay) -> None:
+    """Exact, wildcard and per-ev clients each see only their channels, in order, no gaps, no duplicates."""
+    await wait_ready(relay)
+    aapl = await Client.connect(url(relay))
+    trades = await Client.connect(url(relay))
+    quotes = await Client.connect(url(relay))
+    await aapl.subscribe("T.AAPL")
+    await trades.subscribe("T.*")
+    await quotes.subscribe("Q.MSFT,Q.BRK.B")
+    for client in (aapl, trades, quotes):
+        await client.wait_events(60, timeout=TIMEOUT * 2)
+    assert {(e["ev"], e["sym"]) for e in aapl.events} == {("T", "AAPL")}
+    assert {e["ev"] for e in trades.events} == {"T"} and len({e["sym"] for e in trades.events}) > 1
+    assert {(e["ev"], e["sym"]) for e in quotes.events} <= {("Q", "MSFT"), ("Q", "BRK.B")}
+    for client in (aapl, trades, quotes):
+        assert sequence_gaps(client.events) == []
+        keys = [(e["ev"], e["sym"], e["q"]) for e in client.events]
+        assert len(keys) == len(set(keys))  # no duplicates
+        await client.close()
+
+
+async def test_upstream_subscriptions_follow_clients_with_linger(relay: RunningRelay, sim: Simulator) -> None:
+    """First subscriber subscribes upstream; the last leaving unsubscribes once the linger expires."""
+    await wait_ready(relay)
+    first = await Client.connect(url(relay))
+    second = await Client.connect(url(relay))
+    await first.subscribe("Q.AAPL")
+    await second.subscribe("Q.AAPL")
+    await wait_until(lambda: "Q.AAPL" in upstream_subscriptions(sim), what="upstream Q.AAPL")
+    await first.close()
+    await second.send({"action": "unsubscribe", "params": "Q.AAPL"})
+    await second.wait_status("success")
+    assert "Q.AAPL" in upstream_subscriptions(sim)  # still lingering (0.2 s)
+    await wait_until(lambda: "Q.AAPL" not in upstream_subscriptions(sim), what="upstream unsubscribe")
+    await second.close()
+
+
+async def test_last_value_on_subscribe(relay: RunningRelay) -> None:
+    """A new subscriber of a quote channel gets the latest quote at once, after the ack."""
+    await wait_ready(relay)
+    feeder = await Client.connect(url(relay))
+    await feeder.subscribe("Q.TSLA")
+    await feeder.wait_events(3)
+    late = await Client.connect(url(relay))
+    await late.send({"action": "subscribe", "params": "Q.TSLA"})
+    await late.wait_events(1)
+    # The first event is the fill: a quote the feeder already had.
+    assert late.events[0]["q"] <= feeder.events[-1]["q"] + 1
+    assert late.events[0]["ev"] == "Q" and late.events[0]["sym"] == "TSLA"
+    await feeder.close()
+    await late.close()
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+async def test_upstream_fault_recovers_and_clients_resume(relay: RunningRelay, sim: Simulator, fault: str) -> None:
+    """After a drop or a stall the relay reconnects and resubscribes; clients stay connected and resume."""
+    await wait_ready(relay)
+    client = await Client.connect(url(relay))
+    await client.subscribe("T.*,Q.AAPL")
+    await client.wait_events(20)
+    session = relay.relay.upstreams["stocks"]
+    connects = session.stats.connects
+    sim.fault(fault, "stocks")
+    await wait_until(lambda: session.stats.connects > connects and session.live, what="reconnect")
+    assert session.stats.reconnects["stall" if fault == "stall" else "drop"] >= 1
+    await wait_until(lambda: {"T.*", "Q.AAPL"} <= upstream_subscriptions(sim), what="resubscribe")
+    before = len(client.events)
+    await client.wait_events(before + 20)
+    assert client.ws.state is websockets.protocol.State.OPEN
+    if fault == "stall":
+        sim.unstall("stocks")
+    await client.close()
+
+
+async def test_malformed_upstream_frame_is_counted_and_skipped(relay: RunningRelay, sim: Simulator) -> None:
+    """A bad upstream frame is counted and skipped; the connection and the data flow go on."""
+    await wait_ready(relay)
+    client = await Client.connect(url(relay))
+    await client.subscribe("T.*")
+    await client.wait_events(5)
+    session = relay.relay.upstreams["stocks"]
+    connects = session.stats.connects
+    sim.malformed("stocks")
+    sim.not_array("stocks")
+    await wait_until(lambda: session.stats.decode_errors >= 2, what="decode errors counted")
+    before = len(client.events)
+    await client.wait_events(before + 10)
+    assert session.stats.connects == connects  # no reconnect needed
+    await client.close()
+
+
+async def test_slow_consumer_is_dropped_and_others_keep_receiving() -> None:
+    """A client that stops reading is closed once over its buffer; a normal client is unaffected."""
+    busy = sim_config(rate=2000.0, events_per_frame=5)
+    async with Simulator(busy) as sim, running_relay(
+        fast_relay_config(sim.base_url, "sim-key", max_client_buffer=64 * 1024)
+    ) as relay:
+        await wait_ready(relay)
+        # A raw socket that never reads, with a small receive window (set
+        # before connecting, so it is the advertised one): the kernel buffers
+        # fill, then the relay's.
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(stuck, ("127.0.0.1", relay.port))
+        key = b64encode(b"0123456789abcdef").decode()
+        stuck.send(
+            f"GET /stocks HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            + _masked_text(b'{"action":"auth","params":"x"}')
+            + _masked_text(b'{"action":"subscribe","params":"T.*,Q.*"}')
+        )
+        normal = await Client.connect(url(relay))
+        await normal.subscribe("T.*")
+        hub = relay.relay.hub
+        await wait_until(lambda: hub.stats.slow_consumers >= 1, timeout=TIMEOUT * 3, what="slow consumer drop")
+        before = len(normal.events)
+        await normal.wait_events(before + 20)
+        assert hub.members == 1
+        assert sequence_gaps(normal.events) == []
+        await normal.close()
+        stuck.close()
+
+
+def _masked_text(payload: bytes) -> bytes:
+    """A client-to-server text frame (masked with a zero key, RFC 6455 5.3)."""
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ("{not json", "invalid message"),
+        ('{"action":"fly"}', "unknown action"),
+        ('{"action":"subscribe","params":"AAPL"}', "expected EV.TICKER"),
+        ('{"action":"auth","params":"again"}', "already authenticated"),
+    ],
+)
+async def test_bad_client_input_gets_an_error_and_harms_nobody(
+    relay: RunningRelay, message: str, fragment: str
+) -> None:
+    """Bad messages get a Massive-style error status; the sender stays connected, others keep receiving."""
+    await wait_ready(relay)
+    bystander = await Client.connect(url(relay))
+    await bystander.subscribe("T.*")
+    offender = await Client.connect(url(relay))
+    await offender.ws.send(message)
+    status = await offender.wait_status("error")
+    assert fragment in status["message"]
+    await offender.subscribe("T.AAPL")  # still usable
+    before = len(bystander.events)
+    await bystander.wait_events(before + 5)
+    await offender.close()
+    await bystander.close()
+
+
+async def test_binary_and_oversized_frames(relay: RunningRelay) -> None:
+    """A binary frame gets an error status; a frame over the size limit closes with 1009."""
+    await wait_ready(relay)
+    client = await Client.connect(url(relay))
+    await client.ws.send(b"\x00\x01")
+    assert "binary" in (await client.wait_status("error"))["message"]
+    params = ",".join(f"T.S{i:05d}" for i in range(100_000))  # 100,000 channels, ~800 KB
+    await client.send({"action": "subscribe", "params": params})
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await client.wait_for(lambda: False, timeout=TIMEOUT)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    assert relay.relay.hub.members == 0
+
+
+async def test_firefox_connection_header_is_accepted(relay: RunningRelay) -> None:
+    """Firefox sends 'Connection: keep-alive, Upgrade'; the relay completes the upgrade."""
+    await wait_ready(relay)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    key = b64encode(b"fedcba9876543210").decode()
+    writer.write(
+        f"GET /stocks HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101")
+    first = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    body = await asyncio.wait_for(reader.readexactly(first[1] & 0x7F), TIMEOUT)
+    assert b'"connected"' in body
+    writer.close()
+
+
+async def test_health_and_readiness(relay: RunningRelay, sim: Simulator) -> None:
+    """/healthz answers 200; /readyz is 503 while an upstream is down and 200 once it is back."""
+    await wait_ready(relay)
+
+    async def get(path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        return data
+
+    assert (await get("/healthz")).startswith(b"HTTP/1.1 200")
+    assert (await get("/readyz")).startswith(b"HTTP/1.1 200")
+    sim.auth_fail("stocks")
+    sim.drop("stocks")
+    await wait_until(lambda: not relay.relay.ready, what="not ready")
+    response = await get("/readyz")
+    assert response.startswith(b"HTTP/1.1 503") and b"stocks" in response
+    sim.auth_ok("stocks")
+    await wait_ready(relay)
+    assert (await get("/readyz")).startswith(b"HTTP/1.1 200")
+    assert (await get("/nope")).startswith(b"HTTP/1.1 404")
+
+
+async def test_api_socket_mixes_markets(relay: RunningRelay) -> None:
+    """One /api/socket connection subscribes stocks and options channels and receives both."""
+    await wait_ready(relay)
+    client = await Client.connect(url(relay, "api/socket"))
+    await client.subscribe("T.AAPL,T.O:SPY251219C00600000")
+    await client.wait_for(
+        lambda: {e["sym"] for e in client.events} >= {"AAPL", "O:SPY251219C00600000"},
+        timeout=TIMEOUT * 2,
+        what="both markets",
+    )
+    await client.close()
+
+
+async def test_options_quote_cap_over_all_clients(sim: Simulator) -> None:
+    """The options quote cap counts every client's contracts; passing it gets an error naming the cap."""
+    async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
+        interest = relay.relay.hub.interests["options"]
+        relay.relay.hub.interests["options"] = MarketInterest(
+            "options", interest.linger, relay.relay.loop.time, contract_cap=2
+        )
+        await wait_ready(relay)
+        a = await Client.connect(url(relay, "options"))
+        b = await Client.connect(url(relay, "options"))
+        await a.subscribe("Q.O:X1,Q.O:X2")
+        await b.send({"action": "subscribe", "params": "Q.O:X3"})
+        status = await b.wait_status("error")
+        assert "cap of 2 contracts" in status["message"]
+        await b.subscribe("Q.O:X1")  # shared contracts cost nothing
+        await a.close()
+        await b.close()
