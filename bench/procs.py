@@ -65,6 +65,7 @@ async def spawn(
     log_path: Path | None,
     pipes: bool = False,
     cpus: set[int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Child:
     """Start ``argv`` in a new session; stderr (and stdout unless ``pipes``) go to ``log_path``."""
     log: IO[bytes] | int = asyncio.subprocess.DEVNULL
@@ -80,6 +81,7 @@ async def spawn(
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
+            env=env,
             stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE if pipes else log,
             stderr=log,
@@ -173,6 +175,23 @@ def cpu_seconds(pid: int) -> float:
     fields = data[data.rindex(b")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _CLOCK_TICKS
+
+
+def all_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every process's (command name, CPU seconds): to see what else loaded the machine."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        name = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
+        fields = data[data.rindex(b")") + 2 :].split()
+        found[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    return found
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -81,6 +81,8 @@ _MIN_TICK: Final = 0.001
 _MAX_TICK: Final = 0.05
 _AUTH_TIMES_KEPT: Final = 100
 _OPEN_FRAME: Final = protocol.status_frame(protocol.CONNECTED, "Connected Successfully")
+# Named apart: SimulatorConfig has a field called "markets".
+_ALL_MARKETS: Final = markets.MARKETS
 
 # (ev, channel name, encoded JSON object). Encoded once, shared by every
 # connection that receives it.
@@ -98,7 +100,7 @@ class SimulatorConfig:
     api_key: str = "sim-key"
     # Markets that generate data. Every market path accepts connections; the
     # others simply stay quiet (load tests run one market at 10k frames/s).
-    markets: tuple[str, ...] = markets.MARKETS
+    markets: tuple[str, ...] = _ALL_MARKETS
     # Ticker lists per market path; overrides symbol_count and the built-in lists.
     symbols: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
     # > 0: that many synthetic tickers per market (S0001, O:S0001..., I:S0001, ...).
@@ -884,7 +886,7 @@ class _Connection(WSListener):
         self._send(_OPEN_FRAME)
         timeout = self.sim.config.auth_timeout
         if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._auth_timed_out)
+            self._arm(self._auth_timed_out, timeout)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -895,10 +897,19 @@ class _Connection(WSListener):
             if not self.stalled:
                 transport.send_pong(frame.get_payload_as_bytes())
         elif msg_type == WSMsgType.CLOSE:
+            if not self.closing:
+                self.closing = True
+                self.feed.refresh()
             if not transport.is_close_frame_sent:
-                code = frame.get_close_code()
+                try:
+                    code = frame.get_close_code()
+                except ValueError:  # an application code (3000-4999) picows has no enum member for
+                    code = WSCloseCode.OK
                 transport.send_close(code if code != WSCloseCode.NO_INFO else WSCloseCode.OK)
             transport.disconnect()
+            # A graceful close waits for the send buffer to drain, forever if
+            # the client stopped reading: bound it.
+            self._arm(self.abort)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self._timer is not None:
@@ -947,7 +958,8 @@ class _Connection(WSListener):
     # --- client messages ---
 
     def _on_message(self, payload: bytes) -> None:
-        if self.closing:
+        # Messages read just before a stall still go unanswered: a stalled server says nothing.
+        if self.closing or self.stalled:
             return
         try:
             message = protocol.decode_client_message(payload)
@@ -1046,9 +1058,12 @@ class _Connection(WSListener):
             transport.disconnect(graceful=False)
             return
         transport.send_close(code, reason.encode())
+        self._arm(self.abort)
+
+    def _arm(self, callback: Callable[[], None], delay: float = _CLOSE_TIMEOUT) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self.abort)
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
 
     def abort(self) -> None:
         self._timer = None

@@ -62,7 +62,12 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
 ) -> ClientConnection:
     ws = await websockets.connect(
-        sim.url(market), ssl=ssl_context, max_size=None, max_queue=None, ping_interval=None, open_timeout=TIMEOUT
+        sim.url(market),
+        ssl=ssl_context,
+        max_size=None,
+        max_queue=None,
+        ping_interval=None,
+        open_timeout=TIMEOUT,
     )
     assert await recv_frame(ws) == [CONNECTED]
     if key is not None:
@@ -126,7 +131,8 @@ async def http_get(sim: Simulator, path: str, ssl_context: ssl.SSLContext | None
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body) if body else None
+    is_json = b"content-type: application/json" in head.lower()
+    return int(head.split()[1]), json.loads(body) if is_json else body
 
 
 def assert_no_gaps(events: list[Event]) -> dict[str, list[int]]:

@@ -67,7 +67,9 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str, auth: str | None = "token", **kwargs: Any) -> Client:
-        ws = await websockets.connect(url, max_size=None, open_timeout=TIMEOUT, **kwargs)
+        # max_queue=None: keep reading while the test is not looking, so a
+        # close handshake is never stuck behind unread data.
+        ws = await websockets.connect(url, max_size=None, max_queue=None, open_timeout=TIMEOUT, **kwargs)
         client = cls(ws)
         await client.wait_status("connected")
         if auth is not None:
