@@ -194,6 +194,14 @@ def all_cpu_seconds() -> dict[int, tuple[str, float]]:
     return found
 
 
+def command_line(pid: int, limit: int = 80) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:limit]
+    except OSError:
+        return ""
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a process in KiB; empty if it is gone."""
     found: dict[str, int] = {}
@@ -209,12 +217,16 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs from /proc/stat; the ratio of deltas is the load."""
+    """(busy, interrupt) CPU seconds of the whole machine since boot, from /proc/stat.
+
+    Interrupt time (irq + softirq) is where the kernel's loopback TCP work may
+    land without being charged to any process (with IRQ time accounting).
+    """
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    total = sum(values[:8])  # guest time is already inside user
-    return float(total - idle), float(total)
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7]
+    return busy / _CLOCK_TICKS, (values[5] + values[6]) / _CLOCK_TICKS
 
 
 def machine_info() -> dict[str, Any]:

@@ -56,7 +56,10 @@ async def serve(config: RelayConfig) -> None:
     async with running_relay(config) as running:
         log.info(
             "fastrelay listening on %s:%d, markets %s, upstream %s",
-            config.host, running.port, ",".join(config.markets), config.upstream,
+            config.host,
+            running.port,
+            ",".join(config.markets),
+            config.upstream,
         )
         await wait_for_signal()
         log.info("shutting down")
@@ -67,8 +70,7 @@ async def run_with_simulator(config: RelayConfig) -> None:
     from fastrelay.simulator import Simulator, SimulatorConfig
 
     sim_config = SimulatorConfig()
-    async with Simulator(sim_config) as sim:
-        await sim.start(host="127.0.0.1", port=0)
+    async with Simulator(sim_config, host="127.0.0.1", port=0) as sim:
         relay_config = replace(config, upstream=f"ws://127.0.0.1:{sim.port}", api_key=sim_config.api_key)
         log.info("no MASSIVE_API_KEY set: serving the built-in simulated feed")
         await serve(relay_config)

@@ -24,7 +24,7 @@ class Backoff:
     def ceiling(self) -> float:
         """The largest delay the next attempt can draw."""
         # min() before the power would overflow for huge attempt counts.
-        return min(self.cap, self.base * 2 ** min(self.attempt, 64))
+        return min(self.cap, self.base * 2.0 ** min(self.attempt, 64))
 
     def next_delay(self) -> float:
         delay = self._rng.uniform(0, self.ceiling())

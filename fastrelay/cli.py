@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
-from fastrelay import __version__, loops, logs
+from fastrelay import __version__, logs, loops
 from fastrelay.config import (
     RELAY_OPTIONS,
     SIM_OPTIONS,
@@ -70,8 +71,6 @@ def _run_sim(flags: SimConfigFlags) -> int:
         symbol_count=flags.symbol_count,
         stamp_ns=flags.stamp,
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         loops.run(run_simulator(config, flags.host, flags.port))
-    except KeyboardInterrupt:
-        pass
     return 0

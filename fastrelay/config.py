@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastrelay import markets
@@ -109,31 +109,73 @@ class Option:
 RELAY_OPTIONS: tuple[Option, ...] = (
     Option("host", str, "address to listen on", "host"),
     Option("port", _positive(int), "port to listen on", "port"),
-    Option("markets", markets.parse_markets, f"comma-separated markets: {','.join(markets.MARKETS)}", "markets"),
+    Option(
+        "markets", markets.parse_markets, f"comma-separated markets: {','.join(markets.MARKETS)}", "markets"
+    ),
     Option("upstream", str, "Massive base URL (wss://delayed.massive.com for delayed data)", "upstream"),
     Option("api-key", str, "Massive API key (default: MASSIVE_API_KEY)", "api_key"),
-    Option("upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"),
-    Option("client-tokens", _csv, "comma-separated tokens clients must auth with (unset: open)", "client_tokens"),
-    Option("flush-interval", _positive(float), "coalescing window in ms (0: end of each read)", "flush_interval"),
-    Option("max-frame-size", _positive(int), "largest coalesced frame sent to clients, bytes", "max_frame_size"),
-    Option("max-client-buffer", _positive(int), "unsent bytes before a client is dropped", "max_client_buffer"),
+    Option(
+        "upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"
+    ),
+    Option(
+        "client-tokens", _csv, "comma-separated tokens clients must auth with (unset: open)", "client_tokens"
+    ),
+    Option(
+        "flush-interval", _positive(float), "coalescing window in ms (0: end of each read)", "flush_interval"
+    ),
+    Option(
+        "max-frame-size", _positive(int), "largest coalesced frame sent to clients, bytes", "max_frame_size"
+    ),
+    Option(
+        "max-client-buffer", _positive(int), "unsent bytes before a client is dropped", "max_client_buffer"
+    ),
     Option("max-channels", _positive(int), "channels per client connection", "max_channels"),
     Option("max-message-size", _positive(int), "largest frame a client may send, bytes", "max_message_size"),
     Option("linger", _positive(float), "seconds before the last unsubscribe goes upstream", "linger"),
-    Option("client-ping-interval", _positive(float), "ping clients idle this long, s", "client_ping_interval"),
-    Option("client-ping-timeout", _positive(float), "drop clients not answering a ping, s", "client_ping_timeout"),
-    Option("backoff-base", _positive(float), "first reconnect delay ceiling, s", "upstream_timers.backoff_base"),
-    Option("backoff-cap", _positive(float), "largest reconnect delay, s", "upstream_timers.backoff_cap"),
-    Option("healthy-after", _positive(float), "connected this long resets the backoff, s", "upstream_timers.healthy_after"),
-    Option("auth-retry", _positive(float), "delay before retrying after auth_failed, s", "upstream_timers.auth_retry"),
     Option(
-        "max-connections-cooldown", _positive(float), "delay after max_connections, s",
+        "client-ping-interval", _positive(float), "ping clients idle this long, s", "client_ping_interval"
+    ),
+    Option(
+        "client-ping-timeout", _positive(float), "drop clients not answering a ping, s", "client_ping_timeout"
+    ),
+    Option(
+        "backoff-base", _positive(float), "first reconnect delay ceiling, s", "upstream_timers.backoff_base"
+    ),
+    Option("backoff-cap", _positive(float), "largest reconnect delay, s", "upstream_timers.backoff_cap"),
+    Option(
+        "healthy-after",
+        _positive(float),
+        "connected this long resets the backoff, s",
+        "upstream_timers.healthy_after",
+    ),
+    Option(
+        "auth-retry",
+        _positive(float),
+        "delay before retrying after auth_failed, s",
+        "upstream_timers.auth_retry",
+    ),
+    Option(
+        "max-connections-cooldown",
+        _positive(float),
+        "delay after max_connections, s",
         "upstream_timers.max_connections_cooldown",
     ),
-    Option("upstream-ping-interval", _positive(float), "ping upstream idle this long, s", "upstream_timers.ping_interval"),
-    Option("upstream-ping-timeout", _positive(float), "reconnect if no pong this long, s", "upstream_timers.ping_timeout"),
     Option(
-        "handshake-timeout", _positive(float), "upstream connect-to-authenticated limit, s",
+        "upstream-ping-interval",
+        _positive(float),
+        "ping upstream idle this long, s",
+        "upstream_timers.ping_interval",
+    ),
+    Option(
+        "upstream-ping-timeout",
+        _positive(float),
+        "reconnect if no pong this long, s",
+        "upstream_timers.ping_timeout",
+    ),
+    Option(
+        "handshake-timeout",
+        _positive(float),
+        "upstream connect-to-authenticated limit, s",
         "upstream_timers.handshake_timeout",
     ),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
@@ -145,7 +187,9 @@ SIM_OPTIONS: tuple[Option, ...] = (
     Option("sim-key", str, "API key the simulator accepts", "sim_key"),
     Option("rate", _positive(float), "frames per second per market", "rate"),
     Option("events-per-frame", _positive(int), "events in each frame", "events_per_frame"),
-    Option("symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"),
+    Option(
+        "symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"
+    ),
     Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )
@@ -210,7 +254,3 @@ def validate(config: RelayConfig) -> None:
         raise ConfigError("--max-frame-size must be at least 1024 bytes")
     if config.upstream_ca and not os.path.isfile(config.upstream_ca):
         raise ConfigError(f"--upstream-ca={config.upstream_ca!r}: no such file")
-
-
-def field_names(config_type: type) -> list[str]:
-    return [f.name for f in fields(config_type)]

@@ -60,7 +60,7 @@ def ticker_of(head: EventHead) -> str | None:
     """
     for value in (head.sym, head.pair, head.T, head.p):
         if value.__class__ is str:
-            return value  # type: ignore[no-any-return]
+            return value
     return None
 
 

@@ -41,7 +41,7 @@ from fastrelay.protocol import Channel, event_array_frames, tag_market
 class Member:
     """The hub's view of one client connection."""
 
-    __slots__ = ("write", "buffered", "tags_markets", "channels", "audience", "closed", "owner")
+    __slots__ = ("audience", "buffered", "channels", "closed", "owner", "tags_markets", "write")
 
     def __init__(
         self,
@@ -64,7 +64,7 @@ class Member:
 class Audience:
     """Members with one channel set: they share every frame."""
 
-    __slots__ = ("channels", "tagged", "members", "pending")
+    __slots__ = ("channels", "members", "pending", "tagged")
 
     def __init__(self, channels: frozenset[Channel], tagged: bool) -> None:
         self.channels = channels
@@ -74,7 +74,7 @@ class Audience:
 
 
 class _MarketIndex:
-    __slots__ = ("market", "exact", "wildcard", "last", "state_evs", "ambiguous")
+    __slots__ = ("ambiguous", "exact", "last", "market", "state_evs", "wildcard")
 
     def __init__(self, market: str) -> None:
         self.market = market
@@ -260,7 +260,7 @@ class Hub:
         state_evs = index.state_evs
         tagging = index.ambiguous
         dirty = self._dirty
-        for head, raw in zip(heads, raws):
+        for head, raw in zip(heads, raws, strict=True):
             ev = head.ev
             if ev.__class__ is not str:
                 continue

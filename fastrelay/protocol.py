@@ -33,7 +33,7 @@ MAX_TICKER_LENGTH: Final = 64
 _EV_PATTERN: Final = re.compile(r"[A-Z][A-Z0-9]{0,7}")
 # A ticker is anything printable without the separators the params string
 # uses; real ones include "BRK.B", "O:SPY241220P00720000", "USD/CNH", "BTC-USD".
-_TICKER_PATTERN: Final = re.compile(r"[!-+\--~]{1,%d}" % MAX_TICKER_LENGTH)
+_TICKER_PATTERN: Final = re.compile(rf"[!-+\--~]{{1,{MAX_TICKER_LENGTH}}}")
 
 
 class ChannelError(ValueError):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from typing import Any
 
 from fastrelay.config import RelayConfig
@@ -47,7 +46,12 @@ class Relay:
             ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
         self.upstreams = {
             m: UpstreamSession(
-                m, config.upstream, config.api_key, self, timers=config.upstream_timers, ssl_context=ssl_context
+                m,
+                config.upstream,
+                config.api_key,
+                self,
+                timers=config.upstream_timers,
+                ssl_context=ssl_context,
             )
             for m in config.markets
         }
@@ -56,9 +60,6 @@ class Relay:
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._slow_log = LogThrottle(log, interval=10.0)
-        self.relay_latency_total = 0.0  # seconds, upstream arrival -> written (sum over frames)
-        self._pending_arrivals: list[float] = []
-        self.started_at = time.time()
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:

@@ -41,7 +41,7 @@ API_SOCKET_PATH = "/api/socket"
 SLOW_CONSUMER_GRACE = 1.0
 
 
-class ClientConnection(WSListener):  # type: ignore[misc]
+class ClientConnection(WSListener):
     """One downstream WebSocket connection."""
 
     def __init__(self, server: RelayServer, market: str | None) -> None:

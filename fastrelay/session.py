@@ -90,7 +90,9 @@ class ClientSession:
         return Reply([protocol.status_frame(protocol.ERROR, f"unknown action {action[:40]!r}")])
 
     def binary_received(self) -> Reply:
-        return Reply([protocol.status_frame(protocol.ERROR, "binary frames are not supported: send JSON text")])
+        return Reply(
+            [protocol.status_frame(protocol.ERROR, "binary frames are not supported: send JSON text")]
+        )
 
     def _auth(self, token: str) -> Reply:
         if self.authenticated:

@@ -10,6 +10,7 @@ consumer whose buffer fills (``slow_consumer``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import ssl
@@ -112,7 +113,7 @@ class UpstreamStatistics:
     reconnects: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in DisconnectReason})
 
 
-class _Listener(WSListener):  # type: ignore[misc]
+class _Listener(WSListener):
     def __init__(self, session: UpstreamSession) -> None:
         self._session = session
 
@@ -190,10 +191,8 @@ class UpstreamSession:
             self._transport.disconnect()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None:
@@ -288,8 +287,11 @@ class UpstreamSession:
         except FrameError as exc:
             stats.decode_errors += 1
             self._throttle.log(
-                logging.WARNING, "upstream %s: skipped a bad frame (%d so far): %s",
-                self.market, stats.decode_errors, exc,
+                logging.WARNING,
+                "upstream %s: skipped a bad frame (%d so far): %s",
+                self.market,
+                stats.decode_errors,
+                exc,
             )
             return
         # Statuses are rare: a substring search in C keeps them off the hot path.
@@ -323,9 +325,10 @@ class UpstreamSession:
         elif outcome is Outcome.AUTH_FAILED:
             self._reason = DisconnectReason.AUTH_FAILED
             log.error(
-                "upstream %s: authentication failed (%s): check the API key and its plan; "
-                "retrying in %.0f s",
-                self.market, message or "no reason given", self.timers.auth_retry,
+                "upstream %s: authentication failed (%s): check the API key and its plan; retrying in %.0f s",
+                self.market,
+                message or "no reason given",
+                self.timers.auth_retry,
             )
             self._abort()
         elif outcome is Outcome.MAX_CONNECTIONS:
@@ -333,7 +336,8 @@ class UpstreamSession:
             log.error(
                 "upstream %s: Massive reports max_connections: another process uses the same API key "
                 "on this market (only one connection per market is allowed); cooling down %.0f s",
-                self.market, self.timers.max_connections_cooldown,
+                self.market,
+                self.timers.max_connections_cooldown,
             )
             self._abort()
         elif status == protocol.ERROR:
@@ -356,7 +360,11 @@ class UpstreamSession:
         if self._live_since is not None and self._clock() - self._live_since >= self.timers.healthy_after:
             self.backoff.reset()
         if not self._stopping:
-            detail = f" (close {self._closed_by_peer[0]} {self._closed_by_peer[1]!r})" if self._closed_by_peer else ""
+            detail = (
+                f" (close {self._closed_by_peer[0]} {self._closed_by_peer[1]!r})"
+                if self._closed_by_peer
+                else ""
+            )
             if reason in (DisconnectReason.DROP, DisconnectReason.STALL):
                 self._log_once(logging.WARNING, "upstream %s: lost (%s)%s", self.market, reason.value, detail)
             self._count_down(reason)

@@ -6,10 +6,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.simulator import Simulator, SimulatorConfig
 from tests.utils import fast_relay_config
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Run every async test on uvloop, the loop fastrelay runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def sim_config(**overrides: Any) -> SimulatorConfig:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from fastrelay.config import RELAY_OPTIONS, ConfigError, RelayConfig, build
 from fastrelay.cli import _parser
+from fastrelay.config import RELAY_OPTIONS, ConfigError, RelayConfig, build
 from tests.utils import TIMEOUT
 
 

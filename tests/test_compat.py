@@ -31,7 +31,9 @@ JS_DIR = Path(__file__).parent / "js"
         ("options", ["T.O:SPY251219C00600000", "Q.O:SPY251219C00600000", "A.O:SPY251219C00600000"]),
     ],
 )
-async def test_official_python_client_gets_parsed_models(relay: RunningRelay, market: str, channels: list[str]) -> None:
+async def test_official_python_client_gets_parsed_models(
+    relay: RunningRelay, market: str, channels: list[str]
+) -> None:
     """massive.WebSocketClient against /stocks and /options yields EquityTrade, EquityQuote and EquityAgg."""
     await wait_until(lambda: relay.relay.ready, what="relay ready")
     client = WebSocketClient(
@@ -65,8 +67,14 @@ async def test_official_javascript_client_receives_events(relay: RunningRelay) -
         pytest.fail("run `make test` (it installs tests/js/node_modules from the npm registry)")
     await wait_until(lambda: relay.relay.ready, what="relay ready")
     process = await asyncio.create_subprocess_exec(
-        "node", str(JS_DIR / "massive_client.mjs"), f"ws://127.0.0.1:{relay.port}", "key", "T.*", "10",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "node",
+        str(JS_DIR / "massive_client.mjs"),
+        f"ws://127.0.0.1:{relay.port}",
+        "key",
+        "T.*",
+        "10",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT * 4)
@@ -104,11 +112,13 @@ async def test_untrusted_upstream_certificate_is_refused(tmp_path: Path) -> None
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    async with Simulator(sim_config(), ssl_context=server_context) as sim:
-        async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
-            session = relay.relay.upstreams["stocks"]
-            await wait_until(lambda: session.stats.reconnects["drop"] >= 1, what="refused TLS attempt")
-            assert not relay.relay.ready
+    async with (
+        Simulator(sim_config(), ssl_context=server_context) as sim,
+        running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay,
+    ):
+        session = relay.relay.upstreams["stocks"]
+        await wait_until(lambda: session.stats.reconnects["drop"] >= 1, what="refused TLS attempt")
+        assert not relay.relay.ready
 
 
 def test_python_m_fastrelay_help() -> None:

@@ -59,7 +59,9 @@ def test_sample_frames_decode_with_tickers_and_raw_bytes(payload: bytes, tickers
 
 def test_type_drift_is_tolerated() -> None:
     """Forex x as a string, crypto i as a string: routing still works."""
-    heads, _ = decode_frame(b'[{"ev":"XT","pair":"BTC-USD","i":"abc","x":"3"},{"ev":"C","p":"EUR/USD","x":"44"}]')
+    heads, _ = decode_frame(
+        b'[{"ev":"XT","pair":"BTC-USD","i":"abc","x":"3"},{"ev":"C","p":"EUR/USD","x":"44"}]'
+    )
     assert [ticker_of(h) for h in heads] == ["BTC-USD", "EUR/USD"]
 
 

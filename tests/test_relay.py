@@ -82,7 +82,9 @@ async def test_last_value_on_subscribe(relay: RunningRelay) -> None:
 
 
 @pytest.mark.parametrize("fault", ["drop", "stall"])
-async def test_upstream_fault_recovers_and_clients_resume(relay: RunningRelay, sim: Simulator, fault: str) -> None:
+async def test_upstream_fault_recovers_and_clients_resume(
+    relay: RunningRelay, sim: Simulator, fault: str
+) -> None:
     """After a drop or a stall the relay reconnects and resubscribes; clients stay connected and resume."""
     await wait_ready(relay)
     client = await Client.connect(url(relay))
@@ -122,9 +124,10 @@ async def test_malformed_upstream_frame_is_counted_and_skipped(relay: RunningRel
 async def test_slow_consumer_is_dropped_and_others_keep_receiving() -> None:
     """A client that stops reading is closed once over its buffer; a normal client is unaffected."""
     busy = sim_config(rate=2000.0, events_per_frame=5)
-    async with Simulator(busy) as sim, running_relay(
-        fast_relay_config(sim.base_url, "sim-key", max_client_buffer=64 * 1024)
-    ) as relay:
+    async with (
+        Simulator(busy) as sim,
+        running_relay(fast_relay_config(sim.base_url, "sim-key", max_client_buffer=64 * 1024)) as relay,
+    ):
         await wait_ready(relay)
         # A raw socket that never reads, with a small receive window (set
         # before connecting, so it is the advertised one): the kernel buffers
@@ -143,7 +146,9 @@ async def test_slow_consumer_is_dropped_and_others_keep_receiving() -> None:
         normal = await Client.connect(url(relay))
         await normal.subscribe("T.*")
         hub = relay.relay.hub
-        await wait_until(lambda: hub.stats.slow_consumers >= 1, timeout=TIMEOUT * 3, what="slow consumer drop")
+        await wait_until(
+            lambda: hub.stats.slow_consumers >= 1, timeout=TIMEOUT * 3, what="slow consumer drop"
+        )
         before = len(normal.events)
         await normal.wait_events(before + 20)
         assert hub.members == 1

@@ -35,7 +35,7 @@ async def test_auth_failed_logs_the_market_and_retries_only_after_the_long_delay
 
 
 async def test_max_connections_cools_down(sim: Simulator, caplog: pytest.LogCaptureFixture) -> None:
-    """max_connections then close 1008: logged as another process on the key; no reconnect before the cooldown."""
+    """max_connections then close 1008: logged as another process on the key; no retry before the cooldown."""
     config = fast_relay_config(sim.base_url, "sim-key", markets=("stocks",))
     config.upstream_timers.max_connections_cooldown = 0.8
     with caplog.at_level(logging.INFO, logger="fastrelay"):

@@ -47,7 +47,9 @@ def fast_relay_config(upstream: str, api_key: str, **overrides: Any) -> RelayCon
     return replace(config, **overrides)
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+async def wait_until(
+    condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition"
+) -> None:
     """Poll a cheap condition on the loop until it holds (for state with no event to await)."""
     deadline = time.monotonic() + timeout
     while not condition():
