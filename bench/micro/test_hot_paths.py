@@ -1,0 +1,97 @@
+"""Micro-benchmarks of the hot paths, without sockets (`make bench-micro`).
+
+Each case mirrors a `make bench` scenario at the scale of one flush, so a
+regression shows here first: decoding a frame, routing a pass, building the
+per-audience frames and writing them to 100 (recording) sinks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from fastrelay.events import decode_frame
+from fastrelay.hub import Hub, Member
+from fastrelay.interest import MarketInterest
+from fastrelay.protocol import Channel, event_array_frames
+
+
+def trade(symbol: str, q: int) -> dict[str, Any]:
+    return {
+        "ev": "T",
+        "sym": symbol,
+        "x": 4,
+        "i": "12345",
+        "z": 3,
+        "p": 114.125,
+        "s": 100,
+        "c": [0, 12],
+        "t": 1536036818784,
+        "q": q,
+    }
+
+
+SINGLE = orjson.dumps([trade("AAPL", 1)])
+BATCH20 = orjson.dumps([trade(f"S{i % 100:04d}", i) for i in range(20)])
+
+
+class NullSink:
+    """A socket stand-in that costs as little as possible."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def buffered(self) -> int:
+        return 0
+
+
+def hub_with(clients: int, channel_of: Any) -> Hub:
+    interests = {"stocks": MarketInterest("stocks", 0.0, lambda: 0.0)}
+    hub = Hub(interests, 256 * 1024, 1 << 22, 2000, lambda m: None)
+    sink = NullSink()
+    for index in range(clients):
+        member = Member(sink.write, sink.buffered)
+        hub.attach(member)
+        hub.subscribe(member, [channel_of(index)])
+    return hub
+
+
+@pytest.mark.parametrize("payload", [SINGLE, BATCH20], ids=["1-event", "20-events"])
+def test_decode_frame(benchmark: Any, payload: bytes) -> None:
+    heads, _ = benchmark(decode_frame, payload)
+    assert len(heads) in (1, 20)
+
+
+def test_firehose_route_and_flush_100_clients(benchmark: Any) -> None:
+    """Scenario (a) per flush: 10 single-event frames to 100 clients on T.*."""
+    hub = hub_with(100, lambda i: Channel("stocks", "T", "*"))
+    frames = [decode_frame(orjson.dumps([trade("AAPL", q)])) for q in range(10)]
+
+    def one_flush() -> None:
+        for heads, raws in frames:
+            hub.route("stocks", heads, raws)
+        hub.flush()
+
+    benchmark(one_flush)
+    assert hub.stats.deliveries > 0
+
+
+def test_sparse_route_and_flush_1000_clients(benchmark: Any) -> None:
+    """Scenario (b) per flush: a 20-event frame over 100 symbols, 1,000 clients on one symbol each."""
+    hub = hub_with(1000, lambda i: Channel("stocks", "T", f"S{i % 100:04d}"))
+    heads, raws = decode_frame(BATCH20)
+
+    def one_flush() -> None:
+        hub.route("stocks", heads, raws)
+        hub.flush()
+
+    benchmark(one_flush)
+    assert hub.stats.deliveries > 0
+
+
+def test_build_frames(benchmark: Any) -> None:
+    _, raws = decode_frame(BATCH20)
+    frames = benchmark(event_array_frames, list(raws), 256 * 1024)
+    assert len(frames) == 1
