@@ -45,6 +45,10 @@ class RelayConfig:
     client_ping_interval: float = 20.0  # Massive's clients ping every 20-25 s
     client_ping_timeout: float = 20.0
     upstream_timers: UpstreamTimers = field(default_factory=UpstreamTimers)
+    metrics_port: int | None = None  # /metrics, /healthz, /readyz also here (keep it internal)
+    # /metrics serves a rendering at most this old: rendering takes ms, and
+    # picows answers HTTP synchronously on the loop, so it runs on a timer.
+    metrics_interval: float = 1.0
     log_level: str = "info"
 
 
@@ -178,6 +182,10 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "upstream connect-to-authenticated limit, s",
         "upstream_timers.handshake_timeout",
     ),
+    Option(
+        "metrics-port", _positive(int), "also serve /metrics, /healthz, /readyz on this port", "metrics_port"
+    ),
+    Option("metrics-interval", _positive(float), "seconds between /metrics renderings", "metrics_interval"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )
 

@@ -121,6 +121,7 @@ class Hub:
         self.dirty_markets: set[str] = set()  # markets whose upstream interest changed
         self.stats = HubStatistics()
         self.members = 0
+        self.subscriptions = 0  # channels summed over members
 
     # --- membership -----------------------------------------------------------
     def attach(self, member: Member) -> None:
@@ -132,6 +133,7 @@ class Hub:
             return
         member.closed = True
         self.members -= 1
+        self.subscriptions -= len(member.channels)
         for channel in member.channels:
             self._release(channel)
         member.channels.clear()
@@ -164,6 +166,7 @@ class Hub:
                 errors.append(str(exc))
                 continue
             room -= len(wanted)
+            self.subscriptions += len(wanted)
             for channel in wanted:
                 member.channels.add(channel)
                 interest.add(channel.name)
@@ -175,6 +178,7 @@ class Hub:
 
     def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> list[Channel]:
         removed = [c for c in dict.fromkeys(channels) if c in member.channels]
+        self.subscriptions -= len(removed)
         for channel in removed:
             member.channels.discard(channel)
             self._release(channel)
@@ -250,8 +254,7 @@ class Hub:
         """Queue one upstream frame's events for the audiences that want them.
 
         ``raws`` are the events' bytes (``msgspec.Raw`` or ``bytes``), kept as
-        they came. Returns the number of events routed. Status objects must
-        have been taken out by the caller.
+        they came. Returns how many (event, audience) pairs were queued.
         """
         index = self._index[market]
         wildcard = index.wildcard
@@ -260,6 +263,7 @@ class Hub:
         state_evs = index.state_evs
         tagging = index.ambiguous
         dirty = self._dirty
+        queued = 0
         for head, raw in zip(heads, raws, strict=True):
             ev = head.ev
             if ev.__class__ is not str:
@@ -274,6 +278,7 @@ class Hub:
                 by_ticker_last[ticker] = raw
             targets = wildcard.get(ev)
             if targets is not None:
+                queued += len(targets)
                 for audience in targets:
                     pending = audience.pending
                     if not pending:
@@ -283,13 +288,14 @@ class Hub:
             if by_ticker is not None and ticker is not None:
                 targets = by_ticker.get(ticker)
                 if targets is not None:
+                    queued += len(targets)
                     for audience in targets:
                         pending = audience.pending
                         if not pending:
                             dirty.append(audience)
                         pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
         self.stats.events_routed += len(heads)
-        return len(heads)
+        return queued
 
     def has_pending(self) -> bool:
         return bool(self._dirty)

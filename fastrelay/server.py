@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from picows import (
@@ -29,26 +30,42 @@ from picows import (
 
 from fastrelay import markets, protocol
 from fastrelay.hub import Member
+from fastrelay.metrics import CLOSE_REASONS, CONTENT_TYPE, Metrics
 from fastrelay.relay import Relay
 from fastrelay.session import ClientSession, Reply, TokenCheck
 
 log = logging.getLogger("fastrelay.server")
 
 API_SOCKET_PATH = "/api/socket"
-# A slow consumer gets this long to take its slow_consumer status and the
-# close frame before the socket is aborted (it may never read again).
-SLOW_CONSUMER_GRACE = 1.0
+# A closed client gets this long to take its last status and the close frame
+# before the socket is aborted (a slow consumer may never read again).
+CLOSE_GRACE = 1.0
+
+
+@dataclass
+class ServerStatistics:
+    """Plain counters the metrics collector reads at scrape time."""
+
+    connected: dict[str, int]  # by path
+    accepted: dict[str, int]  # by path
+    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))  # by reason
+
+    @classmethod
+    def for_paths(cls, paths: list[str]) -> ServerStatistics:
+        return cls(dict.fromkeys(paths, 0), dict.fromkeys(paths, 0))
 
 
 class ClientConnection(WSListener):
     """One downstream WebSocket connection."""
 
     # Thousands of these stay open: slots keep each one small.
-    __slots__ = ("_market", "_server", "heard", "pinged", "session", "transport")
+    __slots__ = ("_close_reason", "_market", "_path", "_server", "heard", "pinged", "session", "transport")
 
-    def __init__(self, server: RelayServer, market: str | None) -> None:
+    def __init__(self, server: RelayServer, market: str | None, path: str) -> None:
         self._server = server
         self._market = market
+        self._path = path
+        self._close_reason: str | None = None
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
         self.heard = True  # received a frame (any, pongs included) since the last ping sweep
@@ -64,6 +81,8 @@ class ClientConnection(WSListener):
             server.relay.hub, member, self._market, server.tokens, server.relay.interest_changed
         )
         server.connections.add(self)
+        server.stats.connected[self._path] += 1
+        server.stats.accepted[self._path] += 1
         transport.send(WSMsgType.TEXT, self.session.opened())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -78,6 +97,7 @@ class ClientConnection(WSListener):
         elif msg_type is WSMsgType.BINARY:
             self._reply(session.binary_received())
         elif msg_type is WSMsgType.CLOSE:
+            self._close_reason = self._close_reason or "normal"
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         # PING is answered by picows (enable_auto_pong); a PONG only marks the peer alive.
@@ -88,14 +108,18 @@ class ClientConnection(WSListener):
         for payload in reply.frames:
             transport.send(WSMsgType.TEXT, payload)
         if reply.close is not None:
-            code, reason = reply.close
-            self.close(code, reason)
+            code, reason, label = reply.close
+            self.close(code, reason, label)
 
-    def close(self, code: int, reason: str, grace: float = SLOW_CONSUMER_GRACE) -> None:
-        """Close with ``code``; abort if the peer has not taken it within ``grace``."""
+    def close(self, code: int, reason: str, label: str, grace: float = CLOSE_GRACE) -> None:
+        """Close with ``code``; abort if the peer has not taken it within ``grace``.
+
+        ``label`` is the metrics reason (``CLOSE_REASONS``).
+        """
         transport = self.transport
-        if transport is None or transport.is_disconnected:
+        if transport is None or transport.is_disconnected or self._close_reason is not None:
             return
+        self._close_reason = label
         if self.session is not None:
             self.session.closed()
         self._server.connections.discard(self)  # closing: no more pings or shutdown closes
@@ -119,12 +143,21 @@ class ClientConnection(WSListener):
             WSMsgType.TEXT,
             protocol.status_frame(protocol.SLOW_CONSUMER, "client too slow: unsent data over the limit"),
         )
-        self.close(WSCloseCode.TRY_AGAIN_LATER.value, "slow consumer")
+        self.close(WSCloseCode.TRY_AGAIN_LATER.value, "slow consumer", "slow_consumer")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        if self.session is not None:
-            self.session.closed()
-        self._server.connections.discard(self)
+        if self.session is None:
+            return  # never upgraded
+        self.session.closed()
+        server = self._server
+        server.connections.discard(self)
+        server.stats.connected[self._path] -= 1
+        reason = self._close_reason
+        if reason is None:
+            # picows closed it itself (a frame over the size limit, a protocol
+            # error): the client broke a rule. Otherwise the peer vanished.
+            reason = "policy" if transport.close_handshake is not None else "error"
+        server.stats.closed[reason] += 1
 
 
 def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
@@ -198,7 +231,7 @@ class PingSweeper:
         for connection in pinged:
             if connection.pinged and connection in self._connections:
                 self.reaped += 1
-                connection.close(WSCloseCode.GOING_AWAY.value, "no reply to ping")
+                connection.close(WSCloseCode.GOING_AWAY.value, "no reply to ping", "idle")
 
 
 class RelayServer:
@@ -208,7 +241,10 @@ class RelayServer:
         self.tokens = TokenCheck(config.client_tokens)
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
+        self._metrics_server: asyncio.Server | None = None
         self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
+        self.stats = ServerStatistics.for_paths([f"/{m}" for m in config.markets] + [API_SOCKET_PATH])
+        self.metrics = Metrics(relay, self, config.metrics_interval)
         if self.tokens.open_mode:
             log.warning(
                 "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
@@ -230,18 +266,37 @@ class RelayServer:
             use_aiofastnet=False,
         )
         self.pings.start()
+        self.metrics.start()
+        if config.metrics_port is not None:
+            self._metrics_server = await ws_create_server(
+                self._route_http,
+                config.host,
+                config.metrics_port,
+                logger_name="metrics",
+                use_aiofastnet=False,
+            )
 
     @property
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def metrics_port(self) -> int | None:
+        if self._metrics_server is None:
+            return None
+        return int(self._metrics_server.sockets[0].getsockname()[1])
+
     async def stop(self) -> None:
         self.pings.stop()
+        self.metrics.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
-            connection.close(WSCloseCode.GOING_AWAY.value, "server shutting down", grace=0.5)
+            connection.close(WSCloseCode.GOING_AWAY.value, "server shutting down", "shutdown", grace=0.5)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -251,11 +306,20 @@ class RelayServer:
             path = path.rstrip("/")
         if path == API_SOCKET_PATH:
             _normalise_upgrade_headers(request)
-            return ClientConnection(self, None)
+            return ClientConnection(self, None, path)
         market = path[1:]
         if market in self.relay.config.markets:
             _normalise_upgrade_headers(request)
-            return ClientConnection(self, market)
+            return ClientConnection(self, market, path)
+        if markets.is_market(market):
+            return _plain(404, f"market {market} is not served by this relay\n".encode())
+        return self._route_http(request)
+
+    def _route_http(self, request: WSUpgradeRequest) -> Any:
+        """Plain HTTP GETs: probes and metrics (also on --metrics-port)."""
+        path = request.path.decode("latin-1").split("?", 1)[0]
+        if path == "/metrics":
+            return _plain(200, self.metrics.text, CONTENT_TYPE)
         if path == "/healthz":
             return _plain(200, b"ok\n")
         if path == "/readyz":
@@ -263,6 +327,4 @@ class RelayServer:
                 return _plain(200, b"ready\n")
             down = [m for m, s in self.relay.upstreams.items() if not s.live]
             return _plain(503, f"not ready: upstream down: {', '.join(down)}\n".encode())
-        if markets.is_market(market):
-            return _plain(404, f"market {market} is not served by this relay\n".encode())
         return None

@@ -50,7 +50,7 @@ class Reply:
     """Payloads (JSON arrays) to send in order, then an optional close."""
 
     frames: list[bytes] = field(default_factory=list)
-    close: tuple[int, str] | None = None
+    close: tuple[int, str, str] | None = None  # code, reason sent, reason label for metrics
 
 
 class ClientSession:
@@ -100,7 +100,7 @@ class ClientSession:
         if not self.tokens.accepts(token):
             return Reply(
                 [protocol.status_frame(protocol.AUTH_FAILED, "authentication failed")],
-                close=(CLOSE_POLICY_VIOLATION, "authentication failed"),
+                close=(CLOSE_POLICY_VIOLATION, "authentication failed", "auth_failed"),
             )
         self.authenticated = True
         return Reply([protocol.status_frame(protocol.AUTH_SUCCESS, "authenticated")])

@@ -24,7 +24,8 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 
 from fastrelay import protocol
 from fastrelay.backoff import Backoff
-from fastrelay.events import EventHead, FrameError, decode_frame
+from fastrelay.events import EventHead, FrameError, decode_frame, timestamp_ms
+from fastrelay.histogram import FEED_LATENCY_BOUNDS, Histogram
 from fastrelay.ratelimit import LogThrottle
 
 log = logging.getLogger("fastrelay.upstream")
@@ -159,6 +160,7 @@ class UpstreamSession:
         self.backoff = backoff or Backoff(self.timers.backoff_base, self.timers.backoff_cap)
         self._clock = clock
         self.stats = UpstreamStatistics()
+        self.feed_latency = Histogram(FEED_LATENCY_BOUNDS)
         self._transport: WSTransport | None = None
         self._handshake = Handshake()
         self._reason: DisconnectReason | None = None
@@ -309,6 +311,10 @@ class UpstreamSession:
         elif self._handshake.phase is not Phase.LIVE:
             return  # data before auth completes: not ours to route yet
         stats.events += len(heads)
+        # Sampled: the first event of each frame, so the cost is per frame, not per event.
+        sent_ms = timestamp_ms(heads[0])
+        if sent_ms is not None:
+            self.feed_latency.observe(max(0.0, time.time() - sent_ms / 1000.0))
         self._handler.upstream_events(self.market, heads, raws, arrival, last_in_buffer)
 
     def _status(self, head: EventHead) -> None:

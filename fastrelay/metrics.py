@@ -1,0 +1,229 @@
+"""Every metric of the relay in one place, read from plain counters at scrape time.
+
+Instrumentation stays off the hot path: the hub, the upstream sessions and the
+server count in plain integers and ``histogram.Histogram``; this collector
+turns them into Prometheus families when ``/metrics`` is rendered. There is no
+Prometheus call per event or per client, and no label per symbol or per client.
+
+Rendering (``generate_latest``) takes milliseconds for a few hundred lines,
+and picows answers plain HTTP synchronously inside the loop, so the text is
+rendered on a timer (``--metrics-interval``) and ``/metrics`` serves the
+latest rendering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fastrelay import __version__
+from fastrelay.histogram import LOOP_LAG_BOUNDS, Histogram
+from fastrelay.upstream import DisconnectReason
+
+if TYPE_CHECKING:
+    from fastrelay.relay import Relay
+    from fastrelay.server import RelayServer
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+UPSTREAM_REASONS = tuple(r.value for r in DisconnectReason)
+# Why a client connection ended; a small fixed set so every series exists from start-up.
+CLOSE_REASONS = ("normal", "slow_consumer", "auth_failed", "policy", "limit", "idle", "shutdown", "error")
+
+
+def _histogram(name: str, doc: str, hist: Histogram, labels: dict[str, str] | None = None) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), hist.cumulative(), hist.sum)
+    return family
+
+
+class RelayCollector(Collector):
+    """Reads the relay's plain counters into Prometheus families."""
+
+    def __init__(self, relay: Relay, server: RelayServer, loop_lag: Histogram) -> None:
+        self._relay = relay
+        self._server = server
+        self._loop_lag = loop_lag
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._upstream()
+        yield from self._clients()
+        relay = self._relay
+        yield _histogram(
+            "fastrelay_relay_latency_seconds",
+            "Upstream frame arrival to the write of its events to client sockets.",
+            relay.relay_latency,
+        )
+        yield _histogram(
+            "fastrelay_event_loop_lag_seconds",
+            "How late the event loop runs a timer: time the loop was busy or blocked.",
+            self._loop_lag,
+        )
+        ready = GaugeMetricFamily("fastrelay_ready", "1 when every configured upstream is authenticated.")
+        ready.add_metric([], 1.0 if relay.ready else 0.0)
+        yield ready
+        info = GaugeMetricFamily("fastrelay_build_info", "fastrelay build.", labels=["version", "python"])
+        info.add_metric([__version__, platform.python_version()], 1.0)
+        yield info
+
+    def _upstream(self) -> Iterator[Metric]:
+        connected = GaugeMetricFamily(
+            "fastrelay_upstream_connected",
+            "1 while the market's upstream is authenticated.",
+            labels=["market"],
+        )
+        reconnects = CounterMetricFamily(
+            "fastrelay_upstream_reconnects",
+            "Upstream connections lost or refused, by reason.",
+            labels=["market", "reason"],
+        )
+        frames = CounterMetricFamily("fastrelay_upstream_frames", "Frames received.", labels=["market"])
+        events = CounterMetricFamily("fastrelay_upstream_events", "Events received.", labels=["market"])
+        received = CounterMetricFamily(
+            "fastrelay_upstream_received_bytes", "Payload bytes received.", labels=["market"]
+        )
+        errors = CounterMetricFamily(
+            "fastrelay_upstream_decode_errors",
+            "Frames that failed to decode and were skipped.",
+            labels=["market"],
+        )
+        channels = GaugeMetricFamily(
+            "fastrelay_upstream_channels", "Channels subscribed upstream.", labels=["market"]
+        )
+        feed = HistogramMetricFamily(
+            "fastrelay_feed_latency_seconds",
+            "Event timestamp (ms ones) to arrival at the relay; sampled: first event of each frame.",
+            labels=["market"],
+        )
+        for market, session in self._relay.upstreams.items():
+            stats = session.stats
+            connected.add_metric([market], 1.0 if session.live else 0.0)
+            for reason in UPSTREAM_REASONS:
+                reconnects.add_metric([market, reason], stats.reconnects[reason])
+            frames.add_metric([market], stats.frames)
+            events.add_metric([market], stats.events)
+            received.add_metric([market], stats.bytes)
+            errors.add_metric([market], stats.decode_errors)
+            channels.add_metric([market], len(self._relay.hub.interests[market].subscribed_upstream))
+            feed.add_metric([market], session.feed_latency.cumulative(), session.feed_latency.sum)
+        yield from (connected, reconnects, frames, events, received, errors, channels, feed)
+
+    def _clients(self) -> Iterator[Metric]:
+        server = self._server
+        hub = self._relay.hub
+        stats = hub.stats
+        connected = GaugeMetricFamily("fastrelay_clients", "Connected clients.", labels=["path"])
+        accepted = CounterMetricFamily(
+            "fastrelay_client_connections", "Client connections accepted.", labels=["path"]
+        )
+        for path, count in server.stats.connected.items():
+            connected.add_metric([path], count)
+            accepted.add_metric([path], server.stats.accepted[path])
+        closed = CounterMetricFamily(
+            "fastrelay_client_disconnections", "Client connections closed, by reason.", labels=["reason"]
+        )
+        for reason, count in server.stats.closed.items():
+            closed.add_metric([reason], count)
+        yield from (connected, accepted, closed)
+        yield GaugeMetricFamily(
+            "fastrelay_client_subscriptions",
+            "Channels subscribed, summed over clients.",
+            value=hub.subscriptions,
+        )
+        yield CounterMetricFamily(
+            "fastrelay_client_events_sent",
+            "Events written to clients (events x recipients).",
+            value=stats.deliveries,
+        )
+        yield CounterMetricFamily(
+            "fastrelay_client_frames_sent", "Frames written to clients.", value=stats.frames_written
+        )
+        yield CounterMetricFamily(
+            "fastrelay_client_sent_bytes", "Bytes written to client sockets.", value=stats.bytes_written
+        )
+        yield CounterMetricFamily(
+            "fastrelay_client_slow_consumer_drops",
+            "Clients dropped for owing more than --max-client-buffer.",
+            value=stats.slow_consumers,
+        )
+        yield GaugeMetricFamily(
+            "fastrelay_client_max_backlog_bytes",
+            "Largest unsent backlog of any client at the last flush.",
+            value=stats.max_backlog,
+        )
+        yield GaugeMetricFamily(
+            "fastrelay_audiences", "Groups of clients sharing a channel set.", value=hub.audience_count()
+        )
+
+
+class LoopLagMonitor:
+    """Measures how late a periodic timer fires: the loop's responsiveness."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.histogram = Histogram(LOOP_LAG_BOUNDS)
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.interval
+        self._timer = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.histogram.observe(max(0.0, now - self._due))
+        self._due = now + self.interval
+        self._timer = loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class Metrics:
+    """The registry, its periodic rendering and the loop-lag monitor."""
+
+    def __init__(self, relay: Relay, server: RelayServer, interval: float) -> None:
+        self.interval = interval
+        self.loop_lag = LoopLagMonitor()
+        self.registry = CollectorRegistry(auto_describe=False)
+        # The default process_* and python_* families, as SREs' dashboards expect.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(RelayCollector(relay, server, self.loop_lag.histogram))
+        self.text = b""
+        self.render_seconds = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.loop_lag.start()
+        self._render()
+
+    def stop(self) -> None:
+        self.loop_lag.stop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _render(self) -> None:
+        started = time.perf_counter()
+        self.text = generate_latest(self.registry)
+        self.render_seconds = time.perf_counter() - started
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._render)
