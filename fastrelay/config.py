@@ -45,6 +45,11 @@ class RelayConfig:
     client_ping_interval: float = 20.0  # Massive's clients ping every 20-25 s
     client_ping_timeout: float = 20.0
     upstream_timers: UpstreamTimers = field(default_factory=UpstreamTimers)
+    # Aggregates kept per exactly subscribed ticker and ev for the history
+    # extension: 500 per-second candles are 8 minutes, 500 per-minute ones 8 hours.
+    history_size: int = 500
+    # Static files served on GET (the dashboard); None: the packaged ones, "": none.
+    web_root: str | None = None
     metrics_port: int | None = None  # /metrics, /healthz, /readyz also here (keep it internal)
     # /metrics serves a rendering at most this old: rendering takes ms, and
     # picows answers HTTP synchronously on the loop, so it runs on a timer.
@@ -182,6 +187,10 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "upstream connect-to-authenticated limit, s",
         "upstream_timers.handshake_timeout",
     ),
+    Option(
+        "history-size", _positive(int), "aggregates kept per ticker for the history action", "history_size"
+    ),
+    Option("web-root", str, "directory of static files to serve ('' to serve none)", "web_root"),
     Option(
         "metrics-port", _positive(int), "also serve /metrics, /healthz, /readyz on this port", "metrics_port"
     ),

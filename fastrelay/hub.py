@@ -28,6 +28,7 @@ the upstream subscriptions. It never touches a socket: members are given a
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,14 +75,29 @@ class Audience:
 
 
 class _MarketIndex:
-    __slots__ = ("ambiguous", "exact", "last", "market", "state_evs", "wildcard")
+    __slots__ = (
+        "ambiguous",
+        "exact",
+        "history",
+        "history_evs",
+        "last",
+        "market",
+        "recorded",
+        "state_evs",
+        "wildcard",
+    )
 
     def __init__(self, market: str) -> None:
         self.market = market
         self.exact: dict[str, dict[str, list[Audience]]] = {}
         self.wildcard: dict[str, list[Audience]] = {}
+        # Stored events are copies: a msgspec.Raw pins its whole upstream frame.
         self.last: dict[str, dict[str, bytes]] = {}
+        self.history: dict[str, dict[str, deque[bytes]]] = {}
+        # ev -> tickers with an exact subscription: the ones whose history is kept.
+        self.recorded: dict[str, set[str]] = {}
         self.state_evs = markets.state_evs(market)
+        self.history_evs = markets.history_evs(market)
         self.ambiguous = markets.is_ambiguous(market)
 
 
@@ -109,8 +125,10 @@ class Hub:
         max_client_buffer: int,
         max_channels_per_client: int,
         on_slow_consumer: Callable[[Member], None],
+        history_size: int = 500,
     ) -> None:
         self.interests = interests
+        self.history_size = history_size
         self.max_frame_payload = max_frame_payload
         self.max_client_buffer = max_client_buffer
         self.max_channels_per_client = max_channels_per_client
@@ -167,9 +185,13 @@ class Hub:
                 continue
             room -= len(wanted)
             self.subscriptions += len(wanted)
+            recorded = self._index[market].recorded
+            history_evs = self._index[market].history_evs
             for channel in wanted:
                 member.channels.add(channel)
                 interest.add(channel.name)
+                if channel.ev in history_evs and not channel.is_wildcard:
+                    recorded.setdefault(channel.ev, set()).add(channel.ticker)
             self.dirty_markets.add(market)
             accepted.extend(wanted)
         if new:
@@ -187,7 +209,10 @@ class Hub:
         return removed
 
     def _release(self, channel: Channel) -> None:
-        self.interests[channel.market].remove(channel.name)
+        interest = self.interests[channel.market]
+        interest.remove(channel.name)
+        if not interest.refcount(channel.name):
+            self._index[channel.market].recorded.get(channel.ev, set()).discard(channel.ticker)
         self.dirty_markets.add(channel.market)
 
     def _move(self, member: Member) -> None:
@@ -261,6 +286,7 @@ class Hub:
         exact = index.exact
         last = index.last
         state_evs = index.state_evs
+        recorded = index.recorded
         tagging = index.ambiguous
         dirty = self._dirty
         queued = 0
@@ -275,7 +301,10 @@ class Hub:
                 by_ticker_last = last.get(ev)
                 if by_ticker_last is None:
                     by_ticker_last = last[ev] = {}
-                by_ticker_last[ticker] = raw
+                by_ticker_last[ticker] = bytes(raw)
+                # Candles (history evs) are all state evs, so this sits inside.
+                if ev in recorded and ticker in recorded[ev]:
+                    self._remember(index, ev, ticker, raw)
             targets = wildcard.get(ev)
             if targets is not None:
                 queued += len(targets)
@@ -296,6 +325,28 @@ class Hub:
                         pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
         self.stats.events_routed += len(heads)
         return queued
+
+    def _remember(self, index: _MarketIndex, ev: str, ticker: str, raw: Any) -> None:
+        """Keep an aggregate of an exactly subscribed ticker (about one a second each)."""
+        by_ticker = index.history.get(ev)
+        if by_ticker is None:
+            by_ticker = index.history[ev] = {}
+        events = by_ticker.get(ticker)
+        if events is None:
+            events = by_ticker[ticker] = deque(maxlen=self.history_size)
+        events.append(bytes(raw))
+
+    def history(self, member: Member, channel: Channel) -> list[bytes]:
+        """The kept aggregates of an exact channel, oldest first (empty if none)."""
+        index = self._index.get(channel.market)
+        if index is None or channel.is_wildcard:
+            return []
+        events = index.history.get(channel.ev, {}).get(channel.ticker)
+        if not events:
+            return []
+        if member.tags_markets and index.ambiguous:
+            return [tag_market(e, channel.market) for e in events]
+        return list(events)
 
     def has_pending(self) -> bool:
         return bool(self._dirty)
@@ -349,23 +400,27 @@ class Hub:
             raw = index.last.get(channel.ev, {}).get(channel.ticker)
             if raw is not None:
                 tagged = member.tags_markets and index.ambiguous
-                found.append(tag_market(raw, channel.market) if tagged else bytes(raw))
+                found.append(tag_market(raw, channel.market) if tagged else raw)
         return found
 
     def forget_last_values(self, market: str, unsubscribed: Iterable[str]) -> None:
-        """Drop last values of channels no longer subscribed upstream (no stale fills)."""
+        """Drop last values and history of channels no longer subscribed upstream.
+
+        Nothing stale is served, and memory follows what clients want.
+        """
         index = self._index[market]
         wanted = self.interests[market].wanted()
         for name in unsubscribed:
             ev, _, ticker = name.partition(".")
-            by_ticker = index.last.get(ev)
-            if by_ticker is None:
-                continue
-            if ticker == "*":
-                for symbol in [s for s in by_ticker if f"{ev}.{s}" not in wanted]:
-                    del by_ticker[symbol]
-            elif f"{ev}.*" not in wanted:
-                by_ticker.pop(ticker, None)
+            for store in (index.last, index.history):
+                by_ticker: dict[str, Any] | None = store.get(ev)
+                if by_ticker is None:
+                    continue
+                if ticker == "*":
+                    for symbol in [s for s in by_ticker if f"{ev}.{s}" not in wanted]:
+                        del by_ticker[symbol]
+                elif f"{ev}.*" not in wanted:
+                    by_ticker.pop(ticker, None)
 
     def audience_count(self) -> int:
         return len(self._audiences)

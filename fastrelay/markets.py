@@ -34,6 +34,17 @@ STATE_EVS: Final[dict[str, frozenset[str]]] = {
 }
 _FUTURES_STATE = frozenset({"Q", "A", "AM"})
 
+# Aggregates (candles) the relay keeps a short history of, per subscribed
+# ticker, so a chart loads at once with recent candles (README, "history").
+_AGGREGATES = frozenset({"A", "AM"})
+HISTORY_EVS: Final[dict[str, frozenset[str]]] = {
+    "stocks": _AGGREGATES,
+    "options": _AGGREGATES,
+    "indices": _AGGREGATES,
+    "forex": frozenset({"CA", "CAS"}),
+    "crypto": frozenset({"XA", "XAS"}),
+}
+
 # Massive caps these per connection and accepts no wildcard for them
 # (PROTOCOL.md: "Options quotes and FMV accept no wildcard and at most 1,000
 # contracts per connection").
@@ -63,6 +74,12 @@ def state_evs(market: str) -> frozenset[str]:
     if market.startswith("futures"):
         return _FUTURES_STATE
     return STATE_EVS.get(market, frozenset())
+
+
+def history_evs(market: str) -> frozenset[str]:
+    if market.startswith("futures"):
+        return _AGGREGATES
+    return HISTORY_EVS.get(market, frozenset())
 
 
 def capped_evs(market: str) -> frozenset[str]:

@@ -168,28 +168,36 @@ def text_frame(payload: bytes) -> bytes:
     return text_frame_header(len(payload)) + payload
 
 
-def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
-    """Complete frames carrying ``events`` as JSON arrays, in order.
+def event_array_payloads(events: list[bytes], max_payload: int) -> list[bytes]:
+    """``events`` as JSON arrays, in order, each under ``max_payload`` bytes.
 
-    A frame's payload stays under ``max_payload`` (Massive's official clients
-    reject frames over 1 MiB by default), unless one event alone is larger:
-    an event is never cut.
+    Massive's official clients reject frames over 1 MiB by default. One event
+    alone larger than the limit still goes out whole: an event is never cut.
     """
     size = 2 + sum(map(len, events)) + len(events)
     if size <= max_payload:
-        return [text_frame(b"[" + b",".join(events) + b"]")]
-    frames: list[bytes] = []
+        return [b"[" + b",".join(events) + b"]"]
+    payloads: list[bytes] = []
     batch: list[bytes] = []
     batch_size = 2
     for event in events:
         if batch and batch_size + len(event) + 1 > max_payload:
-            frames.append(text_frame(b"[" + b",".join(batch) + b"]"))
+            payloads.append(b"[" + b",".join(batch) + b"]")
             batch = []
             batch_size = 2
         batch.append(event)
         batch_size += len(event) + 1
-    frames.append(text_frame(b"[" + b",".join(batch) + b"]"))
-    return frames
+    payloads.append(b"[" + b",".join(batch) + b"]")
+    return payloads
+
+
+def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
+    """Complete WebSocket frames carrying ``events`` (see ``event_array_payloads``)."""
+    if len(events) == 1:  # the common case under a firehose: skip the size pass
+        event = events[0]
+        if len(event) + 2 <= max_payload:
+            return [text_frame(b"[" + event + b"]")]
+    return [text_frame(payload) for payload in event_array_payloads(events, max_payload)]
 
 
 def tag_market(event: bytes | msgspec.Raw, market: str) -> bytes:

@@ -42,6 +42,7 @@ class Relay:
             max_client_buffer=config.max_client_buffer,
             max_channels_per_client=config.max_channels,
             on_slow_consumer=self._slow_consumer,
+            history_size=config.history_size,
         )
         ssl_context = None
         if config.upstream.startswith("wss://"):

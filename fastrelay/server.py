@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from picows import (
@@ -33,6 +34,7 @@ from fastrelay.hub import Member
 from fastrelay.metrics import CLOSE_REASONS, CONTENT_TYPE, Metrics
 from fastrelay.relay import Relay
 from fastrelay.session import ClientSession, Reply, TokenCheck
+from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
 
 log = logging.getLogger("fastrelay.server")
 
@@ -177,7 +179,9 @@ def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
 
 def _plain(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Any:
     if status == 200:
-        response = WSUpgradeResponse.create_ok_response(body, {"Content-Type": content_type})
+        # Probes, metrics and the page change while running: never cache them.
+        headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+        response = WSUpgradeResponse.create_ok_response(body, headers)
     else:
         response = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": content_type})
     return WSUpgradeResponseWithListener(response, None)
@@ -245,6 +249,14 @@ class RelayServer:
         self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
         self.stats = ServerStatistics.for_paths([f"/{m}" for m in config.markets] + [API_SOCKET_PATH])
         self.metrics = Metrics(relay, self, config.metrics_interval)
+        web_root = (
+            PACKAGED_WEB_ROOT
+            if config.web_root is None
+            else Path(config.web_root)
+            if config.web_root
+            else None
+        )
+        self.static = StaticFiles(web_root)
         if self.tokens.open_mode:
             log.warning(
                 "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
@@ -327,4 +339,7 @@ class RelayServer:
                 return _plain(200, b"ready\n")
             down = [m for m, s in self.relay.upstreams.items() if not s.live]
             return _plain(503, f"not ready: upstream down: {', '.join(down)}\n".encode())
+        found = self.static.get(path)
+        if found is not None:
+            return _plain(200, *found)
         return None

@@ -81,11 +81,13 @@ class ClientSession:
         action = message.action
         if action == "auth":
             return self._auth(message.params)
-        if action in ("subscribe", "unsubscribe"):
+        if action in ("subscribe", "unsubscribe", "history"):
             if not self.authenticated:
                 return Reply([protocol.status_frame(protocol.AUTH_REQUIRED, "please authenticate first")])
             if action == "subscribe":
                 return self._subscribe(message.params)
+            if action == "history":
+                return self._history(message.params)
             return self._unsubscribe(message.params)
         return Reply([protocol.status_frame(protocol.ERROR, f"unknown action {action[:40]!r}")])
 
@@ -151,6 +153,25 @@ class ClientSession:
         if self.hub.dirty_markets:
             self._on_interest_changed()
         return Reply([protocol.statuses_frame(statuses)])
+
+    def _history(self, params: str) -> Reply:
+        """fastrelay's extension: the recent aggregates of exact channels (README, "history").
+
+        For each channel, its kept events (oldest first, the same event shapes
+        as live data) and then a ``success`` status saying how many, so the
+        client knows the history of that channel is complete.
+        """
+        channels, errors = self._parse(params)
+        reply = Reply()
+        for channel in channels:
+            events = self.hub.history(self.member, channel)
+            if events:
+                reply.frames.extend(protocol.event_array_payloads(events, self.hub.max_frame_payload))
+            message = f"history: {self._label(channel)} ({len(events)} events)"
+            reply.frames.append(protocol.status_frame(protocol.SUCCESS, message))
+        if errors:
+            reply.frames.append(protocol.statuses_frame(self._error_statuses(errors)))
+        return reply
 
     def _label(self, channel: Channel) -> str:
         # On /api/socket an explicitly prefixed channel is acknowledged with

@@ -196,3 +196,30 @@ def test_large_batch_is_split_across_frames_in_order() -> None:
     hub.flush()
     assert len(sink.writes) > 1
     assert [e["q"] for e in sink.events()] == list(range(200))
+
+
+def test_history_keeps_recent_aggregates_of_exact_subscriptions() -> None:
+    """Aggregates of exactly subscribed tickers are kept, oldest first, bounded; nothing else."""
+    hub, _ = make_hub()
+    hub.history_size = 3
+    m, _ = member(hub)
+    hub.subscribe(m, [ch("A.AAPL"), ch("A.*"), ch("T.AAPL")])
+    for s in range(5):
+        route(hub, "stocks", frame({"ev": "A", "sym": "AAPL", "s": s}, {"ev": "A", "sym": "MSFT", "s": s}))
+        route(hub, "stocks", frame({"ev": "T", "sym": "AAPL", "q": s}))
+    assert [orjson.loads(e)["s"] for e in hub.history(m, ch("A.AAPL"))] == [2, 3, 4]
+    assert hub.history(m, ch("A.MSFT")) == []  # only on the wildcard: not kept
+    assert hub.history(m, ch("T.AAPL")) == []  # trades are not candles
+
+
+def test_history_is_dropped_with_the_upstream_subscription() -> None:
+    """Once the channel leaves the upstream, its history goes too."""
+    hub, _ = make_hub()
+    m, _ = member(hub)
+    hub.subscribe(m, [ch("AM.AAPL")])
+    hub.interests["stocks"].plan()
+    route(hub, "stocks", frame({"ev": "AM", "sym": "AAPL", "s": 1}))
+    assert len(hub.history(m, ch("AM.AAPL"))) == 1
+    hub.unsubscribe(m, [ch("AM.AAPL")])
+    hub.forget_last_values("stocks", hub.interests["stocks"].plan().unsubscribe)
+    assert hub.history(m, ch("AM.AAPL")) == []

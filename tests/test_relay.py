@@ -302,3 +302,25 @@ async def test_idle_clients_are_pinged_and_silent_ones_reaped(sim: Simulator) ->
         await alive.close()
         writer.close()
         await writer.wait_closed()
+
+
+async def test_history_over_the_wire_and_static_page(relay: RunningRelay) -> None:
+    """A chart client gets kept per-second aggregates on request; / serves the dashboard page."""
+    await wait_ready(relay)
+    watcher = await Client.connect(url(relay))
+    await watcher.subscribe("A.MSFT")
+    await watcher.wait_events(2, timeout=TIMEOUT * 2)  # per-second aggregates
+    chart = await Client.connect(url(relay))
+    await chart.send({"action": "history", "params": "A.MSFT"})
+    status = await chart.wait_status("success")
+    assert status["message"].startswith("history: A.MSFT (") and len(chart.events) >= 2
+    starts = [e["s"] for e in chart.events]
+    assert starts == sorted(starts) and {e["ev"] for e in chart.events} == {"A"}
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    page = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    await writer.wait_closed()
+    assert page.startswith(b"HTTP/1.1 200") and b"text/html" in page and b"<html" in page
+    await watcher.close()
+    await chart.close()

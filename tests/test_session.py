@@ -137,3 +137,20 @@ def test_token_check_is_exact() -> None:
     check = TokenCheck(["s3cret", "other"])
     assert check.accepts("s3cret") and check.accepts("other")
     assert not check.accepts("s3cre") and not check.accepts("S3CRET") and not check.accepts("")
+
+
+def test_history_action_sends_events_then_a_status_per_channel() -> None:
+    """The history extension: kept events (oldest first), then 'history: CH (N events)'."""
+    from fastrelay.events import decode_frame
+
+    s = authed()
+    s.receive(b'{"action":"subscribe","params":"A.AAPL"}')
+    heads, raws = decode_frame(b'[{"ev":"A","sym":"AAPL","s":1},{"ev":"A","sym":"AAPL","s":2}]')
+    s.hub.route("stocks", heads, raws)
+    reply = s.receive(b'{"action":"history","params":"A.AAPL,AM.MSFT,bad"}')
+    assert [orjson.loads(f) for f in reply.frames[:1]] == [
+        [{"ev": "A", "sym": "AAPL", "s": 1}, {"ev": "A", "sym": "AAPL", "s": 2}]
+    ]
+    assert statuses(reply.frames[1]) == [("success", "history: A.AAPL (2 events)")]
+    assert statuses(reply.frames[2]) == [("success", "history: AM.MSFT (0 events)")]
+    assert statuses(reply.frames[3])[0][0] == "error"
