@@ -62,7 +62,17 @@ async def serve(config: RelayConfig) -> None:
             config.upstream,
         )
         await wait_for_signal()
-        log.info("shutting down")
+        await shutdown(running, config.shutdown_timeout)
+
+
+async def shutdown(running: RunningRelay, timeout: float) -> None:
+    """Drain clients (spread over up to a third of the timeout), then close the upstreams."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    log.info("shutting down: draining %d clients", len(running.server.connections))
+    # Leave the last part of the deadline for closing the upstreams.
+    await running.server.drain(spread=min(5.0, timeout / 3), deadline=deadline - min(1.0, timeout / 5))
+    log.info("clients drained; closing upstreams")
 
 
 async def run_with_simulator(config: RelayConfig) -> None:

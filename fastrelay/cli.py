@@ -17,6 +17,7 @@ from fastrelay.config import (
     SimConfigFlags,
     add_options,
     build,
+    describe,
     validate,
 )
 
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     add_options(run, RELAY_OPTIONS)
     sim = commands.add_parser("sim", help="a Massive-compatible simulated feed")
     add_options(sim, SIM_OPTIONS)
+    check = commands.add_parser(
+        "check-config", help="validate the relay's configuration (flags and environment) and exit"
+    )
+    add_options(check, RELAY_OPTIONS)
     return parser
 
 
@@ -41,14 +46,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sim":
             flags = build(SimConfigFlags(), SIM_OPTIONS, args, os.environ)
-            logs.configure(flags.log_level)
+            logs.configure(flags.log_level, flags.log_format)
             return _run_sim(flags)
         config = build(RelayConfig(), RELAY_OPTIONS, args, os.environ)
         validate(config)
+        if args.command == "check-config" and not config.api_key:
+            raise ConfigError("no API key: set MASSIVE_API_KEY or --api-key")
     except ConfigError as exc:
         print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.log_level)
+    if args.command == "check-config":
+        print(f"fastrelay: configuration OK: {describe(config)}")
+        return 0
+    logs.configure(config.log_level, config.log_format)
     from fastrelay import app
 
     if args.command == "run" and not config.api_key:

@@ -41,6 +41,21 @@ class RelayConfig:
     max_client_buffer: int = 4 * MIB
     max_channels: int = 2000  # per client connection
     max_message_size: int = 256 * KIB  # incoming client frames (1,000 contracts fit)
+    # Connection limits. Load tests, and nginx in front, connect from one
+    # address: the defaults let 10,000 connections come from one address, and
+    # operators tighten them per client IP in nginx (nginx/fastrelay.conf).
+    max_connections: int = 50_000
+    max_connections_per_address: int = 20_000
+    # X-Forwarded-For is believed only from these peers (e.g. 127.0.0.1 for a local nginx).
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Control messages (auth, subscribe, ...) per second per client, and the
+    # burst allowed: a page subscribes a handful, a service may send hundreds at start.
+    max_messages_per_second: float = 50.0
+    message_burst: int = 200
+    client_handshake_timeout: float = 5.0  # TCP accepted to WebSocket upgraded
+    # Browsers' Origin values allowed to connect (empty: any). A request
+    # without Origin is a service, not a browser, and is not refused by it.
+    allowed_origins: list[str] = field(default_factory=list)
     linger: float = 5.0  # seconds an unwanted channel stays subscribed upstream
     client_ping_interval: float = 20.0  # Massive's clients ping every 20-25 s
     client_ping_timeout: float = 20.0
@@ -54,6 +69,10 @@ class RelayConfig:
     # /metrics serves a rendering at most this old: rendering takes ms, and
     # picows answers HTTP synchronously on the loop, so it runs on a timer.
     metrics_interval: float = 1.0
+    # SIGTERM/SIGINT to exit: clients closed with 1001 over the first third
+    # (at most 5 s) so they do not all reconnect at once, then the upstreams.
+    shutdown_timeout: float = 10.0
+    log_format: str = "text"
     log_level: str = "info"
 
 
@@ -68,6 +87,7 @@ class SimConfigFlags:
     events_per_frame: int = 1
     symbol_count: int = 0
     stamp: bool = False
+    log_format: str = "text"
     log_level: str = "info"
 
 
@@ -97,6 +117,13 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"{text!r} is not one of text, json")
+    return value
 
 
 def _log_level(text: str) -> str:
@@ -140,6 +167,32 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option("max-channels", _positive(int), "channels per client connection", "max_channels"),
     Option("max-message-size", _positive(int), "largest frame a client may send, bytes", "max_message_size"),
+    Option("max-connections", _positive(int), "client connections in total", "max_connections"),
+    Option(
+        "max-connections-per-address",
+        _positive(int),
+        "client connections per client address",
+        "max_connections_per_address",
+    ),
+    Option(
+        "trusted-proxies", _csv, "peers whose X-Forwarded-For is believed (e.g. 127.0.0.1)", "trusted_proxies"
+    ),
+    Option(
+        "max-messages-per-second",
+        _positive(float),
+        "control messages per second per client",
+        "max_messages_per_second",
+    ),
+    Option("message-burst", _positive(int), "control messages a client may send at once", "message_burst"),
+    Option(
+        "client-handshake-timeout",
+        _positive(float),
+        "TCP accept to WebSocket upgrade, s",
+        "client_handshake_timeout",
+    ),
+    Option(
+        "allowed-origins", _csv, "browser Origins allowed (comma-separated; empty: any)", "allowed_origins"
+    ),
     Option("linger", _positive(float), "seconds before the last unsubscribe goes upstream", "linger"),
     Option(
         "client-ping-interval", _positive(float), "ping clients idle this long, s", "client_ping_interval"
@@ -187,6 +240,7 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "upstream connect-to-authenticated limit, s",
         "upstream_timers.handshake_timeout",
     ),
+    Option("shutdown-timeout", _positive(float), "seconds from SIGTERM to exit", "shutdown_timeout"),
     Option(
         "history-size", _positive(int), "aggregates kept per ticker for the history action", "history_size"
     ),
@@ -195,6 +249,7 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "metrics-port", _positive(int), "also serve /metrics, /healthz, /readyz on this port", "metrics_port"
     ),
     Option("metrics-interval", _positive(float), "seconds between /metrics renderings", "metrics_interval"),
+    Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )
 
@@ -208,6 +263,7 @@ SIM_OPTIONS: tuple[Option, ...] = (
         "symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"
     ),
     Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
+    Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )
 
@@ -257,6 +313,18 @@ def build(config: Any, options: Sequence[Option], args: argparse.Namespace, env:
             value = tuple(value)
         _set(config, option.target, value)
     return config
+
+
+def describe(config: RelayConfig) -> str:
+    """A one-line summary without secrets (the key and tokens are only counted)."""
+    tokens = (
+        f"{len(config.client_tokens)} client token(s)" if config.client_tokens else "open mode (no tokens)"
+    )
+    return (
+        f"listen {config.host}:{config.port}, markets {','.join(config.markets)}, "
+        f"upstream {config.upstream}, API key {'set' if config.api_key else 'missing'}, {tokens}, "
+        f"flush {config.flush_interval:g} ms"
+    )
 
 
 def validate(config: RelayConfig) -> None:

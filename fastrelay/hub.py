@@ -36,7 +36,7 @@ from typing import Any
 from fastrelay import markets
 from fastrelay.events import EventHead, ticker_of
 from fastrelay.interest import CapReached, MarketInterest
-from fastrelay.protocol import Channel, event_array_frames, tag_market
+from fastrelay.protocol import Channel, event_array_frames, tag_market, text_frame
 
 
 class Member:
@@ -421,6 +421,17 @@ class Hub:
                         del by_ticker[symbol]
                 elif f"{ev}.*" not in wanted:
                     by_ticker.pop(ticker, None)
+
+    def announce(self, market: str, payload: bytes) -> int:
+        """Write one status payload to every member subscribed to ``market``; returns how many."""
+        frame = text_frame(payload)
+        reached = 0
+        for audience in list(self._audiences.values()):
+            if any(c.market == market for c in audience.channels):
+                for member in audience.members:
+                    member.write(frame)
+                reached += len(audience.members)
+        return reached
 
     def audience_count(self) -> int:
         return len(self._audiences)

@@ -42,6 +42,8 @@ class LogThrottle:
 class TokenBucket:
     """``rate`` actions per second with bursts up to ``burst``; pure."""
 
+    __slots__ = ("_clock", "_tokens", "_updated", "burst", "rate")
+
     def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst

@@ -20,6 +20,7 @@ import ssl
 import time
 from typing import Any
 
+from fastrelay import protocol
 from fastrelay.config import RelayConfig
 from fastrelay.events import EventHead
 from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
@@ -64,6 +65,7 @@ class Relay:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._slow_log = LogThrottle(log, interval=10.0)
         self.relay_latency = Histogram(RELAY_LATENCY_BOUNDS)
+        self._outages: set[str] = set()  # markets whose clients were told the feed is down
         self._arrivals: list[float] = []  # perf_counter arrival of each frame pending a flush
 
     # --- lifecycle --------------------------------------------------------------------
@@ -84,13 +86,32 @@ class Relay:
 
     # --- upstream handler ---------------------------------------------------------------
     def upstream_live(self, session: UpstreamSession) -> None:
-        channels = self.hub.interests[session.market].resubscribe_all()
+        market = session.market
+        channels = self.hub.interests[market].resubscribe_all()
         if channels:
-            log.info("upstream %s: resubscribing %d channels", session.market, len(channels))
+            log.info("upstream %s: resubscribing %d channels", market, len(channels))
         session.send_subscriptions(channels, [])
+        if market in self._outages:
+            self._outages.discard(market)
+            # Statuses Massive's clients already accept: they log them and go on.
+            self.hub.announce(
+                market,
+                protocol.status_frame(protocol.SUCCESS, f"{market} feed restored: subscriptions resumed"),
+            )
 
     def upstream_down(self, session: UpstreamSession, reason: DisconnectReason) -> None:
-        log.info("upstream %s: down (%s); clients stay connected", session.market, reason.value)
+        market = session.market
+        log.info("upstream %s: down (%s); clients stay connected", market, reason.value)
+        if market not in self._outages:
+            self._outages.add(market)
+            self.hub.announce(
+                market,
+                protocol.status_frame(
+                    protocol.ERROR,
+                    f"{market} feed interrupted ({reason.value}): reconnecting; "
+                    "events during the outage are not replayed",
+                ),
+            )
 
     def upstream_events(
         self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool

@@ -32,6 +32,7 @@ from picows import (
 from fastrelay import markets, protocol
 from fastrelay.hub import Member
 from fastrelay.metrics import CLOSE_REASONS, CONTENT_TYPE, Metrics
+from fastrelay.ratelimit import TokenBucket
 from fastrelay.relay import Relay
 from fastrelay.session import ClientSession, Reply, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
@@ -61,12 +62,25 @@ class ClientConnection(WSListener):
     """One downstream WebSocket connection."""
 
     # Thousands of these stay open: slots keep each one small.
-    __slots__ = ("_close_reason", "_market", "_path", "_server", "heard", "pinged", "session", "transport")
+    __slots__ = (
+        "_address",
+        "_close_reason",
+        "_forwarded",
+        "_market",
+        "_path",
+        "_server",
+        "heard",
+        "pinged",
+        "session",
+        "transport",
+    )
 
-    def __init__(self, server: RelayServer, market: str | None, path: str) -> None:
+    def __init__(self, server: RelayServer, market: str | None, path: str, forwarded: str | None) -> None:
         self._server = server
         self._market = market
         self._path = path
+        self._forwarded = forwarded  # X-Forwarded-For as sent, judged once the peer is known
+        self._address: str | None = None
         self._close_reason: str | None = None
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
@@ -77,10 +91,27 @@ class ClientConnection(WSListener):
         self.transport = transport
         server = self._server
         raw = transport.underlying_transport
+        # The peer is only known here (picows' listener factory sees the
+        # request, not the socket), so the per-address limit closes after the
+        # upgrade, with 1013: try again later.
+        address = server.addresses.client_address(raw.get_extra_info("peername"), self._forwarded)
+        self._forwarded = None
+        if not server.addresses.admit(address):
+            self._close_reason = "limit"
+            server.stats.closed["limit"] += 1
+            transport.send_close(WSCloseCode.TRY_AGAIN_LATER, b"too many connections from your address")
+            transport.disconnect(graceful=True)
+            return
+        self._address = address
         member = Member(raw.write, raw.get_write_buffer_size, tags_markets=self._market is None, owner=self)
         server.relay.hub.attach(member)
         self.session = ClientSession(
-            server.relay.hub, member, self._market, server.tokens, server.relay.interest_changed
+            server.relay.hub,
+            member,
+            self._market,
+            server.tokens,
+            server.relay.interest_changed,
+            server.limiter,
         )
         server.connections.add(self)
         server.stats.connected[self._path] += 1
@@ -149,9 +180,11 @@ class ClientConnection(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is None:
-            return  # never upgraded
+            return  # never upgraded, or refused by a limit
         self.session.closed()
         server = self._server
+        if self._address is not None:
+            server.addresses.release(self._address)
         server.connections.discard(self)
         server.stats.connected[self._path] -= 1
         reason = self._close_reason
@@ -185,6 +218,41 @@ def _plain(status: int, body: bytes, content_type: str = "text/plain; charset=ut
     else:
         response = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": content_type})
     return WSUpgradeResponseWithListener(response, None)
+
+
+class AddressBook:
+    """Connections per client address, the address taken from the socket or,
+    for a trusted proxy only, from X-Forwarded-For (else anyone could claim
+    any address and walk around the limit)."""
+
+    def __init__(self, limit: int, trusted_proxies: list[str]) -> None:
+        self.limit = limit
+        self._trusted = frozenset(trusted_proxies)
+        self._counts: dict[str, int] = {}
+
+    def client_address(self, peername: Any, forwarded: str | None) -> str:
+        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
+        if forwarded and peer in self._trusted:
+            # The right-most address not added by a trusted proxy is the
+            # client as the nearest trusted hop saw it.
+            for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+                if hop not in self._trusted:
+                    return hop
+        return peer
+
+    def admit(self, address: str) -> bool:
+        count = self._counts.get(address, 0)
+        if count >= self.limit:
+            return False
+        self._counts[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._counts.get(address, 0) - 1
+        if count > 0:
+            self._counts[address] = count
+        else:
+            self._counts.pop(address, None)
 
 
 class PingSweeper:
@@ -248,6 +316,9 @@ class RelayServer:
         self._metrics_server: asyncio.Server | None = None
         self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
         self.stats = ServerStatistics.for_paths([f"/{m}" for m in config.markets] + [API_SOCKET_PATH])
+        self.addresses = AddressBook(config.max_connections_per_address, config.trusted_proxies)
+        self._origins = frozenset(o.rstrip("/") for o in config.allowed_origins)
+        self.draining = False
         self.metrics = Metrics(relay, self, config.metrics_interval)
         web_root = (
             PACKAGED_WEB_ROOT
@@ -268,7 +339,7 @@ class RelayServer:
             self._route,
             config.host,
             config.port,
-            websocket_handshake_timeout=10,
+            websocket_handshake_timeout=config.client_handshake_timeout,
             logger_name="server",
             enable_auto_ping=False,  # PingSweeper does it with one timer
             max_frame_size=config.max_message_size,
@@ -299,6 +370,33 @@ class RelayServer:
             return None
         return int(self._metrics_server.sockets[0].getsockname()[1])
 
+    async def drain(self, spread: float, deadline: float) -> None:
+        """Graceful shutdown: unready, stop accepting, close clients with 1001.
+
+        The closes are spread over ``spread`` seconds so that clients (and
+        their backoff) do not all reconnect to the next instance at once.
+        Returns when every client is gone or at ``deadline`` (loop time).
+        """
+        self.draining = True
+        if self._server is not None:
+            self._server.close()  # stop accepting; open connections stay
+        loop = asyncio.get_running_loop()
+        connections = list(self.connections)
+        batches = max(1, min(len(connections), 20))
+        for index in range(batches):
+            batch = connections[index::batches]
+            loop.call_later(spread * index / batches, self._close_batch, batch)
+        while self.connections or any(c.transport and not c.transport.is_disconnected for c in connections):
+            if loop.time() >= deadline:
+                log.warning("shutdown deadline reached with %d clients still open", len(self.connections))
+                return
+            await asyncio.sleep(0.05)
+
+    @staticmethod
+    def _close_batch(batch: list[ClientConnection]) -> None:
+        for connection in batch:
+            connection.close(WSCloseCode.GOING_AWAY.value, "server shutting down", "shutdown", grace=0.5)
+
     async def stop(self) -> None:
         self.pings.stop()
         self.metrics.stop()
@@ -312,20 +410,39 @@ class RelayServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def limiter(self) -> TokenBucket:
+        config = self.relay.config
+        return TokenBucket(config.max_messages_per_second, config.message_burst)
+
     def _route(self, request: WSUpgradeRequest) -> Any:
         path = request.path.decode("latin-1").split("?", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
-        if path == API_SOCKET_PATH:
-            _normalise_upgrade_headers(request)
-            return ClientConnection(self, None, path)
         market = path[1:]
-        if market in self.relay.config.markets:
+        if path == API_SOCKET_PATH or market in self.relay.config.markets:
+            refusal = self._refusal(request)
+            if refusal is not None:
+                self.stats.closed["policy" if refusal[0] == 403 else "limit"] += 1
+                return _plain(*refusal)
             _normalise_upgrade_headers(request)
-            return ClientConnection(self, market, path)
+            forwarded = request.headers.get("x-forwarded-for")
+            return ClientConnection(self, None if path == API_SOCKET_PATH else market, path, forwarded)
         if markets.is_market(market):
             return _plain(404, f"market {market} is not served by this relay\n".encode())
         return self._route_http(request)
+
+    def _refusal(self, request: WSUpgradeRequest) -> tuple[int, bytes] | None:
+        """Why a WebSocket request is refused before the upgrade, if it is."""
+        if self.draining:
+            return 503, b"shutting down: reconnect to another instance\n"
+        origin = request.headers.get("origin")
+        # Browsers always send Origin; services (Massive's clients) do not and
+        # are not refused by the allow-list.
+        if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
+            return 403, b"origin not allowed\n"
+        if len(self.connections) >= self.relay.config.max_connections:
+            return 503, b"too many connections\n"
+        return None
 
     def _route_http(self, request: WSUpgradeRequest) -> Any:
         """Plain HTTP GETs: probes and metrics (also on --metrics-port)."""
@@ -335,6 +452,8 @@ class RelayServer:
         if path == "/healthz":
             return _plain(200, b"ok\n")
         if path == "/readyz":
+            if self.draining:
+                return _plain(503, b"not ready: shutting down\n")
             if self.relay.ready:
                 return _plain(200, b"ready\n")
             down = [m for m, s in self.relay.upstreams.items() if not s.live]

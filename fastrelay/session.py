@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from fastrelay import markets, protocol
 from fastrelay.hub import Hub, Member
 from fastrelay.protocol import Channel, ChannelError, ClientMessageError
+from fastrelay.ratelimit import TokenBucket
 
 # Close codes (RFC 6455 7.4.1): 1008 tells Massive's clients not to retry.
 CLOSE_POLICY_VIOLATION = 1008
@@ -61,19 +62,34 @@ class ClientSession:
         market: str | None,
         tokens: TokenCheck,
         on_interest_changed: Callable[[], None] = lambda: None,
+        limiter: Callable[[], TokenBucket] | None = None,
     ) -> None:
-        """``market`` is the cluster path (``stocks``...) or None for /api/socket."""
+        """``market`` is the cluster path (``stocks``...) or None for /api/socket.
+
+        ``limiter`` makes the control-message rate limit of this client; it is
+        called at the first message only, so idle connections carry none.
+        """
         self.hub = hub
         self.member = member
         self.market = market
         self.tokens = tokens
         self.authenticated = False
         self._on_interest_changed = on_interest_changed
+        self._make_limiter = limiter
+        self._limiter: TokenBucket | None = None
 
     def opened(self) -> bytes:
         return protocol.status_frame(protocol.CONNECTED, "Connected Successfully")
 
     def receive(self, payload: bytes) -> Reply:
+        if self._make_limiter is not None:
+            if self._limiter is None:
+                self._limiter = self._make_limiter()
+            if not self._limiter.take():
+                rate = self._limiter.rate
+                return Reply(
+                    [protocol.status_frame(protocol.ERROR, f"rate limit: at most {rate:g} messages/s")]
+                )
         try:
             message = protocol.decode_client_message(payload)
         except ClientMessageError as exc:
