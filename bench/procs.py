@@ -225,7 +225,7 @@ def machine_cpu() -> tuple[float, float]:
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal (guest time is inside user)
-    busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7]
+    busy = values[0] + values[1] + values[2] + values[5] + values[6]
     return busy / _CLOCK_TICKS, (values[5] + values[6]) / _CLOCK_TICKS
 
 

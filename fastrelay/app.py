@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fastrelay.config import RelayConfig
 from fastrelay.relay import Relay
@@ -50,6 +51,17 @@ async def wait_for_signal() -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def serve_until_signal(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` until SIGTERM or SIGINT, then cancel it (its finally blocks clean up)."""
+    task = asyncio.ensure_future(main)
+    signalled = asyncio.ensure_future(wait_for_signal())
+    await asyncio.wait((task, signalled), return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, signalled):
+        pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def serve(config: RelayConfig) -> None:

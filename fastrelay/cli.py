@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -80,7 +79,9 @@ def _run_sim(flags: SimConfigFlags) -> int:
         events_per_frame=flags.events_per_frame,
         symbol_count=flags.symbol_count,
         stamp_ns=flags.stamp,
+        markets=flags.markets,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        loops.run(run_simulator(config, flags.host, flags.port))
+    from fastrelay.app import serve_until_signal
+
+    loops.run(serve_until_signal(run_simulator(config, flags.host, flags.port)))
     return 0

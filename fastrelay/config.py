@@ -87,6 +87,7 @@ class SimConfigFlags:
     events_per_frame: int = 1
     symbol_count: int = 0
     stamp: bool = False
+    markets: tuple[str, ...] = markets.MARKETS  # markets that generate data (all paths answer)
     log_format: str = "text"
     log_level: str = "info"
 
@@ -263,6 +264,7 @@ SIM_OPTIONS: tuple[Option, ...] = (
         "symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"
     ),
     Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
+    Option("markets", markets.parse_markets, "markets that generate data (default: all)", "markets"),
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )

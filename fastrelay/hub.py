@@ -28,6 +28,8 @@ the upstream subscriptions. It never touches a socket: members are given a
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from typing import Any
 
 from fastrelay import markets
 from fastrelay.events import EventHead, ticker_of
+from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
 from fastrelay.interest import CapReached, MarketInterest
 from fastrelay.protocol import Channel, event_array_frames, tag_market, text_frame
 
@@ -65,13 +68,15 @@ class Member:
 class Audience:
     """Members with one channel set: they share every frame."""
 
-    __slots__ = ("channels", "members", "pending", "tagged")
+    __slots__ = ("channels", "first_arrival", "flushed_at", "members", "pending", "tagged")
 
     def __init__(self, channels: frozenset[Channel], tagged: bool) -> None:
         self.channels = channels
         self.tagged = tagged
         self.members: dict[Member, None] = {}  # an ordered set
         self.pending: list[bytes] = []
+        self.first_arrival = 0.0  # perf_counter() arrival of the oldest pending event
+        self.flushed_at = -math.inf  # perf_counter() of the last write
 
 
 class _MarketIndex:
@@ -138,6 +143,9 @@ class Hub:
         self._dirty: list[Audience] = []
         self.dirty_markets: set[str] = set()  # markets whose upstream interest changed
         self.stats = HubStatistics()
+        # Arrival of an audience's oldest pending event to its write: per frame
+        # written, the worst wait of the events in it.
+        self.latency = Histogram(RELAY_LATENCY_BOUNDS)
         self.members = 0
         self.subscriptions = 0  # channels summed over members
 
@@ -275,12 +283,17 @@ class Hub:
                         del index.exact[channel.ev]
 
     # --- the hot path -----------------------------------------------------------
-    def route(self, market: str, heads: list[EventHead], raws: list[Any]) -> int:
+    def route(
+        self, market: str, heads: list[EventHead], raws: list[Any], arrival: float | None = None
+    ) -> int:
         """Queue one upstream frame's events for the audiences that want them.
 
         ``raws`` are the events' bytes (``msgspec.Raw`` or ``bytes``), kept as
-        they came. Returns how many (event, audience) pairs were queued.
+        they came; ``arrival`` is the frame's ``perf_counter()`` arrival.
+        Returns how many (event, audience) pairs were queued.
         """
+        if arrival is None:
+            arrival = time.perf_counter()
         index = self._index[market]
         wildcard = index.wildcard
         exact = index.exact
@@ -312,6 +325,7 @@ class Hub:
                     pending = audience.pending
                     if not pending:
                         dirty.append(audience)
+                        audience.first_arrival = arrival
                     pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
             by_ticker = exact.get(ev)
             if by_ticker is not None and ticker is not None:
@@ -322,6 +336,7 @@ class Hub:
                         pending = audience.pending
                         if not pending:
                             dirty.append(audience)
+                            audience.first_arrival = arrival
                         pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
         self.stats.events_routed += len(heads)
         return queued
@@ -351,21 +366,40 @@ class Hub:
     def has_pending(self) -> bool:
         return bool(self._dirty)
 
-    def flush(self) -> None:
-        """Write every audience's pending events: frames built once, one write each."""
+    def flush(self, now: float | None = None, min_gap: float = 0.0) -> float | None:
+        """Write pending events: per audience, frames built once, one write per member.
+
+        ``min_gap`` is the coalescing window: an audience written less than
+        that long ago keeps its events for later, while one that has been
+        quiet is written at once (a leading edge: a sparse channel pays no
+        window, a busy one is coalesced). Returns when the earliest audience
+        kept back falls due (``perf_counter`` time), or None.
+        """
         dirty = self._dirty
         if not dirty:
-            return
-        self._dirty = []
+            return None
+        if now is None:
+            now = time.perf_counter()
+        kept: list[Audience] = []
+        due: float | None = None
         stats = self.stats
         limit = self.max_client_buffer
         max_payload = self.max_frame_payload
+        observe = self.latency.observe
         slow: list[Member] = []
         max_backlog = 0
         for audience in dirty:
             events = audience.pending
             if not events:
                 continue  # the audience emptied since it was queued
+            ready_at = audience.flushed_at + min_gap
+            if ready_at > now:
+                kept.append(audience)
+                if due is None or ready_at < due:
+                    due = ready_at
+                continue
+            audience.flushed_at = now
+            observe(now - audience.first_arrival)
             audience.pending = []
             frames = event_array_frames(events, max_payload)
             members = audience.members
@@ -382,10 +416,12 @@ class Hub:
                     max_backlog = backlog
                 if backlog > limit:
                     slow.append(member)
+        self._dirty = kept
         stats.max_backlog = max_backlog
         for member in slow:
             stats.slow_consumers += 1
             self.on_slow_consumer(member)
+        return due
 
     # --- last value on subscribe -----------------------------------------------
     def last_values(self, member: Member, channels: Iterable[Channel]) -> list[bytes]:

@@ -65,7 +65,7 @@ class RelayCollector(Collector):
         yield _histogram(
             "fastrelay_relay_latency_seconds",
             "Upstream frame arrival to the write of its events to client sockets.",
-            relay.relay_latency,
+            relay.hub.latency,
         )
         yield _histogram(
             "fastrelay_event_loop_lag_seconds",

@@ -23,7 +23,6 @@ from typing import Any
 from fastrelay import protocol
 from fastrelay.config import RelayConfig
 from fastrelay.events import EventHead
-from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
 from fastrelay.hub import Hub, Member
 from fastrelay.interest import MarketInterest
 from fastrelay.ratelimit import LogThrottle
@@ -64,9 +63,7 @@ class Relay:
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._slow_log = LogThrottle(log, interval=10.0)
-        self.relay_latency = Histogram(RELAY_LATENCY_BOUNDS)
         self._outages: set[str] = set()  # markets whose clients were told the feed is down
-        self._arrivals: list[float] = []  # perf_counter arrival of each frame pending a flush
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -116,25 +113,21 @@ class Relay:
     def upstream_events(
         self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool
     ) -> None:
-        if self.hub.route(market, heads, raws):
-            self._arrivals.append(arrival)
-        if not self._arrivals:
-            return
-        if self._flush_interval <= 0:
-            # More frames of the same read follow: coalesce them too.
-            if last_in_buffer:
-                self._flush()
-        elif self._flush_timer is None:
-            self._flush_timer = self.loop.call_later(self._flush_interval, self._flush)
+        hub = self.hub
+        hub.route(market, heads, raws, arrival)
+        # More frames of the same read follow: coalesce them too.
+        if last_in_buffer and hub.has_pending():
+            self._flush()
 
     def _flush(self) -> None:
-        self._flush_timer = None
-        self.hub.flush()
-        written = time.perf_counter()
-        observe = self.relay_latency.observe
-        for arrival in self._arrivals:
-            observe(written - arrival)
-        self._arrivals.clear()
+        """Write what is due; keep busy audiences' events until their window ends."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        now = time.perf_counter()
+        due = self.hub.flush(now, self._flush_interval)
+        if due is not None:
+            self._flush_timer = self.loop.call_later(max(due - now, 0.0), self._flush)
 
     # --- upstream interest ----------------------------------------------------------------
     def interest_changed(self) -> None:

@@ -378,7 +378,7 @@ class UpstreamSession:
         self._handshake.phase = Phase.FAILED
         self._disconnected_event.set()
         self._live_event.set()  # unblock _open(); the loop checks _transport
-        if was_live:
+        if was_live and not self._stopping:
             self._handler.upstream_down(self, reason)
 
     def _count_down(self, reason: DisconnectReason) -> None:

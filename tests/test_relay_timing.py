@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 
@@ -11,7 +12,7 @@ from fastrelay.protocol import Channel
 from fastrelay.relay import Relay
 from fastrelay.session import ClientSession, TokenCheck
 from tests.sinks import RecordingSink
-from tests.utils import TIMEOUT, fast_relay_config
+from tests.utils import TIMEOUT, fast_relay_config, wait_until
 
 
 class RecordingUpstream:
@@ -83,28 +84,33 @@ async def test_zero_flush_interval_flushes_at_the_end_of_each_read() -> None:
     relay, _ = relay_with_recorder(flush_interval=0.0)
     session, sink = client(relay)
     relay.hub.subscribe(session.member, [Channel("stocks", "T", "*")])
-    relay.upstream_events("stocks", *frame(1), 0.0, False)
-    relay.upstream_events("stocks", *frame(2), 0.0, False)
+    relay.upstream_events("stocks", *frame(1), time.perf_counter(), False)
+    relay.upstream_events("stocks", *frame(2), time.perf_counter(), False)
     assert sink.writes == []
-    relay.upstream_events("stocks", *frame(3), 0.0, True)
+    relay.upstream_events("stocks", *frame(3), time.perf_counter(), True)
     assert len(sink.writes) == 1 and [e["q"] for e in sink.events()] == [1, 2, 3]
 
 
-async def test_flush_window_coalesces_reads() -> None:
-    """A flush window collects several reads into one write when it closes."""
+async def test_flush_window_has_a_leading_edge_then_coalesces() -> None:
+    """A quiet audience is written at once; events within its window leave together when it ends."""
     relay, _ = relay_with_recorder(flush_interval=20.0)
     session, sink = client(relay)
     relay.hub.subscribe(session.member, [Channel("stocks", "T", "*")])
-    flushed = asyncio.Event()
-    original = relay.hub.flush
-
-    def flush_and_signal() -> None:
-        original()
-        flushed.set()
-
-    relay.hub.flush = flush_and_signal  # type: ignore[method-assign]
     for q in range(5):
-        relay.upstream_events("stocks", *frame(q), 0.0, True)
-    assert sink.writes == []
-    await asyncio.wait_for(flushed.wait(), TIMEOUT)
-    assert len(sink.writes) == 1 and [e["q"] for e in sink.events()] == list(range(5))
+        relay.upstream_events("stocks", *frame(q), time.perf_counter(), True)
+    assert [e["q"] for e in sink.events()] == [0]  # leading edge: no window for the first
+    await wait_until(lambda: len(sink.writes) == 2, what="the window's write")
+    assert [e["q"] for e in sink.events()] == [0, 1, 2, 3, 4]
+
+
+async def test_sparse_audiences_pay_no_window() -> None:
+    """Different audiences, each quiet, are each written at the end of the read."""
+    relay, _ = relay_with_recorder(flush_interval=1000.0)
+    (a, a_sink), (b, b_sink) = client(relay), client(relay)
+    relay.hub.subscribe(a.member, [Channel("stocks", "T", "AAPL")])
+    relay.hub.subscribe(b.member, [Channel("stocks", "T", "MSFT")])
+    payload = orjson.dumps([{"ev": "T", "sym": "AAPL", "q": 1}])
+    relay.upstream_events("stocks", *decode_frame(payload), time.perf_counter(), True)
+    payload = orjson.dumps([{"ev": "T", "sym": "MSFT", "q": 1}])
+    relay.upstream_events("stocks", *decode_frame(payload), time.perf_counter(), True)
+    assert len(a_sink.writes) == 1 and len(b_sink.writes) == 1
