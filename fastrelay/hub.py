@@ -318,8 +318,12 @@ class Hub:
                 # Candles (history evs) are all state evs, so this sits inside.
                 if ev in recorded and ticker in recorded[ev]:
                     self._remember(index, ev, ticker, raw)
-            targets = wildcard.get(ev)
-            if targets is not None:
+            by_ticker = exact.get(ev)
+            exact_targets = by_ticker.get(ticker) if by_ticker is not None and ticker is not None else None
+            # An audience sits in at most one of the two lists (see _index_lists).
+            for targets in (wildcard.get(ev), exact_targets):
+                if targets is None:
+                    continue
                 queued += len(targets)
                 for audience in targets:
                     pending = audience.pending
@@ -327,17 +331,6 @@ class Hub:
                         dirty.append(audience)
                         audience.first_arrival = arrival
                     pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
-            by_ticker = exact.get(ev)
-            if by_ticker is not None and ticker is not None:
-                targets = by_ticker.get(ticker)
-                if targets is not None:
-                    queued += len(targets)
-                    for audience in targets:
-                        pending = audience.pending
-                        if not pending:
-                            dirty.append(audience)
-                            audience.first_arrival = arrival
-                        pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
         self.stats.events_routed += len(heads)
         return queued
 
