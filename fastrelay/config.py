@@ -65,6 +65,7 @@ class RelayConfig:
     history_size: int = 500
     # Static files served on GET (the dashboard); None: the packaged ones, "": none.
     web_root: str | None = None
+    metrics_host: str | None = None  # default: --host
     metrics_port: int | None = None  # /metrics, /healthz, /readyz also here (keep it internal)
     # /metrics serves a rendering at most this old: rendering takes ms, and
     # picows answers HTTP synchronously on the loop, so it runs on a timer.
@@ -249,6 +250,7 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics-port", _positive(int), "also serve /metrics, /healthz, /readyz on this port", "metrics_port"
     ),
+    Option("metrics-host", str, "address for --metrics-port (default: --host)", "metrics_host"),
     Option("metrics-interval", _positive(float), "seconds between /metrics renderings", "metrics_interval"),
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),

@@ -103,6 +103,11 @@ class RelayCollector(Collector):
         channels = GaugeMetricFamily(
             "fastrelay_upstream_channels", "Channels subscribed upstream.", labels=["market"]
         )
+        last_event = GaugeMetricFamily(
+            "fastrelay_upstream_last_event_timestamp_seconds",
+            "Unix time of the last data frame received (0: none since start).",
+            labels=["market"],
+        )
         feed = HistogramMetricFamily(
             "fastrelay_feed_latency_seconds",
             "Event timestamp (ms ones) to arrival at the relay; sampled: first event of each frame.",
@@ -118,8 +123,9 @@ class RelayCollector(Collector):
             received.add_metric([market], stats.bytes)
             errors.add_metric([market], stats.decode_errors)
             channels.add_metric([market], len(self._relay.hub.interests[market].subscribed_upstream))
+            last_event.add_metric([market], session.last_event_at)
             feed.add_metric([market], session.feed_latency.cumulative(), session.feed_latency.sum)
-        yield from (connected, reconnects, frames, events, received, errors, channels, feed)
+        yield from (connected, reconnects, frames, events, received, errors, channels, last_event, feed)
 
     def _clients(self) -> Iterator[Metric]:
         server = self._server
@@ -129,14 +135,16 @@ class RelayCollector(Collector):
         accepted = CounterMetricFamily(
             "fastrelay_client_connections", "Client connections accepted.", labels=["path"]
         )
+        closed = CounterMetricFamily(
+            "fastrelay_client_disconnections",
+            "Client connections closed (or refused before the upgrade), by path and reason.",
+            labels=["path", "reason"],
+        )
         for path, count in server.stats.connected.items():
             connected.add_metric([path], count)
             accepted.add_metric([path], server.stats.accepted[path])
-        closed = CounterMetricFamily(
-            "fastrelay_client_disconnections", "Client connections closed, by reason.", labels=["reason"]
-        )
-        for reason, count in server.stats.closed.items():
-            closed.add_metric([reason], count)
+            for reason, closes in server.stats.closed_by_path[path].items():
+                closed.add_metric([path, reason], closes)
         yield from (connected, accepted, closed)
         yield GaugeMetricFamily(
             "fastrelay_client_subscriptions",

@@ -168,7 +168,8 @@ class Relay:
     def _slow_consumer(self, member: Member) -> None:
         self._slow_log.log(
             logging.WARNING,
-            "dropped a slow consumer: more than %d bytes unsent (total dropped: %d)",
+            "dropped a slow consumer (%s): more than %d bytes unsent (total dropped: %d)",
+            member.owner.describe(),
             self.config.max_client_buffer,
             self.hub.stats.slow_consumers,
         )

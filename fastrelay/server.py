@@ -51,11 +51,20 @@ class ServerStatistics:
 
     connected: dict[str, int]  # by path
     accepted: dict[str, int]  # by path
+    closed_by_path: dict[str, dict[str, int]]  # by path, then reason
     closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))  # by reason
 
     @classmethod
     def for_paths(cls, paths: list[str]) -> ServerStatistics:
-        return cls(dict.fromkeys(paths, 0), dict.fromkeys(paths, 0))
+        return cls(
+            dict.fromkeys(paths, 0),
+            dict.fromkeys(paths, 0),
+            {p: dict.fromkeys(CLOSE_REASONS, 0) for p in paths},
+        )
+
+    def count_close(self, path: str, reason: str) -> None:
+        self.closed_by_path[path][reason] += 1
+        self.closed[reason] += 1
 
 
 class ClientConnection(WSListener):
@@ -98,7 +107,7 @@ class ClientConnection(WSListener):
         self._forwarded = None
         if not server.addresses.admit(address):
             self._close_reason = "limit"
-            server.stats.closed["limit"] += 1
+            server.stats.count_close(self._path, "limit")
             transport.send_close(WSCloseCode.TRY_AGAIN_LATER, b"too many connections from your address")
             transport.disconnect(graceful=True)
             return
@@ -166,6 +175,11 @@ class ClientConnection(WSListener):
         if self.transport is not None and not self.transport.is_disconnected:
             self.transport.disconnect(graceful=False)
 
+    def describe(self) -> str:
+        """Who this is, for logs: address, path, channel count (never a token)."""
+        channels = len(self.session.member.channels) if self.session is not None else 0
+        return f"{self._address or 'unknown'} on {self._path} with {channels} channels"
+
     def drop_slow_consumer(self) -> None:
         transport = self.transport
         if transport is None:
@@ -192,7 +206,7 @@ class ClientConnection(WSListener):
             # picows closed it itself (a frame over the size limit, a protocol
             # error): the client broke a rule. Otherwise the peer vanished.
             reason = "policy" if transport.close_handshake is not None else "error"
-        server.stats.closed[reason] += 1
+        server.stats.count_close(self._path, reason)
 
 
 def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
@@ -353,7 +367,7 @@ class RelayServer:
         if config.metrics_port is not None:
             self._metrics_server = await ws_create_server(
                 self._route_http,
-                config.host,
+                config.metrics_host or config.host,
                 config.metrics_port,
                 logger_name="metrics",
                 use_aiofastnet=False,
@@ -422,7 +436,7 @@ class RelayServer:
         if path == API_SOCKET_PATH or market in self.relay.config.markets:
             refusal = self._refusal(request)
             if refusal is not None:
-                self.stats.closed["policy" if refusal[0] == 403 else "limit"] += 1
+                self.stats.count_close(path, "policy" if refusal[0] == 403 else "limit")
                 return _plain(*refusal)
             _normalise_upgrade_headers(request)
             forwarded = request.headers.get("x-forwarded-for")

@@ -161,6 +161,7 @@ class UpstreamSession:
         self._clock = clock
         self.stats = UpstreamStatistics()
         self.feed_latency = Histogram(FEED_LATENCY_BOUNDS)
+        self.last_event_at = 0.0  # wall-clock time of the last data frame (0: none yet)
         self._transport: WSTransport | None = None
         self._handshake = Handshake()
         self._reason: DisconnectReason | None = None
@@ -311,10 +312,11 @@ class UpstreamSession:
         elif self._handshake.phase is not Phase.LIVE:
             return  # data before auth completes: not ours to route yet
         stats.events += len(heads)
+        now = self.last_event_at = time.time()
         # Sampled: the first event of each frame, so the cost is per frame, not per event.
         sent_ms = timestamp_ms(heads[0])
         if sent_ms is not None:
-            self.feed_latency.observe(max(0.0, time.time() - sent_ms / 1000.0))
+            self.feed_latency.observe(max(0.0, now - sent_ms / 1000.0))
         self._handler.upstream_events(self.market, heads, raws, arrival, last_in_buffer)
 
     def _status(self, head: EventHead) -> None:

@@ -58,7 +58,8 @@ async def test_every_labelled_series_exists_at_zero_from_start(sim: Simulator) -
             ) in samples(text)
         assert value(text, "fastrelay_upstream_events_total", market=market) == 0
     for reason in CLOSE_REASONS:
-        assert value(text, "fastrelay_client_disconnections_total", reason=reason) == 0
+        for path in ("/stocks", "/options", "/api/socket"):
+            assert value(text, "fastrelay_client_disconnections_total", path=path, reason=reason) == 0
     names = {name for name, _ in samples(text)}
     assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= names
     assert value(text, "fastrelay_ready") == 0
