@@ -142,6 +142,7 @@ class Hub:
         self._audiences: dict[tuple[frozenset[Channel], bool], Audience] = {}
         self._dirty: list[Audience] = []
         self.dirty_markets: set[str] = set()  # markets whose upstream interest changed
+        self.outages: dict[str, str] = {}  # market -> reason, while its upstream is lost
         self.stats = HubStatistics()
         # Arrival of an audience's oldest pending event to its write: per frame
         # written, the worst wait of the events in it.

@@ -141,6 +141,22 @@ def subscribed_message(channel_label: str) -> str:
     return f"subscribed to: {channel_label}"
 
 
+def feed_interrupted_frame(market: str, reason: str) -> bytes:
+    """fastrelay's outage status (README): an ``error`` Massive's clients log and go on.
+
+    The wording is part of the interface: the dashboard matches
+    ``^MARKET feed interrupted`` and ``^MARKET feed restored``.
+    """
+    return status_frame(
+        ERROR,
+        f"{market} feed interrupted ({reason}): reconnecting; events during the outage are not replayed",
+    )
+
+
+def feed_restored_frame(market: str) -> bytes:
+    return status_frame(SUCCESS, f"{market} feed restored: subscriptions resumed")
+
+
 def unsubscribed_message(channel_label: str) -> str:
     # Massive's own wording, grammar included: clients may match on it.
     return f"unsubscribed to: {channel_label}"

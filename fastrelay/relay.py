@@ -63,7 +63,6 @@ class Relay:
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._slow_log = LogThrottle(log, interval=10.0)
-        self._outages: set[str] = set()  # markets whose clients were told the feed is down
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -88,27 +87,17 @@ class Relay:
         if channels:
             log.info("upstream %s: resubscribing %d channels", market, len(channels))
         session.send_subscriptions(channels, [])
-        if market in self._outages:
-            self._outages.discard(market)
-            # Statuses Massive's clients already accept: they log them and go on.
-            self.hub.announce(
-                market,
-                protocol.status_frame(protocol.SUCCESS, f"{market} feed restored: subscriptions resumed"),
-            )
+        if market in self.hub.outages:
+            del self.hub.outages[market]
+            self.hub.announce(market, protocol.feed_restored_frame(market))
 
     def upstream_down(self, session: UpstreamSession, reason: DisconnectReason) -> None:
         market = session.market
         log.info("upstream %s: down (%s); clients stay connected", market, reason.value)
-        if market not in self._outages:
-            self._outages.add(market)
-            self.hub.announce(
-                market,
-                protocol.status_frame(
-                    protocol.ERROR,
-                    f"{market} feed interrupted ({reason.value}): reconnecting; "
-                    "events during the outage are not replayed",
-                ),
-            )
+        if market not in self.hub.outages:
+            # Clients that subscribe during the outage are told too (ClientSession).
+            self.hub.outages[market] = reason.value
+            self.hub.announce(market, protocol.feed_interrupted_frame(market, reason.value))
 
     def upstream_events(
         self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool

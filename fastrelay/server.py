@@ -224,10 +224,22 @@ def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
         request.headers["Connection"] = "upgrade"
 
 
-def _plain(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Any:
+# Headers nginx also adds to the page (nginx/fastrelay.conf), for when browsers
+# reach the relay directly (`fastrelay run`). The Content-Security-Policy stays
+# nginx's: production pages go through it, and the tests use the relay's page to
+# drive the client against stand-in servers on other ports.
+STATIC_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def _plain(
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    extra: dict[str, str] | None = None,
+) -> Any:
     if status == 200:
         # Probes, metrics and the page change while running: never cache them.
-        headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+        headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **(extra or {})}
         response = WSUpgradeResponse.create_ok_response(body, headers)
     else:
         response = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": content_type})
@@ -474,5 +486,5 @@ class RelayServer:
             return _plain(503, f"not ready: upstream down: {', '.join(down)}\n".encode())
         found = self.static.get(path)
         if found is not None:
-            return _plain(200, *found)
+            return _plain(200, *found, extra=STATIC_HEADERS)
         return None

@@ -152,6 +152,8 @@ class ClientSession:
         ]
         statuses.extend(self._error_statuses(errors))
         reply = Reply([protocol.statuses_frame(statuses)])
+        for market in sorted({c.market for c in result.accepted} & self.hub.outages.keys()):
+            reply.frames.append(protocol.feed_interrupted_frame(market, self.hub.outages[market]))
         last = self.hub.last_values(self.member, result.accepted)
         if last:
             reply.frames.append(b"[" + b",".join(last) + b"]")

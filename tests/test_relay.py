@@ -324,3 +324,23 @@ async def test_history_over_the_wire_and_static_page(relay: RunningRelay) -> Non
     assert page.startswith(b"HTTP/1.1 200") and b"text/html" in page and b"<html" in page
     await watcher.close()
     await chart.close()
+
+
+async def test_outage_statuses_reach_current_and_new_subscribers(relay: RunningRelay, sim: Simulator) -> None:
+    """While a market's upstream is down its subscribers are told, also those who subscribe meanwhile."""
+    await wait_ready(relay)
+    before = await Client.connect(url(relay))
+    await before.subscribe("T.AAPL")
+    sim.auth_fail("stocks")
+    sim.drop("stocks")
+    status = await before.wait_status("error")
+    assert status["message"].startswith("stocks feed interrupted")
+    during = await Client.connect(url(relay))
+    await during.subscribe("T.MSFT")
+    assert (await during.wait_status("error"))["message"].startswith("stocks feed interrupted")
+    sim.auth_ok("stocks")
+    for client in (before, during):
+        restored = await client.wait_status("success")
+        while not restored["message"].startswith("stocks feed restored"):
+            restored = await client.wait_status("success")
+        await client.close()
