@@ -41,6 +41,8 @@ from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
 from fastrelay.interest import CapReached, MarketInterest
 from fastrelay.protocol import Channel, event_array_frames, tag_market, text_frame
 
+TIMER_SLACK = 0.001
+
 
 class Member:
     """The hub's view of one client connection."""
@@ -387,7 +389,9 @@ class Hub:
             if not events:
                 continue  # the audience emptied since it was queued
             ready_at = audience.flushed_at + min_gap
-            if ready_at > now:
+            # The loop's timers have millisecond resolution and may fire a
+            # little early: a window that ends within a millisecond has ended.
+            if ready_at > now + TIMER_SLACK:
                 kept.append(audience)
                 if due is None or ready_at < due:
                     due = ready_at

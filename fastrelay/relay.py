@@ -3,8 +3,10 @@
 Owns when things happen, not what: routing is the hub's, protocol rules the
 sessions'. Three timings matter here:
 
-* flush: events routed from upstream frames are written at the end of the
-  read (``flush_interval == 0``) or when the coalescing window closes;
+* flush: at the end of each upstream read, every audience that was not
+  written within the last ``--flush-interval`` is written at once (a quiet
+  channel pays no window); busier ones are written when their window ends,
+  so each client gets at most one write per window;
 * interest: subscription changes made while handling client messages are
   sent upstream once per pass of the loop (``call_soon``), one message per
   direction per market;
@@ -60,6 +62,7 @@ class Relay:
         }
         self._flush_interval = config.flush_interval / 1000.0
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_due = 0.0  # perf_counter() time the flush timer is set for
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._slow_log = LogThrottle(log, interval=10.0)
@@ -110,13 +113,21 @@ class Relay:
 
     def _flush(self) -> None:
         """Write what is due; keep busy audiences' events until their window ends."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
         now = time.perf_counter()
         due = self.hub.flush(now, self._flush_interval)
-        if due is not None:
-            self._flush_timer = self.loop.call_later(max(due - now, 0.0), self._flush)
+        if due is None:
+            return
+        # One timer for the earliest window end; re-armed only when an earlier one appears.
+        if self._flush_timer is not None:
+            if self._flush_due <= due:
+                return
+            self._flush_timer.cancel()
+        self._flush_due = due
+        self._flush_timer = self.loop.call_later(max(due - now, 0.0), self._window_ended)
+
+    def _window_ended(self) -> None:
+        self._flush_timer = None
+        self._flush()
 
     # --- upstream interest ----------------------------------------------------------------
     def interest_changed(self) -> None:
