@@ -55,6 +55,18 @@ class Reply:
 
 
 class ClientSession:
+    # One per connection, thousands at once: slots keep each small.
+    __slots__ = (
+        "_limiter",
+        "_make_limiter",
+        "_on_interest_changed",
+        "authenticated",
+        "hub",
+        "market",
+        "member",
+        "tokens",
+    )
+
     def __init__(
         self,
         hub: Hub,
