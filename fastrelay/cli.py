@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fastrelay import __version__, logs, loops
 from fastrelay.config import (
@@ -21,8 +22,21 @@ from fastrelay.config import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, minus echoing unknown arguments: one may be the API key
+    (``--api-keyy KEY``), and stderr ends up in the journal."""
+
+    def error(self, message: str) -> NoReturn:
+        head, found, rest = message.partition("unrecognized arguments:")
+        if found:
+            flags = [word.split("=", 1)[0] for word in rest.split() if word.startswith("-")]
+            shown = f" {' '.join(flags)}" if flags else ""
+            message = f"{head}unrecognized arguments{shown} (values are not shown: they may be secrets)"
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastrelay", description=__doc__)
+    parser = _Parser(prog="fastrelay", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fastrelay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the relay against Massive (or --upstream)")

@@ -234,13 +234,22 @@ class Hub:
         current = member.audience
         if current is not None and current.channels == channels and current.tagged == tagged:
             return
-        self._leave_audience(member)
         audience = self._audiences.get(key)
+        # Pending events belong to the members that were there when they were
+        # routed: write them out before anyone leaves or joins, so a leaving
+        # member loses nothing it was owed and a joining one gets nothing
+        # twice (the last value it is sent already covers it).
+        slow: list[Member] = []
+        for touched in (current, audience):
+            if touched is not None and touched.pending:
+                slow.extend(self._write_audience(touched, time.perf_counter()))
+        self._leave_audience(member)
         if audience is None:
             audience = self._audiences[key] = Audience(channels, tagged)
             self._index_audience(audience)
         audience.members[member] = None
         member.audience = audience
+        self._drop_slow(slow)
 
     def _leave_audience(self, member: Member) -> None:
         audience = member.audience
@@ -378,12 +387,8 @@ class Hub:
             now = time.perf_counter()
         kept: list[Audience] = []
         due: float | None = None
-        stats = self.stats
-        limit = self.max_client_buffer
-        max_payload = self.max_frame_payload
-        observe = self.latency.observe
         slow: list[Member] = []
-        max_backlog = 0
+        self.stats.max_backlog = 0
         for audience in dirty:
             events = audience.pending
             if not events:
@@ -396,30 +401,46 @@ class Hub:
                 if due is None or ready_at < due:
                     due = ready_at
                 continue
-            audience.flushed_at = now
-            observe(now - audience.first_arrival)
-            audience.pending = []
-            frames = event_array_frames(events, max_payload)
-            members = audience.members
-            count = len(members)
-            stats.deliveries += len(events) * count
-            stats.frames_written += len(frames) * count
-            stats.bytes_written += sum(map(len, frames)) * count
-            for member in members:
-                write = member.write
-                for frame in frames:
-                    write(frame)
-                backlog = member.buffered()
-                if backlog > max_backlog:
-                    max_backlog = backlog
-                if backlog > limit:
-                    slow.append(member)
+            slow.extend(self._write_audience(audience, now))
         self._dirty = kept
-        stats.max_backlog = max_backlog
-        for member in slow:
-            stats.slow_consumers += 1
-            self.on_slow_consumer(member)
+        self._drop_slow(slow)
         return due
+
+    def _write_audience(self, audience: Audience, now: float) -> list[Member]:
+        """Write an audience's pending events to every member; returns the slow ones."""
+        events = audience.pending
+        audience.pending = []
+        audience.flushed_at = now
+        self.latency.observe(now - audience.first_arrival)
+        frames = event_array_frames(events, self.max_frame_payload)
+        members = audience.members
+        count = len(members)
+        stats = self.stats
+        stats.deliveries += len(events) * count
+        stats.frames_written += len(frames) * count
+        stats.bytes_written += sum(map(len, frames)) * count
+        limit = self.max_client_buffer
+        max_backlog = 0
+        slow: list[Member] = []
+        for member in members:
+            write = member.write
+            for frame in frames:
+                write(frame)
+            backlog = member.buffered()
+            if backlog > max_backlog:
+                max_backlog = backlog
+            if backlog > limit:
+                slow.append(member)
+        if max_backlog > stats.max_backlog:
+            stats.max_backlog = max_backlog
+        return slow
+
+    def _drop_slow(self, slow: list[Member]) -> None:
+        # After the writes: the callback detaches members, which changes audiences.
+        for member in slow:
+            if not member.closed:
+                self.stats.slow_consumers += 1
+                self.on_slow_consumer(member)
 
     # --- last value on subscribe -----------------------------------------------
     def last_values(self, member: Member, channels: Iterable[Channel]) -> list[bytes]:

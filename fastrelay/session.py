@@ -93,15 +93,21 @@ class ClientSession:
     def opened(self) -> bytes:
         return protocol.status_frame(protocol.CONNECTED, "Connected Successfully")
 
+    def _over_rate(self) -> Reply | None:
+        """The rate-limit reply when this client sends faster than allowed, else None."""
+        if self._make_limiter is None:
+            return None
+        if self._limiter is None:
+            self._limiter = self._make_limiter()
+        if self._limiter.take():
+            return None
+        rate = self._limiter.rate
+        return Reply([protocol.status_frame(protocol.ERROR, f"rate limit: at most {rate:g} messages/s")])
+
     def receive(self, payload: bytes) -> Reply:
-        if self._make_limiter is not None:
-            if self._limiter is None:
-                self._limiter = self._make_limiter()
-            if not self._limiter.take():
-                rate = self._limiter.rate
-                return Reply(
-                    [protocol.status_frame(protocol.ERROR, f"rate limit: at most {rate:g} messages/s")]
-                )
+        limited = self._over_rate()
+        if limited is not None:
+            return limited
         try:
             message = protocol.decode_client_message(payload)
         except ClientMessageError as exc:
@@ -120,7 +126,7 @@ class ClientSession:
         return Reply([protocol.status_frame(protocol.ERROR, f"unknown action {action[:40]!r}")])
 
     def binary_received(self) -> Reply:
-        return Reply(
+        return self._over_rate() or Reply(
             [protocol.status_frame(protocol.ERROR, "binary frames are not supported: send JSON text")]
         )
 
