@@ -11,7 +11,7 @@ DEB_STAMP := $(VENV)/.debian-packages
 WEB_STAMP := $(VENV)/.debian-nginx-chromium
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: install run test lint bench bench-micro clean
+.PHONY: install run test lint bench bench-compare bench-micro soak clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 needs python3-venv for `-m venv`; install it only when missing.
@@ -62,11 +62,32 @@ lint: install
 	$(VENV)/bin/ruff format --check fastrelay tests bench
 	$(VENV)/bin/mypy
 
-bench: install
-	$(PY) -m bench.run
+# The bench's Node.js peer relay (bench/peers/node: the ws library), from the npm registry.
+BENCH_NODE_STAMP := bench/peers/node/node_modules/.installed
+$(BENCH_NODE_STAMP): bench/peers/node/package.json bench/peers/node/package-lock.json
+	command -v npm >/dev/null || { $(APT_GET) update && $(APT_GET) install nodejs npm; }
+	cd bench/peers/node && npm ci --no-audit --no-fund --silent
+	touch $@
+
+# `make bench` (about 10 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md.
+bench: install $(BENCH_NODE_STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+# `make bench-compare A B` (two results/bench-*.json; none: the two newest), or A=... B=...
+ifeq (bench-compare,$(firstword $(MAKECMDGOALS)))
+BENCH_COMPARE_FILES := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
+$(eval .PHONY: $(BENCH_COMPARE_FILES))
+$(eval $(BENCH_COMPARE_FILES):;@:)
+endif
+bench-compare: install
+	$(PY) -m bench.compare $(A) $(B) $(BENCH_COMPARE_FILES)
 
 bench-micro: install
 	$(PY) -m pytest -q bench/micro --benchmark-only --benchmark-enable
+
+# A bounded soak, 10 minutes (python -m bench.soak --minutes M to change); not part of CI.
+soak: install
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules .pytest_cache .benchmarks

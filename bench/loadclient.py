@@ -3,21 +3,35 @@
 Run by ``bench.run``, one process per share of the clients, and driven over
 stdin/stdout with one JSON object per line:
 
-    stdin   {"url": ..., "subscriptions": ["T.*", ...], ...}   (the spec)
-    stdout  {"type": "ready", ...}                              (all subscribed, or given up)
-    stdin   {"start_ns": ..., "end_ns": ...}                    (the measured window)
-    stdout  {"type": "result", ...}                             (after end_ns + grace)
+    stdin   {"url": ..., "clients": [["T.*", "probe"], ["T.*", "count"], ...], ...}   (the spec)
+    stdout  {"type": "ready", ...}                        (all subscribed, or given up)
+    stdin   {"cmd": "window", "start_ns": ..., "end_ns": ...}   (a measured window)
+    stdin   {"cmd": "mark", "ns": ...}                     (optional, inside a window: an upstream drop)
+    stdout  {"type": "result", ...}                       (after end_ns + grace)
+    ...     more windows (a rising-rate ladder runs several on one set of connections)
+    stdin   {"cmd": "stop"} or end of file                 (the parent is done, or gone)
 
 The window is defined on the simulator's clock stamp ``sim_ns`` (the send time
 of each event), not on arrival: an event belongs to the window when it was
 *sent* in it, so the count compares exactly with what the simulator sent in
 the same interval, and a late event is still counted (with its latency) if it
-arrives within the grace period. Closing stdin (the parent died) ends the process.
+arrives within the grace period.
 
-The load generator must never be the bottleneck, so the per-event work is a
-handful of dict operations: msgspec decodes only the four fields used, the
-clock is read once per frame, and latencies go into a bucketed histogram that
-the parent merges across processes.
+Client modes, so that the load generator is never the bottleneck:
+
+* ``probe``: decodes every event (msgspec, only the fields used) for latency,
+  per-channel ``q`` gaps and the channel ranges the parent turns into the
+  expected count. A few hundred thousand events/s per process at most.
+* ``count``: counts the events of each frame with one ``bytes.count`` and
+  reads the ``sim_ns`` of the first and last event at fixed places; only a
+  frame that straddles a window edge, or a status frame, is decoded. Costs per
+  frame, not per event: at 10,000 events/s to each of 100 clients the relay
+  writes 1,000,000 events/s, which full decoding in Python could not follow.
+  Every client's count is checked against the expected total, so a count
+  client that misses events still shows in the delivery ratio.
+* ``slow``: subscribes, then stops reading at the window start (and shrinks
+  its receive buffer so the backlog builds in the server, not in the kernel);
+  reads again at the window end, to see whether the server dropped it.
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +53,17 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 # Before the window arrives nothing is in it: start > any stamp, end < any stamp.
 _NEVER = (1 << 62, 0)
+# Every data event the simulator stamps begins with this key (--stamp true puts
+# it first), and every server under test forwards events byte for byte or
+# re-serialised with the key order kept.
+_STAMP = b'{"sim_ns":'
+_STAMP_LEN = len(_STAMP)
+_FRAME_HEAD = b"[" + _STAMP
+# time.time_ns() has 19 digits until the year 2286.
+_NS_DIGITS = 19
+# A slow client's receive buffer: the server's backlog must build in the
+# server (where its limit applies), not in a kernel buffer of megabytes.
+_SLOW_RCVBUF = 4096
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -66,31 +93,53 @@ def latency_bucket(us: int) -> int:
 
 @dataclass
 class Totals:
-    """What every client of this process adds to; reported once at the end."""
+    """What every client of this process adds to during one window; reported at its end."""
 
     window: tuple[int, int] = _NEVER
     received: int = 0  # events sent by the simulator inside the window and received
     frames: int = 0  # frames carrying at least one event sent inside the window
+    probe_received: int = 0  # of which by probe clients (they alone give latency and gaps)
     late: int = 0  # events sent after the window end (received during the grace period)
     gaps: int = 0  # events missing between two consecutive q of one channel (in-window events)
+    outage_gaps: int = 0  # of which at the first event of a channel after the mark (an upstream drop)
     reordered: int = 0  # a q not above the previous one of its channel: duplicate or out of order
     unstamped: int = 0  # data events without sim_ns (the relay should pass every field through)
     slow_consumer: int = 0
-    disconnects: int = 0  # connections lost after they were subscribed
+    disconnects: int = 0  # normal (not slow) connections lost after they were subscribed
+    slow_dropped: int = 0  # slow clients the server disconnected
     close_codes: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # first few error statuses
     hist: dict[int, int] = field(default_factory=dict)  # latency bucket (us) -> events
     # Per channel (ticker), the lowest and highest q received in the window by
-    # any client here: the parent's union of these gives what was sent.
+    # any probe client here: the parent's union of these gives what was sent.
     ranges: dict[str, list[int]] = field(default_factory=dict)
+    mark_ns: int = 0  # the upstream drop, if any (0: none)
 
 
 class LoadClient(WSListener):
-    """One Massive client: handshake, subscribe, then count and time every event."""
+    """One Massive client: handshake, subscribe, then count (and time) every event."""
 
-    def __init__(self, totals: Totals, params: str, on_settled: Any) -> None:
-        self.totals = totals
+    __slots__ = (
+        "_on_settled",
+        "acks",
+        "expected_acks",
+        "failed",
+        "last_q",
+        "mode",
+        "params",
+        "process",
+        "received",
+        "recovered_ns",
+        "seen_after_mark",
+        "stopping",
+        "subscribed",
+        "transport",
+    )
+
+    def __init__(self, process: Process, params: str, mode: str, on_settled: Any) -> None:
+        self.process = process
         self.params = params
+        self.mode = mode
         self.expected_acks = len([p for p in params.split(",") if p.strip()])
         self.acks = 0
         self.subscribed = False
@@ -98,6 +147,8 @@ class LoadClient(WSListener):
         self.stopping = False
         self.received = 0
         self.last_q: dict[str, int] = {}
+        self.recovered_ns = 0  # arrival of the first event sent after the mark
+        self.seen_after_mark: set[str] = set()
         self.transport: WSTransport | None = None
         self._on_settled = on_settled  # called once, when subscribed or failed
 
@@ -110,15 +161,52 @@ class LoadClient(WSListener):
         if msg_type is not WSMsgType.TEXT:
             if msg_type is WSMsgType.CLOSE:
                 code = str(frame.get_close_code())
-                codes = self.totals.close_codes
+                codes = self.process.totals.close_codes
                 codes[code] = codes.get(code, 0) + 1
             return
-        events = _decode(frame.get_payload_as_memoryview())
         if not self.subscribed:
-            self._handshake(events)
+            self._handshake(_decode(frame.get_payload_as_memoryview()))
             return
-        totals = self.totals
+        if self.mode == "probe":
+            self._probe(frame.get_payload_as_memoryview(), now)
+            return
+        payload = frame.get_payload_as_bytes()
+        if self.mode == "slow":
+            # Not measured: only statuses matter (slow_consumer, if it ever gets through).
+            self.received += 1  # frames, for the log
+            if not payload.startswith(_FRAME_HEAD):
+                for event in _decode(payload):
+                    if event.ev == "status":
+                        self._status(event)
+            return
+        totals = self.process.totals
         start, end = totals.window
+        if payload.startswith(_FRAME_HEAD):
+            first = int(payload[1 + _STAMP_LEN : 1 + _STAMP_LEN + _NS_DIGITS])
+            last_at = payload.rfind(_STAMP) + _STAMP_LEN
+            last = int(payload[last_at : last_at + _NS_DIGITS])
+            if totals.mark_ns and not self.recovered_ns and last >= totals.mark_ns:
+                self.recovered_ns = now
+            if start <= first and last < end:
+                count = payload.count(_STAMP)
+                self.received += count
+                totals.received += count
+                totals.frames += 1
+                return
+            if first >= end:
+                totals.late += payload.count(_STAMP)
+                return
+            if last < start:
+                return
+        # A frame across a window edge, or statuses: decode it.
+        self._probe(payload, now, record=False)
+
+    def _probe(self, payload: Any, now: int, record: bool = True) -> None:
+        """Every event: count, latency, q gaps and ranges (``record``: this is a probe client)."""
+        events = _decode(payload)
+        totals = self.process.totals
+        start, end = totals.window
+        mark = totals.mark_ns
         hist = totals.hist
         ranges = totals.ranges
         last_q = self.last_q
@@ -130,6 +218,14 @@ class LoadClient(WSListener):
                     self._status(event)
                 else:
                     totals.unstamped += 1
+                continue
+            if mark and sent >= mark and not self.recovered_ns:
+                self.recovered_ns = now
+            if not record:
+                if start <= sent < end:
+                    counted += 1
+                elif sent >= end:
+                    totals.late += 1
                 continue
             sym = event.sym
             q = event.q
@@ -146,6 +242,8 @@ class LoadClient(WSListener):
                 if previous is not None and q != previous + 1:
                     if q > previous:
                         totals.gaps += q - previous - 1
+                        if mark and sent >= mark and sym not in self.seen_after_mark:
+                            totals.outage_gaps += q - previous - 1
                     else:
                         totals.reordered += 1
                 span = ranges.get(sym)
@@ -157,10 +255,14 @@ class LoadClient(WSListener):
                     span[1] = q
             elif sent >= end:
                 totals.late += 1
+            if mark and sent >= mark:
+                self.seen_after_mark.add(sym)
         if counted:
             self.received += counted
             totals.received += counted
             totals.frames += 1
+            if record:
+                totals.probe_received += counted
 
     def _handshake(self, events: list[_Event]) -> None:
         transport = self.transport
@@ -185,19 +287,68 @@ class LoadClient(WSListener):
                 return
 
     def _status(self, event: _Event) -> None:
-        totals = self.totals
+        totals = self.process.totals
         if event.status == "slow_consumer":
             totals.slow_consumer += 1
         if event.status != "success" and len(totals.errors) < 10:
             totals.errors.append(f"{event.status}: {event.message}")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        if not self.stopping:
-            if self.subscribed:
-                self.totals.disconnects += 1
-            elif self.failed is None:
-                self.failed = "disconnected during the handshake"
-                self._on_settled()
+        if self.stopping:
+            return
+        if self.subscribed:
+            if self.mode == "slow":
+                self.process.totals.slow_dropped += 1
+            else:
+                self.process.totals.disconnects += 1
+        elif self.failed is None:
+            self.failed = "disconnected during the handshake"
+            self._on_settled()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            # The window already advertised stays (TCP never takes it back),
+            # but it stops growing: the backlog builds in the server.
+            sock = self.transport.underlying_transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SLOW_RCVBUF)
+            with contextlib.suppress(RuntimeError):
+                self.transport.underlying_transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            # A large buffer again, or draining what the server's kernel still
+            # holds (megabytes) through a 4 KiB window takes many seconds.
+            sock = self.transport.underlying_transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            with contextlib.suppress(RuntimeError):
+                self.transport.underlying_transport.resume_reading()
+            self.poke()
+
+    def poke(self) -> None:
+        """Send a ping: a server that closed the socket answers with a reset at once.
+
+        Without it, a dropped client may wait many seconds: the server's
+        kernel keeps sending what it had buffered, but only when its
+        zero-window probe (backed off exponentially during the pause) next
+        fires, and our window update may not come before that.
+        """
+        if self.transport is not None and not self.transport.is_disconnected:
+            with contextlib.suppress(RuntimeError, OSError):
+                self.transport.send_ping()
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_disconnected
+
+
+class Process:
+    """This process's clients and the totals of the current window."""
+
+    def __init__(self) -> None:
+        self.totals = Totals()
+        self.clients: list[LoadClient] = []
 
 
 def _emit(message: dict[str, Any]) -> None:
@@ -213,36 +364,36 @@ async def _read_json_line(reader: asyncio.StreamReader) -> dict[str, Any]:
     return message
 
 
-async def main() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    spec = await _read_json_line(reader)
-    url: str = spec["url"]
-    subscriptions: list[str] = spec["subscriptions"]
-    concurrency: int = spec.get("connect_concurrency", 50)
-    settle_timeout: float = spec.get("settle_timeout", 30.0)
-    grace: float = spec.get("grace", 1.0)
+def _raise_fd_limit() -> None:
+    """Thousands of sockets per process: the soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    totals = Totals()
-    clients: list[LoadClient] = []
-    pending = len(subscriptions)
+
+async def _connect_all(
+    process: Process, url: str, clients: list[list[str]], concurrency: int, settle_timeout: float
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    pending = len(clients)
     all_settled = asyncio.Event()
+    settled_ns = 0
 
     def settled() -> None:
-        nonlocal pending
+        nonlocal pending, settled_ns
         pending -= 1
+        settled_ns = time.time_ns()
         if pending <= 0:
             all_settled.set()
 
-    # The relay's listen backlog is finite: a burst of hundreds of SYNs makes
+    # The server's listen backlog is finite: a burst of hundreds of SYNs makes
     # the kernel drop some and retry them a second later.
     gate = asyncio.Semaphore(concurrency)
     connect_errors: list[str] = []
 
-    async def open_one(params: str) -> None:
-        client = LoadClient(totals, params, settled)
-        clients.append(client)
+    async def open_one(params: str, mode: str) -> None:
+        client = LoadClient(process, params, mode, settled)
+        process.clients.append(client)
         async with gate:
             try:
                 await ws_connect(
@@ -251,6 +402,7 @@ async def main() -> None:
                     use_aiofastnet=False,
                     websocket_handshake_timeout=10,
                     max_frame_size=64 * 1024 * 1024,
+                    enable_auto_pong=True,
                 )
             except Exception as exc:
                 client.failed = f"{type(exc).__name__}: {exc}"
@@ -258,60 +410,145 @@ async def main() -> None:
                     connect_errors.append(client.failed)
                 settled()
 
-    tasks = [loop.create_task(open_one(params)) for params in subscriptions]
+    started_ns = time.time_ns()
+    tasks = [loop.create_task(open_one(params, mode)) for params, mode in clients]
     with contextlib.suppress(TimeoutError):  # report who did not make it, rather than fail
         await asyncio.wait_for(all_settled.wait(), settle_timeout)
     for task in tasks:
         task.cancel()
-    # The load generator's own pauses would read as relay latency: nothing
-    # it allocates from here on forms cycles, so the collector can rest.
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    subscribed = sum(1 for c in clients if c.subscribed)
-    failures = [c.failed for c in clients if c.failed]
-    _emit(
-        {
-            "type": "ready",
-            "pid": os.getpid(),
-            "clients": len(subscriptions),
-            "subscribed": subscribed,
-            "failures": len(failures),
-            "failure_samples": (connect_errors + failures)[:5],
-        }
-    )
+    subscribed = sum(1 for c in process.clients if c.subscribed)
+    failures = [c.failed for c in process.clients if c.failed]
+    return {
+        "type": "ready",
+        "pid": os.getpid(),
+        "clients": len(clients),
+        "subscribed": subscribed,
+        "failures": len(failures),
+        "failure_samples": (connect_errors + failures)[:5],
+        "connect_started_ns": started_ns,
+        "connect_settled_ns": settled_ns or time.time_ns(),
+    }
 
-    window = await _read_json_line(reader)
-    start_ns, end_ns = int(window["start_ns"]), int(window["end_ns"])
-    totals.window = (start_ns, end_ns)
-    await asyncio.sleep(max(0.0, (end_ns - time.time_ns()) / 1e9 + grace))
-    totals.window = _NEVER
-    for client in clients:
-        client.stopping = True
-    per_client = [c.received for c in clients if c.subscribed]
+
+async def _measure(
+    process: Process, reader: asyncio.StreamReader, command: dict[str, Any], grace: float, slow_drain: float
+) -> None:
+    """One window: slow clients stop reading inside it; a mark may come meanwhile."""
+    loop = asyncio.get_running_loop()
+    start_ns, end_ns = int(command["start_ns"]), int(command["end_ns"])
+    process.totals = totals = Totals(window=(start_ns, end_ns))
+    for client in process.clients:
+        client.received = 0
+        client.recovered_ns = 0
+        client.seen_after_mark = set()
+    slow = [c for c in process.clients if c.mode == "slow" and c.subscribed]
+
+    def pause_all() -> None:
+        for client in slow:
+            client.pause()
+
+    def resume_all() -> None:
+        for client in slow:
+            client.resume()
+
+    if slow:
+        loop.call_later(max(0.0, (start_ns - time.time_ns()) / 1e9), pause_all)
+        loop.call_later(max(0.0, (end_ns - time.time_ns()) / 1e9), resume_all)
+    deadline = end_ns + int(grace * 1e9)
+    # Marks may arrive during the window; read them until the deadline.
+    while True:
+        remaining = (deadline - time.time_ns()) / 1e9
+        if remaining <= 0:
+            break
+        try:
+            message = await asyncio.wait_for(_read_json_line(reader), remaining)
+        except TimeoutError:
+            break
+        if message.get("cmd") == "mark":
+            totals.mark_ns = int(message["ns"])
+    # A dropped slow client sees its end only once it has read what the
+    # server's kernel had buffered for it (the server closed behind that).
+    drain_until = time.monotonic() + slow_drain
+    poked = time.monotonic()
+    while any(c.connected for c in slow) and time.monotonic() < drain_until:
+        await asyncio.sleep(0.05)
+        if time.monotonic() - poked > 0.5:
+            poked = time.monotonic()
+            for client in slow:
+                client.poke()
+    if slow:
+        still = sum(1 for c in slow if c.connected)
+        print(f"slow clients: {totals.slow_dropped} dropped, {still} still connected", file=sys.stderr)
+        for client in slow:
+            if client.connected:
+                assert client.transport is not None
+                raw = client.transport.underlying_transport
+                print(
+                    f"  still connected: {client.received} frames read since the window start, reading"
+                    f" {raw.is_reading()}",
+                    file=sys.stderr,
+                )
+    process.totals = Totals()  # nothing more counts in this window
+    measured = [c for c in process.clients if c.subscribed and c.mode != "slow"]
+    per_client = [c.received for c in measured]
+    recovered = [c.recovered_ns - totals.mark_ns for c in measured if totals.mark_ns and c.recovered_ns]
     _emit(
         {
             "type": "result",
             "pid": os.getpid(),
-            "clients": len(subscriptions),
-            "subscribed": subscribed,
             "received": totals.received,
+            "probe_received": totals.probe_received,
             "frames": totals.frames,
             "late": totals.late,
             "gaps": totals.gaps,
+            "outage_gaps": totals.outage_gaps,
             "reordered": totals.reordered,
             "unstamped": totals.unstamped,
             "slow_consumer": totals.slow_consumer,
             "disconnects": totals.disconnects,
+            "slow_clients": len(slow),
+            "slow_dropped": totals.slow_dropped,
             "close_codes": totals.close_codes,
             "errors": totals.errors,
             "per_client_min": min(per_client, default=0),
             "per_client_max": max(per_client, default=0),
             "hist": {str(k): v for k, v in totals.hist.items()},
             "ranges": totals.ranges,
+            "recovered_ns": recovered,
+            "not_recovered": sum(1 for c in measured if totals.mark_ns and not c.recovered_ns),
         }
     )
-    for client in clients:
+
+
+async def main() -> None:
+    _raise_fd_limit()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    spec = await _read_json_line(reader)
+    grace: float = spec.get("grace", 1.0)
+    process = Process()
+    ready = await _connect_all(
+        process,
+        spec["url"],
+        spec["clients"],
+        spec.get("connect_concurrency", 50),
+        spec.get("settle_timeout", 60.0),
+    )
+    # The load generator's own pauses would read as relay latency: nothing
+    # it allocates from here on forms cycles, so the collector can rest.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    _emit(ready)
+    while True:
+        command = await _read_json_line(reader)
+        if command.get("cmd") == "window":
+            await _measure(process, reader, command, grace, spec.get("slow_drain", 5.0))
+        elif command.get("cmd") == "stop":
+            break
+    for client in process.clients:
+        client.stopping = True
         if client.transport is not None:
             client.transport.disconnect(graceful=False)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import time
@@ -74,6 +75,11 @@ async def spawn(
 
     def prepare() -> None:
         _die_with_parent()
+        # A server with 10,000 clients needs a descriptor each: the soft limit
+        # up to the hard one (raising the hard limit needs privileges).
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         if cpus:
             os.sched_setaffinity(0, cpus)
 

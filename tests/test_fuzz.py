@@ -211,7 +211,7 @@ def check_hub(hub: Hub, live: list[Member], lingering: dict[tuple[str, str], flo
         assert audience.tagged == (m.tags_markets and any(markets.is_ambiguous(c.market) for c in m.channels))
         assert hub._audiences[(audience.channels, audience.tagged)] is audience
     for audience in audiences:
-        assert audience.members and not audience.pending
+        assert audience.members
     # The routing index lists exactly the audiences that want each channel, once.
     indexed: Counter[tuple[str, str, str, int]] = Counter()
     for market, index in hub._index.items():
@@ -327,6 +327,7 @@ def test_drifting_upstream_events_reach_exactly_their_subscribers(frames: list[t
                     tagged = m.tags_markets and markets.is_ambiguous(market)
                     expected[id(m)].append({"market": market, **event} if tagged else event)
     hub.flush()
+    assert all(not a.pending for a in hub._audiences.values())
     for m, sink in members:
         received = []
         for payload in frame_payloads(sink.writes):
@@ -439,8 +440,11 @@ class HubMachine(RuleBasedStateMachine):
         self._apply(session.closed)
         self._apply(session.closed)  # the server may report a close twice: harmless
 
-    @rule(frame=upstream_frames())
-    def upstream(self, frame: tuple[str, bytes]) -> None:
+    @rule(frame=upstream_frames(), flush=st.booleans())
+    def upstream(self, frame: tuple[str, bytes], flush: bool) -> None:
+        """A frame routed, flushed now or left pending: clients may subscribe, unsubscribe or
+        leave inside the flush window. An event is owed to the members that wanted it when it
+        was routed."""
         market, payload = frame
         heads, raws = decode_frame(payload)
         self.hub.route(market, heads, raws)
@@ -450,7 +454,37 @@ class HubMachine(RuleBasedStateMachine):
                 if wants(m.channels, market, event):
                     tagged = m.tags_markets and markets.is_ambiguous(market)
                     self.expected[id(m)].append({"market": market, **event} if tagged else event)
+        if flush:
+            self.flush()
+
+    @precondition(lambda self: any(s.member.channels for s in self._live()))
+    @rule(data=st.data(), flush=st.booleans())
+    def upstream_for_members(self, data: st.DataObject, flush: bool) -> None:
+        """Events on channels members hold (drawn frames rarely hit them), often left pending."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        for _ in range(data.draw(st.integers(1, 4))):
+            session = data.draw(st.sampled_from([s for s in self._live() if s.member.channels]))
+            channel = data.draw(st.sampled_from(sorted(session.member.channels)))
+            ticker = data.draw(routed_tickers) if channel.is_wildcard else channel.ticker
+            events.append((channel.market, {"ev": channel.ev, "sym": ticker, "q": len(events)}))
+        for market in dict.fromkeys(m for m, _ in events):
+            payload = orjson.dumps([e for m, e in events if m == market])
+            self.upstream((market, payload), flush=False)
+        if flush:
+            self.flush()
+
+    @rule()
+    def flush(self) -> None:
         self.hub.flush()
+        assert all(not a.pending for a in self.hub._audiences.values())
+        for session in self._live():
+            assert self._received(session.member) == self.expected[id(session.member)]
+
+    def _received(self, m: Member) -> list[dict[str, Any]]:
+        received = []
+        for payload in frame_payloads(self.sinks[id(m)].writes):
+            received.extend(orjson.loads(payload))
+        return received
 
     @rule(seconds=st.sampled_from([0.1, 0.5, LINGER, 2.0]))
     def time_passes(self, seconds: float) -> None:
@@ -471,13 +505,13 @@ class HubMachine(RuleBasedStateMachine):
 
     @invariant()
     def delivered_exactly_once_in_order(self) -> None:
-        """Events only: statuses and last values on subscribe come from session replies, not the hub."""
+        """What each member received is what it is owed, in order, once: all of it after a flush,
+        a prefix of it while events are pending. (Events only: statuses and last values on
+        subscribe come from session replies, not the hub.)"""
         for session in self._live():
             m = session.member
-            received = []
-            for payload in frame_payloads(self.sinks[id(m)].writes):
-                received.extend(orjson.loads(payload))
-            assert received == self.expected[id(m)]
+            received = self._received(m)
+            assert received == self.expected[id(m)][: len(received)]
 
 
 HubMachine.TestCase.settings = settings(

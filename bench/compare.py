@@ -1,0 +1,139 @@
+"""``make bench-compare A B``: two bench results side by side, regressions flagged.
+
+For every scenario, rate step and server present in both files, the ratio
+B / A of each key number, flagged when B is worse than A by more than that
+number's tolerance (run-to-run noise on this 2-core shared machine: CPU and
+memory move a few percent, tail latencies much more). Without arguments, the
+two newest results/bench-*.json (A the older).
+
+``python -m bench.compare [A.json B.json] [--strict]`` (``--strict``: exit 1 on a regression).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.report import load
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    read: Callable[[dict[str, Any]], float]
+    higher_is_better: bool
+    tolerance: float  # relative change within noise
+    scenarios: tuple[str, ...] = ()  # only these (empty: all)
+
+
+def _latency(key: str) -> Callable[[dict[str, Any]], float]:
+    return lambda s: float(s["latency_ms"][key])
+
+
+MEASURES = (
+    Measure("delivered/s", lambda s: float(s["delivered_per_s"]), True, 0.02),
+    Measure("delivery %", lambda s: 100 * float(s["delivery_ratio"]), True, 0.001),
+    Measure("p50 ms", _latency("p50"), False, 0.25),
+    Measure("p99 ms", _latency("p99"), False, 0.30),
+    Measure("p999 ms", _latency("p999"), False, 0.50),
+    Measure("server cpu", lambda s: float(s["server_cpu"]), False, 0.10),
+    Measure("us/event", lambda s: float(s["server_us_per_event"]), False, 0.10),
+    Measure("RSS MiB", lambda s: float(s["server_rss_mib"]), False, 0.05),
+    Measure("KiB/conn", lambda s: float(s["server_kib_per_connection"]), False, 0.05, ("idle",)),
+    Measure("handshakes/s", lambda s: float(s["handshakes_per_s"]), True, 0.15, ("idle",)),
+    Measure("recovery ms", lambda s: float(s["recovery_ms"]["median"]), False, 1.0, ("reconnect",)),
+    Measure("slow dropped", lambda s: float(s["slow_dropped"]), True, 0.0, ("slow",)),
+)
+
+
+def _key(summary: dict[str, Any]) -> str:
+    return f"{summary['scenario']} {summary['step']} {summary['server']}"
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
+    """The comparison's lines and how many regressions it flags."""
+    lines: list[str] = []
+    for side, result in (("A", a), ("B", b)):
+        machine = result["machine"]
+        lines.append(
+            f"{side}: {result['date']}  commit {result['git']['commit'][:10]}"
+            f"{' (dirty)' if result['git']['dirty'] else ''}  {machine['nproc']} CPUs {machine['cpu_model']}"
+            f"  {result.get('command', '')}"
+        )
+    if a["machine"].get("cpu_model") != b["machine"].get("cpu_model"):
+        lines.append("WARNING: different machines: ratios compare the machines as much as the code")
+    first = {_key(s): s for s in a["summary"]}
+    second = {_key(s): s for s in b["summary"]}
+    common = [k for k in second if k in first]
+    only = sorted(set(first) ^ set(second))
+    lines.append("")
+    header = f"{'scenario step server':<34}{'measure':<14}{'A':>12}{'B':>12}{'B/A':>8}  flag"
+    lines += [header, "-" * len(header)]
+    regressions = 0
+    for key in common:
+        old, new = first[key], second[key]
+        # A server past saturation delivers whatever it manages: its numbers are not comparable.
+        saturated = bool(old.get("saturated") or new.get("saturated"))
+        for measure in MEASURES:
+            if measure.scenarios and old["scenario"] not in measure.scenarios:
+                continue
+            try:
+                x, y = measure.read(old), measure.read(new)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isnan(x) or math.isnan(y):
+                continue
+            ratio = y / x if x else (1.0 if y == x else math.inf)
+            worse = (y < x) if measure.higher_is_better else (y > x)
+            change = abs(ratio - 1) if x else (0.0 if y == x else math.inf)
+            flag = ""
+            if change > measure.tolerance:
+                flag = "REGRESSION" if worse else "better"
+                if saturated:
+                    flag += " (saturated: not counted)"
+                elif worse:
+                    regressions += 1
+            lines.append(f"{key:<34}{measure.name:<14}{x:>12.4g}{y:>12.4g}{ratio:>8.2f}  {flag}")
+        busy = max(old.get("others_cpu_max", 0.0), new.get("others_cpu_max", 0.0))
+        if busy > 0.15:
+            lines.append(f"{'':<34}(other processes used up to {100 * busy:.0f}% of a core: noisy)")
+    if only:
+        lines.append(f"\nin one file only: {', '.join(only)}")
+    lines.append(
+        f"\n{regressions} regression(s) past tolerance"
+        " (tolerances: " + ", ".join(f"{m.name} {100 * m.tolerance:g}%" for m in MEASURES) + ")"
+    )
+    return lines, regressions
+
+
+def _newest_two() -> tuple[Path, Path]:
+    found = sorted(RESULTS.glob("bench-*.json"))
+    if len(found) < 2:
+        raise SystemExit("bench-compare: need two results (results/bench-*.json) or two paths")
+    return found[-2], found[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, help="A.json B.json (default: the two newest)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    args = parser.parse_args(argv)
+    if len(args.files) not in (0, 2):
+        parser.error("give two result files, or none")
+    path_a, path_b = args.files if args.files else _newest_two()
+    a, b = load(path_a), load(path_b)
+    print(f"A = {path_a}\nB = {path_b}")
+    lines, regressions = compare(a, b)
+    print("\n".join(lines))
+    return 1 if regressions and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""The bench's report: the table, peer ratios, per-scenario details and the targets block.
+
+Everything here reads the summaries (medians over repeats, one per scenario,
+step and server) that bench/run.py writes to results/*.json, so a stored
+result can be printed again: ``python -m bench.report results/bench-....json``.
+The targets are reported, never asserted: the machine is shared and small.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCENARIO_ORDER = ("firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect")
+SERVER_ORDER = ("fastrelay", "websockets", "node-ws", "ceiling")
+FASTRELAY = "fastrelay"  # the relay with its default settings: what the targets are about
+PEERS = ("websockets", "node-ws")
+
+# The issue's targets (ratios on this machine, the relay's default settings).
+FIREHOSE_P99_MS = 20.0
+FIREHOSE_CPU_RATIO = 1 / 5  # of the better peer's CPU per event
+SPARSE_CPU_RATIO = 1 / 2
+IDLE_KIB_PER_CONNECTION = 10.0
+IDLE_CONNECTIONS = 10_000
+SLOW_P99_RATIO = 2.0
+
+
+def _sort_key(summary: dict[str, Any]) -> tuple[int, float, int, str]:
+    scenario = summary["scenario"]
+    server = summary["server"]
+    kind = server.split("@")[0]
+    return (
+        SCENARIO_ORDER.index(scenario) if scenario in SCENARIO_ORDER else 99,
+        summary["t_rate"],
+        SERVER_ORDER.index(kind) if kind in SERVER_ORDER else 99,
+        server,
+    )
+
+
+def ordered(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(summaries, key=_sort_key)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _pct(value: float) -> str:
+    return _fmt(100 * value, ".0f") + "%"
+
+
+Column = tuple[str, int, Callable[[dict[str, Any]], str]]
+
+
+def _render_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    header = "  ".join(name.rjust(w) if i > 2 else name.ljust(w) for i, (name, w, _) in enumerate(columns))
+    lines = [header, "-" * len(header)]
+    previous = None
+    for row in rows:
+        group = (row["scenario"], row["step"])
+        if previous is not None and group[0] != previous[0]:
+            lines.append("")
+        previous = group
+        cells = [(fn(row), w) for _, w, fn in columns]
+        lines.append("  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(cells)))
+    return "\n".join(lines)
+
+
+def table(summaries: list[dict[str, Any]]) -> str:
+    """The main table: one line per scenario, rate step and server."""
+    columns: list[Column] = [
+        ("scenario", 9, lambda s: s["scenario"]),
+        ("T ev/s", 6, lambda s: s["step"]),
+        ("server", 15, lambda s: s["server"] + ("*" if s.get("saturated") else "")),
+        ("sim ev/s", 8, lambda s: _fmt(s["upstream_events_per_s"], ",.0f")),
+        ("offered/s", 10, lambda s: _fmt(s["offered_per_s"], ",.0f")),
+        ("deliv/s", 10, lambda s: _fmt(s["delivered_per_s"], ",.0f")),
+        ("deliv %", 7, lambda s: _fmt(100 * s["delivery_ratio"], ".2f")),
+        ("ev/frm", 6, lambda s: _fmt(s["events_per_client_frame"], ".1f")),
+        ("p50 ms", 6, lambda s: _fmt(s["latency_ms"]["p50"], ".2f")),
+        ("p99 ms", 6, lambda s: _fmt(s["latency_ms"]["p99"], ".2f")),
+        ("p999", 6, lambda s: _fmt(s["latency_ms"]["p999"], ".1f")),
+        ("gaps", 5, lambda s: str(s["gaps_total"])),
+        ("cpu", 4, lambda s: _pct(s["server_cpu"])),
+        ("us/ev", 6, lambda s: _fmt(s["server_us_per_event"], ".2f")),
+        ("RSS MiB", 7, lambda s: _fmt(s["server_rss_mib"], ".1f")),
+        ("KiB/conn", 8, lambda s: _fmt(s["server_kib_per_connection"], ".1f")),
+        ("load", 4, lambda s: _pct(s["loadgen_cpu"])),
+        ("sim", 4, lambda s: _pct(s["sim_cpu"])),
+        ("others", 6, lambda s: _pct(s["others_cpu"])),
+        (
+            "drops",
+            5,
+            lambda s: str(s["disconnects_total"] + s["slow_consumer_total"] + s["slow_dropped_total"]),
+        ),
+    ]
+    return _render_table(ordered(summaries), columns)
+
+
+LEGEND = """\
+T ev/s: trades/s offered to the server (the step of a rate ladder; idle: nothing flows); server: the
+relay under test (@N ms: its flush window; * = saturated: the ladder stopped there); sim ev/s: events/s
+the simulator sent the server; offered/s: that x clients wanting each event; deliv %: events received /
+expected from the per-channel q (window on send stamps, sim_ns); ev/frm: events per frame at the
+clients; latency: now - sim_ns per event (one clock), from the probe clients; gaps: events missing by
+per-channel q, all repeats; cpu: the server's utime+stime in the window, share of one core; us/ev: that
+CPU per delivered event; KiB/conn: (RSS - RSS before clients) / clients; load, sim: CPU of the load
+generators and the simulator; others: CPU of every other process on the machine (shared: compare runs
+only when it is low); drops: disconnects + slow_consumer statuses + slow clients dropped, all repeats."""
+
+
+def _by(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """(scenario, step) -> server label -> summary."""
+    found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for summary in summaries:
+        found.setdefault((summary["scenario"], summary["step"]), {})[summary["server"]] = summary
+    return found
+
+
+def ratios(summaries: list[dict[str, Any]]) -> str:
+    """Every other server against fastrelay (default settings) on the same scenario and step."""
+    lines = [
+        "scenario   T ev/s  server           us/ev x  deliv %   p99 x  KiB/conn x  handshakes/s x",
+        "-" * 86,
+    ]
+    groups = _by(ordered(summaries))
+    for (scenario, step), servers in groups.items():
+        base = servers.get(FASTRELAY)
+        if base is None or len(servers) < 2:
+            continue
+        for name, other in servers.items():
+            if name == FASTRELAY:
+                continue
+            handshakes = (
+                _ratio(other["handshakes_per_s"], base["handshakes_per_s"]) if scenario == "idle" else "-"
+            )
+            lines.append(
+                f"{scenario:<9}  {step:>6}  {name + ('*' if other.get('saturated') else ''):<15}  "
+                f"{_ratio(other['server_us_per_event'], base['server_us_per_event']):>7}  "
+                f"{_fmt(100 * other['delivery_ratio'], '.2f'):>7}  "
+                f"{_ratio(other['latency_ms']['p99'], base['latency_ms']['p99']):>6}  "
+                f"{_ratio(other['server_kib_per_connection'], base['server_kib_per_connection']):>10}  "
+                f"{handshakes:>14}"
+            )
+    if len(lines) == 2:
+        return ""
+    return (
+        "Peers against fastrelay (other / fastrelay; above 1: fastrelay uses less CPU per event, has the\n"
+        "lower p99, holds less memory per connection; handshakes/s above 1: the peer connects faster):\n"
+        + "\n".join(lines)
+    )
+
+
+def _ratio(value: float, base: float) -> str:
+    if not base or base != base or value != value:
+        return "-"
+    return f"{value / base:.2f}"
+
+
+def details(summaries: list[dict[str, Any]]) -> str:
+    """What the idle, slow-consumer and reconnect scenarios are about, beyond the main table."""
+    parts = []
+    idle = [s for s in ordered(summaries) if s["scenario"] == "idle"]
+    if idle:
+        lines = [
+            "idle        server           conns  connect s  handshakes/s  RSS MiB  KiB/conn  cpu",
+            "-" * 80,
+        ]
+        for s in idle:
+            lines.append(
+                f"idle        {s['server']:<15}  {s['clients_subscribed']:>5.0f}  {s['connect_s']:>9.2f}  "
+                f"{_fmt(s['handshakes_per_s'], ',.0f'):>12}  {s['server_rss_mib']:>7.1f}  "
+                f"{s['server_kib_per_connection']:>8.2f}  {_pct(s['server_cpu']):>4}"
+            )
+        parts.append("\n".join(lines))
+    slow = [s for s in ordered(summaries) if s["scenario"] in ("slow", "slow-base")]
+    if slow:
+        lines = [
+            "slow        server           slow  normal p50  p99 ms  p999 ms  dropped (clients/server)  "
+            "normal lost  peak RSS MiB",
+            "-" * 112,
+        ]
+        for s in slow:
+            lines.append(
+                f"{s['scenario']:<10}  {s['server']:<15}  {s['slow_clients']:>4}  "
+                f"{_fmt(s['latency_ms']['p50'], '.2f'):>10}  {_fmt(s['latency_ms']['p99'], '.2f'):>6}  "
+                f"{_fmt(s['latency_ms']['p999'], '.2f'):>7}  "
+                f"{_fmt(s['slow_dropped'], '.0f'):>13}/{_fmt(s['server_slow_consumer_drops'], '.0f'):<10}  "
+                f"{s['disconnects_total'] + s['gaps_total']:>11}  {s['server_peak_rss_mib']:>12.1f}"
+            )
+        parts.append("\n".join(lines))
+    reconnect = [s for s in ordered(summaries) if s["scenario"] == "reconnect"]
+    if reconnect:
+        lines = [
+            "reconnect   server           recovery ms first/median/last  not recovered  outage gaps  "
+            "gaps outside  deliv % (sim)",
+            "-" * 113,
+        ]
+        for s in reconnect:
+            r = s["recovery_ms"]
+            lines.append(
+                f"reconnect   {s['server']:<15}  "
+                f"{_fmt(r['first'], '.0f'):>12}/{_fmt(r['median'], '.0f')}/{_fmt(r['last'], '.0f'):<10}  "
+                f"{s['not_recovered_total']:>13}  {s['outage_gaps_total']:>11}  "
+                f"{s['gaps_outside_outage_total']:>12}  {_fmt(100 * s['delivery_ratio_sim'], '.2f'):>13}"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+# --- targets -----------------------------------------------------------------------------------------
+
+
+def _target(
+    name: str, met: bool | None, detail: str, value: float | None, limit: float | None
+) -> dict[str, Any]:
+    return {
+        "target": name,
+        "status": "n/a" if met is None else "met" if met else "missed",
+        "detail": detail,
+        "value": value,
+        "limit": limit,
+    }
+
+
+def _margin(value: float, limit: float, lower_is_better: bool = True) -> str:
+    """How far from the limit, in words: '3.1x under the limit' or 'over by 35%'."""
+    if value != value or limit != limit:
+        return "-"
+    if lower_is_better:
+        if value <= limit:
+            return f"{limit / value:.1f}x under the limit" if value > 0 else "at zero"
+        return f"over by {100 * (value / limit - 1):.0f}%"
+    if value >= limit:
+        return f"{value / limit:.1f}x the minimum"
+    return f"short by {100 * (1 - value / limit):.0f}%"
+
+
+def _better_peer(servers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The peer with the lower CPU per event among those that kept up (delivered >= 95%)."""
+    candidates = [
+        servers[p]
+        for p in PEERS
+        if p in servers and servers[p]["server_us_per_event"] == servers[p]["server_us_per_event"]
+    ]
+    kept_up = [c for c in candidates if not c.get("saturated")]
+    pool = kept_up or candidates
+    return min(pool, key=lambda s: s["server_us_per_event"]) if pool else None
+
+
+def targets(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    groups = _by(ordered(summaries))
+    # 1. firehose: everything delivered, p99 under 20 ms, at every step.
+    for (scenario, step), servers in groups.items():
+        if scenario != "firehose" or FASTRELAY not in servers:
+            continue
+        s = servers[FASTRELAY]
+        p99 = s["latency_ms"]["p99"]
+        missing = max(0.0, s["missing_by_q_max"]) + s["gaps_total"] + s["disconnects_total"]
+        everything = missing == 0 and s["delivery_ratio"] >= 1.0
+        ok = everything and p99 < FIREHOSE_P99_MS
+        what = "every event delivered" if everything else f"{missing:.0f} events missing (by q), worst repeat"
+        found.append(
+            _target(
+                f"firehose {step}: all delivered, p99 < {FIREHOSE_P99_MS:g} ms",
+                ok,
+                f"{what}; p99 {p99:.2f} ms ({_margin(p99, FIREHOSE_P99_MS)})",
+                p99,
+                FIREHOSE_P99_MS,
+            )
+        )
+    # 2, 3. CPU per event against the better of the websockets and Node ws peers.
+    for scenario, limit in (("firehose", FIREHOSE_CPU_RATIO), ("sparse", SPARSE_CPU_RATIO)):
+        for (key, step), servers in groups.items():
+            if key != scenario or FASTRELAY not in servers:
+                continue
+            peer = _better_peer(servers)
+            if peer is None:
+                continue
+            ours = servers[FASTRELAY]["server_us_per_event"]
+            ratio = ours / peer["server_us_per_event"]
+            note = " (every peer saturated: compared at its own delivery)" if peer.get("saturated") else ""
+            found.append(
+                _target(
+                    f"{scenario} {step}: CPU/event <= {limit:g} x better peer",
+                    ratio <= limit,
+                    f"fastrelay {ours:.2f} us/ev vs {peer['server']} {peer['server_us_per_event']:.2f}: "
+                    f"ratio {ratio:.3f} ({_margin(ratio, limit)}){note}",
+                    ratio,
+                    limit,
+                )
+            )
+    # 4. idle memory.
+    for (scenario, _step), servers in groups.items():
+        if scenario != "idle" or FASTRELAY not in servers:
+            continue
+        s = servers[FASTRELAY]
+        kib = s["server_kib_per_connection"]
+        conns = s["clients_subscribed"]
+        complete = conns >= IDLE_CONNECTIONS
+        found.append(
+            _target(
+                f"idle: <= {IDLE_KIB_PER_CONNECTION:g} KiB RSS per connection at {IDLE_CONNECTIONS:,}",
+                (kib <= IDLE_KIB_PER_CONNECTION) if complete else False,
+                f"{kib:.2f} KiB/conn at {conns:,.0f} connections ({_margin(kib, IDLE_KIB_PER_CONNECTION)})",
+                kib,
+                IDLE_KIB_PER_CONNECTION,
+            )
+        )
+    # 5. slow consumers: normal clients' p99 within 2x of the run without slow ones.
+    slow = {s["server"]: s for s in summaries if s["scenario"] == "slow"}
+    base = {s["server"]: s for s in summaries if s["scenario"] == "slow-base"}
+    if FASTRELAY in slow and FASTRELAY in base:
+        with_slow, without = slow[FASTRELAY], base[FASTRELAY]
+        p99, p99_base = with_slow["latency_ms"]["p99"], without["latency_ms"]["p99"]
+        ratio = p99 / p99_base if p99_base else float("nan")
+        dropped = with_slow["slow_dropped"]
+        expected = with_slow["slow_clients"]
+        normal_lost = with_slow["disconnects_total"] + with_slow["gaps_total"]
+        ok = ratio <= SLOW_P99_RATIO and dropped >= expected and normal_lost == 0
+        found.append(
+            _target(
+                f"slow consumers: normal p99 <= {SLOW_P99_RATIO:g} x without them",
+                ok,
+                f"p99 {p99:.2f} vs {p99_base:.2f} ms: {ratio:.2f}x ({_margin(ratio, SLOW_P99_RATIO)}); "
+                f"slow clients dropped {dropped:.0f}/{expected} (server counted "
+                f"{with_slow['server_slow_consumer_drops']:.0f}); normal clients lost {normal_lost}; "
+                f"peak RSS {with_slow['server_peak_rss_mib']:.1f} vs "
+                f"{without['server_peak_rss_mib']:.1f} MiB",
+                ratio,
+                SLOW_P99_RATIO,
+            )
+        )
+    return found
+
+
+def targets_block(found: list[dict[str, Any]]) -> str:
+    if not found:
+        return ""
+    width = max(len(t["target"]) for t in found)
+    lines = ["targets (reported, not asserted; ratios on this machine, relay defaults):"]
+    for t in found:
+        lines.append(f"  {t['status'].upper():<6}  {t['target']:<{width}}  {t['detail']}")
+    return "\n".join(lines)
+
+
+# --- notes, profiles ---------------------------------------------------------------------------------
+
+
+def notes(summary: dict[str, Any]) -> str:
+    """Anything in a configuration's runs that makes its numbers suspect or is a fault."""
+    found = []
+    if summary["server_warnings_total"]:
+        samples = summary["server_log"]["samples"][:2]
+        found.append(f"the server logged {summary['server_warnings_total']} warnings, e.g. {samples}")
+    errors = [e for e in summary["client_errors"] if "feed interrupted" not in e and "restored" not in e]
+    if errors:
+        found.append(f"client errors: {errors[:3]}")
+    wanted = summary["clients"] + summary["slow_clients"]
+    if summary["clients_subscribed"] < wanted:
+        found.append(f"only {summary['clients_subscribed']}/{wanted} clients subscribed")
+    if summary.get("saturated"):
+        found.append(f"saturated: {summary['saturated']}")
+    if summary["others_cpu_max"] > 0.15:
+        found.append(
+            f"other processes used up to {100 * summary['others_cpu_max']:.0f}% of a core: "
+            f"{summary['others_busiest']}"
+        )
+    if not summary["server_alive"]:
+        found.append("the server died during the run")
+    return f"{summary['label']}: " + "; ".join(found) if found else ""
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive time per function from py-spy's collapsed stacks ("a;b;c count" lines)."""
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        self_time[frames[-1]] = self_time.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(table: dict[str, int]) -> list[dict[str, Any]]:
+        # Frames on (nearly) every stack (the loop, main) say nothing.
+        rows = sorted(((k, v) for k, v in table.items() if v < 0.98 * total), key=lambda item: -item[1])[:top]
+        return [{"function": name, "share": round(count / total, 4)} for name, count in rows] if total else []
+
+    return {"samples": total, "self": ranked(self_time), "inclusive": ranked(inclusive)}
+
+
+def render(result: dict[str, Any], output: Path | str) -> str:
+    machine = result["machine"]
+    summaries = result["summary"]
+    options = result["options"]
+    out = [
+        f"\nfastrelay bench {result['date']}  commit {result['git']['commit'][:10]}"
+        f"{' (dirty tree)' if result['git']['dirty'] else ''}  {machine['nproc']} CPUs {machine['cpu_model']}"
+        f"  {machine['kernel']}  python {result['python']}  node {result.get('node') or '-'}",
+        f"command: {result.get('command', '')}",
+        f"windows of {options['duration']:g} s ({options['warmup']:g} s warm-up, "
+        f"{options['settle']:g} s after a rate change), medians of {options['repeats']} run(s)\n",
+        table(summaries),
+        "",
+        LEGEND,
+    ]
+    for block in (ratios(summaries), details(summaries), targets_block(result.get("targets", []))):
+        if block:
+            out += ["", block]
+    found = [n for n in (notes(s) for s in ordered(summaries)) if n]
+    if found:
+        out += ["", "notes:", *(f"  {n}" for n in found)]
+    for line in result.get("skipped", []):
+        out.append(f"\nSKIPPED {line}")
+    for failure in result.get("failed_runs", []):
+        out.append(f"\nFAILED {failure['config']} (repeat {failure['repeat']}): {failure['error'][-500:]}")
+    for label, profile in result.get("profiles", {}).items():
+        if profile and profile["self"]:
+            out.append(
+                f"\nserver profile under {label} (py-spy --native, {profile['samples']} samples; self time,"
+                " then inclusive):"
+            )
+            for row in profile["self"][:10]:
+                out.append(f"  {100 * row['share']:5.1f}%  {row['function']}")
+            out.append("  --")
+            for row in profile["inclusive"][:12]:
+                out.append(f"  {100 * row['share']:5.1f}%  {row['function']}")
+    out.append(f"\nJSON: {output}  ({result['elapsed_s']:.0f} s)")
+    return "\n".join(out)
+
+
+def restore_nan(value: Any) -> Any:
+    """JSON has no NaN (orjson writes null): the numbers nobody measured come back as NaN."""
+    if isinstance(value, dict):
+        return {k: restore_nan(v) if k != "saturated" else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [restore_nan(v) for v in value]
+    return float("nan") if value is None else value
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A stored result, its summaries ready for the functions here."""
+    result: dict[str, Any] = orjson.loads(path.read_bytes())
+    result["summary"] = restore_nan(result["summary"])
+    return result
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m bench.report results/bench-....json", file=sys.stderr)
+        return 2
+    path = Path(sys.argv[1])
+    result = load(path)
+    result["targets"] = targets(result["summary"])
+    print(render(result, path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

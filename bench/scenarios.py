@@ -1,0 +1,206 @@
+"""What ``make bench`` runs: the scenarios, the servers under test, and the plan.
+
+A *scenario* fixes the clients, their subscriptions and the simulator's feed;
+a scenario with several rates is a ladder: one set of processes and
+connections, the simulator's rate raised step by step (through its ``slow``
+fault with a factor above 1, a plain rate multiplier), one measured window
+per step. A *server* is fastrelay or one of the peer relays of bench/peers.
+A *config* is one scenario on one server; the plan alternates configs
+(a b c a b c) so a drift of the shared machine spreads over all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# The simulator's stocks frames carry a T or a Q event at random, and the
+# servers subscribe upstream only what clients want (T), so the simulator
+# generates twice the T rate.
+TRADE_SHARE = 0.5
+# Above this many decoded events/s in all, clients count events per frame and
+# only every n-th client (a probe) decodes each event for latency and gaps.
+PROBE_BUDGET = 120_000
+
+
+@dataclass(frozen=True)
+class Server:
+    """A relay under test: ``kind`` and, for fastrelay and the ceiling, a flush window (ms)."""
+
+    kind: str  # fastrelay, websockets, node, ceiling
+    flush: float | None = None  # None: the server's default (fastrelay 5 ms, ceiling 0: as is)
+
+    @property
+    def label(self) -> str:
+        name = {"node": "node-ws"}.get(self.kind, self.kind)
+        return name if self.flush is None else f"{name}@{self.flush:g}ms"
+
+    @property
+    def routes(self) -> bool:
+        """Whether it routes per channel (the ceiling sends everything to everyone)."""
+        return self.kind != "ceiling"
+
+    @property
+    def is_peer(self) -> bool:
+        return self.kind != "fastrelay"
+
+
+def parse_server(text: str) -> Server:
+    """``fastrelay``, ``fastrelay@0`` (flush ms), ``websockets``, ``node``, ``ceiling``, ``ceiling@5``."""
+    kind, _, flush = text.strip().partition("@")
+    kind = {"node-ws": "node", "ws": "websockets"}.get(kind, kind)
+    if kind not in ("fastrelay", "websockets", "node", "ceiling"):
+        raise ValueError(f"unknown server {text!r}: fastrelay[@MS], websockets, node, ceiling[@MS]")
+    if flush and kind not in ("fastrelay", "ceiling"):
+        raise ValueError(f"{kind} has no flush window")
+    return Server(kind, float(flush.removesuffix("ms")) if flush else None)
+
+
+FASTRELAY = Server("fastrelay")
+PEERS = (Server("websockets"), Server("node"))
+CEILING = Server("ceiling")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    clients: int  # normal clients (measured)
+    symbols: int  # the simulator's synthetic tickers S0001..
+    t_rates: tuple[float, ...]  # T events/s the relay is offered, per step of the ladder
+    events_per_frame: int = 1
+    wildcard: bool = True  # every client on T.*, or each on one T.<ticker>, spread evenly
+    slow_clients: int = 0  # clients that stop reading during the window
+    quiet: bool = False  # one channel nothing is published on (idle connections)
+    quiet_channels: int = 1000
+    drop_at: float | None = None  # seconds into the window: the simulator drops the upstream
+    client_procs: int = 2
+    window: float | None = None  # overrides --duration (a scenario that needs longer)
+    servers: tuple[Server, ...] = (FASTRELAY,)
+    about: str = ""
+    baseline_of: str | None = None  # this is the slow-consumer-free twin of that scenario
+    max_repeats: int | None = None  # fewer repeats than --repeats (a slow or steady scenario)
+
+    def sim_rate(self, t_rate: float) -> float:
+        """Simulator frames/s for ``t_rate`` T events/s to the relay."""
+        return t_rate / TRADE_SHARE / self.events_per_frame
+
+    def ticker(self, index: int) -> str:
+        # The simulator's synthetic names: S0001.. (at least 4 digits).
+        return f"S{index:0{max(4, len(str(self.symbols)))}d}"
+
+    def subscriptions(self) -> list[str]:
+        """Normal clients' params, in client order."""
+        if self.quiet:
+            # Tickers the simulator never trades: connections that only wait.
+            return [f"T.ZZ{i % self.quiet_channels:04d}" for i in range(self.clients)]
+        if self.wildcard:
+            return ["T.*"] * self.clients
+        return [f"T.{self.ticker(i % self.symbols + 1)}" for i in range(self.clients)]
+
+    def fanout(self) -> dict[str, int]:
+        """Normal clients that want each ticker's events."""
+        if self.quiet:
+            return {}
+        if self.wildcard:
+            return {self.ticker(i): self.clients for i in range(1, self.symbols + 1)}
+        counts: dict[str, int] = {}
+        for params in self.subscriptions():
+            ticker = params.partition(".")[2]
+            counts[ticker] = counts.get(ticker, 0) + 1
+        return counts
+
+    def probe_stride(self) -> int:
+        """Every n-th normal client decodes every event; the others count per frame."""
+        if not self.wildcard or self.quiet:
+            return 1  # probes' q ranges give the expected count per channel: all must probe
+        peak = max(self.t_rates) * self.clients
+        return max(1, math.ceil(peak / PROBE_BUDGET))
+
+    def clients_spec(self) -> list[tuple[str, str]]:
+        """(params, mode) of every client: normal ones first, then the slow ones."""
+        stride = self.probe_stride()
+        spec = [(p, "probe" if i % stride == 0 else "count") for i, p in enumerate(self.subscriptions())]
+        spec += [("T.*" if self.wildcard else spec[0][0], "slow")] * self.slow_clients
+        return spec
+
+    def step_label(self, t_rate: float) -> str:
+        if self.quiet:
+            return "-"
+        return f"{t_rate / 1000:g}k" if t_rate >= 1000 else f"{t_rate:g}"
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.key: s
+    for s in (
+        Scenario(
+            "firehose", "firehose", clients=100, symbols=100, t_rates=(1000, 2000, 5000, 10000),
+            # The ceiling as is, and with fastrelay's write timing (its default 5 ms window);
+            # fastrelay@0, ceiling@0 (flush at the end of each read) on request.
+            servers=(FASTRELAY, *PEERS, CEILING, Server("ceiling", 5)),
+            about="100 clients on T.*; single-event upstream frames at a rising rate (T frames/s)",
+        ),
+        Scenario(
+            "batched", "batched", clients=100, symbols=100, t_rates=(5000, 20000), events_per_frame=20,
+            servers=(FASTRELAY, *PEERS),
+            about="100 clients on T.*; 20-event upstream frames (about 10 of them T)",
+        ),
+        Scenario(
+            "sparse", "sparse", clients=1000, symbols=100, t_rates=(2000,), wildcard=False,
+            servers=(FASTRELAY, *PEERS),
+            about="1,000 clients, each on one T.<ticker> of 100 (10 clients per ticker)",
+        ),
+        Scenario(
+            "idle", "idle", clients=10_000, symbols=100, t_rates=(100,), quiet=True, client_procs=4,
+            window=3.0, servers=(FASTRELAY, *PEERS, CEILING), max_repeats=1,
+            about="10,000 connections with one quiet channel each (1,000 channels nothing trades on)",
+        ),
+        Scenario(
+            "slow", "slow consumers", clients=100, symbols=100, t_rates=(10000,), slow_clients=10,
+            window=8.0, max_repeats=2,
+            about="100 clients on T.* plus 10 that stop reading during the window",
+        ),
+        Scenario(
+            "slow-base", "slow consumers: baseline", clients=100, symbols=100, t_rates=(10000,),
+            window=8.0, max_repeats=2, baseline_of="slow",
+            about="the same 100 clients without the slow ones",
+        ),
+        Scenario(
+            "reconnect", "upstream reconnect", clients=100, symbols=100, t_rates=(1000,), drop_at=2.0,
+            window=6.0, max_repeats=2,
+            about="100 clients on T.*; the simulator drops the upstream 2 s into the window",
+        ),
+    )
+}  # fmt: skip
+
+# ``--scenarios slow`` runs its baseline too: the target compares the two.
+COMPANIONS = {"slow": ("slow-base",)}
+DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect")
+
+
+@dataclass(frozen=True)
+class Config:
+    scenario: Scenario
+    server: Server
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario.key} {self.server.label}"
+
+
+def plan(
+    scenarios: list[Scenario], servers: list[Server] | None, repeats: int
+) -> Iterator[tuple[int, Config]]:
+    """(repeat, config) in run order: every config once per repeat, alternating."""
+    configs: list[Config] = []
+    for scenario in scenarios:
+        chosen = scenario.servers if servers is None else tuple(servers)
+        for server in chosen:
+            if not server.routes and not (scenario.wildcard or scenario.quiet):
+                continue  # the ceiling cannot serve per-client channels
+            configs.append(Config(scenario, server))
+    for repeat in range(repeats):
+        for config in configs:
+            if config.scenario.max_repeats is None or repeat < config.scenario.max_repeats:
+                yield repeat, config
