@@ -458,6 +458,9 @@ class Hub:
                 found.append(tag_market(raw, channel.market) if tagged else raw)
         return found
 
+    def forget_market_last_values(self, market: str) -> None:
+        self._index[market].last.clear()
+
     def forget_last_values(self, market: str, unsubscribed: Iterable[str]) -> None:
         """Drop last values and history of channels no longer subscribed upstream.
 

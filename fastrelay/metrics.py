@@ -72,6 +72,11 @@ class RelayCollector(Collector):
             "How late the event loop runs a timer: time the loop was busy or blocked.",
             self._loop_lag,
         )
+        yield GaugeMetricFamily(
+            "fastrelay_event_loop_tasks",
+            "asyncio tasks alive: flat over days, or something leaks.",
+            value=len(asyncio.all_tasks()),
+        )
         ready = GaugeMetricFamily("fastrelay_ready", "1 when every configured upstream is authenticated.")
         ready.add_metric([], 1.0 if relay.ready else 0.0)
         yield ready

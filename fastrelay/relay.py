@@ -97,6 +97,9 @@ class Relay:
     def upstream_down(self, session: UpstreamSession, reason: DisconnectReason) -> None:
         market = session.market
         log.info("upstream %s: down (%s); clients stay connected", market, reason.value)
+        # A last value from before the outage would fill a new subscriber with
+        # stale data (Massive does not replay): the next live event refills it.
+        self.hub.forget_market_last_values(market)
         if market not in self.hub.outages:
             # Clients that subscribe during the outage are told too (ClientSession).
             self.hub.outages[market] = reason.value

@@ -333,7 +333,7 @@ class UpstreamSession:
         elif outcome is Outcome.AUTH_FAILED:
             self._reason = DisconnectReason.AUTH_FAILED
             log.error(
-                "upstream %s: authentication failed (%s): check the API key and its plan; retrying in %.0f s",
+                "upstream %s: authentication failed (%s): check the API key and its plan; retrying in %g s",
                 self.market,
                 message or "no reason given",
                 self.timers.auth_retry,
@@ -343,7 +343,7 @@ class UpstreamSession:
             self._reason = DisconnectReason.MAX_CONNECTIONS
             log.error(
                 "upstream %s: Massive reports max_connections: another process uses the same API key "
-                "on this market (only one connection per market is allowed); cooling down %.0f s",
+                "on this market (only one connection per market is allowed); cooling down %g s",
                 self.market,
                 self.timers.max_connections_cooldown,
             )

@@ -117,3 +117,10 @@ def test_bad_values_name_the_setting(env: dict[str, str], fragment: str) -> None
     """A bad value raises ConfigError naming the flag or variable and the problem."""
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         build(RelayConfig(), RELAY_OPTIONS, _parser().parse_args(["serve"]), env)
+
+
+def test_empty_fastrelay_api_key_does_not_hide_massive_api_key() -> None:
+    """A blank FASTRELAY_API_KEY (an env file line left empty) falls back to MASSIVE_API_KEY."""
+    args = _parser().parse_args(["serve"])
+    env = {"FASTRELAY_API_KEY": "", "MASSIVE_API_KEY": "abc"}
+    assert build(RelayConfig(), RELAY_OPTIONS, args, env).api_key == "abc"

@@ -10,7 +10,9 @@ import pytest
 import websockets
 
 from fastrelay.app import RunningRelay, running_relay
+from fastrelay.hub import Member
 from fastrelay.interest import MarketInterest
+from fastrelay.protocol import Channel
 from fastrelay.simulator import Simulator
 from tests.conftest import sim_config
 from tests.utils import TIMEOUT, Client, fast_relay_config, sequence_gaps, wait_until
@@ -344,3 +346,23 @@ async def test_outage_statuses_reach_current_and_new_subscribers(relay: RunningR
         while not restored["message"].startswith("stocks feed restored"):
             restored = await client.wait_status("success")
         await client.close()
+
+
+async def test_no_stale_last_value_after_an_outage(relay: RunningRelay, sim: Simulator) -> None:
+    """Last values from before an upstream outage are dropped: nothing pre-outage fills a new subscriber."""
+    await wait_ready(relay)
+    feeder = await Client.connect(url(relay))
+    await feeder.subscribe("Q.AAPL")
+    await feeder.wait_events(2)
+    hub = relay.relay.hub
+    assert hub.last_values(feeder_member(relay), [Channel("stocks", "Q", "AAPL")])
+    sim.auth_fail("stocks")
+    sim.drop("stocks")
+    await wait_until(lambda: "stocks" in hub.outages, what="outage noticed")
+    assert hub.last_values(feeder_member(relay), [Channel("stocks", "Q", "AAPL")]) == []
+    sim.auth_ok("stocks")
+    await feeder.close()
+
+
+def feeder_member(relay: RunningRelay) -> Member:
+    return next(iter(relay.server.connections)).session.member  # type: ignore[union-attr]
