@@ -235,8 +235,13 @@ def _margin(value: float, limit: float, lower_is_better: bool = True) -> str:
     if value != value or limit != limit:
         return "-"
     if lower_is_better:
+        if value <= 0:
+            return "at zero"
         if value <= limit:
-            return f"{limit / value:.1f}x under the limit" if value > 0 else "at zero"
+            if limit / value < 1.5:
+                under = 100 * (1 - value / limit)
+                return f"{under:.1f}% under the limit" if under < 10 else f"{under:.0f}% under the limit"
+            return f"{limit / value:.1f}x under the limit"
         return f"over by {100 * (value / limit - 1):.0f}%"
     if value >= limit:
         return f"{value / limit:.1f}x the minimum"
@@ -323,7 +328,7 @@ def targets(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         p99, p99_base = with_slow["latency_ms"]["p99"], without["latency_ms"]["p99"]
         ratio = p99 / p99_base if p99_base else float("nan")
         dropped = with_slow["slow_dropped"]
-        expected = with_slow["slow_clients"]
+        expected = int(with_slow["slow_clients"])
         normal_lost = with_slow["disconnects_total"] + with_slow["gaps_total"]
         ok = ratio <= SLOW_P99_RATIO and dropped >= expected and normal_lost == 0
         found.append(
