@@ -35,7 +35,9 @@ def configure(level: str, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # picows logs every failed handshake at info; keep its chatter at warning
+    # picows logs every failed handshake at info and every slow client's
+    # buffer high-watermark at warning: one line per browser on a poor link.
+    # The relay reports slow consumers itself, throttled; keep picows to errors
     # unless debugging.
     if level.lower() != "debug":
-        logging.getLogger("picows").setLevel(logging.WARNING)
+        logging.getLogger("picows").setLevel(logging.ERROR)
