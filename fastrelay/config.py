@@ -302,8 +302,9 @@ def build(config: Any, options: Sequence[Option], args: argparse.Namespace, env:
         if raw is None:
             raw = env.get(env_name(option.flag))
             source = env_name(option.flag)
-        if not raw and option.flag == "api-key":
-            # An empty FASTRELAY_API_KEY (a blank line in an env file) must not hide MASSIVE_API_KEY.
+        if not raw and option.flag == "api-key" and source != "--api-key":
+            # An empty FASTRELAY_API_KEY (a blank line in an env file) must not
+            # hide MASSIVE_API_KEY; an explicit empty --api-key still means none.
             raw = env.get("MASSIVE_API_KEY")
             source = "MASSIVE_API_KEY"
         if raw is None:
