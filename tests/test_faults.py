@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastrelay import markets
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.simulator import Simulator
-from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
+from tests.utils import TIMEOUT, Client, fast_relay_config, http_get, wait_until
 
 MAX_FRAME = 64 * 1024  # the relay's --max-frame-size here: the 1 MiB+ frame must be split
 AUTH_RETRY = 0.5
@@ -228,16 +228,6 @@ def upstream_warnings(caplog: pytest.LogCaptureFixture, fragment: str) -> list[s
         for r in caplog.records
         if r.name.startswith("fastrelay") and r.levelno >= logging.WARNING and fragment in r.getMessage()
     ]
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = await asyncio.wait_for(reader.read(), TIMEOUT)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def metric(relay: RunningRelay, name: str, **labels: str) -> float:

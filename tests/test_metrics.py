@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.histogram import Histogram
 from fastrelay.metrics import CLOSE_REASONS, UPSTREAM_REASONS
 from fastrelay.simulator import Simulator
-from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = await asyncio.wait_for(reader.read(), TIMEOUT)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
+from tests.utils import Client, fast_relay_config, http_get, wait_until
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

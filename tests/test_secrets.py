@@ -27,8 +27,8 @@ import websockets
 
 from fastrelay.simulator import Simulator
 from tests.conftest import sim_config
-from tests.test_shutdown import http_get, relay_process
-from tests.utils import TIMEOUT, wait_until
+from tests.test_shutdown import relay_process
+from tests.utils import TIMEOUT, http_get, wait_until
 
 KEY = "SECRETKEY-3f9a1c7e5b2d48a6"
 TOKEN = "CLIENTTOKEN-9b8e7d6c5a4f3e21"

@@ -27,31 +27,13 @@ import pytest
 import websockets
 
 from fastrelay.simulator import Simulator
-from tests.utils import TIMEOUT, Client, wait_until
+from tests.utils import TIMEOUT, Client, http_get, wait_until
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    """Status and body of a GET on 127.0.0.1; (0, b"") when nothing listens."""
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return 0, b""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    try:
-        data = await asyncio.wait_for(reader.read(), TIMEOUT)
-    except ConnectionError:
-        data = b""
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return (int(head.split()[1]), body) if head else (0, b"")
 
 
 @dataclass

@@ -7,6 +7,7 @@ Every wait is on the event expected, bounded by a timeout; never a bare sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -143,3 +144,21 @@ def sequence_gaps(events: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
             gaps.append((key, last[key], q))
         last[key] = q
     return gaps
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """Status and body of a plain GET on 127.0.0.1; (0, b"") when nothing listens."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0, b""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    try:
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)
+    except ConnectionError:
+        data = b""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return (int(head.split()[1]) if head else 0), body
