@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 # Re-install when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
 NODE_STAMP := tests/js/node_modules/.installed
-# Debian packages the tests need: prometheus and promtool (tests/test_observability.py).
+# Debian packages the tests need: prometheus and promtool (tests/test_observability.py),
+# nats-server (tests/test_scaleout.py).
 DEB_STAMP := $(VENV)/.debian-packages
 # Debian packages of the browser tests: nginx and chromium (tests/test_nginx.py, tests/test_browser.py).
 WEB_STAMP := $(VENV)/.debian-nginx-chromium
@@ -36,6 +37,8 @@ $(DEB_STAMP):
 	@mkdir -p $(@D)
 	{ command -v prometheus && command -v promtool; } >/dev/null || \
 		{ $(APT_GET) update && $(APT_GET) install --no-install-recommends prometheus; }
+	{ command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null || \
+		{ $(APT_GET) update && $(APT_GET) install --no-install-recommends nats-server; }
 	touch $@
 
 # Debian's nginx and chromium, only when missing. The tests start their own nginx

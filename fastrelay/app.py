@@ -1,4 +1,4 @@
-"""Running the pieces together: ``serve`` (the relay) and ``run`` (relay + simulator)."""
+"""Running the pieces together: ``serve`` (the relay, in its role) and ``run`` (relay + simulator)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastrelay.config import RelayConfig
+from fastrelay.config import RelayConfig, describe
 from fastrelay.relay import Relay
 from fastrelay.server import RelayServer
+
+if TYPE_CHECKING:
+    from fastrelay.scaleout.edge import Edge
+    from fastrelay.scaleout.ingest import Ingest
 
 log = logging.getLogger("fastrelay")
 
@@ -21,23 +25,44 @@ log = logging.getLogger("fastrelay")
 class RunningRelay:
     relay: Relay
     server: RelayServer
+    scaleout: Ingest | Edge | None = None  # the NATS side of an ingest or an edge
 
     @property
     def port(self) -> int:
         return self.server.port
 
 
+def assemble(config: RelayConfig) -> tuple[Relay, Ingest | Edge | None]:
+    """The relay of ``config.role``: alone, with an ingest's tap, or fed by NATS."""
+    if config.role == "edge":
+        from fastrelay.scaleout.edge import Edge
+
+        edge = Edge(config)
+        return edge.relay, edge
+    relay = Relay(config)
+    if config.role == "ingest":
+        from fastrelay.scaleout.ingest import Ingest
+
+        return relay, Ingest(relay, config)
+    return relay, None
+
+
 @contextlib.asynccontextmanager
 async def running_relay(config: RelayConfig) -> AsyncIterator[RunningRelay]:
     """The relay listening and its upstreams connecting, stopped on exit."""
-    relay = Relay(config)
-    server = RelayServer(relay)
+    relay, scaleout = assemble(config)
+    server = RelayServer(relay, scaleout)
     await server.start()
+    if scaleout is not None:
+        scaleout.start()
     relay.start()
     try:
-        yield RunningRelay(relay, server)
+        yield RunningRelay(relay, server, scaleout)
     finally:
         await server.stop()
+        # An edge says goodbye on NATS before its upstream (the feeds) stops.
+        if scaleout is not None:
+            await scaleout.stop()
         await relay.stop()
 
 
@@ -66,13 +91,7 @@ async def serve_until_signal(main: Coroutine[Any, Any, None]) -> None:
 
 async def serve(config: RelayConfig) -> None:
     async with running_relay(config) as running:
-        log.info(
-            "fastrelay listening on %s:%d, markets %s, upstream %s",
-            config.host,
-            running.port,
-            ",".join(config.markets),
-            config.upstream,
-        )
+        log.info("fastrelay %s listening on port %d: %s", config.role, running.port, describe(config))
         await wait_for_signal()
         await shutdown(running, config.shutdown_timeout)
 

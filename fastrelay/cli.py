@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="the main job: the relay, on the built-in simulator when MASSIVE_API_KEY is unset"
     )
     add_options(run, RELAY_OPTIONS)
+    ingest = commands.add_parser(
+        "ingest", help="scale-out: hold the upstreams and publish to NATS (= serve --role ingest)"
+    )
+    add_options(ingest, RELAY_OPTIONS)
+    edge = commands.add_parser(
+        "edge", help="scale-out: serve clients from an ingest over NATS (= serve --role edge)"
+    )
+    add_options(edge, RELAY_OPTIONS)
     sim = commands.add_parser("sim", help="a Massive-compatible simulated feed")
     add_options(sim, SIM_OPTIONS)
     check = commands.add_parser(
@@ -62,8 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.configure(flags.log_level, flags.log_format)
             return _run_sim(flags)
         config = build(RelayConfig(), RELAY_OPTIONS, args, os.environ)
+        if args.command in ("ingest", "edge"):
+            if args.role is not None and args.role != args.command:
+                raise ConfigError(f"--role={args.role} contradicts the command {args.command!r}")
+            config.role = args.command
         validate(config)
-        if args.command == "check-config" and not config.api_key:
+        if args.command == "check-config" and not config.api_key and config.role != "edge":
             raise ConfigError("no API key: set MASSIVE_API_KEY or --api-key")
     except ConfigError as exc:
         print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
@@ -77,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run" and not config.api_key:
         loops.run(app.run_with_simulator(config))
         return 0
-    if not config.api_key:
+    if not config.api_key and config.role != "edge":  # an edge never talks to Massive
         print("fastrelay: configuration error: no API key: set MASSIVE_API_KEY or --api-key", file=sys.stderr)
         return 2
     loops.run(app.serve(config))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,15 @@ class RelayConfig:
     shutdown_timeout: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
+    # Scale-out (README, "Scale-out"): "single" is the one-process relay; an
+    # "ingest" holds the upstreams and publishes to NATS, "edge"s serve clients.
+    role: str = "single"
+    nats: str = "nats://127.0.0.1:4222"  # comma-separated servers; may carry credentials
+    nats_prefix: str = "fastrelay"  # subjects' first tokens: one deployment per prefix
+    nats_granularity: str = "batch"  # ingest: "batch" (per frame and ev) or "event" (README)
+    heartbeat_interval: float = 1.0  # ingest state and edge interest, seconds
+    peer_timeout: float = 5.0  # an edge (at the ingest) or the ingest (at an edge) silent this long is gone
+    instance_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
 @dataclass
@@ -126,6 +136,17 @@ def _log_format(text: str) -> str:
     if value not in ("text", "json"):
         raise ValueError(f"{text!r} is not one of text, json")
     return value
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    parse.__name__ = "choice"
+    return parse
 
 
 def _log_level(text: str) -> str:
@@ -254,6 +275,22 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     Option("metrics-interval", _positive(float), "seconds between /metrics renderings", "metrics_interval"),
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
+    Option(
+        "role", _one_of("single", "ingest", "edge"), "single, ingest or edge (scale-out over NATS)", "role"
+    ),
+    Option("nats", str, "NATS servers of the ingest and edges, comma-separated", "nats"),
+    Option("nats-prefix", str, "first tokens of every NATS subject of this deployment", "nats_prefix"),
+    Option(
+        "nats-granularity",
+        _one_of("batch", "event"),
+        "ingest: one NATS message per frame and ev (batch) or per event",
+        "nats_granularity",
+    ),
+    Option(
+        "heartbeat-interval", _positive(float), "ingest/edge heartbeats over NATS, s", "heartbeat_interval"
+    ),
+    Option("peer-timeout", _positive(float), "an edge or ingest silent this long is gone, s", "peer_timeout"),
+    Option("instance-name", str, "this process's name on NATS (default: HOST-PID)", "instance_name"),
 )
 
 SIM_OPTIONS: tuple[Option, ...] = (
@@ -326,8 +363,23 @@ def describe(config: RelayConfig) -> str:
     tokens = (
         f"{len(config.client_tokens)} client token(s)" if config.client_tokens else "open mode (no tokens)"
     )
+    if config.role == "edge":
+        from fastrelay.scaleout.link import redact
+
+        return (
+            f"edge {config.instance_name}: listen {config.host}:{config.port}, markets "
+            f"{','.join(config.markets)}, NATS {redact(config.nats)} ({config.nats_prefix}), {tokens}"
+        )
+    scaleout = ""
+    if config.role == "ingest":
+        from fastrelay.scaleout.link import redact
+
+        scaleout = (
+            f"ingest {config.instance_name} to NATS {redact(config.nats)} "
+            f"({config.nats_prefix}, {config.nats_granularity}), "
+        )
     return (
-        f"listen {config.host}:{config.port}, markets {','.join(config.markets)}, "
+        f"{scaleout}listen {config.host}:{config.port}, markets {','.join(config.markets)}, "
         f"upstream {config.upstream}, API key {'set' if config.api_key else 'missing'}, {tokens}, "
         f"flush {config.flush_interval:g} ms"
     )
@@ -345,3 +397,22 @@ def validate(config: RelayConfig) -> None:
         raise ConfigError("--max-frame-size must be at least 1024 bytes")
     if config.upstream_ca and not os.path.isfile(config.upstream_ca):
         raise ConfigError(f"--upstream-ca={config.upstream_ca!r}: no such file")
+    if config.role != "single":
+        _validate_scaleout(config)
+
+
+def _validate_scaleout(config: RelayConfig) -> None:
+    from fastrelay.scaleout.link import redact
+    from fastrelay.scaleout.subjects import Subjects
+
+    for server in config.nats.split(","):
+        if server.strip().split("://", 1)[0] not in ("nats", "tls") or "://" not in server:
+            raise ConfigError(f"--nats={redact(config.nats)!r}: expected nats://HOST:PORT (comma-separated)")
+    try:
+        Subjects(config.nats_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"--nats-prefix: {exc}") from None
+    if config.heartbeat_interval <= 0 or config.peer_timeout < 2 * config.heartbeat_interval:
+        raise ConfigError("--peer-timeout must be at least twice --heartbeat-interval (> 0)")
+    if not config.instance_name.strip():
+        raise ConfigError("--instance-name must not be empty")

@@ -151,6 +151,9 @@ class Hub:
         self.latency = Histogram(RELAY_LATENCY_BOUNDS)
         self.members = 0
         self.subscriptions = 0  # channels summed over members
+        # Scale-out edges fetch what they lack from the ingest (scaleout/edge.py):
+        # called with a member and its exact state channels that have no last value.
+        self.on_missing_last: Callable[[Member, list[Channel]], None] | None = None
 
     # --- membership -----------------------------------------------------------
     def attach(self, member: Member) -> None:
@@ -196,13 +199,9 @@ class Hub:
                 continue
             room -= len(wanted)
             self.subscriptions += len(wanted)
-            recorded = self._index[market].recorded
-            history_evs = self._index[market].history_evs
             for channel in wanted:
                 member.channels.add(channel)
-                interest.add(channel.name)
-                if channel.ev in history_evs and not channel.is_wildcard:
-                    recorded.setdefault(channel.ev, set()).add(channel.ticker)
+                self._reference(channel)
             self.dirty_markets.add(market)
             accepted.extend(wanted)
         if new:
@@ -218,6 +217,21 @@ class Hub:
         if removed:
             self._move(member)
         return removed
+
+    def hold(self, channel: Channel) -> None:
+        """A reference that is not a client: a scale-out ingest holds one per edge wanting it."""
+        self._reference(channel)
+        self.dirty_markets.add(channel.market)
+
+    def let_go(self, channel: Channel) -> None:
+        """Drop a reference taken with ``hold``."""
+        self._release(channel)
+
+    def _reference(self, channel: Channel) -> None:
+        self.interests[channel.market].add(channel.name)
+        index = self._index[channel.market]
+        if channel.ev in index.history_evs and not channel.is_wildcard:
+            index.recorded.setdefault(channel.ev, set()).add(channel.ticker)
 
     def _release(self, channel: Channel) -> None:
         interest = self.interests[channel.market]
@@ -446,6 +460,7 @@ class Hub:
     def last_values(self, member: Member, channels: Iterable[Channel]) -> list[bytes]:
         """The latest event seen on each exact state-like channel, ready to send."""
         found: list[bytes] = []
+        missing: list[Channel] = []
         for channel in channels:
             if channel.is_wildcard:
                 continue
@@ -456,7 +471,58 @@ class Hub:
             if raw is not None:
                 tagged = member.tags_markets and index.ambiguous
                 found.append(tag_market(raw, channel.market) if tagged else raw)
+            else:
+                missing.append(channel)
+        if missing and self.on_missing_last is not None:
+            self.on_missing_last(member, missing)
         return found
+
+    def has_last_value(self, channel: Channel) -> bool:
+        return channel.ticker in self._index[channel.market].last.get(channel.ev, {})
+
+    def seed_last_value(self, channel: Channel, raw: bytes) -> bool:
+        """Store a last value fetched from elsewhere unless a live one came first."""
+        index = self._index[channel.market]
+        if channel.ev not in index.state_evs:
+            return False
+        by_ticker = index.last.setdefault(channel.ev, {})
+        if channel.ticker in by_ticker:
+            return False
+        by_ticker[channel.ticker] = bytes(raw)
+        return True
+
+    def seed_history(self, channel: Channel, events: list[bytes]) -> None:
+        """Put fetched history before what was recorded here since (same bytes = same event)."""
+        index = self._index[channel.market]
+        if channel.ticker not in index.recorded.get(channel.ev, ()):
+            return
+        by_ticker = index.history.setdefault(channel.ev, {})
+        local = by_ticker.get(channel.ticker, ())
+        seen = set(local)
+        merged = [bytes(e) for e in events if bytes(e) not in seen]
+        merged.extend(local)
+        by_ticker[channel.ticker] = deque(merged, maxlen=self.history_size)
+
+    def snapshot(
+        self, market: str, last: Iterable[str], history: Iterable[str]
+    ) -> tuple[dict[str, bytes], dict[str, list[bytes]]]:
+        """Last values and history by channel name, for a scale-out edge's new subscribers."""
+        index = self._index.get(market)
+        if index is None:
+            return {}, {}
+        found_last: dict[str, bytes] = {}
+        for name in last:
+            ev, _, ticker = name.partition(".")
+            raw = index.last.get(ev, {}).get(ticker)
+            if raw is not None:
+                found_last[name] = raw
+        found_history: dict[str, list[bytes]] = {}
+        for name in history:
+            ev, _, ticker = name.partition(".")
+            events = index.history.get(ev, {}).get(ticker)
+            if events:
+                found_history[name] = list(events)
+        return found_last, found_history
 
     def forget_market_last_values(self, market: str) -> None:
         self._index[market].last.clear()

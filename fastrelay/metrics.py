@@ -17,7 +17,7 @@ import asyncio
 import platform
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,8 +80,10 @@ class RelayCollector(Collector):
         ready = GaugeMetricFamily("fastrelay_ready", "1 when every configured upstream is authenticated.")
         ready.add_metric([], 1.0 if relay.ready else 0.0)
         yield ready
-        info = GaugeMetricFamily("fastrelay_build_info", "fastrelay build.", labels=["version", "python"])
-        info.add_metric([__version__, platform.python_version()], 1.0)
+        info = GaugeMetricFamily(
+            "fastrelay_build_info", "fastrelay build and role.", labels=["version", "python", "role"]
+        )
+        info.add_metric([__version__, platform.python_version(), relay.config.role], 1.0)
         yield info
 
     def _upstream(self) -> Iterator[Metric]:
@@ -121,8 +123,9 @@ class RelayCollector(Collector):
         for market, session in self._relay.upstreams.items():
             stats = session.stats
             connected.add_metric([market], 1.0 if session.live else 0.0)
-            for reason in UPSTREAM_REASONS:
-                reconnects.add_metric([market, reason], stats.reconnects[reason])
+            # Edges add their own reasons (nats, ingest) to Massive's.
+            for reason, count in stats.reconnects.items():
+                reconnects.add_metric([market, reason], count)
             frames.add_metric([market], stats.frames)
             events.add_metric([market], stats.events)
             received.add_metric([market], stats.bytes)
@@ -212,7 +215,7 @@ class LoopLagMonitor:
 class Metrics:
     """The registry, its periodic rendering and the loop-lag monitor."""
 
-    def __init__(self, relay: Relay, server: RelayServer, interval: float) -> None:
+    def __init__(self, relay: Relay, server: RelayServer, interval: float, scaleout: Any = None) -> None:
         self.interval = interval
         self.loop_lag = LoopLagMonitor()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -221,6 +224,10 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.registry.register(RelayCollector(relay, server, self.loop_lag.histogram))
+        if scaleout is not None:
+            from fastrelay.scaleout.metrics import ScaleoutCollector
+
+            self.registry.register(ScaleoutCollector(scaleout))
         self.text = b""
         self.render_seconds = 0.0
         self._timer: asyncio.TimerHandle | None = None

@@ -20,21 +20,48 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from fastrelay import protocol
 from fastrelay.config import RelayConfig
 from fastrelay.events import EventHead
+from fastrelay.histogram import Histogram
 from fastrelay.hub import Hub, Member
 from fastrelay.interest import MarketInterest
 from fastrelay.ratelimit import LogThrottle
-from fastrelay.upstream import DisconnectReason, UpstreamSession
+from fastrelay.upstream import DisconnectReason, UpstreamSession, UpstreamStatistics
 
 log = logging.getLogger("fastrelay.relay")
 
 
+class Feed(Protocol):
+    """Where a market's events come from: Massive (``UpstreamSession``) in one
+    process and on a scale-out ingest, the ingest over NATS on an edge
+    (``scaleout.edge.EdgeFeed``). It reports to the relay through
+    ``upstream_live``, ``upstream_events`` and ``upstream_down``."""
+
+    market: str
+    stats: UpstreamStatistics
+    feed_latency: Histogram
+    last_event_at: float
+
+    @property
+    def live(self) -> bool: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None: ...
+
+
+class Tap(Protocol):
+    """Sees what the relay receives: a scale-out ingest publishes it to NATS."""
+
+    def events(self, market: str, heads: list[EventHead], raws: list[Any]) -> None: ...
+    def feed_changed(self, market: str) -> None: ...
+
+
 class Relay:
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, make_feed: Callable[[str, Relay], Feed] | None = None) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         interests = {m: MarketInterest(m, config.linger, self.loop.time) for m in config.markets}
@@ -46,26 +73,34 @@ class Relay:
             on_slow_consumer=self._slow_consumer,
             history_size=config.history_size,
         )
-        ssl_context = None
-        if config.upstream.startswith("wss://"):
-            ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
-        self.upstreams = {
-            m: UpstreamSession(
-                m,
-                config.upstream,
-                config.api_key,
-                self,
-                timers=config.upstream_timers,
-                ssl_context=ssl_context,
-            )
-            for m in config.markets
+        self.upstreams: dict[str, Feed] = {
+            m: (make_feed or self._massive_feed)(m, self) for m in config.markets
         }
+        self.tap: Tap | None = None
+        # Further conditions of readiness (a scale-out role's NATS link): each
+        # returns why the relay is not ready, or None.
+        self.readiness_checks: list[Callable[[], str | None]] = []
         self._flush_interval = config.flush_interval / 1000.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_due = 0.0  # perf_counter() time the flush timer is set for
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._slow_log = LogThrottle(log, interval=10.0)
+
+    @staticmethod
+    def _massive_feed(market: str, relay: Relay) -> Feed:
+        config = relay.config
+        ssl_context = None
+        if config.upstream.startswith("wss://"):
+            ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
+        return UpstreamSession(
+            market,
+            config.upstream,
+            config.api_key,
+            relay,
+            timers=config.upstream_timers,
+            ssl_context=ssl_context,
+        )
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -80,11 +115,21 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        """Every configured upstream is authenticated."""
-        return all(s.live for s in self.upstreams.values())
+        """Every configured upstream is authenticated (and every further check passes)."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        down = [m for m, s in self.upstreams.items() if not s.live]
+        if down:
+            return f"upstream down: {', '.join(down)}"
+        for check in self.readiness_checks:
+            reason = check()
+            if reason is not None:
+                return reason
+        return None
 
     # --- upstream handler ---------------------------------------------------------------
-    def upstream_live(self, session: UpstreamSession) -> None:
+    def upstream_live(self, session: Feed) -> None:
         market = session.market
         channels = self.hub.interests[market].resubscribe_all()
         if channels:
@@ -93,23 +138,30 @@ class Relay:
         if market in self.hub.outages:
             del self.hub.outages[market]
             self.hub.announce(market, protocol.feed_restored_frame(market))
+        if self.tap is not None:
+            self.tap.feed_changed(market)
 
-    def upstream_down(self, session: UpstreamSession, reason: DisconnectReason) -> None:
+    def upstream_down(self, session: Feed, reason: DisconnectReason | str) -> None:
         market = session.market
-        log.info("upstream %s: down (%s); clients stay connected", market, reason.value)
+        why = reason if isinstance(reason, str) else reason.value
+        log.info("upstream %s: down (%s); clients stay connected", market, why)
         # A last value from before the outage would fill a new subscriber with
         # stale data (Massive does not replay): the next live event refills it.
         self.hub.forget_market_last_values(market)
         if market not in self.hub.outages:
             # Clients that subscribe during the outage are told too (ClientSession).
-            self.hub.outages[market] = reason.value
-            self.hub.announce(market, protocol.feed_interrupted_frame(market, reason.value))
+            self.hub.outages[market] = why
+            self.hub.announce(market, protocol.feed_interrupted_frame(market, why))
+        if self.tap is not None:
+            self.tap.feed_changed(market)
 
     def upstream_events(
         self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool
     ) -> None:
         hub = self.hub
         hub.route(market, heads, raws, arrival)
+        if self.tap is not None:
+            self.tap.events(market, heads, raws)
         # More frames of the same read follow: coalesce them too.
         if last_in_buffer and hub.has_pending():
             self._flush()

@@ -333,9 +333,11 @@ class PingSweeper:
 
 
 class RelayServer:
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, scaleout: Any = None) -> None:
         self.relay = relay
         config = relay.config
+        # An ingest serves probes and metrics only; its clients are the edges.
+        self.serves_clients = config.role != "ingest"
         self.tokens = TokenCheck(config.client_tokens)
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
@@ -345,7 +347,7 @@ class RelayServer:
         self.addresses = AddressBook(config.max_connections_per_address, config.trusted_proxies)
         self._origins = frozenset(o.rstrip("/") for o in config.allowed_origins)
         self.draining = False
-        self.metrics = Metrics(relay, self, config.metrics_interval)
+        self.metrics = Metrics(relay, self, config.metrics_interval, scaleout)
         web_root = (
             PACKAGED_WEB_ROOT
             if config.web_root is None
@@ -354,7 +356,7 @@ class RelayServer:
             else None
         )
         self.static = StaticFiles(web_root)
-        if self.tokens.open_mode:
+        if self.tokens.open_mode and self.serves_clients:
             log.warning(
                 "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
             )
@@ -445,6 +447,8 @@ class RelayServer:
         if len(path) > 1:
             path = path.rstrip("/")
         market = path[1:]
+        if not self.serves_clients and (path == API_SOCKET_PATH or markets.is_market(market)):
+            return _plain(404, b"this is a fastrelay ingest: clients connect to an edge\n")
         if path == API_SOCKET_PATH or market in self.relay.config.markets:
             refusal = self._refusal(request)
             if refusal is not None:
@@ -480,10 +484,10 @@ class RelayServer:
         if path == "/readyz":
             if self.draining:
                 return _plain(503, b"not ready: shutting down\n")
-            if self.relay.ready:
+            reason = self.relay.not_ready_reason()
+            if reason is None:
                 return _plain(200, b"ready\n")
-            down = [m for m, s in self.relay.upstreams.items() if not s.live]
-            return _plain(503, f"not ready: upstream down: {', '.join(down)}\n".encode())
+            return _plain(503, f"not ready: {reason}\n".encode())
         found = self.static.get(path)
         if found is not None:
             return _plain(200, *found, extra=STATIC_HEADERS)

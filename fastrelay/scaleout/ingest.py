@@ -1,0 +1,231 @@
+"""The ingest role: Massive upstreams in, NATS out; no browsers.
+
+It is the one-process relay (``Relay``: upstream sessions, reference counts,
+linger, last values, history) with two changes: references come from edges
+(``EdgeRegistry``, from their heartbeats) instead of clients, and everything
+received is published to NATS (``Tap.events``). Publishing is never awaited in
+the upstream reader: messages go to an outbox that a publisher task drains
+once per pass of the loop, so a frame's messages and the next frames' go out
+together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from fastrelay.config import RelayConfig
+from fastrelay.events import EventHead, ticker_of
+from fastrelay.protocol import ChannelError, parse_channel
+from fastrelay.ratelimit import LogThrottle
+from fastrelay.relay import Relay
+from fastrelay.scaleout import messages
+from fastrelay.scaleout.link import NatsLink
+from fastrelay.scaleout.registry import Change, Diff, EdgeRegistry
+from fastrelay.scaleout.subjects import BATCH, Subjects, seal
+
+log = logging.getLogger("fastrelay.ingest")
+
+
+class Ingest:
+    """Attaches to a ``Relay`` as its tap and publishes it over NATS."""
+
+    def __init__(self, relay: Relay, config: RelayConfig) -> None:
+        self.relay = relay
+        self.config = config
+        self.subjects = Subjects(config.nats_prefix)
+        self.granularity = config.nats_granularity
+        self.registry = EdgeRegistry(config.peer_timeout)
+        self.link = NatsLink(
+            config.nats, f"fastrelay-ingest-{config.instance_name}", self._link_up, self._link_down
+        )
+        self._outbox: list[tuple[str, bytes]] = []
+        self._wake = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._throttle = LogThrottle(log, interval=10.0)
+        self.refused = 0  # edge channels not taken: bad names, unserved markets, the contract cap
+        relay.tap = self
+        relay.readiness_checks.insert(0, self._not_ready)
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self.link.start()
+        self._publisher = asyncio.get_running_loop().create_task(self._publish_loop(), name="nats-publisher")
+        self._tick()
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+        await self.link.stop()
+
+    def _not_ready(self) -> str | None:
+        return None if self.link.connected else f"NATS {self.link.shown} not connected"
+
+    async def _link_up(self) -> None:
+        # Silence while we were cut off says nothing about the edges.
+        self.registry.grace(time.monotonic())
+        await self.link.subscribe(self.subjects.interest, self._on_interest)
+        await self.link.subscribe(self.subjects.snapshot, self._on_snapshot)
+        self._publish_state()
+
+    def _link_down(self) -> None:
+        dropped = len(self._outbox)
+        self._outbox.clear()
+        self.link.stats.publish_dropped += dropped
+
+    # --- data out (Tap) ----------------------------------------------------------------
+    def events(self, market: str, heads: list[EventHead], raws: list[Any]) -> None:
+        if not self.link.connected:
+            self.link.stats.publish_dropped += 1
+            return
+        sent_at = time.time()
+        outbox = self._outbox
+        if self.granularity == BATCH:
+            first = heads[0].ev
+            if all(h.ev == first for h in heads):  # the common case: one ev per frame
+                groups: dict[Any, list[Any]] = {first: raws}
+            else:
+                groups = {}
+                for head, raw in zip(heads, raws, strict=True):
+                    groups.setdefault(head.ev, []).append(raw)
+            for ev, group in groups.items():
+                if ev.__class__ is str:
+                    outbox.append(
+                        (self.subjects.batch(market, ev), seal(b"[" + b",".join(group) + b"]", sent_at))
+                    )
+        else:
+            for head, raw in zip(heads, raws, strict=True):
+                if head.ev.__class__ is str:
+                    subject = self.subjects.event(market, head.ev, ticker_of(head))
+                    outbox.append((subject, seal(b"[" + bytes(raw) + b"]", sent_at)))
+        self._wake.set()
+
+    def feed_changed(self, market: str) -> None:
+        self._publish_state()
+
+    async def _publish_loop(self) -> None:
+        stats = self.link.stats
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            outbox, self._outbox = self._outbox, []
+            client = self.link.client
+            if client is None or not self.link.connected:
+                stats.publish_dropped += len(outbox)
+                continue
+            for subject, data in outbox:
+                try:
+                    await client.publish(subject, data)
+                except Exception as exc:
+                    stats.publish_dropped += 1
+                    self._throttle.log(
+                        logging.WARNING, "NATS publish to %s failed: %s", subject, type(exc).__name__
+                    )
+                    continue
+                stats.published += 1
+                stats.published_bytes += len(data)
+
+    # --- control: heartbeats, edges' interest, snapshots ----------------------------------
+    def _tick(self) -> None:
+        self._heartbeat = asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self._tick)
+        self._publish_state()
+        if self.link.connected:
+            for edge, diff in self.registry.expire(time.monotonic()).items():
+                log.warning(
+                    "edge %s silent for %.1f s: dropping its %d channels",
+                    edge,
+                    self.config.peer_timeout,
+                    len(diff.removed),
+                )
+                self._apply(diff)
+
+    def _publish_state(self) -> None:
+        if not self.link.connected:
+            return
+        state = messages.IngestState(
+            ingest=self.config.instance_name,
+            granularity=self.granularity,
+            markets={
+                m: messages.LIVE if feed.live else self.relay.hub.outages.get(m, "connecting")
+                for m, feed in self.relay.upstreams.items()
+            },
+        )
+        self._control(self.subjects.ingest, messages.encode(state))
+
+    def _control(self, subject: str, data: bytes) -> None:
+        client = self.link.client
+        if client is not None:
+            asyncio.get_running_loop().create_task(client.publish(subject, data))
+
+    async def _on_interest(self, msg: Any) -> None:
+        try:
+            interest = messages.decode_interest(msg.data)
+        except messages.MessageError as exc:
+            self.link.stats.bad_messages += 1
+            self._throttle.log(logging.WARNING, "skipped an edge's interest: %s", exc)
+            return
+        wanted: set[Change] = set()
+        served = self.relay.hub.interests
+        for market, names in interest.channels.items():
+            for name in names:
+                try:
+                    if market not in served:
+                        raise ChannelError(f"market {market!r} is not served by this ingest")
+                    parse_channel(name, market)
+                except ChannelError as exc:
+                    self._refuse(interest.edge, market, name, exc)
+                    continue
+                wanted.add((market, name))
+        diff = self.registry.update(interest.edge, wanted, time.monotonic(), interest.seq)
+        if diff:
+            log.debug("edge %s: +%d -%d channels", interest.edge, len(diff.added), len(diff.removed))
+            self._apply(diff, interest.edge)
+
+    def _refuse(self, edge: str, market: str, name: str, exc: Exception) -> None:
+        self.refused += 1
+        self._throttle.log(
+            logging.WARNING, "edge %s: channel %s:%s refused: %s", edge, market, name[:64], exc
+        )
+
+    def _apply(self, diff: Diff, edge: str | None = None) -> None:
+        """One hub reference per edge per channel: the hub's counts and linger do the rest."""
+        hub = self.relay.hub
+        for market, name in diff.removed:
+            hub.let_go(parse_channel(name, market))
+        rejected: list[Change] = []
+        for market, name in diff.added:
+            try:
+                # Each edge keeps Massive's contract cap for its clients; their union may pass it.
+                hub.interests[market].check_cap([name])
+            except ValueError as exc:
+                self._refuse(edge or "?", market, name, exc)
+                rejected.append((market, name))
+                continue
+            hub.hold(parse_channel(name, market))
+        if rejected and edge is not None:
+            self.registry.reject(edge, rejected)
+        self.relay.interest_changed()
+
+    async def _on_snapshot(self, msg: Any) -> None:
+        try:
+            request = messages.decode_request(msg.data)
+            last, history = self.relay.hub.snapshot(request.market, request.last, request.history)
+            reply = messages.SnapshotReply(
+                last={k: msgspec.Raw(v) for k, v in last.items()},
+                history={k: [msgspec.Raw(e) for e in v] for k, v in history.items()},
+            )
+        except messages.MessageError as exc:
+            self.link.stats.bad_messages += 1
+            reply = messages.SnapshotReply(error=str(exc))
+        if msg.reply:
+            await msg.respond(messages.encode(reply))

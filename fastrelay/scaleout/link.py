@@ -1,0 +1,153 @@
+"""One NATS connection of a scale-out role: connect, stay connected, count.
+
+nats-py reconnects by itself once connected (and resubscribes), but it
+raises if the first connection fails; ``NatsLink`` keeps trying with backoff,
+so a role may start before nats-server does. Connection changes are handed to
+the role through ``on_up`` and ``on_down``. NATS URLs may carry credentials:
+they are redacted wherever a URL or a client error is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from fastrelay.backoff import Backoff
+from fastrelay.ratelimit import LogThrottle
+
+log = logging.getLogger("fastrelay.nats")
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``nats://user:secret@host`` -> ``nats://***@host``, wherever it appears."""
+    return _USERINFO.sub("***@", text)
+
+
+@dataclass
+class LinkStatistics:
+    published: int = 0  # data messages
+    published_bytes: int = 0
+    publish_dropped: int = 0  # data not published: NATS down, or the payload too large
+    received: int = 0
+    received_bytes: int = 0
+    bad_messages: int = 0  # undecodable data or control messages, skipped
+    connects: int = 0
+    disconnects: int = 0
+
+
+class NatsLink:
+    def __init__(
+        self,
+        servers: str,
+        name: str,
+        on_up: Callable[[], Awaitable[None]],
+        on_down: Callable[[], None],
+        ping_interval: float = 5.0,
+    ) -> None:
+        self.servers = [s.strip() for s in servers.split(",") if s.strip()]
+        self.name = name
+        self.client: Client | None = None
+        self.stats = LinkStatistics()
+        self._on_up = on_up
+        self._on_down = on_down
+        self._ping_interval = ping_interval
+        self._task: asyncio.Task[None] | None = None
+        self._throttle = LogThrottle(log, interval=10.0)
+        self.up = False
+
+    @property
+    def shown(self) -> str:
+        return redact(",".join(self.servers))
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._connect(), name="nats-connect")
+
+    async def _connect(self) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                self.client = await nats.connect(
+                    servers=self.servers,
+                    name=self.name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,  # forever: the role is useless without NATS
+                    reconnect_time_wait=0.5,
+                    ping_interval=max(1, int(self._ping_interval)),
+                    max_outstanding_pings=2,
+                    # Data published while NATS is down is dropped by the
+                    # roles (stale market data is worse than none); this only
+                    # buffers control messages across a reconnect.
+                    pending_size=1024 * 1024,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                    closed_cb=self._closed,
+                )
+            except Exception as exc:
+                delay = backoff.next_delay()
+                self._throttle.log(
+                    logging.WARNING,
+                    "NATS %s unreachable (%s); retrying in %.1f s",
+                    self.shown,
+                    redact(f"{type(exc).__name__}: {exc}"),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            log.info("NATS %s connected as %s", self.shown, self.name)
+            await self._up()
+            return
+
+    async def _up(self) -> None:
+        self.up = True
+        self.stats.connects += 1
+        await self._on_up()
+
+    async def _disconnected(self) -> None:
+        if self.up:
+            self.up = False
+            self.stats.disconnects += 1
+            log.warning("NATS %s disconnected; reconnecting", self.shown)
+            self._on_down()
+
+    async def _reconnected(self) -> None:
+        log.info("NATS %s reconnected", self.shown)
+        await self._up()
+
+    async def _error(self, exc: Exception) -> None:
+        self._throttle.log(logging.WARNING, "NATS: %s", redact(f"{type(exc).__name__}: {exc}"))
+
+    async def _closed(self) -> None:
+        if self.up:
+            self.up = False
+            self._on_down()
+
+    @property
+    def connected(self) -> bool:
+        return self.up and self.client is not None and self.client.is_connected
+
+    async def subscribe(self, subject: str, handler: Callable[[Any], Awaitable[None]]) -> Any:
+        assert self.client is not None
+        return await self.client.subscribe(subject, cb=handler)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        client, self.client = self.client, None
+        self.up = False
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2.0)

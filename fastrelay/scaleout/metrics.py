@@ -1,0 +1,101 @@
+"""Metrics of the scale-out roles, read from plain counters at scrape time.
+
+Same rule as ``fastrelay.metrics``: nothing is counted through Prometheus on
+the hot path. Both roles export the NATS link; the ingest adds its edges, an
+edge its ingest-to-edge lag and last-value fills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fastrelay.scaleout.edge import Edge
+from fastrelay.scaleout.ingest import Ingest
+
+
+class ScaleoutCollector(Collector):
+    def __init__(self, role: Ingest | Edge) -> None:
+        self._role = role
+
+    def collect(self) -> Iterator[Metric]:
+        role = self._role
+        link = role.link
+        stats = link.stats
+        yield GaugeMetricFamily(
+            "fastrelay_nats_connected", "1 while connected to NATS.", value=int(link.connected)
+        )
+        yield CounterMetricFamily(
+            "fastrelay_nats_disconnects",
+            "NATS connections lost (nats-py reconnects).",
+            value=stats.disconnects,
+        )
+        yield CounterMetricFamily(
+            "fastrelay_nats_bad_messages",
+            "NATS messages that did not decode, skipped.",
+            value=stats.bad_messages,
+        )
+        if isinstance(role, Ingest):
+            yield from self._ingest(role)
+        else:
+            yield from self._edge(role)
+
+    @staticmethod
+    def _ingest(ingest: Ingest) -> Iterator[Metric]:
+        stats = ingest.link.stats
+        yield CounterMetricFamily(
+            "fastrelay_nats_published_messages", "Data messages published.", value=stats.published
+        )
+        yield CounterMetricFamily(
+            "fastrelay_nats_published_bytes", "Data bytes published.", value=stats.published_bytes
+        )
+        yield CounterMetricFamily(
+            "fastrelay_nats_publish_dropped",
+            "Data not published: frames while NATS was down, messages that failed.",
+            value=stats.publish_dropped,
+        )
+        yield GaugeMetricFamily(
+            "fastrelay_ingest_edges", "Edges heard within --peer-timeout.", value=len(ingest.registry)
+        )
+        yield CounterMetricFamily(
+            "fastrelay_ingest_edges_expired",
+            "Edges dropped after --peer-timeout of silence (their channels released).",
+            value=ingest.registry.expired_total,
+        )
+        yield CounterMetricFamily(
+            "fastrelay_ingest_refused_channels",
+            "Edge channels not taken: bad names, unserved markets, the options contract cap.",
+            value=ingest.refused,
+        )
+
+    @staticmethod
+    def _edge(edge: Edge) -> Iterator[Metric]:
+        stats = edge.link.stats
+        yield CounterMetricFamily(
+            "fastrelay_nats_received_messages", "Data messages received.", value=stats.received
+        )
+        yield CounterMetricFamily(
+            "fastrelay_nats_received_bytes", "Data bytes received.", value=stats.received_bytes
+        )
+        lag = HistogramMetricFamily(
+            "fastrelay_nats_lag_seconds",
+            "Ingest publish to edge receipt (wall clocks: meaningful across hosts with synced clocks).",
+        )
+        lag.add_metric([], edge.lag.cumulative(), edge.lag.sum)
+        yield lag
+        fills = CounterMetricFamily(
+            "fastrelay_edge_last_value_fills",
+            "Last values fetched from the ingest for new subscribers, by result.",
+            labels=["result"],
+        )
+        fills.add_metric(["requested"], edge.fills_requested)
+        fills.add_metric(["failed"], edge.fills_failed)
+        fills.add_metric(["delivered"], edge.fills_delivered)
+        yield fills
+        yield GaugeMetricFamily(
+            "fastrelay_edge_ingest_heard",
+            "1 while the ingest is heard within --peer-timeout.",
+            value=int(edge.ingest is not None),
+        )

@@ -1,0 +1,59 @@
+"""A real nats-server (Debian's package) for the scale-out tests, on 127.0.0.1.
+
+Started on a fixed free port so a test can stop it and start it again on the
+same address, as an operator's restart would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.webtools import _stop, free_port, wait_listening
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
+    )
+    if found is None:
+        pytest.fail("nats-server is not installed: `make test` installs Debian's nats-server package")
+    return found
+
+
+class NatsServer:
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--no_advertise"]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        await wait_listening(self.port, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@contextlib.asynccontextmanager
+async def running_nats(log: Path) -> AsyncIterator[NatsServer]:
+    server = NatsServer(log)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
