@@ -5,7 +5,10 @@ a scenario with several rates is a ladder: one set of processes and
 connections, the simulator's rate raised step by step (through its ``slow``
 fault with a factor above 1, a plain rate multiplier), one measured window
 per step. A *server* is fastrelay or one of the peer relays of bench/peers.
-A *config* is one scenario on one server; the plan alternates configs
+The *scale-out* servers are fastrelay split in its roles: one ingest (the
+upstream), two edges (the clients, split evenly) and a nats-server between
+them; the ``scaleout`` scenarios put them beside the single process. A
+*config* is one scenario on one server; the plan alternates configs
 (a b c a b c) so a drift of the shared machine spreads over all of them.
 """
 
@@ -24,16 +27,26 @@ TRADE_SHARE = 0.5
 PROBE_BUDGET = 120_000
 
 
+# The scale-out servers' NATS granularities (``fastrelay ingest --nats-granularity``);
+# the first is the one ``scaleout`` alone means.
+GRANULARITIES = ("batch", "event")
+# Edges behind one ingest in the scale-out servers; clients are split evenly over them.
+SCALEOUT_EDGES = 2
+
+
 @dataclass(frozen=True)
 class Server:
-    """A relay under test: ``kind`` and, for fastrelay and the ceiling, a flush window (ms)."""
+    """A relay under test: ``kind``, a flush window (ms) and, for the scale-out, the NATS granularity."""
 
-    kind: str  # fastrelay, websockets, node, ceiling
+    kind: str  # fastrelay, websockets, node, ceiling, scaleout
     flush: float | None = None  # None: the server's default (fastrelay 5 ms, ceiling 0: as is)
+    granularity: str | None = None  # scaleout only: batch or event
 
     @property
     def label(self) -> str:
         name = {"node": "node-ws"}.get(self.kind, self.kind)
+        if self.kind == "scaleout" and self.granularity not in (None, GRANULARITIES[0]):
+            name += f"@{self.granularity}"
         return name if self.flush is None else f"{name}@{self.flush:g}ms"
 
     @property
@@ -43,23 +56,41 @@ class Server:
 
     @property
     def is_peer(self) -> bool:
-        return self.kind != "fastrelay"
+        return self.kind not in ("fastrelay", "scaleout")
+
+    @property
+    def edges(self) -> int:
+        """Processes the clients connect to (split evenly over them)."""
+        return SCALEOUT_EDGES if self.kind == "scaleout" else 1
 
 
 def parse_server(text: str) -> Server:
-    """``fastrelay``, ``fastrelay@0`` (flush ms), ``websockets``, ``node``, ``ceiling``, ``ceiling@5``."""
-    kind, _, flush = text.strip().partition("@")
+    """``fastrelay``, ``fastrelay@0`` (flush ms), ``websockets``, ``node``, ``ceiling``, ``ceiling@5``,
+    ``scaleout`` (= ``scaleout@batch``), ``scaleout@event``, ``scaleout@event@0`` (granularity, flush ms)."""
+    kind, _, rest = text.strip().partition("@")
     kind = {"node-ws": "node", "ws": "websockets"}.get(kind, kind)
-    if kind not in ("fastrelay", "websockets", "node", "ceiling"):
-        raise ValueError(f"unknown server {text!r}: fastrelay[@MS], websockets, node, ceiling[@MS]")
-    if flush and kind not in ("fastrelay", "ceiling"):
+    known = "fastrelay[@MS], websockets, node, ceiling[@MS], scaleout[@batch|@event][@MS]"
+    if kind not in ("fastrelay", "websockets", "node", "ceiling", "scaleout"):
+        raise ValueError(f"unknown server {text!r}: {known}")
+    granularity = None
+    if kind == "scaleout":
+        granularity = GRANULARITIES[0]
+        word, _, flush_text = rest.partition("@")
+        if word in GRANULARITIES:
+            granularity, rest = word, flush_text
+    if rest and kind not in ("fastrelay", "ceiling", "scaleout"):
         raise ValueError(f"{kind} has no flush window")
-    return Server(kind, float(flush.removesuffix("ms")) if flush else None)
+    try:
+        flush = float(rest.removesuffix("ms")) if rest else None
+    except ValueError:
+        raise ValueError(f"unknown server {text!r}: {known}") from None
+    return Server(kind, flush, granularity)
 
 
 FASTRELAY = Server("fastrelay")
 PEERS = (Server("websockets"), Server("node"))
 CEILING = Server("ceiling")
+SCALEOUT = tuple(Server("scaleout", granularity=g) for g in GRANULARITIES)
 
 
 @dataclass(frozen=True)
@@ -118,12 +149,23 @@ class Scenario:
         peak = max(self.t_rates) * self.clients
         return max(1, math.ceil(peak / PROBE_BUDGET))
 
-    def clients_spec(self) -> list[tuple[str, str]]:
-        """(params, mode) of every client: normal ones first, then the slow ones."""
+    def clients_spec(self, edges: int = 1) -> list[tuple[str, str, int]]:
+        """(params, mode, edge) of every client: normal ones first, then the slow ones.
+
+        ``edge``: which of the server's ``edges`` listeners the client connects
+        to. Clients of the same channel and mode take the edges in turn, so every
+        edge gets the same share of every channel's clients, probes included.
+        """
         stride = self.probe_stride()
         spec = [(p, "probe" if i % stride == 0 else "count") for i, p in enumerate(self.subscriptions())]
         spec += [("T.*" if self.wildcard else spec[0][0], "slow")] * self.slow_clients
-        return spec
+        taken: dict[tuple[str, str], int] = {}
+        placed = []
+        for params, mode in spec:
+            turn = taken.get((params, mode), 0)
+            taken[(params, mode)] = turn + 1
+            placed.append((params, mode, turn % edges))
+        return placed
 
     def step_label(self, t_rate: float) -> str:
         if self.quiet:
@@ -171,11 +213,32 @@ SCENARIOS: dict[str, Scenario] = {
             window=6.0, max_repeats=2,
             about="100 clients on T.*; the simulator drops the upstream 2 s into the window",
         ),
+        # The scale-out (1 ingest + 2 edges over a nats-server) beside the single process, both NATS
+        # granularities, on the firehose, batched and sparse loads. With single-event frames batch
+        # and event publish the same messages (one per frame); 20-event frames tell them apart.
+        Scenario(
+            "scaleout-firehose", "scale-out: firehose", clients=100, symbols=100,
+            t_rates=(2000, 5000, 10000), servers=(FASTRELAY, *SCALEOUT),
+            about="firehose (100 clients on T.*, single-event frames) on 1 process vs ingest + 2 edges",
+        ),
+        Scenario(
+            "scaleout-batched", "scale-out: batched", clients=100, symbols=100, t_rates=(5000, 20000),
+            events_per_frame=20, servers=(FASTRELAY, *SCALEOUT),
+            about="batched (100 clients on T.*, 20-event frames) on 1 process vs ingest + 2 edges",
+        ),
+        Scenario(
+            "scaleout-sparse", "scale-out: sparse", clients=1000, symbols=100, t_rates=(2000,),
+            wildcard=False, servers=(FASTRELAY, *SCALEOUT),
+            about="sparse (1,000 clients, one T.<ticker> of 100 each) on 1 process vs ingest + 2 edges",
+        ),
     )
 }  # fmt: skip
 
 # ``--scenarios slow`` runs its baseline too: the target compares the two.
 COMPANIONS = {"slow": ("slow-base",)}
+# Names for a set of scenarios.
+GROUPS = {"scaleout": ("scaleout-firehose", "scaleout-batched", "scaleout-sparse")}
+# Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 7 minutes).
 DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect")
 
 

@@ -119,13 +119,14 @@ class Relay:
         return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
-        down = [m for m, s in self.upstreams.items() if not s.live]
-        if down:
-            return f"upstream down: {', '.join(down)}"
+        # A role's own link first: "NATS not connected" explains the feeds being down.
         for check in self.readiness_checks:
             reason = check()
             if reason is not None:
                 return reason
+        down = [m for m, s in self.upstreams.items() if not s.live]
+        if down:
+            return f"upstream down: {', '.join(down)}"
         return None
 
     # --- upstream handler ---------------------------------------------------------------

@@ -170,28 +170,33 @@ async def running_nginx(prefix: Path, relay_ports: list[int]) -> AsyncIterator[N
 
 
 class RelayProcess:
-    """``fastrelay serve`` as a child process on a fixed port: killed and restarted on that port."""
+    """A fastrelay child process on a fixed port: killed and restarted on that port.
 
-    def __init__(self, port: int, upstream: str, log: Path, *flags: str) -> None:
+    ``command`` is ``serve`` (the default), ``ingest`` or ``edge``; an edge takes no
+    upstream flags (it is fed over NATS, ``flags`` carry ``--nats``).
+    """
+
+    def __init__(self, port: int, upstream: str, log: Path, *flags: str, command: str = "serve") -> None:
         self.port = port
         self.upstream = upstream
         self.log = log
         self.flags = flags
+        self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        upstream = [] if self.command == "edge" else ["--upstream", self.upstream]
         command = [
             sys.executable,
             "-m",
             "fastrelay",
-            "serve",
+            self.command,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--upstream",
-            self.upstream,
+            *upstream,
             "--linger",
             "0.5",
             *self.flags,
@@ -202,7 +207,7 @@ class RelayProcess:
         await wait_listening(self.port, self.proc, self.log)
         status = 0
         deadline = time.monotonic() + TIMEOUT
-        while status != 200:  # ready: every upstream authenticated
+        while status != 200:  # ready: every upstream authenticated (an edge: the ingest heard)
             assert time.monotonic() < deadline, f"never ready ({status}):\n{self.log.read_text()[-2000:]}"
             status = (await http_request(self.port, "/readyz")).status
             if status != 200:

@@ -1,0 +1,192 @@
+"""Scale-out over a real nats-server (issue #7): one ingest, two edges, in this process.
+
+The simulator stands in for Massive; nats-server (Debian's package) runs as a child
+process on 127.0.0.1 and is stopped and restarted on the same port by one test. Every
+timer is shrunk (heartbeats 0.2 s, peers gone after 1 s, linger 0.2 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fastrelay.app import RunningRelay, running_relay
+from fastrelay.scaleout.edge import Edge
+from fastrelay.scaleout.ingest import Ingest
+from fastrelay.simulator import Simulator
+from tests.conftest import sim_config
+from tests.natsserver import NatsServer, running_nats
+from tests.utils import TIMEOUT, Client, fast_relay_config, http_get, sequence_gaps, wait_until
+
+HEARTBEAT, PEER_TIMEOUT = 0.2, 1.0
+
+
+@dataclass
+class Deployment:
+    nats: NatsServer
+    sim: Simulator
+    ingest: RunningRelay
+    edges: list[RunningRelay]
+
+    @property
+    def ingest_role(self) -> Ingest:
+        assert isinstance(self.ingest.scaleout, Ingest)
+        return self.ingest.scaleout
+
+    def edge_role(self, index: int) -> Edge:
+        edge = self.edges[index].scaleout
+        assert isinstance(edge, Edge)
+        return edge
+
+    def url(self, index: int, path: str = "/stocks") -> str:
+        return f"ws://127.0.0.1:{self.edges[index].port}{path}"
+
+    def upstream_channels(self) -> set[str]:
+        """What the ingest's upstream connection carries, as the simulator (Massive) sees it."""
+        return set(self.sim.stats()["markets"]["stocks"]["subscriptions"])
+
+
+@pytest.fixture(params=["batch", "event"])
+async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Deployment]:
+    async with running_nats(tmp_path / "nats.log") as nats, Simulator(sim_config()) as sim:
+        base = fast_relay_config(
+            sim.base_url,
+            "sim-key",
+            nats=nats.url,
+            heartbeat_interval=HEARTBEAT,
+            peer_timeout=PEER_TIMEOUT,
+            nats_granularity=request.param,
+        )
+        async with (
+            running_relay(replace(base, role="ingest", instance_name="ingest")) as ingest,
+            running_relay(replace(base, role="edge", instance_name="edge-1")) as edge1,
+            running_relay(replace(base, role="edge", instance_name="edge-2")) as edge2,
+        ):
+            for running in (ingest, edge1, edge2):
+                await wait_until(lambda r=running: r.relay.ready, what=f"{running.relay.config.role} ready")
+            yield Deployment(nats, sim, ingest, [edge1, edge2])
+
+
+def by_channel(events: list[dict[str, Any]]) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for event in events:
+        found.setdefault(f"{event['ev']}.{event['sym']}", []).append(event["q"])
+    return found
+
+
+async def test_clients_on_both_edges_get_the_same_events_in_order(deployment: Deployment) -> None:
+    channels = "T.AAPL,Q.MSFT,T.BRK.B,Q.*"
+    clients = [await Client.connect(deployment.url(i)) for i in (0, 1)]
+    for client in clients:
+        await client.subscribe(channels)
+    for client in clients:
+        await client.wait_for(
+            lambda c=client: (
+                all(len(v) >= 20 for v in by_channel(c.events).values()) and len(by_channel(c.events)) >= 4
+            ),
+            what="20 events on each of T.AAPL, T.BRK.B and two Q channels",
+        )
+    assert deployment.upstream_channels() == {"T.AAPL", "T.BRK.B", "Q.*"}
+    seen = [by_channel(c.events) for c in clients]
+    for events in (clients[0].events, clients[1].events):
+        assert sequence_gaps(events) == []
+    # The same events in the same order wherever both clients were subscribed.
+    for channel in seen[0].keys() & seen[1].keys():
+        first, second = seen[0][channel], seen[1][channel]
+        common = sorted(set(first) & set(second))
+        assert len(common) >= 10, channel
+        assert [q for q in first if q in common] == [q for q in second if q in common] == common
+    for client in clients:
+        await client.close()
+
+
+async def test_a_subscriber_on_any_edge_gets_the_last_value(deployment: Deployment) -> None:
+    """Edge 2 never carried Q.MSFT: its new subscriber is filled from the ingest's last value."""
+    first = await Client.connect(deployment.url(0))
+    await first.subscribe("Q.MSFT")
+    await first.wait_events(3)
+    deployment.sim.slow("stocks", factor=0.0)  # no more events: only a stored value can arrive
+    ingest_hub = deployment.ingest.relay.hub
+
+    def ingest_last_q() -> int | None:
+        stored = ingest_hub.snapshot("stocks", ["Q.MSFT"], [])[0].get("Q.MSFT")
+        return orjson.loads(stored)["q"] if stored else None
+
+    # Events already on their way still arrive: wait until the client has what the ingest has.
+    await first.wait_for(
+        lambda: ingest_last_q() == first.events[-1]["q"], what="the client to catch up with the ingest"
+    )
+    second = await Client.connect(deployment.url(1))
+    await second.subscribe("Q.MSFT")
+    [value] = await second.wait_events(1)
+    assert value == first.events[-1]
+    assert deployment.edge_role(1).fills_delivered == 1
+    deployment.sim.unslow("stocks")
+    await second.wait_events(4)
+    assert sequence_gaps(second.events) == []
+
+
+async def test_upstream_interest_follows_the_edges_and_a_dead_edge_stops_counting(
+    deployment: Deployment,
+) -> None:
+    one = await Client.connect(deployment.url(0))
+    two = await Client.connect(deployment.url(1))
+    await one.subscribe("T.AAPL,Q.TSLA")
+    await two.subscribe("T.AAPL")
+    await wait_until(
+        lambda: deployment.upstream_channels() == {"T.AAPL", "Q.TSLA"}, what="the union upstream"
+    )
+    # A client leaving an edge: the channel goes upstream after the edge's and the ingest's linger.
+    await one.send({"action": "unsubscribe", "params": "Q.TSLA"})
+    await wait_until(lambda: deployment.upstream_channels() == {"T.AAPL"}, what="Q.TSLA unsubscribed")
+    await one.subscribe("Q.TSLA")
+    await wait_until(lambda: "Q.TSLA" in deployment.upstream_channels(), what="Q.TSLA back")
+
+    # Edge 1 dies without a goodbye: silent on NATS (its process is killed in test_scaleout_browser).
+    await deployment.edge_role(0).link.stop()
+    ingest = deployment.ingest_role
+    await wait_until(lambda: len(ingest.registry) == 1, timeout=PEER_TIMEOUT + TIMEOUT, what="edge 1 expired")
+    await wait_until(lambda: deployment.upstream_channels() == {"T.AAPL"}, what="only edge 2's channel left")
+    assert ingest.registry.expired_total == 1
+    await two.wait_events(len(two.events) + 5)  # edge 2 is unaffected
+    await two.close()
+
+
+async def test_nats_restart_edges_unready_then_recover_and_ingest_keeps_upstream(
+    deployment: Deployment,
+) -> None:
+    client = await Client.connect(deployment.url(0))
+    await client.subscribe("T.AAPL,Q.MSFT")
+    await client.wait_events(10)
+    upstream_sessions = deployment.ingest.relay.upstreams
+    connects = {m: s.stats.connects for m, s in upstream_sessions.items()}
+
+    deployment.nats.stop()
+    await client.wait_status("error")  # stocks feed interrupted (nats)
+    assert "stocks feed interrupted (nats)" in client.statuses[-1]["message"]
+    for edge in deployment.edges:
+        await wait_until(lambda e=edge: not e.relay.ready, what="edge unready")
+        status, body = await http_get(edge.port, "/readyz")
+        assert status == 503 and b"NATS" in body, body
+    status, body = await http_get(deployment.ingest.port, "/readyz")
+    assert status == 503 and b"NATS" in body, body
+    # The ingest's upstream stays connected and subscribed while NATS is away.
+    assert all(s.live for s in upstream_sessions.values())
+    assert deployment.upstream_channels() == {"T.AAPL", "Q.MSFT"}
+
+    await deployment.nats.start()
+    for running in (deployment.ingest, *deployment.edges):
+        await wait_until(lambda r=running: r.relay.ready, timeout=3 * TIMEOUT, what="ready again")
+    await client.wait_status("success")  # stocks feed restored
+    assert "stocks feed restored" in client.statuses[-1]["message"]
+    count = len(client.events)
+    await client.wait_events(count + 10)
+    assert {m: s.stats.connects for m, s in upstream_sessions.items()} == connects
+    assert deployment.upstream_channels() == {"T.AAPL", "Q.MSFT"}
+    assert len(deployment.ingest_role.registry) == 2
+    await client.close()

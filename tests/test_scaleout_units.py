@@ -1,0 +1,164 @@
+"""The scale-out contract without sockets: subjects, envelopes, messages, the edge registry."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastrelay.events import decode_frame
+from fastrelay.hub import Hub, Member
+from fastrelay.interest import MarketInterest
+from fastrelay.protocol import parse_channel
+from fastrelay.scaleout import messages
+from fastrelay.scaleout.link import redact
+from fastrelay.scaleout.registry import EdgeRegistry
+from fastrelay.scaleout.subjects import (
+    BATCH,
+    EVENT,
+    NO_TICKER,
+    Subjects,
+    escape_token,
+    open_envelope,
+    seal,
+    unescape_token,
+)
+
+SUBJECT_SPECIALS = set(".*> \t\r\n")
+
+
+@given(st.text(min_size=1, max_size=30))
+def test_any_ticker_is_one_safe_token_and_comes_back(ticker: str) -> None:
+    token = escape_token(ticker)
+    assert token, "an empty token would break the subject"
+    assert not SUBJECT_SPECIALS & set(token)
+    assert all(0x21 <= ord(c) <= 0x7E for c in token)
+    assert unescape_token(token) == ticker
+
+
+def test_plain_tickers_travel_unchanged_and_specials_are_escaped() -> None:
+    assert escape_token("AAPL") == "AAPL"
+    assert escape_token("O:SPY251219C00600000") == "O:SPY251219C00600000"
+    assert escape_token("C:EUR/USD") == "C:EUR/USD"
+    assert escape_token("BRK.B") == "BRK%2EB"
+    assert escape_token("A*B>C%") == "A%2AB%3EC%25"
+    assert escape_token(None) == escape_token("") == NO_TICKER
+    assert unescape_token(NO_TICKER) is None
+
+
+def test_subjects_express_channels_per_granularity() -> None:
+    subjects = Subjects("fastrelay.prod")
+    assert subjects.for_channel("stocks", "T.AAPL", BATCH) == "fastrelay.prod.data.stocks.T"
+    assert subjects.for_channel("stocks", "T.*", BATCH) == "fastrelay.prod.data.stocks.T"
+    assert subjects.for_channel("stocks", "T.BRK.B", EVENT) == "fastrelay.prod.data.stocks.T.BRK%2EB"
+    # NATS' own wildcard is the relay's EV.*: it matches every escaped ticker of the ev.
+    assert subjects.for_channel("stocks", "T.*", EVENT) == "fastrelay.prod.data.stocks.T.*"
+    assert subjects.event("stocks", "T", "BRK.B") == subjects.for_channel("stocks", "T.BRK.B", EVENT)
+    assert subjects.market_of(subjects.event("futures/cme", "T", "ES.Z5")) == "futures/cme"
+    assert subjects.market_of(subjects.batch("options", "Q")) == "options"
+
+
+@pytest.mark.parametrize("prefix", ["", "a..b", "a.*", "fast relay", "x.>"])
+def test_bad_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="invalid NATS subject prefix"):
+        Subjects(prefix)
+
+
+def test_envelope_round_trip_and_short_messages() -> None:
+    sent_at, body = open_envelope(seal(b'[{"ev":"T"}]', 1700000000.25))
+    assert sent_at == 1700000000.25
+    assert bytes(body) == b'[{"ev":"T"}]'
+    with pytest.raises(ValueError, match="shorter than its envelope"):
+        open_envelope(b"12345678")
+
+
+def test_control_messages_round_trip_and_reject_garbage() -> None:
+    interest = messages.EdgeInterest("edge-1", {"stocks": ["T.AAPL", "Q.*"]}, seq=3)
+    assert messages.decode_interest(messages.encode(interest)) == interest
+    state = messages.IngestState("ingest-1", BATCH, {"stocks": messages.LIVE, "options": "drop"})
+    assert messages.decode_state(messages.encode(state)) == state
+    for bad in (b"", b"[]", b'{"edge": 1}', b"\xff"):
+        with pytest.raises(messages.MessageError):
+            messages.decode_interest(bad)
+
+
+def test_registry_diffs_heartbeats_and_expires_silent_edges() -> None:
+    registry = EdgeRegistry(timeout=5.0)
+    first = registry.update("a", {("stocks", "T.AAPL"), ("stocks", "Q.MSFT")}, now=0.0)
+    assert first.added == [("stocks", "Q.MSFT"), ("stocks", "T.AAPL")] and not first.removed
+    assert not registry.update("a", {("stocks", "T.AAPL"), ("stocks", "Q.MSFT")}, now=1.0)
+    change = registry.update("a", {("stocks", "T.AAPL"), ("stocks", "T.TSLA")}, now=2.0)
+    assert change.added == [("stocks", "T.TSLA")] and change.removed == [("stocks", "Q.MSFT")]
+    registry.update("b", {("stocks", "T.AAPL")}, now=4.0)
+    assert registry.next_expiry() == 7.0
+    assert registry.expire(now=7.0) == {}  # exactly at the timeout: not yet
+    expired = registry.expire(now=7.5)
+    assert list(expired) == ["a"] and expired["a"].removed == [("stocks", "T.AAPL"), ("stocks", "T.TSLA")]
+    assert "a" not in registry and "b" in registry and registry.expired_total == 1
+
+
+def test_registry_grace_forgives_silence_while_the_ingest_was_cut_off() -> None:
+    registry = EdgeRegistry(timeout=5.0)
+    registry.update("a", {("stocks", "T.AAPL")}, now=0.0)
+    registry.grace(now=100.0)
+    assert registry.expire(now=104.0) == {}
+    assert "a" in registry
+
+
+def test_registry_rejected_channels_come_back_as_new() -> None:
+    registry = EdgeRegistry(timeout=5.0)
+    registry.update("a", {("options", "Q.O:X1"), ("options", "Q.O:X2")}, now=0.0)
+    registry.reject("a", [("options", "Q.O:X2")])
+    assert registry.wants("a") == {("options", "Q.O:X1")}
+    again = registry.update("a", {("options", "Q.O:X1"), ("options", "Q.O:X2")}, now=1.0)
+    assert again.added == [("options", "Q.O:X2")] and not again.removed
+    assert registry.remove("a").removed == [("options", "Q.O:X1"), ("options", "Q.O:X2")]
+
+
+def _hub(linger: float = 0.0) -> Hub:
+    interests = {"stocks": MarketInterest("stocks", linger, lambda: 0.0)}
+    return Hub(interests, 256 * 1024, 1 << 22, 100, on_slow_consumer=lambda m: None)
+
+
+def test_held_references_count_like_clients_and_keep_history() -> None:
+    """An ingest holds one reference per edge: the upstream wants what any edge wants."""
+    hub = _hub()
+    aapl = parse_channel("AM.AAPL", "stocks")
+    hub.hold(aapl)
+    hub.hold(aapl)  # a second edge
+    assert hub.interests["stocks"].plan().subscribe == ["AM.AAPL"]
+    candle = b'{"ev":"AM","sym":"AAPL","s":1,"e":2,"q":1}'
+    hub.route("stocks", *decode_frame(b"[" + candle + b"]"))
+    last, history = hub.snapshot("stocks", ["AM.AAPL", "AM.MSFT"], ["AM.AAPL"])
+    assert last == {"AM.AAPL": candle} and history == {"AM.AAPL": [candle]}
+    hub.let_go(aapl)
+    assert not hub.interests["stocks"].plan()
+    hub.let_go(aapl)
+    assert hub.interests["stocks"].plan().unsubscribe == ["AM.AAPL"]
+
+
+def test_seeded_values_never_overwrite_live_ones_and_history_merges() -> None:
+    hub = _hub()
+    member = Member(write=lambda b: None, buffered=lambda: 0)
+    hub.attach(member)
+    missing: list[str] = []
+    hub.on_missing_last = lambda m, channels: missing.extend(c.name for c in channels)
+    quote = parse_channel("Q.AAPL", "stocks")
+    candles = parse_channel("AM.AAPL", "stocks")
+    hub.subscribe(member, [quote, candles])
+    assert hub.last_values(member, [quote, candles]) == []
+    assert missing == ["Q.AAPL", "AM.AAPL"]
+    assert hub.seed_last_value(quote, b'{"ev":"Q","sym":"AAPL","q":1}')
+    assert not hub.seed_last_value(quote, b'{"ev":"Q","sym":"AAPL","q":0}')  # the first one stays
+    assert hub.last_values(member, [quote]) == [b'{"ev":"Q","sym":"AAPL","q":1}']
+    live = b'{"ev":"AM","sym":"AAPL","s":3,"q":3}'
+    hub.route("stocks", *decode_frame(b"[" + live + b"]"))
+    older = [b'{"ev":"AM","sym":"AAPL","s":1,"q":1}', b'{"ev":"AM","sym":"AAPL","s":2,"q":2}']
+    hub.seed_history(candles, [*older, live])  # the ingest already had the live one too
+    assert hub.history(member, candles) == [*older, live]
+
+
+def test_redact_hides_credentials_in_urls_and_messages() -> None:
+    assert redact("nats://user:s3cret@host:4222") == "nats://***@host:4222"
+    assert redact("nats://tok3n@a:1,nats://b:2") == "nats://***@a:1,nats://b:2"
+    assert "s3cret" not in redact("error connecting to tls://u:s3cret@h:1: refused")
