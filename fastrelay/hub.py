@@ -152,8 +152,12 @@ class Hub:
         self.members = 0
         self.subscriptions = 0  # channels summed over members
         # Scale-out edges fetch what they lack from the ingest (scaleout/edge.py):
-        # called with a member and its exact state channels that have no last value.
+        # called with a member and its exact state channels that have no last value
+        # (or, for aggregates, no history) here.
         self.on_missing_last: Callable[[Member, list[Channel]], None] | None = None
+        # ... and answer ``history`` for a channel being fetched once the fetch is in.
+        self.filling: Callable[[Channel], bool] = lambda channel: False
+        self.when_filled: Callable[[list[Channel], Callable[[], None]], None] | None = None
 
     # --- membership -----------------------------------------------------------
     def attach(self, member: Member) -> None:
@@ -457,7 +461,9 @@ class Hub:
                 self.on_slow_consumer(member)
 
     # --- last value on subscribe -----------------------------------------------
-    def last_values(self, member: Member, channels: Iterable[Channel]) -> list[bytes]:
+    def last_values(
+        self, member: Member, channels: Iterable[Channel], fetch_missing: bool = True
+    ) -> list[bytes]:
         """The latest event seen on each exact state-like channel, ready to send."""
         found: list[bytes] = []
         missing: list[Channel] = []
@@ -471,9 +477,11 @@ class Hub:
             if raw is not None:
                 tagged = member.tags_markets and index.ambiguous
                 found.append(tag_market(raw, channel.market) if tagged else raw)
-            else:
+            if raw is None or (
+                channel.ev in index.history_evs and not index.history.get(channel.ev, {}).get(channel.ticker)
+            ):
                 missing.append(channel)
-        if missing and self.on_missing_last is not None:
+        if missing and fetch_missing and self.on_missing_last is not None:
             self.on_missing_last(member, missing)
         return found
 

@@ -198,6 +198,20 @@ class ClientSession:
         client knows the history of that channel is complete.
         """
         channels, errors = self._parse(params)
+        pending = [c for c in channels if self.hub.filling(c)]
+        if pending and self.hub.when_filled is not None:
+            # A scale-out edge is fetching these channels' history from the ingest
+            # (scaleout/edge.py): answer when it is in, rather than with a part of it.
+            self.hub.when_filled(pending, lambda: self._send_later(self._history_reply(channels, errors)))
+            return Reply()
+        return self._history_reply(channels, errors)
+
+    def _send_later(self, reply: Reply) -> None:
+        if not self.member.closed:
+            for payload in reply.frames:
+                self.member.write(protocol.text_frame(payload))
+
+    def _history_reply(self, channels: list[Channel], errors: list[str]) -> Reply:
         reply = Reply()
         for channel in channels:
             events = self.hub.history(self.member, channel)

@@ -7,6 +7,7 @@ timer is shrunk (heartbeats 0.2 s, peers gone after 1 s, linger 0.2 s).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -190,3 +191,23 @@ async def test_nats_restart_edges_unready_then_recover_and_ingest_keeps_upstream
     assert deployment.upstream_channels() == {"T.AAPL", "Q.MSFT"}
     assert len(deployment.ingest_role.registry) == 2
     await client.close()
+
+
+async def test_history_for_the_first_subscriber_on_an_edge_comes_from_the_ingest(
+    deployment: Deployment,
+) -> None:
+    """Edge 2 has recorded nothing for A.AAPL: its first client's `history` is the ingest's."""
+    first = await Client.connect(deployment.url(0))
+    await first.subscribe("A.AAPL")
+    await first.wait_events(3)
+    second = await Client.connect(deployment.url(1))
+    # Subscribe and ask at once, as the dashboard does: the answer waits for the fetch.
+    await second.send({"action": "subscribe", "params": "A.AAPL"})
+    await second.send({"action": "history", "params": "A.AAPL"})
+    await second.wait_status("success")  # subscribed
+    done = await second.wait_status("success")
+    count = int(re.fullmatch(r"history: A\.AAPL \((\d+) events\)", done["message"]).group(1))  # type: ignore[union-attr]
+    assert count >= 3
+    history_qs = [e["q"] for e in second.events][-count:]
+    assert set(e["q"] for e in first.events[:3]) <= set(history_qs)
+    assert history_qs == sorted(history_qs)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastrelay.config import RelayConfig
@@ -82,7 +82,10 @@ class Edge:
         self.feeds: dict[str, EdgeFeed] = {}
         self.relay = Relay(config, make_feed=self._make_feed)
         self.relay.readiness_checks.insert(0, self._not_ready)
-        self.relay.hub.on_missing_last = self._missing_last
+        hub = self.relay.hub
+        hub.on_missing_last = self._missing_last
+        hub.filling = lambda channel: (channel.market, channel.name) in self._fill_waiting
+        hub.when_filled = self._when_filled
         self.link = NatsLink(
             config.nats, f"fastrelay-edge-{config.instance_name}", self._link_up, self._link_down
         )
@@ -101,6 +104,7 @@ class Edge:
         self._fill_waiting: dict[tuple[str, str], list[Member]] = {}
         self._fill_queue: dict[str, set[str]] = {}
         self._fill_scheduled = False
+        self._fill_done: dict[tuple[str, str], list[Callable[[tuple[str, str]], None]]] = {}
         self.fills_requested = 0
         self.fills_failed = 0
         self.fills_delivered = 0
@@ -285,6 +289,18 @@ class Edge:
             self._fill_scheduled = True
             asyncio.get_running_loop().call_soon(self._send_fills)
 
+    def _when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
+        """Call back once every one of these channels' fetches is in (or failed)."""
+        remaining = {(c.market, c.name) for c in channels}
+
+        def done(key: tuple[str, str]) -> None:
+            remaining.discard(key)
+            if not remaining:
+                callback()
+
+        for key in remaining:
+            self._fill_done.setdefault(key, []).append(done)
+
     def _send_fills(self) -> None:
         self._fill_scheduled = False
         queue, self._fill_queue = self._fill_queue, {}
@@ -309,24 +325,30 @@ class Edge:
         self._deliver_fill(market, names, reply)
 
     def _deliver_fill(self, market: str, names: Iterable[str], reply: messages.SnapshotReply | None) -> None:
-        hub = self.relay.hub
         for name in names:
             waiters = self._fill_waiting.pop((market, name), [])
-            if reply is None:
+            try:
+                if reply is not None:
+                    self._fill_one(market, name, waiters, reply)
+            finally:
+                for done in self._fill_done.pop((market, name), []):
+                    done((market, name))
+
+    def _fill_one(self, market: str, name: str, waiters: list[Member], reply: messages.SnapshotReply) -> None:
+        hub = self.relay.hub
+        if market in hub.outages:
+            return  # from before the outage: stale (Relay.upstream_down)
+        channel = parse_channel(name, market)
+        history = reply.history.get(name)
+        if history:
+            hub.seed_history(channel, [bytes(e) for e in history])
+        raw = reply.last.get(name)
+        # Not seeded = a live event came first, and the waiters had it.
+        if raw is None or not hub.seed_last_value(channel, bytes(raw)):
+            return
+        for member in waiters:
+            if member.closed or channel not in member.channels:
                 continue
-            channel = parse_channel(name, market)
-            history = reply.history.get(name)
-            if history:
-                hub.seed_history(channel, [bytes(e) for e in history])
-            raw = reply.last.get(name)
-            if market in hub.outages:
-                continue  # from before the outage: stale (Relay.upstream_down)
-            # Not seeded = a live event came first, and the waiters had it.
-            if raw is None or not hub.seed_last_value(channel, bytes(raw)):
-                continue
-            for member in waiters:
-                if member.closed or channel not in member.channels:
-                    continue
-                for event in hub.last_values(member, [channel]):
-                    member.write(text_frame(b"[" + event + b"]"))
-                    self.fills_delivered += 1
+            for event in hub.last_values(member, [channel], fetch_missing=False):
+                member.write(text_frame(b"[" + event + b"]"))
+                self.fills_delivered += 1
