@@ -28,9 +28,10 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, *args: str) -> None:
         self.port = free_port()
         self.log = log
+        self.args = args  # e.g. --user U --pass P
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,7 +40,15 @@ class NatsServer:
 
     async def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--no_advertise"]
+        command = [
+            nats_server_binary(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--no_advertise",
+            *self.args,
+        ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         await wait_listening(self.port, self.proc, self.log)
@@ -50,8 +59,8 @@ class NatsServer:
 
 
 @contextlib.asynccontextmanager
-async def running_nats(log: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(log)
+async def running_nats(log: Path, *args: str) -> AsyncIterator[NatsServer]:
+    server = NatsServer(log, *args)
     await server.start()
     try:
         yield server

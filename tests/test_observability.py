@@ -200,8 +200,37 @@ def stuck_client(port: int, channels: str) -> socket.socket:
 # --- the stack -----------------------------------------------------------------------------
 
 
+class PrometheusApi:
+    """Prometheus' HTTP API on 127.0.0.1:``prom_port`` (also used by test_scaleout_observability)."""
+
+    prom_port: int
+
+    @property
+    def prom(self) -> str:
+        return f"http://127.0.0.1:{self.prom_port}"
+
+    def assert_running(self) -> None:
+        """Raise ProcessDied when a process of the stack has exited."""
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.prom}{path}" + (f"?{urlencode(params)}" if params else "")
+        status, body = http_get(url)
+        payload = json.loads(body)
+        assert status == 200 and payload["status"] == "success", f"{path} {params}: {status} {payload}"
+        return payload["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("/api/v1/query", query=expr)
+        assert data["resultType"] == "vector", data
+        return list(data["result"])
+
+    def alerts(self, name: str) -> list[dict[str, Any]]:
+        self.assert_running()
+        return [a for a in self.api("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == name]
+
+
 @dataclass
-class Stack:
+class Stack(PrometheusApi):
     workdir: Path
     sim_port: int
     relay_port: int
@@ -209,10 +238,6 @@ class Stack:
     prom_port: int
     procs: dict[str, Proc] = field(default_factory=dict)
     readers: list[Reader] = field(default_factory=list)
-
-    @property
-    def prom(self) -> str:
-        return f"http://127.0.0.1:{self.prom_port}"
 
     @property
     def instance(self) -> str:
@@ -238,25 +263,9 @@ class Stack:
                     return float(sample.value)
         raise KeyError(name)
 
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.prom}{path}" + (f"?{urlencode(params)}" if params else "")
-        status, body = http_get(url)
-        payload = json.loads(body)
-        assert status == 200 and payload["status"] == "success", f"{path} {params}: {status} {payload}"
-        return payload["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("/api/v1/query", query=expr)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
-    def alerts(self, name: str) -> list[dict[str, Any]]:
-        self.assert_running()
-        return [a for a in self.api("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == name]
-
-
-def prometheus_config(stack: Stack, rules: Path) -> dict[str, Any]:
-    """grafana/prometheus.yml with this stack's target, 1 s intervals, no Alertmanager."""
+def prometheus_config(targets: list[str], rules: Path) -> dict[str, Any]:
+    """grafana/prometheus.yml with these targets, 1 s intervals, no Alertmanager."""
     config: dict[str, Any] = yaml.safe_load(SCRAPE_CONFIG.read_text())
     config["global"].update(
         scrape_interval=f"{SCRAPE_SECONDS}s",
@@ -266,7 +275,7 @@ def prometheus_config(stack: Stack, rules: Path) -> dict[str, Any]:
     config.pop("alerting", None)
     config["rule_files"] = [str(rules)]
     (job,) = [c for c in config["scrape_configs"] if c["job_name"] == "fastrelay"]
-    job["static_configs"] = [{"targets": [stack.instance]}]
+    job["static_configs"] = [{"targets": targets}]
     return config
 
 
@@ -280,11 +289,51 @@ def rules_for_test(workdir: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def start_prometheus(workdir: Path, port: int, targets: list[str]) -> Proc:
+    """Debian's prometheus on 127.0.0.1:``port`` scraping ``targets`` with the rules loaded."""
+    config = workdir / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(targets, rules_for_test(workdir)), sort_keys=False))
+    return Proc.start(
+        "prometheus",
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        workdir,
+    )
+
+
+def wait_scraped(prometheus: PrometheusApi, instances: list[str]) -> None:
+    """Prometheus ready, with enough scrapes of each instance that every window of
+    $__rate_interval holds several samples."""
+
+    def ready() -> bool:
+        prometheus.assert_running()
+        return http_get(f"{prometheus.prom}/-/ready")[0] == 200
+
+    def scraped() -> bool:
+        prometheus.assert_running()
+        found = prometheus.query(
+            f'count_over_time(fastrelay_build_info{{job="fastrelay"}}[{RATE_INTERVAL}]) >= 3'
+        )
+        return {sample["metric"]["instance"] for sample in found} >= set(instances)
+
+    eventually(ready, "prometheus ready", timeout=TIMEOUT * 3)
+    eventually(scraped, f"Prometheus scraping {', '.join(instances)}", timeout=TIMEOUT * 3)
+
+
+def require_prometheus() -> None:
     for tool in ("prometheus", "promtool"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} not found: `make test` installs Debian's prometheus package")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_prometheus()
     workdir = tmp_path_factory.mktemp("observability")
     stack = Stack(workdir, free_port(), free_port(), free_port(), free_port())
     fastrelay = [sys.executable, "-m", "fastrelay"]
@@ -336,27 +385,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for reader in stack.readers:
             eventually(partial(reader_flows, reader), f"events at {reader.url}")
 
-        config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(stack, rules_for_test(workdir)), sort_keys=False))
-        start(
-            "prometheus",
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{stack.prom_port}",
-                "--log.level=warn",
-            ],
-        )
-        eventually(lambda: answers(f"{stack.prom}/-/ready"), "prometheus ready", timeout=TIMEOUT * 3)
-        # Enough scrapes that every window of $__rate_interval holds several samples.
-        eventually(
-            lambda: stack.query(
-                f'count_over_time(fastrelay_build_info{{job="fastrelay"}}[{RATE_INTERVAL}]) >= 3'
-            ),
-            f"Prometheus scraping {stack.instance}",
-            timeout=TIMEOUT * 3,
-        )
+        stack.procs["prometheus"] = start_prometheus(workdir, stack.prom_port, [stack.instance])
+        wait_scraped(stack, [stack.instance])
         yield stack
 
 
@@ -367,13 +397,33 @@ def dashboard() -> dict[str, Any]:
     return dict(json.loads(DASHBOARD.read_text()))
 
 
+# The row of the NATS metrics, which only an ingest and its edges export (test_scaleout_observability).
+SCALEOUT_ROW = "Scale-out (NATS)"
+
+
 def panels() -> list[dict[str, Any]]:
     return [p for p in dashboard()["panels"] if p["type"] != "row"]
 
 
-def targets() -> list[tuple[str, str]]:
-    """(panel title, expr) of every query of the dashboard."""
-    return [(p["title"], t["expr"]) for p in panels() for t in p["targets"]]
+def panel_rows() -> dict[int, str]:
+    """Panel id -> the title of the row it sits under."""
+    rows, row = {}, ""
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+        else:
+            rows[panel["id"]] = row
+    return rows
+
+
+def targets(rows: Callable[[str], bool] = lambda row: True) -> list[tuple[str, str]]:
+    """(panel title, expr) of every query of the dashboard, in the rows ``rows`` accepts."""
+    row_of = panel_rows()
+    return [(p["title"], t["expr"]) for p in panels() if rows(row_of[p["id"]]) for t in p["targets"]]
+
+
+def single_relay_row(row: str) -> bool:
+    return row != SCALEOUT_ROW
 
 
 def variables() -> dict[str, dict[str, Any]]:
@@ -455,13 +505,16 @@ def test_dashboard_static_checks(stack: Stack) -> None:
     assert board["uid"] == "fastrelay" and board["title"] and board["schemaVersion"] >= 39
     found = variables()
     assert found["datasource"]["type"] == "datasource" and found["datasource"]["query"] == "prometheus"
-    for name in ("job", "instance"):
+    for name in ("job", "role", "instance"):
         assert found[name]["type"] == "query"
         assert found[name]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert load_generator().SCALEOUT_ROW == SCALEOUT_ROW
+    assert SCALEOUT_ROW in panel_rows().values()
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
 
     on_metrics = {s.name for f in text_string_to_metric_families(stack.metrics_text()) for s in f.samples}
+    row_of = panel_rows()
     problems = []
     for panel in panels():
         title = panel.get("title")
@@ -488,8 +541,9 @@ def test_dashboard_static_checks(stack: Stack) -> None:
             names = metric_names(expr)
             if not names:
                 problems.append(f"{title}: no metric found in {expr}")
-            problems += [f"{title}: {name} is not on /metrics" for name in sorted(names - on_metrics)]
-    for name in ("job", "instance"):
+            if single_relay_row(row_of[panel["id"]]):  # NATS metrics: test_scaleout_observability
+                problems += [f"{title}: {name} is not on /metrics" for name in sorted(names - on_metrics)]
+    for name in ("job", "role", "instance"):
         selector = re.fullmatch(r"label_values\((.+),\s*\w+\)", found[name]["query"])
         assert selector, found[name]["query"]
         problems += [
@@ -508,29 +562,48 @@ def test_metric_names_and_range_arguments_are_parsed() -> None:
     assert range_functions(expr) == ['a_bucket{job="$job"}[$__rate_interval]', "b_total[5m]"]
 
 
+def run_queries(
+    prometheus: PrometheusApi, queries: list[tuple[str, str]], values: dict[str, str]
+) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], list[str]]:
+    """Each (title, expr) with Grafana's variables substituted: its finite samples, and problems
+    (a query error, or no finite sample)."""
+    results, problems = {}, []
+    for title, expr in queries:
+        query = substitute(expr, values)
+        try:
+            result = prometheus.query(query)
+        except AssertionError as exc:
+            problems.append(f"{title}: {query}: {exc}")
+            continue
+        finite = [s for s in result if math.isfinite(float(s["value"][1]))]
+        if not finite:
+            problems.append(f"{title}: no finite sample from {query}: {result}")
+        results[title, expr] = finite
+    return results, problems
+
+
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     """Each query, with Grafana's variables resolved as Grafana does, returns finite samples."""
     found = variables()
     jobs = label_values(stack, found["job"]["query"], {})
     assert jobs == ["fastrelay"], jobs
-    instances = label_values(stack, found["instance"]["query"], {"job": jobs[0]})
+    roles = label_values(stack, found["role"]["query"], {"job": jobs[0]})
+    assert roles == ["single"], roles
+    all_roles = found["role"]["allValue"]
+    instances = label_values(stack, found["instance"]["query"], {"job": jobs[0], "role": all_roles})
     assert instances == [stack.instance], instances
     selections = {
-        "All": {"job": jobs[0], "instance": found["instance"]["allValue"]},
-        "one instance": {"job": jobs[0], "instance": grafana_regex_escape(instances[0])},
+        "All": {"job": jobs[0], "role": all_roles, "instance": found["instance"]["allValue"]},
+        "one instance": {
+            "job": jobs[0],
+            "role": grafana_regex_escape(roles[0]),
+            "instance": grafana_regex_escape(instances[0]),
+        },
     }
     problems = []
     for selection, values in selections.items():
-        for title, expr in targets():
-            query = substitute(expr, values)
-            try:
-                result = stack.query(query)
-            except AssertionError as exc:
-                problems.append(f"{title} ({selection}): {query}: {exc}")
-                continue
-            finite = [s for s in result if math.isfinite(float(s["value"][1]))]
-            if not finite:
-                problems.append(f"{title} ({selection}): no finite sample from {query}: {result}")
+        _, found_problems = run_queries(stack, targets(single_relay_row), values)
+        problems += [f"({selection}) {problem}" for problem in found_problems]
     assert not problems, "\n".join(problems)
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 
 from fastrelay.app import RunningRelay, running_relay
+from fastrelay.scaleout import messages
 from fastrelay.scaleout.edge import Edge
 from fastrelay.scaleout.ingest import Ingest
+from fastrelay.scaleout.subjects import seal
 from fastrelay.simulator import Simulator
 from tests.conftest import sim_config
 from tests.natsserver import NatsServer, running_nats
@@ -211,3 +214,39 @@ async def test_history_for_the_first_subscriber_on_an_edge_comes_from_the_ingest
     history_qs = [e["q"] for e in second.events][-count:]
     assert set(e["q"] for e in first.events[:3]) <= set(history_qs)
     assert history_qs == sorted(history_qs)
+
+
+async def test_bad_nats_messages_are_counted_and_skipped(deployment: Deployment) -> None:
+    """Garbage on every subject: counted, logged, skipped; clients and the upstream carry on."""
+    client = await Client.connect(deployment.url(0))
+    await client.subscribe("T.AAPL")
+    await client.wait_events(3)
+    ingest, edge = deployment.ingest_role, deployment.edge_role(0)
+    prefix = deployment.ingest.relay.config.nats_prefix
+    stranger = await nats.connect(deployment.nats.url)
+    try:
+        for data in (b"short", b"12345678 not json", seal(b'{"not": "an array"}', 0.0)):
+            await stranger.publish(f"{prefix}.data.stocks.T", data)
+            await stranger.publish(f"{prefix}.data.stocks.T.AAPL", data)
+        await stranger.publish(f"{prefix}.ingest", b"\xff garbage")
+        await stranger.publish(f"{prefix}.interest", b"[1, 2, 3]")
+        bad_names = messages.EdgeInterest("stranger", {"stocks": ["T.AA PL", "nonsense"], "nowhere": ["T.X"]})
+        await stranger.publish(f"{prefix}.interest", messages.encode(bad_names))
+        answer = await stranger.request(f"{prefix}.snapshot", b"{}", timeout=TIMEOUT)
+        assert "bad snapshot request" in messages.decode_reply(answer.data).error
+    finally:
+        await stranger.close()
+    # The edge is subscribed to one of the two data subjects (batch: ...T, event: ...T.AAPL).
+    await wait_until(
+        lambda: (
+            edge.link.stats.bad_messages == 3 + 1
+            and ingest.link.stats.bad_messages == 2
+            and ingest.refused == 3
+        ),
+        what="every bad message counted",
+    )
+    count = len(client.events)
+    await client.wait_events(count + 5)
+    assert sequence_gaps(client.events) == []
+    assert deployment.upstream_channels() == {"T.AAPL"}
+    assert deployment.edges[0].relay.ready and deployment.ingest.relay.ready

@@ -184,7 +184,8 @@ class RelayProcess:
         self.command = command
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    async def start(self, ready: bool = True) -> None:
+        """Start and wait until it listens and (unless ``ready`` is False) answers /readyz 200."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         upstream = [] if self.command == "edge" else ["--upstream", self.upstream]
         command = [
@@ -205,7 +206,7 @@ class RelayProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         await wait_listening(self.port, self.proc, self.log)
-        status = 0
+        status = 0 if ready else 200
         deadline = time.monotonic() + TIMEOUT
         while status != 200:  # ready: every upstream authenticated (an edge: the ingest heard)
             assert time.monotonic() < deadline, f"never ready ({status}):\n{self.log.read_text()[-2000:]}"
