@@ -7,6 +7,7 @@ timer is shrunk (heartbeats 0.2 s, peers gone after 1 s, linger 0.2 s).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from fastrelay.app import RunningRelay, running_relay
+from fastrelay.config import RelayConfig
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.edge import Edge
 from fastrelay.scaleout.ingest import Ingest
@@ -36,6 +38,8 @@ class Deployment:
     sim: Simulator
     ingest: RunningRelay
     edges: list[RunningRelay]
+    ingest_config: RelayConfig
+    ingest_stack: contextlib.AsyncExitStack
 
     @property
     def ingest_role(self) -> Ingest:
@@ -54,6 +58,14 @@ class Deployment:
         """What the ingest's upstream connection carries, as the simulator (Massive) sees it."""
         return set(self.sim.stats()["markets"]["stocks"]["subscriptions"])
 
+    async def stop_ingest(self) -> None:
+        await self.ingest_stack.aclose()
+
+    async def start_ingest(self, name: str) -> None:
+        self.ingest_stack = contextlib.AsyncExitStack()
+        config = replace(self.ingest_config, instance_name=name)
+        self.ingest = await self.ingest_stack.enter_async_context(running_relay(config))
+
 
 @pytest.fixture(params=["batch", "event"])
 async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Deployment]:
@@ -66,14 +78,20 @@ async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             peer_timeout=PEER_TIMEOUT,
             nats_granularity=request.param,
         )
+        ingest_config = replace(base, role="ingest", instance_name="ingest")
         async with (
-            running_relay(replace(base, role="ingest", instance_name="ingest")) as ingest,
+            contextlib.AsyncExitStack() as ingest_stack,
             running_relay(replace(base, role="edge", instance_name="edge-1")) as edge1,
             running_relay(replace(base, role="edge", instance_name="edge-2")) as edge2,
         ):
+            ingest = await ingest_stack.enter_async_context(running_relay(ingest_config))
+            deployment = Deployment(nats, sim, ingest, [edge1, edge2], ingest_config, ingest_stack)
             for running in (ingest, edge1, edge2):
                 await wait_until(lambda r=running: r.relay.ready, what=f"{running.relay.config.role} ready")
-            yield Deployment(nats, sim, ingest, [edge1, edge2])
+            try:
+                yield deployment
+            finally:
+                await deployment.stop_ingest()
 
 
 def by_channel(events: list[dict[str, Any]]) -> dict[str, list[int]]:
@@ -250,3 +268,28 @@ async def test_bad_nats_messages_are_counted_and_skipped(deployment: Deployment)
     assert sequence_gaps(client.events) == []
     assert deployment.upstream_channels() == {"T.AAPL"}
     assert deployment.edges[0].relay.ready and deployment.ingest.relay.ready
+
+
+async def test_an_ingest_restart_interrupts_then_restores_every_edge(deployment: Deployment) -> None:
+    """A new ingest learns the edges' interest from their heartbeats and takes over."""
+    clients = [await Client.connect(deployment.url(i)) for i in (0, 1)]
+    await clients[0].subscribe("T.AAPL")
+    await clients[1].subscribe("Q.MSFT")
+    for client in clients:
+        await client.wait_events(3)
+    await deployment.stop_ingest()
+    for client in clients:  # at once (the ingest's goodbye), not after --peer-timeout
+        status = await client.wait_status("error", timeout=PEER_TIMEOUT / 2)
+        assert status["message"].startswith("stocks feed interrupted (ingest_stopped)"), status
+    await wait_until(lambda: deployment.upstream_channels() == set(), what="the old upstream gone")
+
+    await deployment.start_ingest("ingest-2")
+    await wait_until(
+        lambda: deployment.upstream_channels() == {"T.AAPL", "Q.MSFT"}, what="the new ingest subscribed"
+    )
+    for client in clients:
+        status = await client.wait_status("success")
+        assert status["message"] == "stocks feed restored: subscriptions resumed", status
+        count = len(client.events)
+        await client.wait_events(count + 5)
+        await client.close()

@@ -31,6 +31,8 @@ from fastrelay.scaleout.subjects import BATCH, Subjects, seal
 
 log = logging.getLogger("fastrelay.ingest")
 
+STOPPING = "ingest_stopped"
+
 
 class Ingest:
     """Attaches to a ``Relay`` as its tap and publishes it over NATS."""
@@ -62,6 +64,12 @@ class Ingest:
     async def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        client = self.link.client
+        if client is not None and self.link.connected:
+            # Goodbye: edges tell their clients now, not after --peer-timeout of silence.
+            with contextlib.suppress(Exception):
+                await client.publish(self.subjects.ingest, self._state(stopping=True))
+                await asyncio.wait_for(client.flush(), 1.0)
         if self._publisher is not None:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,17 +158,20 @@ class Ingest:
                 self._apply(diff)
 
     def _publish_state(self) -> None:
-        if not self.link.connected:
-            return
-        state = messages.IngestState(
-            ingest=self.config.instance_name,
-            granularity=self.granularity,
-            markets={
-                m: messages.LIVE if feed.live else self.relay.hub.outages.get(m, "connecting")
-                for m, feed in self.relay.upstreams.items()
-            },
-        )
-        self._control(self.subjects.ingest, messages.encode(state))
+        if self.link.connected:
+            self._control(self.subjects.ingest, self._state())
+
+    def _state(self, stopping: bool = False) -> bytes:
+        """Each market "live", or why not (edges pass the reason on to their clients)."""
+        markets = {
+            m: STOPPING
+            if stopping
+            else messages.LIVE
+            if feed.live
+            else self.relay.hub.outages.get(m, "connecting")
+            for m, feed in self.relay.upstreams.items()
+        }
+        return messages.encode(messages.IngestState(self.config.instance_name, self.granularity, markets))
 
     def _control(self, subject: str, data: bytes) -> None:
         client = self.link.client
