@@ -426,6 +426,29 @@ def test_env_example_names_only_real_flags_and_passes_check_config() -> None:
     assert "configuration OK" in result.stdout and "2 client token(s)" in result.stdout
 
 
+@pytest.mark.parametrize("example", ["ingest.env.example", "edge.env.example"])
+def test_scaleout_env_examples_name_real_flags_and_pass_check_config(example: str) -> None:
+    """The ingest's and an edge's examples: real flags, their role, check-config passes; the
+    key is on the ingest only."""
+    values = env_file(DEPLOY / example)
+    twins = {env_name(option.flag) for option in RELAY_OPTIONS}
+    names = {key for key in values if key.startswith("FASTRELAY_")}
+    assert names <= twins, sorted(names - twins)
+    role = example.split(".")[0]
+    assert values["FASTRELAY_ROLE"] == role
+    assert (set(values) - names == {"MASSIVE_API_KEY"}) == (role == "ingest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTRELAY_", "MASSIVE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "fastrelay", "check-config"],
+        env={**env, **values},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"configuration OK: {role} {values['FASTRELAY_INSTANCE_NAME']}" in result.stdout
+
+
 _PR_GET_MDWE = 66
 
 
