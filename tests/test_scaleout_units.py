@@ -162,3 +162,16 @@ def test_redact_hides_credentials_in_urls_and_messages() -> None:
     assert redact("nats://user:s3cret@host:4222") == "nats://***@host:4222"
     assert redact("nats://tok3n@a:1,nats://b:2") == "nats://***@a:1,nats://b:2"
     assert "s3cret" not in redact("error connecting to tls://u:s3cret@h:1: refused")
+
+
+def test_snapshot_histories_are_cut_to_their_newest_part_to_fit_one_message() -> None:
+    from fastrelay.scaleout.ingest import _newest_within
+
+    events = [b'{"ev":"AM","s":%d}' % i for i in range(100)]  # 17-19 bytes each
+    history = {"AM.AAPL": events, "AM.MSFT": events}
+    assert {k: len(v) for k, v in _newest_within(history, 10**6).items()} == {"AM.AAPL": 100, "AM.MSFT": 100}
+    cut = _newest_within(history, 500)
+    assert list(cut) == ["AM.AAPL"]
+    assert [bytes(e) for e in cut["AM.AAPL"]] == events[-len(cut["AM.AAPL"]) :]
+    assert 10 < len(cut["AM.AAPL"]) < 20
+    assert _newest_within(history, 0) == {}

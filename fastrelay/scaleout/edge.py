@@ -43,6 +43,7 @@ log = logging.getLogger("fastrelay.edge")
 # Why a market is down on an edge, beyond the ingest's own upstream reasons.
 NATS_DOWN = "nats"
 INGEST_SILENT = "ingest"
+FILL_CHUNK = 50  # channels per last-value request
 LAG_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -245,8 +246,19 @@ class Edge:
 
     def _publish_interest(self) -> None:
         client = self.link.client
-        if client is not None and self.link.connected:
-            self._spawn(client.publish(self.subjects.interest, self._interest_message()))
+        if client is None or not self.link.connected:
+            return
+        message = self._interest_message()
+        if len(message) > self.link.max_payload:
+            # About 60,000 channel names at NATS' default 1 MiB: raise max_payload in nats-server.
+            self._throttle.log(
+                logging.ERROR,
+                "this edge's interest (%d bytes) exceeds NATS' max_payload (%d): the ingest cannot learn it",
+                len(message),
+                self.link.max_payload,
+            )
+            return
+        self._spawn(client.publish(self.subjects.interest, message))
 
     # --- data in --------------------------------------------------------------------------
     async def _on_data(self, msg: Any) -> None:
@@ -305,7 +317,10 @@ class Edge:
         self._fill_scheduled = False
         queue, self._fill_queue = self._fill_queue, {}
         for market, names in queue.items():
-            self._spawn(self._fill(market, sorted(names)))
+            ordered = sorted(names)
+            # Small requests: each reply (histories included) stays within one NATS message.
+            for start in range(0, len(ordered), FILL_CHUNK):
+                self._spawn(self._fill(market, ordered[start : start + FILL_CHUNK]))
 
     async def _fill(self, market: str, names: list[str]) -> None:
         self.fills_requested += 1

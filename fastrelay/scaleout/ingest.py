@@ -233,10 +233,29 @@ class Ingest:
             last, history = self.relay.hub.snapshot(request.market, request.last, request.history)
             reply = messages.SnapshotReply(
                 last={k: msgspec.Raw(v) for k, v in last.items()},
-                history={k: [msgspec.Raw(e) for e in v] for k, v in history.items()},
+                history=_newest_within(
+                    history, int(self.link.max_payload * 0.9) - sum(map(len, last.values()))
+                ),
             )
         except messages.MessageError as exc:
             self.link.stats.bad_messages += 1
             reply = messages.SnapshotReply(error=str(exc))
         if msg.reply:
             await msg.respond(messages.encode(reply))
+
+
+def _newest_within(history: dict[str, list[bytes]], budget: int) -> dict[str, list[msgspec.Raw]]:
+    """The newest part of each history that fits the reply in one NATS message."""
+    kept: dict[str, list[msgspec.Raw]] = {}
+    for name, events in history.items():
+        newest: list[msgspec.Raw] = []
+        for event in reversed(events):
+            budget -= len(event) + len(name) + 8
+            if budget < 0:
+                break
+            newest.append(msgspec.Raw(event))
+        if newest:
+            kept[name] = newest[::-1]
+        if budget < 0:
+            break
+    return kept

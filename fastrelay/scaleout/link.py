@@ -19,6 +19,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import SlowConsumerError
 
 from fastrelay.backoff import Backoff
 from fastrelay.ratelimit import LogThrottle
@@ -41,6 +42,9 @@ class LinkStatistics:
     received: int = 0
     received_bytes: int = 0
     bad_messages: int = 0  # undecodable data or control messages, skipped
+    # nats-py dropped messages a subscription could not take fast enough (its
+    # pending limits): the edge lags the ingest, and its clients see gaps.
+    slow_consumer_drops: int = 0
     connects: int = 0
     disconnects: int = 0
 
@@ -126,6 +130,8 @@ class NatsLink:
         await self._up()
 
     async def _error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            self.stats.slow_consumer_drops += 1
         self._throttle.log(logging.WARNING, "NATS: %s", redact(f"{type(exc).__name__}: {exc}"))
 
     async def _closed(self) -> None:
@@ -136,6 +142,11 @@ class NatsLink:
     @property
     def connected(self) -> bool:
         return self.up and self.client is not None and self.client.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (its INFO; 1 MiB by default)."""
+        return self.client.max_payload if self.client is not None else 1024 * 1024
 
     async def subscribe(self, subject: str, handler: Callable[[Any], Awaitable[None]]) -> Any:
         assert self.client is not None

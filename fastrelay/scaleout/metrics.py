@@ -37,6 +37,11 @@ class ScaleoutCollector(Collector):
             "NATS messages that did not decode, skipped.",
             value=stats.bad_messages,
         )
+        yield CounterMetricFamily(
+            "fastrelay_nats_slow_consumer_drops",
+            "Messages nats-py dropped because this process did not take them fast enough.",
+            value=stats.slow_consumer_drops,
+        )
         if isinstance(role, Ingest):
             yield from self._ingest(role)
         else:
