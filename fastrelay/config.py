@@ -54,6 +54,9 @@ class RelayConfig:
     max_messages_per_second: float = 50.0
     message_burst: int = 200
     client_handshake_timeout: float = 5.0  # TCP accepted to WebSocket upgraded
+    # WebSocket upgraded to `auth` received; then auth_timeout status and close 1008.
+    # Massive's clients auth at once; 0 turns the deadline off.
+    client_auth_timeout: float = 10.0
     # Browsers' Origin values allowed to connect (empty: any). A request
     # without Origin is a service, not a browser, and is not refused by it.
     allowed_origins: list[str] = field(default_factory=list)
@@ -212,6 +215,12 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         _positive(float),
         "TCP accept to WebSocket upgrade, s",
         "client_handshake_timeout",
+    ),
+    Option(
+        "client-auth-timeout",
+        _positive(float),
+        "WebSocket open to auth received, s (0: no limit)",
+        "client_auth_timeout",
     ),
     Option(
         "allowed-origins", _csv, "browser Origins allowed (comma-separated; empty: any)", "allowed_origins"

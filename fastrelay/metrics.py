@@ -41,7 +41,17 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 UPSTREAM_REASONS = tuple(r.value for r in DisconnectReason)
 # Why a client connection ended; a small fixed set so every series exists from start-up.
-CLOSE_REASONS = ("normal", "slow_consumer", "auth_failed", "policy", "limit", "idle", "shutdown", "error")
+CLOSE_REASONS = (
+    "normal",
+    "slow_consumer",
+    "auth_failed",
+    "auth_timeout",
+    "policy",
+    "limit",
+    "idle",
+    "shutdown",
+    "error",
+)
 
 
 def _histogram(name: str, doc: str, hist: Histogram, labels: dict[str, str] | None = None) -> Metric:

@@ -12,7 +12,10 @@ market; ``/api/socket`` serves every market on one socket (README,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from fastrelay.hub import Member
 from fastrelay.metrics import CLOSE_REASONS, CONTENT_TYPE, Metrics
 from fastrelay.ratelimit import TokenBucket
 from fastrelay.relay import Relay
-from fastrelay.session import ClientSession, Reply, TokenCheck
+from fastrelay.session import CLOSE_POLICY_VIOLATION, ClientSession, Reply, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
 
 log = logging.getLogger("fastrelay.server")
@@ -43,6 +46,7 @@ API_SOCKET_PATH = "/api/socket"
 # A closed client gets this long to take its last status and the close frame
 # before the socket is aborted (a slow consumer may never read again).
 CLOSE_GRACE = 1.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 
 
 @dataclass
@@ -123,6 +127,7 @@ class ClientConnection(WSListener):
             server.limiter,
         )
         server.connections.add(self)
+        server.auth_deadline.add(self)
         server.stats.connected[self._path] += 1
         server.stats.accepted[self._path] += 1
         transport.send(WSMsgType.TEXT, self.session.opened())
@@ -136,6 +141,8 @@ class ClientConnection(WSListener):
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT:
             self._reply(session.receive(frame.get_payload_as_bytes()))
+            if session.authenticated and self in self._server.auth_deadline:
+                self._server.auth_deadline.discard(self)
         elif msg_type is WSMsgType.BINARY:
             self._reply(session.binary_received())
         elif msg_type is WSMsgType.CLOSE:
@@ -172,13 +179,29 @@ class ClientConnection(WSListener):
         asyncio.get_running_loop().call_later(grace, self._abort)
 
     def _abort(self) -> None:
-        if self.transport is not None and not self.transport.is_disconnected:
-            self.transport.disconnect(graceful=False)
+        transport = self.transport
+        if transport is not None and not transport.is_disconnected:
+            # Reset, not FIN: with a FIN the kernel keeps the unsent backlog (up to
+            # --max-client-buffer plus socket buffers) in an orphaned socket for
+            # minutes, retrying a peer that stopped reading; SO_LINGER {1, 0} frees it now.
+            sock = transport.underlying_transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            transport.disconnect(graceful=False)
 
     def describe(self) -> str:
         """Who this is, for logs: address, path, channel count (never a token)."""
         channels = len(self.session.member.channels) if self.session is not None else 0
         return f"{self._address or 'unknown'} on {self._path} with {channels} channels"
+
+    def auth_timed_out(self, timeout: float) -> None:
+        transport = self.transport
+        if transport is None or self._close_reason is not None:
+            return
+        message = f"no auth within {timeout:g} s of connecting"
+        transport.send(WSMsgType.TEXT, protocol.status_frame(protocol.AUTH_TIMEOUT, message))
+        self.close(CLOSE_POLICY_VIOLATION, "authentication timeout", "auth_timeout")
 
     def drop_slow_consumer(self) -> None:
         transport = self.transport
@@ -200,6 +223,7 @@ class ClientConnection(WSListener):
         if self._address is not None:
             server.addresses.release(self._address)
         server.connections.discard(self)
+        server.auth_deadline.discard(self)
         server.stats.connected[self._path] -= 1
         reason = self._close_reason
         if reason is None:
@@ -281,6 +305,54 @@ class AddressBook:
             self._counts.pop(address, None)
 
 
+class AuthDeadline:
+    """Closes clients that have not authenticated within ``timeout`` s of connecting.
+
+    Without it a client that never sends ``auth`` holds a connection slot (and
+    answers pings) for ever. Connections wait in arrival order, which is
+    deadline order, so one timer serves all: it fires for the oldest and stops
+    at the first that is not due.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._waiting: dict[ClientConnection, float] = {}  # insertion (= deadline) order
+        self._timer: asyncio.TimerHandle | None = None
+        self.expired = 0
+
+    def add(self, connection: ClientConnection) -> None:
+        if self.timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiting[connection] = loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._expire)
+
+    def discard(self, connection: ClientConnection) -> None:
+        self._waiting.pop(connection, None)
+
+    def __contains__(self, connection: ClientConnection) -> bool:
+        return connection in self._waiting
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._waiting:
+            connection, deadline = next(iter(self._waiting.items()))
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._expire)
+                return
+            del self._waiting[connection]
+            self.expired += 1
+            connection.auth_timed_out(self.timeout)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class PingSweeper:
     """Pings idle clients and reaps those that stay silent, with one timer for all.
 
@@ -343,6 +415,7 @@ class RelayServer:
         self._server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
+        self.auth_deadline = AuthDeadline(config.client_auth_timeout)
         self.stats = ServerStatistics.for_paths([f"/{m}" for m in config.markets] + [API_SOCKET_PATH])
         self.addresses = AddressBook(config.max_connections_per_address, config.trusted_proxies)
         self._origins = frozenset(o.rstrip("/") for o in config.allowed_origins)
@@ -427,6 +500,7 @@ class RelayServer:
 
     async def stop(self) -> None:
         self.pings.stop()
+        self.auth_deadline.stop()
         self.metrics.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()

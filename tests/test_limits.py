@@ -281,6 +281,21 @@ async def test_handshake_timeout_closes_a_connection_that_never_upgrades(
         await client.close()
 
 
+async def test_client_that_never_authenticates_is_closed_after_the_auth_timeout(sim: Simulator) -> None:
+    """auth_timeout status, then 1008; a client that authenticated in time is untouched."""
+    async with relay_with(sim, client_tokens=["token"], client_auth_timeout=0.3) as relay:
+        punctual = await Client.connect(url(relay), auth="token")
+        silent = await Client.connect(url(relay), auth=None)
+        status = await silent.wait_status("auth_timeout")
+        assert status["message"] == "no auth within 0.3 s of connecting"
+        assert await close_code(silent.ws) == 1008
+        await punctual.subscribe("T.AAPL")  # long past its own deadline: still served
+        await punctual.wait_events(1)
+        assert relay.server.auth_deadline.expired == 1
+        await wait_until(lambda: relay.server.stats.closed["auth_timeout"] == 1, what="the close counted")
+        await punctual.close()
+
+
 async def test_idle_client_is_pinged_and_closed_1001_when_silent(sim: Simulator) -> None:
     """Ping interval 0.1 s, timeout 0.2 s: a client that never answers gets a ping, then a close
     with 1001 (counted as idle); a client that answers pings stays."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from base64 import b64encode
+from pathlib import Path
 
 import pytest
 import websockets
@@ -13,6 +14,7 @@ from fastrelay.app import RunningRelay, running_relay
 from fastrelay.hub import Member
 from fastrelay.interest import MarketInterest
 from fastrelay.protocol import Channel
+from fastrelay.server import CLOSE_GRACE
 from fastrelay.simulator import Simulator
 from tests.conftest import sim_config
 from tests.utils import TIMEOUT, Client, fast_relay_config, sequence_gaps, wait_until
@@ -155,8 +157,27 @@ async def test_slow_consumer_is_dropped_and_others_keep_receiving() -> None:
         await normal.wait_events(before + 20)
         assert hub.members == 1
         assert sequence_gaps(normal.events) == []
+        # Once the close grace is over the relay resets the connection: its side of the
+        # socket is gone at once, not left behind with the unsent backlog.
+        stuck_port = stuck.getsockname()[1]
+        await wait_until(
+            lambda: not tcp_sockets(relay.port, stuck_port),
+            timeout=CLOSE_GRACE + TIMEOUT,
+            what="the relay's socket of the slow consumer to be freed",
+        )
         await normal.close()
         stuck.close()
+
+
+def tcp_sockets(local_port: int, remote_port: int) -> list[str]:
+    """Kernel TCP sockets (IPv4, any state) from ``local_port`` to ``remote_port``: /proc/net/tcp."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port:
+            found.append(state)
+    return found
 
 
 def _masked_text(payload: bytes) -> bytes:
