@@ -4,7 +4,11 @@
     .venv/bin/python grafana/build_dashboard.py --check   # exit 1 if the JSON is stale
 
 Edit this file, never the JSON. Every query selects ``{job="$job", instance=~"$instance"}``
-and every rate window is ``$__rate_interval``, so the dashboard follows the scrape
+and keeps only the instances whose ``fastrelay_build_info`` role (single, ingest, edge) is
+selected by ``$role``: aggregations filter with ``and on (job, instance) <info>`` (``only``),
+per-instance series take the role as a label with ``* on (job, instance) group_left (role)
+<info>`` (``labelled``), so legends name the instance and its role without any scrape-time
+label. Every rate window is ``$__rate_interval``, so the dashboard follows the scrape
 interval configured on the Grafana datasource (``timeInterval``).
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -22,6 +27,7 @@ from grafana_foundation_sdk.models import units
 from grafana_foundation_sdk.models.common import (
     BigValueColorMode,
     BigValueGraphMode,
+    BigValueTextMode,
     GraphThresholdsStyleMode,
     LegendDisplayMode,
     LegendPlacement,
@@ -46,10 +52,25 @@ OUTPUT = Path(__file__).resolve().parent / "dashboards" / "fastrelay.json"
 UID = "fastrelay"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'job="$job", instance=~"$instance"'
+# The selected instances of the selected roles: one series per process, value 1.
+INFO = f'fastrelay_build_info{{{SEL}, role=~"$role"}}'
+SCALEOUT_ROW = "Scale-out (NATS)"
 
 # Reference lines drawn on panels; keep them equal to the thresholds in grafana/alerts.yml.
 RELAY_P99_BUDGET_S = 0.05
 CPU_SATURATION = 0.9
+NATS_LAG_P99_BUDGET_S = 0.1
+
+
+def only(expr: str) -> str:
+    """``expr`` restricted to the instances of the selected roles (inside an aggregation)."""
+    return f"{expr} and on (job, instance) {INFO}"
+
+
+def labelled(expr: str) -> str:
+    """Per-instance ``expr`` (it must keep job and instance) with the instance's role as a label,
+    for the selected roles only."""
+    return f"({expr}) * on (job, instance) group_left (role) {INFO}"
 
 
 def q(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
@@ -114,14 +135,56 @@ def big(title: str, description: str, unit: str, target: prometheus.Dataquery) -
     )
 
 
-def overview() -> list[stat.Panel]:
+def states(
+    title: str, description: str, down: str, up: str, target: prometheus.Dataquery
+) -> statetimeline.Panel:
+    """A 0/1 gauge per series as a red/green band."""
+    return (
+        statetimeline.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(units.NoUnit)
+        .height(8)
+        .span(8)
+        .show_value(VisibilityMode.NEVER)
+        .merge_values(True)
+        .mappings(
+            [
+                ValueMap(
+                    {
+                        "0": ValueMappingResult(text=down, color="red", index=0),
+                        "1": ValueMappingResult(text=up, color="green", index=1),
+                    }
+                )
+            ]
+        )
+        .thresholds(thresholds((None, "red"), (1, "green")))
+        .with_target(target)
+    )
+
+
+def right_axis(panel: timeseries.Panel, ref: str, unit: str) -> timeseries.Panel:
+    """Query ``ref`` in another unit, on a right-hand axis."""
+    return panel.override_by_query(
+        ref,
+        [
+            DynamicConfigValue(id_val="unit", value=unit),
+            DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+        ],
+    )
+
+
+def overview() -> list[stat.Panel | statetimeline.Panel]:
     return [
         big(
             "Ready",
-            "fastrelay_ready: 1 when every configured upstream market is authenticated (what /readyz "
-            "reports). The lowest value over the selected instances.",
+            "fastrelay_ready: 1 when the instance can serve (what /readyz reports): every configured "
+            "upstream market authenticated; for an ingest also NATS connected; for an edge NATS "
+            "connected and the ingest heard. The lowest value over the selected instances: NOT "
+            "READY as soon as one of them is not (see Readiness per instance).",
             units.NoUnit,
-            q(f"min(fastrelay_ready{{{SEL}}})", "ready"),
+            q(f"min({only(f'fastrelay_ready{{{SEL}}}')})", "ready"),
         )
         .mappings(
             [
@@ -137,132 +200,165 @@ def overview() -> list[stat.Panel]:
         .color_mode(BigValueColorMode.BACKGROUND),
         big(
             "Clients",
-            "Client WebSocket connections open now, over all paths and selected instances.",
+            "Client WebSocket connections open now, over all paths and selected instances (an "
+            "ingest serves no clients).",
             units.Short,
-            q(f"sum(fastrelay_clients{{{SEL}}})", "clients"),
+            q(f"sum({only(f'fastrelay_clients{{{SEL}}}')})", "clients"),
         ),
         big(
             "Deliveries / s",
-            "Events written to clients per second (one event to N clients counts N).",
+            "Events written to clients per second over the selected instances (one event to N "
+            "clients counts N).",
             units.EventsPerSecond,
-            q(f"sum(rate(fastrelay_client_events_sent_total{{{SEL}}}[$__rate_interval]))", "deliveries"),
+            q(
+                f"sum({only(f'rate(fastrelay_client_events_sent_total{{{SEL}}}[$__rate_interval])')})",
+                "deliveries",
+            ),
         ),
         big(
-            "Relay latency p99",
-            "99th percentile of upstream frame arrival to the write of its events to client "
-            "sockets, including the --flush-interval coalescing window.",
+            "Relay latency p99 (worst instance)",
+            "99th percentile of frame arrival (from Massive, or from NATS on an edge) to the write "
+            "of its events to client sockets, including the --flush-interval coalescing window, "
+            "for the worst selected instance: the red threshold is the per-instance budget of the "
+            "FastrelayRelayLatencyHigh alert. An ingest has no clients, hence no relay latency.",
             units.Seconds,
             q(
-                "histogram_quantile(0.99, sum by (le) "
-                f"(rate(fastrelay_relay_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))",
+                "max(histogram_quantile(0.99, sum by (job, instance, le) "
+                f"({only(f'rate(fastrelay_relay_latency_seconds_bucket{{{SEL}}}[$__rate_interval])')})))",
                 "p99",
             ),
         ).thresholds(thresholds((None, "green"), (RELAY_P99_BUDGET_S, "red"))),
+        big(
+            "Instances by role",
+            "Processes reporting fastrelay_build_info, by role: single (one process does "
+            "everything), ingest (Massive to NATS) and edge (NATS to clients). In scale-out mode "
+            "expect exactly one ingest per deployment.",
+            units.Short,
+            q(f"count by (role) ({INFO})", "{{role}}"),
+        )
+        .height(6)
+        .graph_mode(BigValueGraphMode.NONE)
+        .text_mode(BigValueTextMode.VALUE_AND_NAME),
+        states(
+            "Readiness per instance",
+            "fastrelay_ready per instance (what its /readyz answers): green while it can serve, "
+            "red while an upstream market is down or, in scale-out mode, NATS or the ingest is "
+            "missing. A gap means Prometheus could not scrape it (FastrelayTargetDown).",
+            "not ready",
+            "ready",
+            q(labelled(f"fastrelay_ready{{{SEL}}}"), "{{role}} {{instance}}"),
+        )
+        .height(6)
+        .span(18),
     ]
 
 
 def upstream() -> list[timeseries.Panel | statetimeline.Panel]:
-    state = (
-        statetimeline.Panel()
-        .title("Upstream state per market")
-        .description(
-            "fastrelay_upstream_connected: green while the market's upstream connection to Massive "
-            "is authenticated, red while it is down (reconnecting, auth_failed or max_connections "
-            "cool-down). Clients stay connected through an outage but receive nothing for that "
-            "market; events of the outage are lost (Massive does not replay)."
-        )
-        .datasource(DATASOURCE)
-        .unit(units.NoUnit)
-        .height(8)
-        .span(8)
-        .show_value(VisibilityMode.NEVER)
-        .merge_values(True)
-        .mappings(
-            [
-                ValueMap(
-                    {
-                        "0": ValueMappingResult(text="down", color="red", index=0),
-                        "1": ValueMappingResult(text="connected", color="green", index=1),
-                    }
-                )
-            ]
-        )
-        .thresholds(thresholds((None, "red"), (1, "green")))
-        .with_target(
-            q(f"max by (instance, market) (fastrelay_upstream_connected{{{SEL}}})", "{{market}} {{instance}}")
-        )
-    )
     return [
-        state,
+        states(
+            "Upstream state per market",
+            "fastrelay_upstream_connected per instance and market: green while the market's "
+            "upstream is live, red while it is down. On a single relay or the ingest that is the "
+            "authenticated connection to Massive (reconnecting, auth_failed or max_connections "
+            "cool-down while red); on an edge it is its feed from the ingest (down while NATS is "
+            "down, the ingest is not heard, or the ingest's own upstream is down). Clients stay "
+            "connected through an outage but receive nothing for that market; events of the "
+            "outage are lost (Massive does not replay).",
+            "down",
+            "connected",
+            q(
+                labelled(f"max by (job, instance, market) (fastrelay_upstream_connected{{{SEL}}})"),
+                "{{market}} {{role}} {{instance}}",
+            ),
+        ),
         graph(
             "Upstream events / s by market",
-            "Events received from Massive per second, by market. Zero while clients are subscribed "
-            "means a closed market, quiet channels, or a silent upstream (see the "
-            "FastrelayUpstreamSilent alert).",
+            "Events received per second, by instance and market: from Massive on a single relay "
+            "or the ingest, from NATS on an edge (only the channels its clients want). Zero while "
+            "clients are subscribed means a closed market, quiet channels, or a silent upstream "
+            "(see the FastrelayUpstreamSilent alert).",
             units.EventsPerSecond,
             q(
-                f"sum by (market) (rate(fastrelay_upstream_events_total{{{SEL}}}[$__rate_interval]))",
-                "{{market}}",
+                labelled(
+                    "sum by (job, instance, market) "
+                    f"(rate(fastrelay_upstream_events_total{{{SEL}}}[$__rate_interval]))"
+                ),
+                "{{market}} {{role}} {{instance}}",
             ),
         ),
         graph(
             "Upstream reconnects / min",
-            "Upstream connections lost or refused per minute, by market and reason: drop (socket "
-            "closed), stall (no data nor pong within the ping timeout), auth_failed (API key "
-            "rejected), max_connections (the key is used by another process).",
+            "Upstream connections lost or refused per minute, by instance, market and reason: drop "
+            "(socket closed), stall (no data nor pong within the ping timeout), auth_failed (API "
+            "key rejected), max_connections (the key is used by another process). An edge counts "
+            "nats (its NATS link lost) and ingest (the ingest not heard), and repeats the ingest's "
+            "own reason when the ingest's upstream goes down.",
             units.CountsPerMinute,
             q(
-                "sum by (market, reason) "
-                f"(rate(fastrelay_upstream_reconnects_total{{{SEL}}}[$__rate_interval])) * 60",
-                "{{market}} {{reason}}",
+                labelled(
+                    "sum by (job, instance, market, reason) "
+                    f"(rate(fastrelay_upstream_reconnects_total{{{SEL}}}[$__rate_interval])) * 60"
+                ),
+                "{{market}} {{reason}} {{role}} {{instance}}",
             ),
         ),
         graph(
-            "Feed latency by market",
-            "Exchange/Massive event timestamp (ms) to arrival at the relay, sampled on the first "
-            "event of each frame: network plus Massive delay, before the relay. Rises with a "
-            "delayed feed or a congested link; includes clock skew between Massive and this host.",
+            "Feed latency by market and role",
+            "Exchange/Massive event timestamp (ms) to arrival, sampled on the first event of each "
+            "frame, over the instances of each role: at a single relay or the ingest, network plus "
+            "Massive delay; at the edges, that plus the ingest and NATS (the difference is the "
+            "NATS lag, see Scale-out). Rises with a delayed feed or a congested link; includes "
+            "clock skew between Massive and the hosts.",
             units.Seconds,
             q(
-                "histogram_quantile(0.5, sum by (market, le) "
-                f"(rate(fastrelay_feed_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-                "p50 {{market}}",
+                "histogram_quantile(0.5, sum by (role, market, le) "
+                f"({labelled(f'rate(fastrelay_feed_latency_seconds_bucket{{{SEL}}}[$__rate_interval])')}))",
+                "p50 {{market}} {{role}}",
             ),
             q(
-                "histogram_quantile(0.99, sum by (market, le) "
-                f"(rate(fastrelay_feed_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-                "p99 {{market}}",
+                "histogram_quantile(0.99, sum by (role, market, le) "
+                f"({labelled(f'rate(fastrelay_feed_latency_seconds_bucket{{{SEL}}}[$__rate_interval])')}))",
+                "p99 {{market}} {{role}}",
                 "B",
             ),
         ),
         graph(
             "Upstream channels subscribed",
-            "Channels the relay holds subscribed on each market's upstream (the union of all "
-            "clients' channels, a wildcard covering its tickers, plus lingering ones).",
+            "Channels each instance holds subscribed per market: on a single relay or the ingest, "
+            "upstream at Massive (the union of all clients' or edges' channels, a wildcard "
+            "covering its tickers, plus lingering ones); on an edge, the NATS subjects its "
+            "clients need.",
             units.Short,
-            q(f"sum by (market) (fastrelay_upstream_channels{{{SEL}}})", "{{market}}"),
+            q(
+                labelled(f"sum by (job, instance, market) (fastrelay_upstream_channels{{{SEL}}})"),
+                "{{market}} {{role}} {{instance}}",
+            ),
         ),
-        graph(
-            "Upstream ingress and decode errors",
-            "Payload bytes received from Massive per second by market (left), and frames that "
-            "failed to decode and were skipped, per minute (should stay at 0; see the logs).",
-            units.BytesPerSecondSI,
-            q(
-                f"sum by (market) (rate(fastrelay_upstream_received_bytes_total{{{SEL}}}[$__rate_interval]))",
-                "{{market}} bytes/s",
+        right_axis(
+            graph(
+                "Upstream ingress and decode errors",
+                "Payload bytes received per second by instance and market, from Massive or (edge) "
+                "from NATS (left), and frames that failed to decode and were skipped, per minute "
+                "(right; should stay at 0: see the logs).",
+                units.BytesPerSecondSI,
+                q(
+                    labelled(
+                        "sum by (job, instance, market) "
+                        f"(rate(fastrelay_upstream_received_bytes_total{{{SEL}}}[$__rate_interval]))"
+                    ),
+                    "{{market}} {{role}} {{instance}} bytes/s",
+                ),
+                q(
+                    labelled(
+                        "sum by (job, instance, market) "
+                        f"(rate(fastrelay_upstream_decode_errors_total{{{SEL}}}[$__rate_interval])) * 60"
+                    ),
+                    "{{market}} {{role}} {{instance}} decode errors/min",
+                    "B",
+                ),
             ),
-            q(
-                "sum by (market) "
-                f"(rate(fastrelay_upstream_decode_errors_total{{{SEL}}}[$__rate_interval])) * 60",
-                "{{market}} decode errors/min",
-                "B",
-            ),
-        ).override_by_regexp(
-            ".*decode errors.*",
-            [
-                DynamicConfigValue(id_val="unit", value=units.CountsPerMinute),
-                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-            ],
+            "B",
+            units.CountsPerMinute,
         ),
     ]
 
@@ -271,79 +367,98 @@ def clients() -> list[timeseries.Panel]:
     return [
         graph(
             "Clients by path",
-            "Open client connections by path (/stocks, /options, ..., /api/socket).",
+            "Open client connections by path (/stocks, /options, ..., /api/socket), summed over "
+            "the selected instances.",
             units.Short,
-            q(f"sum by (path) (fastrelay_clients{{{SEL}}})", "{{path}}"),
+            q(f"sum by (path) ({only(f'fastrelay_clients{{{SEL}}}')})", "{{path}}"),
+        ),
+        graph(
+            "Clients per instance",
+            "Open client connections per instance: how the load balancer spreads clients over the "
+            "edges (an ingest has none).",
+            units.Short,
+            q(labelled(f"sum by (job, instance) (fastrelay_clients{{{SEL}}})"), "{{role}} {{instance}}"),
         ),
         graph(
             "Deliveries / s",
-            "Events written to client sockets per second (events x recipients), and the WebSocket "
-            "frames carrying them (several events share a frame within the flush window).",
+            "Events written to client sockets per second over the selected instances (events x "
+            "recipients), and the WebSocket frames carrying them (several events share a frame "
+            "within the flush window).",
             units.EventsPerSecond,
-            q(f"sum(rate(fastrelay_client_events_sent_total{{{SEL}}}[$__rate_interval]))", "events"),
             q(
-                f"sum(rate(fastrelay_client_frames_sent_total{{{SEL}}}[$__rate_interval]))",
+                f"sum({only(f'rate(fastrelay_client_events_sent_total{{{SEL}}}[$__rate_interval])')})",
+                "events",
+            ),
+            q(
+                f"sum({only(f'rate(fastrelay_client_frames_sent_total{{{SEL}}}[$__rate_interval])')})",
                 "frames",
                 "B",
             ),
         ),
         graph(
-            "Client egress",
-            "Bytes written to client sockets per second.",
+            "Client egress per instance",
+            "Bytes written to client sockets per second, per instance (each host's NIC carries its own).",
             units.BytesPerSecondSI,
-            q(f"sum(rate(fastrelay_client_sent_bytes_total{{{SEL}}}[$__rate_interval]))", "sent"),
+            q(
+                labelled(f"rate(fastrelay_client_sent_bytes_total{{{SEL}}}[$__rate_interval])"),
+                "{{role}} {{instance}}",
+            ),
         ),
         graph(
             "Slow-consumer drops / min",
             "Clients closed (1013) for owing more than --max-client-buffer of unsent data, per "
-            "minute. A few are normal (bad mobile links); many at once point at the relay's host "
-            "or network, or at clients subscribing to more than they can read.",
+            "minute and instance. A few are normal (bad mobile links); many at once on one instance "
+            "point at its host or network, or at clients subscribing to more than they can read.",
             units.CountsPerMinute,
             q(
-                f"sum(rate(fastrelay_client_slow_consumer_drops_total{{{SEL}}}[$__rate_interval])) * 60",
-                "drops",
+                labelled(f"rate(fastrelay_client_slow_consumer_drops_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "{{role}} {{instance}}",
             ),
         ),
         graph(
             "Largest client backlog",
-            "Largest unsent backlog of any one client at the last flush; a client is dropped when "
-            "it exceeds --max-client-buffer (4 MiB by default).",
+            "Largest unsent backlog of any one client at the last flush, per instance; a client is "
+            "dropped when it exceeds --max-client-buffer (4 MiB by default).",
             units.BytesIEC,
-            q(f"max(fastrelay_client_max_backlog_bytes{{{SEL}}})", "max backlog"),
+            q(labelled(f"fastrelay_client_max_backlog_bytes{{{SEL}}}"), "{{role}} {{instance}}"),
         ),
         graph(
             "Client connects and disconnects / min",
             "Connections accepted per minute, and connections closed per minute by reason "
-            "(normal, slow_consumer, auth_failed, policy, limit, idle, shutdown, error).",
+            "(normal, slow_consumer, auth_failed, policy, limit, idle, shutdown, error), summed "
+            "over the selected instances.",
             units.CountsPerMinute,
             q(
-                f"sum(rate(fastrelay_client_connections_total{{{SEL}}}[$__rate_interval])) * 60",
+                f"sum({only(f'rate(fastrelay_client_connections_total{{{SEL}}}[$__rate_interval])')}) * 60",
                 "accepted",
             ),
             q(
                 "sum by (reason) "
-                f"(rate(fastrelay_client_disconnections_total{{{SEL}}}[$__rate_interval])) * 60",
+                f"({only(f'rate(fastrelay_client_disconnections_total{{{SEL}}}[$__rate_interval])')}) * 60",
                 "closed: {{reason}}",
                 "B",
             ),
         ),
         graph(
             "Subscriptions and audiences",
-            "Channels subscribed summed over clients, and audiences (groups of clients with the "
-            "same channel set: one frame is built per audience).",
+            "Channels subscribed summed over clients, and audiences (groups of clients of one "
+            "instance with the same channel set: one frame is built per audience), summed over "
+            "the selected instances.",
             units.Short,
-            q(f"sum(fastrelay_client_subscriptions{{{SEL}}})", "subscriptions"),
-            q(f"sum(fastrelay_audiences{{{SEL}}})", "audiences", "B"),
-        ).span(24),
+            q(f"sum({only(f'fastrelay_client_subscriptions{{{SEL}}}')})", "subscriptions"),
+            q(f"sum({only(f'fastrelay_audiences{{{SEL}}}')})", "audiences", "B"),
+        ).span(16),
     ]
 
 
 def performance() -> list[timeseries.Panel]:
     def relay_quantile(quantile: str, ref: str) -> prometheus.Dataquery:
         return q(
-            f"histogram_quantile({quantile}, sum by (instance, le) "
-            f"(rate(fastrelay_relay_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-            f"p{float(quantile) * 100:g} {{{{instance}}}}",
+            labelled(
+                f"histogram_quantile({quantile}, sum by (job, instance, le) "
+                f"(rate(fastrelay_relay_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))"
+            ),
+            f"p{float(quantile) * 100:g} {{{{role}}}} {{{{instance}}}}",
             ref,
         )
 
@@ -351,10 +466,11 @@ def performance() -> list[timeseries.Panel]:
         with_limit(
             graph(
                 "Relay latency p50 / p99 / p99.9",
-                "Upstream frame arrival to the write of its events to client sockets (buckets "
-                "10 us to 1 s), including the --flush-interval coalescing window (5 ms by default). "
-                f"The dashed line is the p99 budget of the FastrelayRelayLatencyHigh alert "
-                f"({RELAY_P99_BUDGET_S * 1000:g} ms).",
+                "Frame arrival (from Massive, or from NATS on an edge) to the write of its events "
+                "to client sockets (buckets 10 us to 1 s), per instance, including the "
+                "--flush-interval coalescing window (5 ms by default). An ingest has no clients "
+                "and no relay latency. The dashed line is the p99 budget of the "
+                f"FastrelayRelayLatencyHigh alert ({RELAY_P99_BUDGET_S * 1000:g} ms).",
                 units.Seconds,
                 relay_quantile("0.5", "A"),
                 relay_quantile("0.99", "B"),
@@ -365,51 +481,228 @@ def performance() -> list[timeseries.Panel]:
         with_limit(
             graph(
                 "CPU (1.0 = one core)",
-                "CPU time of the relay process per second, from process_cpu_seconds_total: 1.0 "
-                "(shown as 100 %) is one core fully busy. The relay runs one event loop, so it "
+                "CPU time of each relay process per second, from process_cpu_seconds_total: 1.0 "
+                "(shown as 100 %) is one core fully busy. Each process runs one event loop, so it "
                 "saturates near one core whatever the machine has; the dashed line is the "
                 "FastrelayCpuSaturated threshold.",
                 units.PercentUnit,
                 q(
-                    f"rate(process_cpu_seconds_total{{{SEL}}}[$__rate_interval])",
-                    "{{instance}}",
+                    labelled(f"rate(process_cpu_seconds_total{{{SEL}}}[$__rate_interval])"),
+                    "{{role}} {{instance}}",
                 ),
             ).axis_soft_max(1),
             CPU_SATURATION,
         ),
         graph(
             "Event loop lag",
-            "How late the event loop runs a 250 ms timer (p99 and p50 over the window): the time "
-            "the loop was busy or blocked. Sustained tens of ms mean the loop is saturated, and "
-            "relay latency rises with it.",
+            "How late each process's event loop runs a 250 ms timer (p99 and p50 over the window): "
+            "the time the loop was busy or blocked. Sustained tens of ms mean the loop is "
+            "saturated, and relay latency (and, on the ingest, NATS lag) rises with it.",
             units.Seconds,
             q(
-                "histogram_quantile(0.99, sum by (instance, le) "
-                f"(rate(fastrelay_event_loop_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-                "p99 {{instance}}",
+                labelled(
+                    "histogram_quantile(0.99, sum by (job, instance, le) "
+                    f"(rate(fastrelay_event_loop_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))"
+                ),
+                "p99 {{role}} {{instance}}",
             ),
             q(
-                "histogram_quantile(0.5, sum by (instance, le) "
-                f"(rate(fastrelay_event_loop_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-                "p50 {{instance}}",
+                labelled(
+                    "histogram_quantile(0.5, sum by (job, instance, le) "
+                    f"(rate(fastrelay_event_loop_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))"
+                ),
+                "p50 {{role}} {{instance}}",
                 "B",
             ),
         ),
         graph(
             "Resident memory (RSS)",
-            "Resident set size of the relay process. Grows with clients (socket buffers, "
+            "Resident set size of each relay process. Grows with clients (socket buffers, "
             "backlogs of slow clients) and with the channels whose last value is kept.",
             units.BytesIEC,
-            q(f"process_resident_memory_bytes{{{SEL}}}", "{{instance}}"),
+            q(labelled(f"process_resident_memory_bytes{{{SEL}}}"), "{{role}} {{instance}}"),
         ).span(12),
         graph(
             "Open file descriptors",
-            "Open file descriptors (about one per client plus one per upstream market) against "
-            "the process limit: at the limit new clients are refused.",
+            "Open file descriptors of each process (about one per client plus one per upstream "
+            "market) against the process limit: at the limit new clients are refused.",
             units.Short,
-            q(f"process_open_fds{{{SEL}}}", "open {{instance}}"),
-            q(f"process_max_fds{{{SEL}}}", "limit {{instance}}", "B"),
+            q(labelled(f"process_open_fds{{{SEL}}}"), "open {{role}} {{instance}}"),
+            q(labelled(f"process_max_fds{{{SEL}}}"), "limit {{role}} {{instance}}", "B"),
         ).span(12),
+    ]
+
+
+def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
+    """The NATS link between the ingest and the edges (empty for single relays)."""
+    return [
+        states(
+            "NATS connection per instance",
+            "fastrelay_nats_connected: green while the instance's NATS connection is up. An "
+            "ingest cut off publishes nothing (every edge's clients get 'feed interrupted'); an "
+            "edge cut off reports its markets down to its clients and /readyz 503. Both "
+            "reconnect by themselves; FastrelayNatsDisconnected after 2 min.",
+            "disconnected",
+            "connected",
+            q(labelled(f"fastrelay_nats_connected{{{SEL}}}"), "{{role}} {{instance}}"),
+        ),
+        states(
+            "Edges hearing the ingest",
+            "fastrelay_edge_ingest_heard per edge: green while the ingest's heartbeat arrived "
+            "within --peer-timeout. Red with NATS connected: the ingest is down or hung, or it "
+            "uses another NATS cluster or --nats-prefix (FastrelayEdgeIngestNotHeard).",
+            "ingest not heard",
+            "hears the ingest",
+            q(labelled(f"fastrelay_edge_ingest_heard{{{SEL}}}"), "{{instance}}"),
+        ),
+        graph(
+            "NATS drops, bad messages and disconnects / min",
+            "Per minute and instance: data the ingest did not publish (NATS down, a failed "
+            "publish: edges' clients miss those events; FastrelayNatsPublishDrops), NATS "
+            "messages that did not decode and were skipped (mixed versions or a foreign "
+            "publisher on the prefix; FastrelayNatsBadMessages), and NATS connections lost. All "
+            "should stay at 0.",
+            units.CountsPerMinute,
+            q(
+                labelled(f"rate(fastrelay_nats_publish_dropped_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "publish drops {{instance}}",
+            ),
+            q(
+                labelled(f"rate(fastrelay_nats_bad_messages_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "bad messages {{role}} {{instance}}",
+                "B",
+            ),
+            q(
+                labelled(f"rate(fastrelay_nats_disconnects_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "disconnects {{role}} {{instance}}",
+                "C",
+            ),
+        ),
+        right_axis(
+            graph(
+                "NATS publish (ingest)",
+                "Data messages (left) and bytes (right) the ingest publishes to NATS per second: "
+                "everything it receives from Massive for the channels some edge wants, one message "
+                "per frame and event type (--nats-granularity batch) or per event (event).",
+                units.MessagesPerSecond,
+                q(
+                    labelled(f"rate(fastrelay_nats_published_messages_total{{{SEL}}}[$__rate_interval])"),
+                    "{{instance}} msgs/s",
+                ),
+                q(
+                    labelled(f"rate(fastrelay_nats_published_bytes_total{{{SEL}}}[$__rate_interval])"),
+                    "{{instance}} bytes/s",
+                    "B",
+                ),
+            ),
+            "B",
+            units.BytesPerSecondSI,
+        ),
+        right_axis(
+            graph(
+                "NATS receive per edge",
+                "Data messages (left) and bytes (right) each edge receives from NATS per second: "
+                "only the subjects its clients' channels need, so an edge receives at most what "
+                "the ingest publishes. An edge at 0 while its clients are subscribed and the "
+                "ingest publishes: see Edges heard by the ingest.",
+                units.MessagesPerSecond,
+                q(
+                    labelled(f"rate(fastrelay_nats_received_messages_total{{{SEL}}}[$__rate_interval])"),
+                    "{{instance}} msgs/s",
+                ),
+                q(
+                    labelled(f"rate(fastrelay_nats_received_bytes_total{{{SEL}}}[$__rate_interval])"),
+                    "{{instance}} bytes/s",
+                    "B",
+                ),
+            ),
+            "B",
+            units.BytesPerSecondSI,
+        ),
+        with_limit(
+            graph(
+                "Ingest-to-edge lag p50 / p99 per edge",
+                "Time from the ingest's publish to the edge's receipt of a data message (wall "
+                "clocks of two hosts: includes their clock skew, keep them NTP-synced). Adds to "
+                "the edge's relay latency for its clients. The dashed line is the p99 budget of the "
+                f"FastrelayNatsLagHigh alert ({NATS_LAG_P99_BUDGET_S * 1000:g} ms).",
+                units.Seconds,
+                q(
+                    labelled(
+                        "histogram_quantile(0.5, sum by (job, instance, le) "
+                        f"(rate(fastrelay_nats_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))"
+                    ),
+                    "p50 {{instance}}",
+                ),
+                q(
+                    labelled(
+                        "histogram_quantile(0.99, sum by (job, instance, le) "
+                        f"(rate(fastrelay_nats_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))"
+                    ),
+                    "p99 {{instance}}",
+                    "B",
+                ),
+            ),
+            NATS_LAG_P99_BUDGET_S,
+        ),
+        graph(
+            "Edges heard by the ingest",
+            "fastrelay_ingest_edges: the edges whose interest heartbeat the ingest heard within "
+            "--peer-timeout, against the edges Prometheus scrapes that are connected to NATS, and "
+            "those hearing the ingest. The three lines should coincide; the ingest hearing fewer "
+            "edges (FastrelayIngestMissingEdges) means some edges' channels are not subscribed "
+            "at Massive: another --nats-prefix or NATS cluster, or two edges with one "
+            "--instance-name.",
+            units.Short,
+            q(labelled(f"fastrelay_ingest_edges{{{SEL}}}"), "heard by ingest {{instance}}"),
+            q(
+                "count("
+                + only(
+                    f"fastrelay_edge_ingest_heard{{{SEL}}} "
+                    f"and on (job, instance) fastrelay_nats_connected{{{SEL}}} == 1"
+                )
+                + ") or vector(0)",
+                "edges on NATS",
+                "B",
+            ),
+            q(
+                f"sum({only(f'fastrelay_edge_ingest_heard{{{SEL}}}')}) or vector(0)",
+                "edges hearing the ingest",
+                "C",
+            ),
+        ),
+        graph(
+            "Edge expiries and refused channels / min",
+            "Per minute at the ingest: edges dropped after --peer-timeout without a goodbye (an "
+            "edge crashed, hung or was cut off from NATS; the channels only it wanted are "
+            "released at Massive), and edge channels the ingest refused (bad names, markets it "
+            "does not serve, the options contract cap; see the ingest's log).",
+            units.CountsPerMinute,
+            q(
+                labelled(f"rate(fastrelay_ingest_edges_expired_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "edges expired {{instance}}",
+            ),
+            q(
+                labelled(f"rate(fastrelay_ingest_refused_channels_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "refused channels {{instance}}",
+                "B",
+            ),
+        ),
+        graph(
+            "Last-value fills / min by result",
+            "A new subscriber of an exact state channel (e.g. Q.AAPL) that the edge has no last "
+            "value for makes the edge ask the ingest, summed over the selected edges: requested "
+            "and failed count requests (one per market covering every channel asked meanwhile; "
+            "failed: timeout or no answer, the subscriber just waits for the next live event), "
+            "delivered counts last values written to subscribers (one per subscriber and "
+            "channel; none when a live event came first or the ingest had no value either).",
+            units.CountsPerMinute,
+            q(
+                "sum by (result) "
+                f"({only(f'rate(fastrelay_edge_last_value_fills_total{{{SEL}}}[$__rate_interval])')}) * 60",
+                "{{result}}",
+            ),
+        ),
     ]
 
 
@@ -419,7 +712,8 @@ def build() -> dash.Dashboard:
         .uid(UID)
         .description(
             "fastrelay, the Massive.com market-data relay: upstream connections per market, clients, "
-            "deliveries, latency and the process. Generated by grafana/build_dashboard.py."
+            "deliveries, latency and the process, for single relays and for scale-out deployments "
+            "(one ingest and its edges over NATS). Generated by grafana/build_dashboard.py."
         )
         .tags(["fastrelay", "massive", "generated"])
         .refresh("30s")
@@ -435,18 +729,33 @@ def build() -> dash.Dashboard:
         .with_variable(
             dash.QueryVariable("job")
             .label("Job")
-            .description("The Prometheus job scraping fastrelay.")
+            .description("The Prometheus job scraping fastrelay (one deployment per job).")
             .datasource(DATASOURCE)
             .query("label_values(fastrelay_build_info, job)")
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.ALPHABETICAL_ASC)
         )
         .with_variable(
+            dash.QueryVariable("role")
+            .label("Role")
+            .description(
+                "single (one process), ingest (Massive to NATS) or edge (NATS to clients), from "
+                "fastrelay_build_info."
+            )
+            .datasource(DATASOURCE)
+            .query('label_values(fastrelay_build_info{job="$job"}, role)')
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .with_variable(
             dash.QueryVariable("instance")
             .label("Instance")
-            .description("One or more relay processes (host:port of their /metrics).")
+            .description("One or more relay processes of the selected roles (host:port of their /metrics).")
             .datasource(DATASOURCE)
-            .query('label_values(fastrelay_build_info{job="$job"}, instance)')
+            .query('label_values(fastrelay_build_info{job="$job", role=~"$role"}, instance)')
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.ALPHABETICAL_ASC)
             .multi(True)
@@ -454,18 +763,17 @@ def build() -> dash.Dashboard:
             .all_value(".*")
         )
     )
-    builder = builder.with_row(dash.Row("Overview"))
-    for panel in overview():
-        builder = builder.with_panel(panel)
-    builder = builder.with_row(dash.Row("Upstream (Massive)"))
-    for up_panel in upstream():
-        builder = builder.with_panel(up_panel)
-    builder = builder.with_row(dash.Row("Clients"))
-    for client_panel in clients():
-        builder = builder.with_panel(client_panel)
-    builder = builder.with_row(dash.Row("Relay and process"))
-    for perf_panel in performance():
-        builder = builder.with_panel(perf_panel)
+    sections: list[tuple[str, list[Any]]] = [
+        ("Overview", overview()),
+        ("Upstream (Massive; on an edge, its feed from the ingest)", upstream()),
+        ("Clients", clients()),
+        ("Relay and process", performance()),
+        (SCALEOUT_ROW, scaleout()),
+    ]
+    for title, section in sections:
+        builder = builder.with_row(dash.Row(title))
+        for panel in section:
+            builder = builder.with_panel(panel)
     return builder
 
 
