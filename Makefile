@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
 NODE_STAMP := tests/js/node_modules/.installed
 # Debian packages the tests need: prometheus and promtool (tests/test_observability.py),
-# nats-server (tests/test_scaleout.py).
+# nats-server (tests/test_scaleout*.py).
 DEB_STAMP := $(VENV)/.debian-packages
 # Debian packages of the browser tests: nginx and chromium (tests/test_nginx.py, tests/test_browser.py).
 WEB_STAMP := $(VENV)/.debian-nginx-chromium

@@ -692,8 +692,8 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
             "Last-value fills / min by result",
             "A new subscriber of an exact state channel (e.g. Q.AAPL) that the edge has no last "
             "value for makes the edge ask the ingest, summed over the selected edges: requested "
-            "and failed count requests (one per market covering every channel asked meanwhile; "
-            "failed: timeout or no answer, the subscriber just waits for the next live event), "
+            "and failed count channels (failed: timeout or no answer, the subscriber just waits "
+            "for the next live event), "
             "delivered counts last values written to subscribers (one per subscriber and "
             "channel; none when a live event came first or the ingest had no value either).",
             units.CountsPerMinute,

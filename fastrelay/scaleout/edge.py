@@ -90,6 +90,7 @@ class Edge:
         self.link = NatsLink(
             config.nats, f"fastrelay-edge-{config.instance_name}", self._link_up, self._link_down
         )
+        self.link.listen(self.subjects.ingest, self._on_ingest)
         self.lag = Histogram(LAG_BOUNDS)
         # What the ingest last said (None: not heard since start or since NATS came back).
         self.ingest: str | None = None
@@ -147,8 +148,7 @@ class Edge:
         return None
 
     async def _link_up(self) -> None:
-        await self.link.subscribe(self.subjects.ingest, self._on_ingest)
-        # nats-py resubscribes the data subjects itself after a reconnect.
+        # nats-py resubscribes the data subjects itself after a reconnection.
         self._publish_interest()
 
     def _link_down(self) -> None:
@@ -163,7 +163,20 @@ class Edge:
             self.link.stats.bad_messages += 1
             self._throttle.log(logging.WARNING, "skipped an ingest state: %s", exc)
             return
-        self._ingest_heard = time.monotonic()
+        now = time.monotonic()
+        said_goodbye = all(v == messages.STOPPED for v in self.ingest_markets.values())
+        recently = now - self._ingest_heard < 2 * self.config.heartbeat_interval
+        if self.ingest is not None and state.ingest != self.ingest and recently and not said_goodbye:
+            # Two ingests on one prefix: with one key Massive evicts one of them, and
+            # each publishes what it gets: clients would see every event twice.
+            self._throttle.log(
+                logging.ERROR,
+                "two ingests on %s.*: %s and %s",
+                self.subjects.prefix,
+                self.ingest,
+                state.ingest,
+            )
+        self._ingest_heard = now
         if state.ingest != self.ingest:
             log.info("ingest %s heard (granularity %s)", state.ingest, state.granularity)
             self.ingest = state.ingest
@@ -245,8 +258,7 @@ class Edge:
         return messages.encode(messages.EdgeInterest(self.config.instance_name, channels, self._seq))
 
     def _publish_interest(self) -> None:
-        client = self.link.client
-        if client is None or not self.link.connected:
+        if not self.link.connected:
             return
         message = self._interest_message()
         if len(message) > self.link.max_payload:
@@ -258,7 +270,7 @@ class Edge:
                 self.link.max_payload,
             )
             return
-        self._spawn(client.publish(self.subjects.interest, message))
+        self.link.publish_soon(self.subjects.interest, message)
 
     # --- data in --------------------------------------------------------------------------
     async def _on_data(self, msg: Any) -> None:
@@ -323,7 +335,7 @@ class Edge:
                 self._spawn(self._fill(market, ordered[start : start + FILL_CHUNK]))
 
     async def _fill(self, market: str, names: list[str]) -> None:
-        self.fills_requested += 1
+        self.fills_requested += len(names)
         reply: messages.SnapshotReply | None = None
         client = self.link.client
         try:
@@ -333,7 +345,7 @@ class Edge:
             answer = await client.request(self.subjects.snapshot, messages.encode(request), timeout=2.0)
             reply = messages.decode_reply(answer.data)
         except Exception as exc:
-            self.fills_failed += 1
+            self.fills_failed += len(names)
             self._throttle.log(
                 logging.INFO, "no last values from the ingest for %s: %s", market, type(exc).__name__
             )

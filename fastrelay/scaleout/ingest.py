@@ -31,8 +31,6 @@ from fastrelay.scaleout.subjects import BATCH, Subjects, seal
 
 log = logging.getLogger("fastrelay.ingest")
 
-STOPPING = "ingest_stopped"
-
 
 class Ingest:
     """Attaches to a ``Relay`` as its tap and publishes it over NATS."""
@@ -52,6 +50,8 @@ class Ingest:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._throttle = LogThrottle(log, interval=10.0)
         self.refused = 0  # edge channels not taken: bad names, unserved markets, the contract cap
+        self.link.listen(self.subjects.interest, self._on_interest)
+        self.link.listen(self.subjects.snapshot, self._on_snapshot)
         relay.tap = self
         relay.readiness_checks.insert(0, self._not_ready)
 
@@ -82,8 +82,6 @@ class Ingest:
     async def _link_up(self) -> None:
         # Silence while we were cut off says nothing about the edges.
         self.registry.grace(time.monotonic())
-        await self.link.subscribe(self.subjects.interest, self._on_interest)
-        await self.link.subscribe(self.subjects.snapshot, self._on_snapshot)
         self._publish_state()
 
     def _link_down(self) -> None:
@@ -158,13 +156,12 @@ class Ingest:
                 self._apply(diff)
 
     def _publish_state(self) -> None:
-        if self.link.connected:
-            self._control(self.subjects.ingest, self._state())
+        self.link.publish_soon(self.subjects.ingest, self._state())
 
     def _state(self, stopping: bool = False) -> bytes:
         """Each market "live", or why not (edges pass the reason on to their clients)."""
         markets = {
-            m: STOPPING
+            m: messages.STOPPED
             if stopping
             else messages.LIVE
             if feed.live
@@ -172,11 +169,6 @@ class Ingest:
             for m, feed in self.relay.upstreams.items()
         }
         return messages.encode(messages.IngestState(self.config.instance_name, self.granularity, markets))
-
-    def _control(self, subject: str, data: bytes) -> None:
-        client = self.link.client
-        if client is not None:
-            asyncio.get_running_loop().create_task(client.publish(subject, data))
 
     async def _on_interest(self, msg: Any) -> None:
         try:

@@ -68,6 +68,14 @@ class NatsLink:
         self._task: asyncio.Task[None] | None = None
         self._throttle = LogThrottle(log, interval=10.0)
         self.up = False
+        # Subscriptions for the whole life of the role, made once: nats-py
+        # renews them itself after a reconnection.
+        self._standing: list[tuple[str, Callable[[Any], Awaitable[None]]]] = []
+        self._publishing: set[asyncio.Task[None]] = set()
+
+    def listen(self, subject: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        """Subscribe ``handler`` to ``subject`` once connected (call before ``start``)."""
+        self._standing.append((subject, handler))
 
     @property
     def shown(self) -> str:
@@ -110,6 +118,8 @@ class NatsLink:
                 await asyncio.sleep(delay)
                 continue
             log.info("NATS %s connected as %s", self.shown, self.name)
+            for subject, handler in self._standing:
+                await self.client.subscribe(subject, cb=handler)
             await self._up()
             return
 
@@ -148,11 +158,28 @@ class NatsLink:
         """The largest message the server takes (its INFO; 1 MiB by default)."""
         return self.client.max_payload if self.client is not None else 1024 * 1024
 
+    def publish_soon(self, subject: str, data: bytes) -> None:
+        """Publish a control message from synchronous code; nothing while disconnected
+        (control messages are state, re-sent on every heartbeat)."""
+        client = self.client
+        if client is None or not self.connected:
+            return
+        task = asyncio.get_running_loop().create_task(client.publish(subject, data))
+        self._publishing.add(task)  # a task nobody references may be collected mid-flight
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._throttle.log(logging.WARNING, "NATS publish failed: %s", type(task.exception()).__name__)
+
     async def subscribe(self, subject: str, handler: Callable[[Any], Awaitable[None]]) -> Any:
         assert self.client is not None
         return await self.client.subscribe(subject, cb=handler)
 
     async def stop(self) -> None:
+        for task in list(self._publishing):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

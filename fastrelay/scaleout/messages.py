@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 
 LIVE: Final = "live"
+STOPPED: Final = "ingest_stopped"  # every market's state in an ingest's goodbye
 
 
 class EdgeInterest(msgspec.Struct, forbid_unknown_fields=False):

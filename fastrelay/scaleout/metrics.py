@@ -64,6 +64,14 @@ class ScaleoutCollector(Collector):
         yield GaugeMetricFamily(
             "fastrelay_ingest_edges", "Edges heard within --peer-timeout.", value=len(ingest.registry)
         )
+        per_edge = GaugeMetricFamily(
+            "fastrelay_ingest_edge_channels",
+            "Channels each edge heard within --peer-timeout wants (label: its --instance-name).",
+            labels=["edge"],
+        )
+        for name, count in sorted(ingest.registry.channel_counts().items()):
+            per_edge.add_metric([name], count)
+        yield per_edge
         yield CounterMetricFamily(
             "fastrelay_ingest_edges_expired",
             "Edges dropped after --peer-timeout of silence (their channels released).",
@@ -92,7 +100,8 @@ class ScaleoutCollector(Collector):
         yield lag
         fills = CounterMetricFamily(
             "fastrelay_edge_last_value_fills",
-            "Last values fetched from the ingest for new subscribers, by result.",
+            "Last-value fetches from the ingest: channels requested, channels whose request failed, "
+            "values delivered to subscribers.",
             labels=["result"],
         )
         fills.add_metric(["requested"], edge.fills_requested)

@@ -48,6 +48,10 @@ class EdgeRegistry:
     def __contains__(self, edge: str) -> bool:
         return edge in self._edges
 
+    def channel_counts(self) -> dict[str, int]:
+        """Channels each live edge wants, by edge name (for metrics)."""
+        return {edge: len(known.channels) for edge, known in self._edges.items()}
+
     def wants(self, edge: str) -> frozenset[Change]:
         found = self._edges.get(edge)
         return frozenset(found.channels) if found else frozenset()
