@@ -3,13 +3,16 @@
 Run by ``bench.run``, one process per share of the clients, and driven over
 stdin/stdout with one JSON object per line:
 
-    stdin   {"url": ..., "clients": [["T.*", "probe"], ["T.*", "count"], ...], ...}   (the spec)
+    stdin   {"url": ..., "clients": [["T.*", "probe"], ["T.*", "count", url], ...], ...}   (the spec)
     stdout  {"type": "ready", ...}                        (all subscribed, or given up)
     stdin   {"cmd": "window", "start_ns": ..., "end_ns": ...}   (a measured window)
     stdin   {"cmd": "mark", "ns": ...}                     (optional, inside a window: an upstream drop)
     stdout  {"type": "result", ...}                       (after end_ns + grace)
     ...     more windows (a rising-rate ladder runs several on one set of connections)
     stdin   {"cmd": "stop"} or end of file                 (the parent is done, or gone)
+
+A client's optional third field is its own URL (the scale-out's clients are
+split over its edges); without it the client connects to ``url``.
 
 The window is defined on the simulator's clock stamp ``sim_ns`` (the send time
 of each event), not on arrival: an event belongs to the window when it was
@@ -391,7 +394,7 @@ async def _connect_all(
     gate = asyncio.Semaphore(concurrency)
     connect_errors: list[str] = []
 
-    async def open_one(params: str, mode: str) -> None:
+    async def open_one(params: str, mode: str, url: str) -> None:
         client = LoadClient(process, params, mode, settled)
         process.clients.append(client)
         async with gate:
@@ -411,7 +414,7 @@ async def _connect_all(
                 settled()
 
     started_ns = time.time_ns()
-    tasks = [loop.create_task(open_one(params, mode)) for params, mode in clients]
+    tasks = [loop.create_task(open_one(c[0], c[1], c[2] if len(c) > 2 else url)) for c in clients]
     with contextlib.suppress(TimeoutError):  # report who did not make it, rather than fail
         await asyncio.wait_for(all_settled.wait(), settle_timeout)
     for task in tasks:

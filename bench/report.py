@@ -16,8 +16,11 @@ from typing import Any
 
 import orjson
 
-SCENARIO_ORDER = ("firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect")
-SERVER_ORDER = ("fastrelay", "websockets", "node-ws", "ceiling")
+SCENARIO_ORDER = (
+    "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect",
+    "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
+)  # fmt: skip
+SERVER_ORDER = ("fastrelay", "scaleout", "websockets", "node-ws", "ceiling")
 FASTRELAY = "fastrelay"  # the relay with its default settings: what the targets are about
 PEERS = ("websockets", "node-ws")
 
@@ -73,10 +76,14 @@ def _render_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
     return "\n".join(lines)
 
 
+def _scenario_width(summaries: list[dict[str, Any]]) -> int:
+    return max([9, *(len(s["scenario"]) for s in summaries)])
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
     """The main table: one line per scenario, rate step and server."""
     columns: list[Column] = [
-        ("scenario", 9, lambda s: s["scenario"]),
+        ("scenario", _scenario_width(summaries), lambda s: s["scenario"]),
         ("T ev/s", 6, lambda s: s["step"]),
         ("server", 15, lambda s: s["server"] + ("*" if s.get("saturated") else "")),
         ("sim ev/s", 8, lambda s: _fmt(s["upstream_events_per_s"], ",.0f")),
@@ -113,7 +120,9 @@ clients; latency: now - sim_ns per event (one clock), from the probe clients; ga
 per-channel q, all repeats; cpu: the server's utime+stime in the window, share of one core; us/ev: that
 CPU per delivered event; KiB/conn: (RSS - RSS before clients) / clients; load, sim: CPU of the load
 generators and the simulator; others: CPU of every other process on the machine (shared: compare runs
-only when it is low); drops: disconnects + slow_consumer statuses + slow clients dropped, all repeats."""
+only when it is low); drops: disconnects + slow_consumer statuses + slow clients dropped, all repeats.
+scaleout[@event]: nats-server + 1 ingest + 2 edges (NATS granularity batch or event), the clients split
+over the edges; its cpu, us/ev and RSS are the sums over its four processes (per process below)."""
 
 
 def _by(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
@@ -126,10 +135,10 @@ def _by(summaries: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict
 
 def ratios(summaries: list[dict[str, Any]]) -> str:
     """Every other server against fastrelay (default settings) on the same scenario and step."""
-    lines = [
-        "scenario   T ev/s  server           us/ev x  deliv %   p99 x  KiB/conn x  handshakes/s x",
-        "-" * 86,
-    ]
+    width = _scenario_width(summaries)
+    columns = "T ev/s  server           us/ev x  deliv %   p99 x  KiB/conn x  handshakes/s x"
+    header = f"{'scenario':<{width}}  {columns}"
+    lines = [header, "-" * len(header)]
     groups = _by(ordered(summaries))
     for (scenario, step), servers in groups.items():
         base = servers.get(FASTRELAY)
@@ -142,7 +151,7 @@ def ratios(summaries: list[dict[str, Any]]) -> str:
                 _ratio(other["handshakes_per_s"], base["handshakes_per_s"]) if scenario == "idle" else "-"
             )
             lines.append(
-                f"{scenario:<9}  {step:>6}  {name + ('*' if other.get('saturated') else ''):<15}  "
+                f"{scenario:<{width}}  {step:>6}  {name + ('*' if other.get('saturated') else ''):<15}  "
                 f"{_ratio(other['server_us_per_event'], base['server_us_per_event']):>7}  "
                 f"{_fmt(100 * other['delivery_ratio'], '.2f'):>7}  "
                 f"{_ratio(other['latency_ms']['p99'], base['latency_ms']['p99']):>6}  "
@@ -162,6 +171,70 @@ def _ratio(value: float, base: float) -> str:
     if not base or base != base or value != value:
         return "-"
     return f"{value / base:.2f}"
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None or value != value else _pct(value)
+
+
+def scaleout(summaries: list[dict[str, Any]]) -> str:
+    """The scale-out beside the single process: each process's CPU, the NATS traffic, costs per unit.
+
+    Every (scenario, step) that has a scale-out server, with every server run on it.
+    """
+    groups = _by(ordered(summaries))
+    chosen = [
+        s
+        for servers in groups.values()
+        if any(x.get("server_kind") == "scaleout" for x in servers.values())
+        for s in servers.values()
+    ]
+    if not chosen:
+        return ""
+    width = _scenario_width(chosen)
+    head = f"{'scenario':<{width}}  T ev/s  server          "
+    header = (
+        f"{head}  deliv %  p50 ms  p99 ms  ingest  edge1  edge2  nats   total  us/ev  "
+        "NATS in/s   out/s  out MB/s  lag ms"
+    )
+    lines = [header, "-" * len(header)]
+    for s in chosen:
+        parts = s.get("parts_cpu") or {}
+        single = s.get("server_kind") != "scaleout"
+        cells = [_cores(None if single else parts.get(k)) for k in ("ingest", "edge1", "edge2", "nats")]
+        name = s["server"] + ("*" if s.get("saturated") else "")
+        lines.append(
+            f"{s['scenario']:<{width}}  {s['step']:>6}  {name:<16}  "
+            f"{_fmt(100 * s['delivery_ratio'], '.2f'):>7}  {_fmt(s['latency_ms']['p50'], '.2f'):>6}  "
+            f"{_fmt(s['latency_ms']['p99'], '.2f'):>6}  {cells[0]:>6}  {cells[1]:>5}  {cells[2]:>5}  "
+            f"{cells[3]:>4}  {_cores(s['server_cpu']):>6}  {_fmt(s['server_us_per_event'], '.2f'):>5}  "
+            f"{_fmt(s.get('nats_in_msgs_per_s'), ',.0f'):>9}  "
+            f"{_fmt(s.get('nats_out_msgs_per_s'), ',.0f'):>6}  "
+            f"{_fmt(s.get('nats_out_bytes_per_s', float('nan')) / 1e6, '.2f'):>8}  "
+            f"{_fmt(s.get('nats_lag_ms_mean'), '.2f'):>6}"
+        )
+    lines += [
+        "",
+        f"{head}  deliv/s per edge core  ingest us/upstream ev  nats us/msg  nats ns/out byte",
+        "-" * len(header),
+    ]
+    for s in chosen:
+        if s.get("server_kind") != "scaleout":
+            continue
+        lines.append(
+            f"{s['scenario']:<{width}}  {s['step']:>6}  {s['server']:<16}  "
+            f"{_fmt(s.get('edge_deliveries_per_core_s'), ',.0f'):>21}  "
+            f"{_fmt(s.get('ingest_us_per_upstream_event'), '.1f'):>21}  "
+            f"{_fmt(s.get('nats_us_per_msg'), '.2f'):>11}  {_fmt(s.get('nats_ns_per_out_byte'), '.2f'):>16}"
+        )
+    return (
+        "Scale-out (nats-server + 1 ingest + 2 edges) beside the single process: CPU per process (share\n"
+        "of a core), total and per delivered event; NATS msgs/s in (published) and out (delivered to the\n"
+        "edges), from nats-server's /varz over the window; lag: ingest publish -> edge receipt, mean\n"
+        "(edges' /metrics).\n"
+        "Below: client deliveries/s per core of edge CPU (both edges), ingest CPU per upstream event,\n"
+        "nats-server CPU per message (in + out) and per byte it delivered.\n" + "\n".join(lines)
+    )
 
 
 def details(summaries: list[dict[str, Any]]) -> str:
@@ -423,7 +496,13 @@ def render(result: dict[str, Any], output: Path | str) -> str:
         "",
         LEGEND,
     ]
-    for block in (ratios(summaries), details(summaries), targets_block(result.get("targets", []))):
+    blocks = (
+        ratios(summaries),
+        scaleout(summaries),
+        details(summaries),
+        targets_block(result.get("targets", [])),
+    )
+    for block in blocks:
         if block:
             out += ["", block]
     found = [n for n in (notes(s) for s in ordered(summaries)) if n]

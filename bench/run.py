@@ -15,6 +15,11 @@ and the offered load cover the same interval. The delivery ratio is taken
 against the clients' own per-channel sequence numbers (``q``), which are exact
 where the HTTP-sampled simulator counters are only good to a few events.
 
+The scale-out servers (``scaleout``, ``scaleout@event``) are four processes:
+a nats-server, ``fastrelay ingest`` on the simulator and two ``fastrelay edge``
+the clients are split over; CPU, memory and logs are taken per process and
+summed, and nats-server's /varz counts the NATS traffic of the window.
+
 Usage: ``python -m bench.run [--scenarios firehose,sparse] [--servers fastrelay,node] [--quick]``.
 """
 
@@ -44,6 +49,7 @@ from bench.procs import Child
 from bench.scenarios import (
     COMPANIONS,
     DEFAULT_SCENARIOS,
+    GROUPS,
     SCENARIOS,
     Config,
     Scenario,
@@ -96,6 +102,11 @@ def node_available() -> str | None:
     return None
 
 
+def nats_server() -> str | None:
+    """The nats-server binary (Debian's package installs it in /usr/sbin), or None."""
+    return shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
+
+
 def server_argv(server: Server, port: int, sim_port: int) -> list[str]:
     upstream = f"ws://127.0.0.1:{sim_port}"
     if server.kind == "fastrelay":
@@ -117,23 +128,78 @@ def server_argv(server: Server, port: int, sim_port: int) -> list[str]:
     raise ValueError(server.kind)
 
 
-def server_counters(server: Server, port: int) -> dict[str, float]:
-    """Slow-consumer drops as the server counts them (fastrelay: /metrics; peers: /stats)."""
-    if server.kind == "fastrelay":
+# fastrelay's /metrics samples the bench reads (summed over the scale-out's processes).
+_FASTRELAY_METRICS = {
+    "fastrelay_client_slow_consumer_drops_total": "slow_consumer_drops",
+    "fastrelay_nats_published_messages_total": "nats_published",
+    "fastrelay_nats_published_bytes_total": "nats_published_bytes",
+    "fastrelay_nats_publish_dropped_total": "nats_publish_dropped",
+    "fastrelay_nats_received_messages_total": "nats_received",
+    "fastrelay_nats_received_bytes_total": "nats_received_bytes",
+    "fastrelay_nats_bad_messages_total": "nats_bad_messages",
+    "fastrelay_nats_lag_seconds_sum": "nats_lag_sum",
+    "fastrelay_nats_lag_seconds_count": "nats_lag_count",
+}
+_METRIC_LINE = re.compile(rb"^([a-z_]+)(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+def server_counters(deployment: Deployment) -> dict[str, float]:
+    """Counters as the server keeps them: slow-consumer drops (fastrelay: /metrics; peers: /stats),
+    and for the scale-out its NATS counters, summed over its processes.
+
+    fastrelay renders /metrics once a second: totals over a run, not rates.
+    """
+    if not deployment.fastrelay:
+        stats = procs.http_json(f"http://127.0.0.1:{deployment.ports[0]}/stats") or {}
+        return {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
+    found: dict[str, float] = {}
+    for port in deployment.http_ports.values():
         status, body = procs.http_get(f"http://127.0.0.1:{port}/metrics")
         if status != 200:
-            return {}
-        text = body.decode(errors="replace")
-        found = re.search(r"^fastrelay_client_slow_consumer_drops_total (\S+)$", text, re.MULTILINE)
-        return {"slow_consumer_drops": float(found.group(1))} if found else {}
-    stats = procs.http_json(f"http://127.0.0.1:{port}/stats") or {}
-    return {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
+            continue
+        for name, value in _METRIC_LINE.findall(body):
+            key = _FASTRELAY_METRICS.get(name.decode())
+            if key is not None:
+                found[key] = found.get(key, 0.0) + float(value)
+    return found
+
+
+def nats_varz(url: str | None) -> dict[str, int]:
+    """nats-server's message and byte counters (in: published to it, out: delivered by it)."""
+    if url is None:
+        return {}
+    varz = procs.http_json(f"{url}/varz") or {}
+    return {k: int(varz[k]) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes") if k in varz}
+
+
+@dataclass
+class Deployment:
+    """The server under test as processes: one (fastrelay, a peer), or the scale-out's four."""
+
+    parts: dict[str, Child]  # name -> process (CPU, memory, logs are taken per part)
+    ports: list[int]  # the listeners the clients are split over (the scale-out's edges)
+    http_ports: dict[str, int]  # part -> port of its /metrics (fastrelay's processes)
+    primary: Child  # the process --profile records
+    fastrelay: bool  # fastrelay's processes (/metrics), not a peer (/stats)
+    nats_monitor: str | None = None  # nats-server's monitoring URL
+
+    @property
+    def running(self) -> bool:
+        return all(child.running for child in self.parts.values())
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM summed over the parts, KiB."""
+        total: dict[str, int] = {}
+        for child in self.parts.values():
+            for key, value in procs.memory_kib(child.pid).items():
+                total[key] = total.get(key, 0) + value
+        return total
 
 
 class Sample:
     """CPU, memory and simulator counters at one instant."""
 
-    def __init__(self, server: Child, sim: Child, clients: list[Child], sim_url: str) -> None:
+    def __init__(self, server: Deployment, sim: Child, clients: list[Child], sim_url: str) -> None:
         self.wall = time.monotonic()
         # The simulator's counters first, nearest the window boundary: the
         # scan of /proc below takes milliseconds.
@@ -145,12 +211,15 @@ class Sample:
         self.sim_events = int(market.get("events_sent", 0))
         self.sim_frames = int(market.get("frames_sent", 0))
         self.sim_ok = bool(market)
-        self.server_cpu = procs.cpu_seconds(server.pid)
+        self.nats = nats_varz(server.nats_monitor)
+        self.part_cpu = {name: procs.cpu_seconds(child.pid) for name, child in server.parts.items()}
+        self.server_cpu = sum(self.part_cpu.values())
         self.sim_cpu = procs.cpu_seconds(sim.pid)
         self.client_cpu = sum(procs.cpu_seconds(c.pid) for c in clients)
         self.everyone = procs.all_cpu_seconds()
         self.machine_busy, self.machine_interrupts = procs.machine_cpu()
-        self.server_memory = procs.memory_kib(server.pid)
+        self.server_memory = server.memory()
+        self.part_memory = {name: procs.memory_kib(c.pid).get("VmRSS", 0) for name, c in server.parts.items()}
 
 
 def _others(first: Sample, last: Sample, ours: set[int]) -> tuple[float, list[str]]:
@@ -245,15 +314,71 @@ class Run:
         try:
             return await self._execute()
         finally:
-            await procs.stop_all(self.children)
+            # nats-server last: the scale-out's edges say goodbye to the ingest on the way out.
+            last = [c for c in self.children if c.name == "nats"]
+            await procs.stop_all([c for c in self.children if c not in last])
+            await procs.stop_all(last)
+
+    async def _start_server(self, server_spec: Server, sim_port: int, ports: list[int]) -> Deployment:
+        """The server under test, ready (``/readyz`` 200 on every process that has one)."""
+        if server_spec.kind != "scaleout":
+            port = ports.pop()
+            child = await self._spawn("server", server_argv(server_spec, port, sim_port), server=True)
+            await procs.wait_http_ok(f"http://127.0.0.1:{port}/readyz", child, timeout=20)
+            fastrelay = server_spec.kind == "fastrelay"
+            return Deployment(
+                {"server": child}, [port], {"server": port} if fastrelay else {}, child, fastrelay
+            )
+        # The scale-out: nats-server, then the ingest and the edges (all at once: their
+        # imports overlap), ready when the ingest is (upstream authenticated, NATS connected)
+        # and every edge is (NATS connected, the ingest heard, the market live).
+        binary = nats_server()
+        if binary is None:
+            raise RuntimeError("nats-server is not installed")
+        nats_port, monitor_port, ingest_port = ports.pop(), ports.pop(), ports.pop()
+        edge_ports = [ports.pop() for _ in range(server_spec.edges)]
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        monitor = f"http://127.0.0.1:{monitor_port}"
+        nats = await self._spawn(
+            "nats", [binary, "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(monitor_port)], server=True
+        )
+        await procs.wait_http_ok(f"{monitor}/healthz", nats, timeout=15)
+        common = ["--nats", nats_url, "--markets", MARKET]
+        if server_spec.flush is not None:
+            common += ["--flush-interval", f"{server_spec.flush:g}"]
+        ingest = await self._spawn(
+            "ingest",
+            [
+                *_fastrelay(), "ingest", *common, "--port", str(ingest_port), "--instance-name", "ingest",
+                "--upstream", f"ws://127.0.0.1:{sim_port}", "--api-key", SIM_KEY,
+                "--nats-granularity", server_spec.granularity or "batch",
+            ],
+            server=True,
+        )  # fmt: skip
+        parts = {"ingest": ingest}
+        http_ports = {"ingest": ingest_port}
+        for number, port in enumerate(edge_ports, 1):
+            name = f"edge{number}"
+            parts[name] = await self._spawn(
+                name,
+                [*_fastrelay(), "edge", *common, "--port", str(port), "--instance-name", name],
+                server=True,
+            )
+            http_ports[name] = port
+        for name, port in http_ports.items():
+            await procs.wait_http_ok(f"http://127.0.0.1:{port}/readyz", parts[name], timeout=30)
+        parts["nats"] = nats
+        return Deployment(parts, edge_ports, http_ports, parts["edge1"], True, monitor)
 
     async def _execute(self) -> list[dict[str, Any]]:
         scenario, server_spec = self.config.scenario, self.config.server
         options = self.options
-        sim_port = procs.free_port()
-        port = procs.free_port()
-        while port == sim_port:
+        ports: list[int] = []
+        while len(ports) < 7:  # the simulator, then the server's (the scale-out needs six)
             port = procs.free_port()
+            if port not in ports:
+                ports.append(port)
+        sim_port = ports.pop()
         sim_url = f"http://127.0.0.1:{sim_port}"
         base_rate = scenario.sim_rate(scenario.t_rates[0])
         sim_argv = [
@@ -261,8 +386,9 @@ class Run:
             "--rate", f"{base_rate:g}", "--events-per-frame", str(scenario.events_per_frame),
             "--symbol-count", str(scenario.symbols), "--stamp", "true", "--markets", MARKET,
         ]  # fmt: skip
-        # The clients, spread round-robin over the load-generator processes.
-        spec = scenario.clients_spec()
+        # The clients, spread round-robin over the load-generator processes
+        # (and, for the scale-out, evenly over its edges).
+        spec = scenario.clients_spec(server_spec.edges)
         normal = [c for c in spec if c[1] != "slow"]
         shares = max(1, min(options.client_procs or scenario.client_procs, len(normal)))
         groups = [normal[index::shares] for index in range(shares)]
@@ -284,17 +410,17 @@ class Run:
 
         sim = await self._spawn("sim", sim_argv)
         await procs.wait_http_ok(f"{sim_url}/sim/health", sim, timeout=15)
-        server = await self._spawn("server", server_argv(server_spec, port, sim_port), server=True)
-        await procs.wait_http_ok(f"http://127.0.0.1:{port}/readyz", server, timeout=20)
+        server = await self._start_server(server_spec, sim_port, ports)
         await asyncio.sleep(0.3)  # the server's start-up allocations settle
-        baseline_memory = procs.memory_kib(server.pid)
+        baseline_memory = server.memory()
+        urls = [f"ws://127.0.0.1:{port}/{MARKET}" for port in server.ports]
 
         for child, clients in zip(self.clients, groups, strict=True):
             await _send_line(
                 child,
                 {
-                    "url": f"ws://127.0.0.1:{port}/{MARKET}",
-                    "clients": clients,
+                    "url": urls[0],
+                    "clients": [[params, mode, urls[edge]] for params, mode, edge in clients],
                     "grace": options.grace,
                     "connect_concurrency": 50 if scenario.clients < 5000 else 25,
                     # A server that cannot keep up may never acknowledge: give up sooner.
@@ -322,9 +448,7 @@ class Run:
             if index:
                 factor = t_rate / scenario.t_rates[0]
                 _sim_get(sim_url, f"/sim/fault/slow?market={MARKET}&factor={factor:g}&delay=0")
-            metrics = await self._step(
-                index, t_rate, sim, server, sim_url, port, baseline_memory, ready, connect
-            )
+            metrics = await self._step(index, t_rate, sim, server, sim_url, baseline_memory, ready, connect)
             steps.append(metrics)
             reason = _saturated(metrics)
             if reason:
@@ -340,9 +464,8 @@ class Run:
         index: int,
         t_rate: float,
         sim: Child,
-        server: Child,
+        server: Deployment,
         sim_url: str,
-        port: int,
         baseline_memory: dict[str, int],
         ready: list[dict[str, Any]],
         connect: dict[str, Any],
@@ -353,10 +476,10 @@ class Run:
         end_ns = start_ns + int(duration * 1e9)
         for child in self.clients:
             await _send_line(child, {"cmd": "window", "start_ns": start_ns, "end_ns": end_ns})
-        before = server_counters(self.config.server, port)
+        before = server_counters(server)
         await _sleep_until(start_ns)
         first = Sample(server, sim, self.clients, sim_url)
-        profiler = await self._start_profiler(server, duration, index) if self.profile else None
+        profiler = await self._start_profiler(server.primary, duration, index) if self.profile else None
         drop_ns = None
         if scenario.drop_at is not None:
             await _sleep_until(start_ns + int(scenario.drop_at * 1e9))
@@ -370,7 +493,7 @@ class Run:
         last = Sample(server, sim, self.clients, sim_url)
         results = [await _read_line(c, timeout=options.grace + 30) for c in self.clients]
         # fastrelay renders /metrics once a second: by now (end + grace) it covers the window.
-        after = server_counters(self.config.server, port)
+        after = server_counters(server)
         ours = {os.getpid(), *(c.pid for c in self.children)}
         profile_summary = None
         if profiler is not None:
@@ -388,6 +511,15 @@ class Run:
         metrics["server_slow_consumer_drops"] = after.get("slow_consumer_drops", 0.0) - before.get(
             "slow_consumer_drops", 0.0
         )
+        for key in ("nats_publish_dropped", "nats_bad_messages"):
+            if key in after:
+                metrics[key] = after[key] - before.get(key, 0.0)
+        lag_count = after.get("nats_lag_count", 0.0) - before.get("nats_lag_count", 0.0)
+        if lag_count > 0:
+            # Around the window (the counters are read before the warm-up ends and after the
+            # grace, from /metrics rendered once a second): a mean, not a window figure.
+            lag = after.get("nats_lag_sum", 0.0) - before.get("nats_lag_sum", 0.0)
+            metrics["nats_lag_ms_mean"] = 1000 * lag / lag_count
         metrics["drop_ns"] = drop_ns
         metrics["server_log"] = _log_findings(server, scenario)
         if profile_summary is not None:
@@ -427,23 +559,31 @@ def _saturated(metrics: dict[str, Any]) -> str | None:
     return None
 
 
-def _log_findings(child: Child, scenario: Scenario, keep: int = 5) -> dict[str, Any]:
-    """Warnings and errors a process logged during the run (a relay that complains is news)."""
+def _log_findings(server: Deployment, scenario: Scenario, keep: int = 5) -> dict[str, Any]:
+    """Warnings and errors the server's processes logged during the run (a relay that complains is news)."""
+    lines: list[str] = []
+    for name, child in server.parts.items():
+        prefix = f"{name}: " if len(server.parts) > 1 else ""
+        lines += [prefix + line for line in _log_lines(child, scenario)]
+    return {"warnings": len(lines), "samples": lines[:keep]}
+
+
+def _log_lines(child: Child, scenario: Scenario) -> list[str]:
     if child.log_path is None or not child.log_path.exists():
-        return {"warnings": 0, "samples": []}
+        return []
     expected = ["open mode"]  # the bench runs the relay without client tokens
     if scenario.slow_clients:
         # Clients that stop reading: picows' backpressure notice and the drop itself.
         expected += ["slow consumer", "high-watermark"]
     if scenario.drop_at is not None:
         expected += ["upstream stocks: lost", "upstream down"]
-    lines = [
+    # Python's logging, and nats-server's [WRN] and [ERR].
+    alarming = ("WARNING", "ERROR", "Traceback", "Exception", "[WRN]", "[ERR]")
+    return [
         line
         for line in child.log_path.read_text(errors="replace").splitlines()
-        if any(word in line for word in ("WARNING", "ERROR", "Traceback", "Exception"))
-        and not any(word in line for word in expected)
+        if any(word in line for word in alarming) and not any(word in line for word in expected)
     ]
-    return {"warnings": len(lines), "samples": lines[:keep]}
 
 
 # --- numbers ---------------------------------------------------------------------------------------
@@ -518,6 +658,7 @@ def step_metrics(
     recovered_ms = sorted(ns / 1e6 for ns in recovered)
     gaps, outage_gaps = total("gaps"), total("outage_gaps")
     return {
+        **_scaleout_metrics(first, last, wall, received, upstream_events),
         "label": f"{scenario.key} {scenario.step_label(t_rate)} {config.server.label}",
         "config": config.label,
         "scenario": scenario.key,
@@ -560,6 +701,9 @@ def step_metrics(
             for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999), ("max", 1.0))
         },
         "server_cpu": server_cpu / wall,
+        # Every process of the server on its own (one for all but the scale-out), share of a core.
+        "parts_cpu": {name: (last.part_cpu[name] - cpu) / wall for name, cpu in first.part_cpu.items()},
+        "parts_rss_mib": {name: kib / 1024 for name, kib in last.part_memory.items()},
         "server_us_per_event": server_cpu * 1e6 / received if received else float("nan"),
         "server_rss_mib": end_memory / 1024,
         "server_peak_rss_mib": last.server_memory.get("VmHWM", 0) / 1024,
@@ -593,6 +737,36 @@ def step_metrics(
     }
 
 
+def _scaleout_metrics(
+    first: Sample, last: Sample, wall: float, received: int, upstream_events: int
+) -> dict[str, Any]:
+    """The scale-out's NATS traffic in the window (nats-server's /varz) and its costs per unit.
+
+    in: messages published to nats-server (the ingest's data, plus a few heartbeats and
+    interest messages a second); out: messages it delivered (to each edge subscribed).
+    """
+    if not first.nats or not last.nats:
+        return {}
+    rates = {f"nats_{k}_per_s": (last.nats[k] - first.nats[k]) / wall for k in first.nats if k in last.nats}
+    found: dict[str, Any] = dict(rates)
+    cpu = {name: (last.part_cpu[name] - value) for name, value in first.part_cpu.items()}
+    edges = sum(v for k, v in cpu.items() if k.startswith("edge"))
+    messages = rates.get("nats_in_msgs_per_s", 0.0) + rates.get("nats_out_msgs_per_s", 0.0)
+    out_bytes = rates.get("nats_out_bytes_per_s", 0.0)
+    nan = float("nan")
+    found.update(
+        {
+            # Client deliveries per second per core of edge CPU (both edges together).
+            "edge_deliveries_per_core_s": received / edges if edges else nan,
+            "ingest_us_per_upstream_event": cpu["ingest"] * 1e6 / upstream_events if upstream_events else nan,
+            # nats-server's CPU per message through it (in + out), and per byte it delivered.
+            "nats_us_per_msg": cpu["nats"] / wall * 1e6 / messages if messages else nan,
+            "nats_ns_per_out_byte": cpu["nats"] / wall * 1e9 / out_bytes if out_bytes else nan,
+        }
+    )
+    return found
+
+
 _FAULT_TOTALS = (
     "disconnects", "slow_consumer", "slow_dropped", "gaps", "outage_gaps", "gaps_outside_outage",
     "reordered", "connect_failures", "unstamped", "not_recovered",
@@ -609,7 +783,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"repeats": len(runs)}
     for key, value in runs[0].items():
-        if isinstance(value, dict) and key in ("latency_ms", "recovery_ms"):
+        if isinstance(value, dict) and key in ("latency_ms", "recovery_ms", "parts_cpu", "parts_rss_mib"):
             summary[key] = {k: median_of([r[key][k] for r in runs]) for k in value}
         elif isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
             summary[key] = median_of([r[key] for r in runs])
@@ -644,13 +818,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma-separated, of: {', '.join(SCENARIOS)} (slow brings slow-base)",
+        help=f"comma-separated, of: {', '.join(SCENARIOS)} (slow brings slow-base), or "
+        f"{', '.join(GROUPS)} (= {'; '.join(', '.join(v) for v in GROUPS.values())})",
     )
     parser.add_argument(
         "--servers",
         default=None,
         help="servers for every scenario instead of each one's default: fastrelay[@MS], websockets, node, "
-        "ceiling[@MS] (MS: flush window)",
+        "ceiling[@MS], scaleout[@batch|@event][@MS] (MS: flush window; scaleout: nats-server, "
+        "1 ingest, 2 edges)",
     )
     parser.add_argument("--duration", type=float, default=4.0, help="measured window per step, s")
     parser.add_argument("--warmup", type=float, default=1.0, help="traffic before the first window, s")
@@ -682,11 +858,13 @@ def _scenarios(text: str) -> list[Scenario]:
     for key in (k.strip() for k in text.split(",")):
         if not key:
             continue
-        if key not in SCENARIOS:
-            raise ValueError(f"unknown scenario {key!r}; known: {', '.join(SCENARIOS)}")
-        for name in (key, *COMPANIONS.get(key, ())):
-            if name not in keys:
-                keys.append(name)
+        if key not in SCENARIOS and key not in GROUPS:
+            known = ", ".join([*SCENARIOS, *GROUPS])
+            raise ValueError(f"unknown scenario {key!r}; known: {known}")
+        for member in GROUPS.get(key, (key,)):
+            for name in (member, *COMPANIONS.get(member, ())):
+                if name not in keys:
+                    keys.append(name)
     return [SCENARIOS[k] for k in keys]
 
 
@@ -711,6 +889,9 @@ async def _main(args: argparse.Namespace) -> int:
     if node_problem and any(c.server.kind == "node" for _, c in order):
         skipped.append(f"node-ws peer skipped: {node_problem}")
         order = [(r, c) for r, c in order if c.server.kind != "node"]
+    if nats_server() is None and any(c.server.kind == "scaleout" for _, c in order):
+        skipped.append("scale-out skipped: nats-server is not installed (apt-get install nats-server)")
+        order = [(r, c) for r, c in order if c.server.kind != "scaleout"]
     started = datetime.datetime.now()
     RESULTS.mkdir(exist_ok=True)
     output = args.output or RESULTS / f"bench-{started:%Y%m%d-%H%M%S}.json"

@@ -216,6 +216,7 @@ SCENARIOS: dict[str, Scenario] = {
         # The scale-out (1 ingest + 2 edges over a nats-server) beside the single process, both NATS
         # granularities, on the firehose, batched and sparse loads. With single-event frames batch
         # and event publish the same messages (one per frame); 20-event frames tell them apart.
+        # Not in the default set (about 10 minutes with 3 repeats): ``--scenarios scaleout``.
         Scenario(
             "scaleout-firehose", "scale-out: firehose", clients=100, symbols=100,
             t_rates=(2000, 5000, 10000), servers=(FASTRELAY, *SCALEOUT),
@@ -231,14 +232,19 @@ SCENARIOS: dict[str, Scenario] = {
             wildcard=False, servers=(FASTRELAY, *SCALEOUT),
             about="sparse (1,000 clients, one T.<ticker> of 100 each) on 1 process vs ingest + 2 edges",
         ),
+        Scenario(
+            "scaleout-sparse-batched", "scale-out: sparse, batched", clients=1000, symbols=100,
+            t_rates=(2000,), events_per_frame=20, wildcard=False, servers=(FASTRELAY, *SCALEOUT),
+            about="sparse with 20-event upstream frames (about 10 T each) on 1 process vs ingest + 2 edges",
+        ),
     )
 }  # fmt: skip
 
 # ``--scenarios slow`` runs its baseline too: the target compares the two.
 COMPANIONS = {"slow": ("slow-base",)}
 # Names for a set of scenarios.
-GROUPS = {"scaleout": ("scaleout-firehose", "scaleout-batched", "scaleout-sparse")}
-# Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 7 minutes).
+GROUPS = {"scaleout": ("scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched")}
+# Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 10 minutes).
 DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect")
 
 

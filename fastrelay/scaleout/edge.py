@@ -238,10 +238,8 @@ class Edge:
             for market, names in self._wanted_channels().items():
                 wanted.update(self.subjects.for_channel(market, n, self.granularity) for n in names)
         current = self._data_subscriptions
-        for subject in [s for s in current if s not in wanted]:
-            subscription = current.pop(subject)
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+        # New subjects first, then the old ones go: when T.* replaces T.AAPL (event
+        # granularity) an event may come twice for a moment, but none is missed.
         for subject in sorted(wanted - current.keys()):
             try:
                 current[subject] = await self.link.subscribe(subject, self._on_data)
@@ -251,6 +249,10 @@ class Edge:
                 )
                 self._sync_wanted = True
                 return
+        for subject in [s for s in current if s not in wanted]:
+            subscription = current.pop(subject)
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     def _interest_message(self, goodbye: bool = False) -> bytes:
         self._seq += 1
