@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastrelay import markets
+from fastrelay import markets, protocol
 from fastrelay.upstream import UpstreamTimers
 
 KIB = 1024
@@ -67,6 +67,9 @@ class RelayConfig:
     # Aggregates kept per exactly subscribed ticker and ev for the history
     # extension: 500 per-second candles are 8 minutes, 500 per-minute ones 8 hours.
     history_size: int = 500
+    # Channels held upstream with no client (/api/socket names, e.g. AM.AAPL): their
+    # last values and history are ready for the first page that opens.
+    keep_channels: list[str] = field(default_factory=list)
     # Static files served on GET (the dashboard); None: the packaged ones, "": none.
     web_root: str | None = None
     metrics_host: str | None = None  # default: --host
@@ -276,6 +279,12 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     Option(
         "history-size", _positive(int), "aggregates kept per ticker for the history action", "history_size"
     ),
+    Option(
+        "keep-channels",
+        _csv,
+        "channels kept subscribed without clients, history and last values ready (e.g. AM.AAPL)",
+        "keep_channels",
+    ),
     Option("web-root", str, "directory of static files to serve ('' to serve none)", "web_root"),
     Option(
         "metrics-port", _positive(int), "also serve /metrics, /healthz, /readyz on this port", "metrics_port"
@@ -406,6 +415,13 @@ def validate(config: RelayConfig) -> None:
         raise ConfigError("--max-frame-size must be at least 1024 bytes")
     if config.upstream_ca and not os.path.isfile(config.upstream_ca):
         raise ConfigError(f"--upstream-ca={config.upstream_ca!r}: no such file")
+    for name in config.keep_channels:
+        try:
+            channel = protocol.parse_api_channel(name)
+        except protocol.ChannelError as exc:
+            raise ConfigError(f"--keep-channels: {exc}") from None
+        if channel.market not in config.markets:
+            raise ConfigError(f"--keep-channels: {name!r} is on {channel.market}, not in --markets")
     if config.role != "single":
         _validate_scaleout(config)
 

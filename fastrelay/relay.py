@@ -76,6 +76,8 @@ class Relay:
         self.upstreams: dict[str, Feed] = {
             m: (make_feed or self._massive_feed)(m, self) for m in config.markets
         }
+        for name in config.keep_channels:  # validated in config.validate
+            self.hub.hold(protocol.parse_api_channel(name))
         self.tap: Tap | None = None
         # Further conditions of readiness (a scale-out role's NATS link): each
         # returns why the relay is not ready, or None.

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from fastrelay.cli import _parser
+from fastrelay.cli import _parser, main
 from fastrelay.config import RELAY_OPTIONS, ConfigError, RelayConfig, build
 from tests.utils import TIMEOUT
 
@@ -124,3 +124,28 @@ def test_empty_fastrelay_api_key_does_not_hide_massive_api_key() -> None:
     args = _parser().parse_args(["serve"])
     env = {"FASTRELAY_API_KEY": "", "MASSIVE_API_KEY": "abc"}
     assert build(RelayConfig(), RELAY_OPTIONS, args, env).api_key == "abc"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["serve", "--keep-channels", "AAPL"], "--keep-channels: invalid channel 'AAPL'"),
+        (["serve", "--keep-channels", "crypto:XT.X:BTC-USD"], "not in --markets"),
+        (["edge", "--nats", "http://x:4222"], "expected nats://HOST:PORT"),
+        (["edge", "--nats", "nats://u:hunter2@x:1", "--nats-prefix", "a.*"], "invalid NATS subject prefix"),
+        (["edge", "--heartbeat-interval", "3", "--peer-timeout", "5"], "at least twice --heartbeat-interval"),
+        (["edge", "--role", "ingest"], "contradicts the command 'edge'"),
+    ],
+)
+def test_bad_combinations_are_refused_with_the_flag_named(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "hunter2" not in err, err
+
+
+def test_edges_need_no_key_and_check_config_says_their_role(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--role", "edge", "--nats", "nats://u:hunter2@h:4222"]) == 0
+    out = capsys.readouterr().out
+    assert "edge " in out and "nats://***@h:4222" in out and "hunter2" not in out

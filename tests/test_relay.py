@@ -387,3 +387,30 @@ async def test_no_stale_last_value_after_an_outage(relay: RunningRelay, sim: Sim
 
 def feeder_member(relay: RunningRelay) -> Member:
     return next(iter(relay.server.connections)).session.member  # type: ignore[union-attr]
+
+
+async def test_kept_channels_are_subscribed_and_recorded_before_any_client() -> None:
+    """--keep-channels: upstream from the start, so the first page gets history at once."""
+    async with (
+        Simulator(sim_config()) as sim,
+        running_relay(fast_relay_config(sim.base_url, "sim-key", keep_channels=["A.AAPL"])) as relay,
+    ):
+        await wait_ready(relay)
+        hub = relay.relay.hub
+        await wait_until(
+            lambda: len(hub.snapshot("stocks", [], ["A.AAPL"])[1].get("A.AAPL", [])) >= 2,
+            timeout=3 * TIMEOUT,
+            what="two per-second aggregates recorded without a client",
+        )
+        assert "A.AAPL" in sim.stats()["markets"]["stocks"]["subscriptions"]
+        client = await Client.connect(url(relay))
+        await client.send({"action": "history", "params": "A.AAPL"})
+        done = await client.wait_status("success")
+        assert done["message"].startswith("history: A.AAPL (") and not done["message"].startswith(
+            "history: A.AAPL (0 "
+        )
+        # The client leaving does not release what the relay keeps.
+        await client.subscribe("A.AAPL")
+        await client.close()
+        await wait_until(lambda: hub.members == 0, what="client gone")
+        assert hub.interests["stocks"].refcount("A.AAPL") == 1
