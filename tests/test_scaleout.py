@@ -147,7 +147,7 @@ async def test_a_subscriber_on_any_edge_gets_the_last_value(deployment: Deployme
     await second.subscribe("Q.MSFT")
     [value] = await second.wait_events(1)
     assert value == first.events[-1]
-    assert deployment.edge_role(1).fills_delivered == 1
+    assert deployment.edge_role(1).fills.delivered == 1
     deployment.sim.unslow("stocks")
     await second.wait_events(4)
     assert sequence_gaps(second.events) == []

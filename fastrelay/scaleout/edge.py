@@ -11,10 +11,8 @@ heard within ``--peer-timeout`` and it reports that market's upstream live;
 otherwise the edge's clients get the usual ``feed interrupted`` status, with
 the reason (``nats``, ``ingest`` or the ingest's own upstream reason).
 
-A new subscriber of an exact state channel gets its last value at once when
-the edge has it; when it does not (nobody on this edge wanted the channel
-before), the edge asks the ingest (``snapshot``) and sends the answer when it
-comes, unless a live event overtook it.
+What a new subscriber should see at once (last values, history) and this edge
+lacks comes from the ingest: ``fills.Fills``.
 """
 
 from __future__ import annotations
@@ -23,17 +21,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastrelay.config import RelayConfig
 from fastrelay.events import FrameError, decode_frame, timestamp_ms
 from fastrelay.histogram import FEED_LATENCY_BOUNDS, Histogram
-from fastrelay.hub import Member
-from fastrelay.protocol import Channel, parse_channel, text_frame
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
+from fastrelay.scaleout.fills import Fills
 from fastrelay.scaleout.link import NatsLink
 from fastrelay.scaleout.subjects import Subjects, open_envelope
 from fastrelay.upstream import UpstreamStatistics
@@ -43,7 +39,6 @@ log = logging.getLogger("fastrelay.edge")
 # Why a market is down on an edge, beyond the ingest's own upstream reasons.
 NATS_DOWN = "nats"
 INGEST_SILENT = "ingest"
-FILL_CHUNK = 50  # channels per last-value request
 LAG_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -83,13 +78,10 @@ class Edge:
         self.feeds: dict[str, EdgeFeed] = {}
         self.relay = Relay(config, make_feed=self._make_feed)
         self.relay.readiness_checks.insert(0, self._not_ready)
-        hub = self.relay.hub
-        hub.on_missing_last = self._missing_last
-        hub.filling = lambda channel: (channel.market, channel.name) in self._fill_waiting
-        hub.when_filled = self._when_filled
         self.link = NatsLink(
             config.nats, f"fastrelay-edge-{config.instance_name}", self._link_up, self._link_down
         )
+        self.fills = Fills(self.relay.hub, self.link, self.subjects.snapshot)
         self.link.listen(self.subjects.ingest, self._on_ingest)
         self.lag = Histogram(LAG_BOUNDS)
         # What the ingest last said (None: not heard since start or since NATS came back).
@@ -102,15 +94,6 @@ class Edge:
         self._sync_wanted = False
         self._seq = 0
         self._heartbeat: asyncio.TimerHandle | None = None
-        # Last-value fills: channel -> members waiting, and what is still to ask.
-        self._fill_waiting: dict[tuple[str, str], list[Member]] = {}
-        self._fill_queue: dict[str, set[str]] = {}
-        self._fill_scheduled = False
-        self._fill_done: dict[tuple[str, str], list[Callable[[tuple[str, str]], None]]] = {}
-        self.fills_requested = 0
-        self.fills_failed = 0
-        self.fills_delivered = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._throttle = LogThrottle(log, interval=10.0)
 
     def _make_feed(self, market: str, relay: Relay) -> EdgeFeed:
@@ -131,14 +114,10 @@ class Edge:
             with contextlib.suppress(Exception):
                 await client.publish(self.subjects.interest, self._interest_message(goodbye=True))
                 await asyncio.wait_for(client.flush(), 1.0)
-        for task in list(self._tasks) + ([self._sync_task] if self._sync_task else []):
-            task.cancel()
+        self.fills.stop()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         await self.link.stop()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _not_ready(self) -> str | None:
         if not self.link.connected:
@@ -301,83 +280,3 @@ class Edge:
         if sent_ms is not None:
             feed.feed_latency.observe(max(0.0, now - sent_ms / 1000.0))
         self.relay.upstream_events(feed.market, heads, raws, arrival, True)
-
-    # --- last value on subscribe ------------------------------------------------------------
-    def _missing_last(self, member: Member, channels: list[Channel]) -> None:
-        if not self.link.connected:
-            return
-        for channel in channels:
-            waiting = self._fill_waiting.setdefault((channel.market, channel.name), [])
-            if not waiting:  # else a request for it is on its way
-                self._fill_queue.setdefault(channel.market, set()).add(channel.name)
-            waiting.append(member)
-        if not self._fill_scheduled:
-            self._fill_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_fills)
-
-    def _when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
-        """Call back once every one of these channels' fetches is in (or failed)."""
-        remaining = {(c.market, c.name) for c in channels}
-
-        def done(key: tuple[str, str]) -> None:
-            remaining.discard(key)
-            if not remaining:
-                callback()
-
-        for key in remaining:
-            self._fill_done.setdefault(key, []).append(done)
-
-    def _send_fills(self) -> None:
-        self._fill_scheduled = False
-        queue, self._fill_queue = self._fill_queue, {}
-        for market, names in queue.items():
-            ordered = sorted(names)
-            # Small requests: each reply (histories included) stays within one NATS message.
-            for start in range(0, len(ordered), FILL_CHUNK):
-                self._spawn(self._fill(market, ordered[start : start + FILL_CHUNK]))
-
-    async def _fill(self, market: str, names: list[str]) -> None:
-        self.fills_requested += len(names)
-        reply: messages.SnapshotReply | None = None
-        client = self.link.client
-        try:
-            if client is None:
-                raise ConnectionError("NATS not connected")
-            request = messages.SnapshotRequest(market, last=names, history=names)
-            answer = await client.request(self.subjects.snapshot, messages.encode(request), timeout=2.0)
-            reply = messages.decode_reply(answer.data)
-        except Exception as exc:
-            self.fills_failed += len(names)
-            self._throttle.log(
-                logging.INFO, "no last values from the ingest for %s: %s", market, type(exc).__name__
-            )
-        self._deliver_fill(market, names, reply)
-
-    def _deliver_fill(self, market: str, names: Iterable[str], reply: messages.SnapshotReply | None) -> None:
-        for name in names:
-            waiters = self._fill_waiting.pop((market, name), [])
-            try:
-                if reply is not None:
-                    self._fill_one(market, name, waiters, reply)
-            finally:
-                for done in self._fill_done.pop((market, name), []):
-                    done((market, name))
-
-    def _fill_one(self, market: str, name: str, waiters: list[Member], reply: messages.SnapshotReply) -> None:
-        hub = self.relay.hub
-        if market in hub.outages:
-            return  # from before the outage: stale (Relay.upstream_down)
-        channel = parse_channel(name, market)
-        history = reply.history.get(name)
-        if history:
-            hub.seed_history(channel, [bytes(e) for e in history])
-        raw = reply.last.get(name)
-        # Not seeded = a live event came first, and the waiters had it.
-        if raw is None or not hub.seed_last_value(channel, bytes(raw)):
-            return
-        for member in waiters:
-            if member.closed or channel not in member.channels:
-                continue
-            for event in hub.last_values(member, [channel], fetch_missing=False):
-                member.write(text_frame(b"[" + event + b"]"))
-                self.fills_delivered += 1

@@ -104,9 +104,9 @@ class ScaleoutCollector(Collector):
             "values delivered to subscribers.",
             labels=["result"],
         )
-        fills.add_metric(["requested"], edge.fills_requested)
-        fills.add_metric(["failed"], edge.fills_failed)
-        fills.add_metric(["delivered"], edge.fills_delivered)
+        fills.add_metric(["requested"], edge.fills.requested)
+        fills.add_metric(["failed"], edge.fills.failed)
+        fills.add_metric(["delivered"], edge.fills.delivered)
         yield fills
         yield GaugeMetricFamily(
             "fastrelay_edge_ingest_heard",
