@@ -418,6 +418,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "ProtectHomes" in broken.stderr
 
 
+def check_config(values: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`fastrelay check-config` with these variables and no other FASTRELAY_/MASSIVE_ ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTRELAY_", "MASSIVE_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "fastrelay", "check-config"],
+        env={**env, **values},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_env_example_names_only_real_flags_and_passes_check_config() -> None:
     """Every FASTRELAY_* variable of the example is a flag's twin; the file passes check-config."""
     values = env_file(DEPLOY / "fastrelay.env.example")
@@ -429,14 +441,7 @@ def test_env_example_names_only_real_flags_and_passes_check_config() -> None:
     assert values["FASTRELAY_TRUSTED_PROXIES"] == "127.0.0.1"
     assert values["FASTRELAY_LOG_FORMAT"] == "json"
     assert "replace" in values["MASSIVE_API_KEY"]  # a placeholder, never a real key
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTRELAY_", "MASSIVE_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "fastrelay", "check-config"],
-        env={**env, **values},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = check_config(values)
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout and "2 client token(s)" in result.stdout
 
@@ -452,14 +457,7 @@ def test_scaleout_env_examples_name_real_flags_and_pass_check_config(example: st
     role = example.split(".")[0]
     assert values["FASTRELAY_ROLE"] == role
     assert (set(values) - names == {"MASSIVE_API_KEY"}) == (role == "ingest")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTRELAY_", "MASSIVE_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "fastrelay", "check-config"],
-        env={**env, **values},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = check_config(values)
     assert result.returncode == 0, result.stderr
     assert f"configuration OK: {role} {values['FASTRELAY_INSTANCE_NAME']}" in result.stdout
 

@@ -108,12 +108,8 @@ class Edge:
     async def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        client = self.link.client
-        if client is not None and self.link.connected:
-            # Goodbye: the ingest lets go of our channels now, not after the timeout.
-            with contextlib.suppress(Exception):
-                await client.publish(self.subjects.interest, self._interest_message(goodbye=True))
-                await asyncio.wait_for(client.flush(), 1.0)
+        # Goodbye: the ingest lets go of our channels now, not after the timeout.
+        await self.link.say_goodbye(self.subjects.interest, self._interest_message(goodbye=True))
         self.fills.stop()
         if self._sync_task is not None:
             self._sync_task.cancel()

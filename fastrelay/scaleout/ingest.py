@@ -64,12 +64,8 @@ class Ingest:
     async def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        client = self.link.client
-        if client is not None and self.link.connected:
-            # Goodbye: edges tell their clients now, not after --peer-timeout of silence.
-            with contextlib.suppress(Exception):
-                await client.publish(self.subjects.ingest, self._state(stopping=True))
-                await asyncio.wait_for(client.flush(), 1.0)
+        # Goodbye: edges tell their clients now, not after --peer-timeout of silence.
+        await self.link.say_goodbye(self.subjects.ingest, self._state(stopping=True))
         if self._publisher is not None:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

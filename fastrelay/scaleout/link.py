@@ -158,6 +158,15 @@ class NatsLink:
         """The largest message the server takes (its INFO; 1 MiB by default)."""
         return self.client.max_payload if self.client is not None else 1024 * 1024
 
+    async def say_goodbye(self, subject: str, data: bytes) -> None:
+        """Publish a last message and wait (1 s at most) until the server has it."""
+        client = self.client
+        if client is None or not self.connected:
+            return
+        with contextlib.suppress(Exception):  # best effort: heartbeats' timeouts cover the rest
+            await client.publish(subject, data)
+            await asyncio.wait_for(client.flush(), 1.0)
+
     def publish_soon(self, subject: str, data: bytes) -> None:
         """Publish a control message from synchronous code; nothing while disconnected
         (control messages are state, re-sent on every heartbeat)."""
