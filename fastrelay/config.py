@@ -88,6 +88,9 @@ class RelayConfig:
     nats: str = "nats://127.0.0.1:4222"  # comma-separated servers; may carry credentials
     nats_prefix: str = "fastrelay"  # subjects' first tokens: one deployment per prefix
     nats_granularity: str = "batch"  # ingest: "batch" (per frame and ev) or "event" (README)
+    # ingest: what arrives within this many ms goes out as one message per subject
+    # (0: per pass of the loop); edges add their own --flush-interval after it.
+    nats_window: float = 1.0
     heartbeat_interval: float = 1.0  # ingest state and edge interest, seconds
     peer_timeout: float = 5.0  # an edge (at the ingest) or the ingest (at an edge) silent this long is gone
     instance_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -303,6 +306,12 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         _one_of("batch", "event"),
         "ingest: one NATS message per frame and ev (batch) or per event",
         "nats_granularity",
+    ),
+    Option(
+        "nats-window",
+        _positive(float),
+        "ingest: publish once per this many ms, one message per subject (0: per loop pass)",
+        "nats_window",
     ),
     Option(
         "heartbeat-interval", _positive(float), "ingest/edge heartbeats over NATS, s", "heartbeat_interval"

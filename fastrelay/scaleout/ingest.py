@@ -4,9 +4,9 @@ It is the one-process relay (``Relay``: upstream sessions, reference counts,
 linger, last values, history) with two changes: references come from edges
 (``EdgeRegistry``, from their heartbeats) instead of clients, and everything
 received is published to NATS (``Tap.events``). Publishing is never awaited in
-the upstream reader: messages go to an outbox that a publisher task drains
-once per pass of the loop, so a frame's messages and the next frames' go out
-together.
+the upstream reader: events wait in one list per subject, and a publisher task
+sends each list as one message (split under NATS' max_payload) once per
+``--nats-window``: nats-py's cost is per message and per write, not per event.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import msgspec
 
 from fastrelay.config import RelayConfig
 from fastrelay.events import EventHead, ticker_of
-from fastrelay.protocol import ChannelError, parse_channel
+from fastrelay.protocol import ChannelError, event_array_payloads, parse_channel
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.link import NatsLink
 from fastrelay.scaleout.registry import Change, Diff, EdgeRegistry
-from fastrelay.scaleout.subjects import BATCH, Subjects, seal
+from fastrelay.scaleout.subjects import BATCH, ENVELOPE_HEADER, Subjects, seal
 
 log = logging.getLogger("fastrelay.ingest")
 
@@ -44,7 +44,10 @@ class Ingest:
         self.link = NatsLink(
             config.nats, f"fastrelay-ingest-{config.instance_name}", self._link_up, self._link_down
         )
-        self._outbox: list[tuple[str, bytes]] = []
+        # subject -> events waiting for the next publishing pass (in arrival order)
+        self._pending: dict[str, list[Any]] = {}
+        self._window = config.nats_window / 1000.0
+        self._armed = False
         self._wake = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -81,36 +84,41 @@ class Ingest:
         self._publish_state()
 
     def _link_down(self) -> None:
-        dropped = len(self._outbox)
-        self._outbox.clear()
-        self.link.stats.publish_dropped += dropped
+        self.link.stats.publish_dropped += sum(map(len, self._pending.values()))
+        self._pending.clear()
 
     # --- data out (Tap) ----------------------------------------------------------------
     def events(self, market: str, heads: list[EventHead], raws: list[Any]) -> None:
         if not self.link.connected:
-            self.link.stats.publish_dropped += 1
+            self.link.stats.publish_dropped += len(heads)
             return
-        sent_at = time.time()
-        outbox = self._outbox
+        pending = self._pending
+        subjects = self.subjects
         if self.granularity == BATCH:
             first = heads[0].ev
-            if all(h.ev == first for h in heads):  # the common case: one ev per frame
-                groups: dict[Any, list[Any]] = {first: raws}
+            if first.__class__ is str and all(h.ev == first for h in heads):  # one ev per frame: common
+                subject = subjects.batch(market, first)
+                found = pending.get(subject)
+                if found is None:
+                    pending[subject] = list(raws)
+                else:
+                    found.extend(raws)
             else:
-                groups = {}
                 for head, raw in zip(heads, raws, strict=True):
-                    groups.setdefault(head.ev, []).append(raw)
-            for ev, group in groups.items():
-                if ev.__class__ is str:
-                    outbox.append(
-                        (self.subjects.batch(market, ev), seal(b"[" + b",".join(group) + b"]", sent_at))
-                    )
+                    if head.ev.__class__ is str:
+                        pending.setdefault(subjects.batch(market, head.ev), []).append(raw)
         else:
             for head, raw in zip(heads, raws, strict=True):
                 if head.ev.__class__ is str:
-                    subject = self.subjects.event(market, head.ev, ticker_of(head))
-                    outbox.append((subject, seal(b"[" + bytes(raw) + b"]", sent_at)))
-        self._wake.set()
+                    pending.setdefault(subjects.event(market, head.ev, ticker_of(head)), []).append(raw)
+        if not self._armed:
+            # One publishing pass per window, not per frame: nats-py's cost is per
+            # message and per write (docs/scaleout.md, "Subjects and granularity").
+            self._armed = True
+            if self._window > 0:
+                asyncio.get_running_loop().call_later(self._window, self._wake.set)
+            else:
+                self._wake.set()
 
     def feed_changed(self, market: str) -> None:
         self._publish_state()
@@ -120,22 +128,29 @@ class Ingest:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            outbox, self._outbox = self._outbox, []
+            self._armed = False
+            pending, self._pending = self._pending, {}
             client = self.link.client
             if client is None or not self.link.connected:
-                stats.publish_dropped += len(outbox)
+                stats.publish_dropped += sum(map(len, pending.values()))
                 continue
-            for subject, data in outbox:
-                try:
-                    await client.publish(subject, data)
-                except Exception as exc:
-                    stats.publish_dropped += 1
-                    self._throttle.log(
-                        logging.WARNING, "NATS publish to %s failed: %s", subject, type(exc).__name__
-                    )
-                    continue
-                stats.published += 1
-                stats.published_bytes += len(data)
+            sent_at = time.time()
+            # A window of a busy feed (or one huge upstream frame) may pass NATS'
+            # max_payload: split, in order, never cutting an event.
+            limit = self.link.max_payload - ENVELOPE_HEADER
+            for subject, events in pending.items():
+                for payload in event_array_payloads(events, limit):
+                    data = seal(payload, sent_at)
+                    try:
+                        await client.publish(subject, data)
+                    except Exception as exc:
+                        stats.publish_dropped += 1
+                        self._throttle.log(
+                            logging.WARNING, "NATS publish to %s failed: %s", subject, type(exc).__name__
+                        )
+                        continue
+                    stats.published += 1
+                    stats.published_bytes += len(data)
 
     # --- control: heartbeats, edges' interest, snapshots ----------------------------------
     def _tick(self) -> None:

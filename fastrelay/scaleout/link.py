@@ -105,6 +105,8 @@ class NatsLink:
                     reconnected_cb=self._reconnected,
                     error_cb=self._error,
                     closed_cb=self._closed,
+                    # Our subjects are built from escaped tokens (subjects.py): valid by construction.
+                    skip_subject_validation=True,
                 )
             except Exception as exc:
                 delay = backoff.next_delay()
