@@ -293,3 +293,18 @@ async def test_an_ingest_restart_interrupts_then_restores_every_edge(deployment:
         count = len(client.events)
         await client.wait_events(count + 5)
         await client.close()
+
+
+async def test_a_frame_over_nats_max_payload_reaches_clients_split_in_order(deployment: Deployment) -> None:
+    """Massive may send a frame over 1 MiB, NATS' default max_payload: it goes out in
+    several messages, every event once, in order."""
+    client = await Client.connect(deployment.url(0))
+    await client.subscribe("T.AAPL,Q.AAPL")
+    await client.wait_events(3)
+    published = deployment.ingest_role.link.stats.published
+    assert deployment.sim.huge("stocks") == 1
+    before = len(client.events)
+    await client.wait_for(lambda: len(client.events) > before + 2000, what="the huge frame's events")
+    assert deployment.ingest_role.link.stats.publish_dropped == 0
+    assert deployment.ingest_role.link.stats.published >= published + 2
+    assert sequence_gaps(client.events) == []
