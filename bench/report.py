@@ -19,6 +19,7 @@ import orjson
 SCENARIO_ORDER = (
     "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect",
     "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
+    "scaleout-sharded", "scaleout-sharded-batched",
 )  # fmt: skip
 SERVER_ORDER = ("fastrelay", "scaleout", "websockets", "node-ws", "ceiling")
 FASTRELAY = "fastrelay"  # the relay with its default settings: what the targets are about
@@ -80,12 +81,17 @@ def _scenario_width(summaries: list[dict[str, Any]]) -> int:
     return max([9, *(len(s["scenario"]) for s in summaries)])
 
 
+def _server_width(summaries: list[dict[str, Any]], least: int = 15) -> int:
+    """Room for the longest server label and its saturation mark."""
+    return max([least, *(len(s["server"]) + 1 for s in summaries)])
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
     """The main table: one line per scenario, rate step and server."""
     columns: list[Column] = [
         ("scenario", _scenario_width(summaries), lambda s: s["scenario"]),
         ("T ev/s", 6, lambda s: s["step"]),
-        ("server", 15, lambda s: s["server"] + ("*" if s.get("saturated") else "")),
+        ("server", _server_width(summaries), lambda s: s["server"] + ("*" if s.get("saturated") else "")),
         ("sim ev/s", 8, lambda s: _fmt(s["upstream_events_per_s"], ",.0f")),
         ("offered/s", 10, lambda s: _fmt(s["offered_per_s"], ",.0f")),
         ("deliv/s", 10, lambda s: _fmt(s["delivered_per_s"], ",.0f")),
@@ -192,7 +198,8 @@ def scaleout(summaries: list[dict[str, Any]]) -> str:
     if not chosen:
         return ""
     width = _scenario_width(chosen)
-    head = f"{'scenario':<{width}}  T ev/s  server          "
+    served = _server_width(chosen, 16)
+    head = f"{'scenario':<{width}}  T ev/s  {'server':<{served}}"
     header = (
         f"{head}  deliv %  p50 ms  p99 ms  ingest  edge1  edge2  nats   total  us/ev  "
         "NATS in/s   out/s  out MB/s  lag ms"
@@ -204,7 +211,7 @@ def scaleout(summaries: list[dict[str, Any]]) -> str:
         cells = [_cores(None if single else parts.get(k)) for k in ("ingest", "edge1", "edge2", "nats")]
         name = s["server"] + ("*" if s.get("saturated") else "")
         lines.append(
-            f"{s['scenario']:<{width}}  {s['step']:>6}  {name:<16}  "
+            f"{s['scenario']:<{width}}  {s['step']:>6}  {name:<{served}}  "
             f"{_fmt(100 * s['delivery_ratio'], '.2f'):>7}  {_fmt(s['latency_ms']['p50'], '.2f'):>6}  "
             f"{_fmt(s['latency_ms']['p99'], '.2f'):>6}  {cells[0]:>6}  {cells[1]:>5}  {cells[2]:>5}  "
             f"{cells[3]:>4}  {_cores(s['server_cpu']):>6}  {_fmt(s['server_us_per_event'], '.2f'):>5}  "
@@ -222,7 +229,7 @@ def scaleout(summaries: list[dict[str, Any]]) -> str:
         if s.get("server_kind") != "scaleout":
             continue
         lines.append(
-            f"{s['scenario']:<{width}}  {s['step']:>6}  {s['server']:<16}  "
+            f"{s['scenario']:<{width}}  {s['step']:>6}  {s['server']:<{served}}  "
             f"{_fmt(s.get('edge_deliveries_per_core_s'), ',.0f'):>21}  "
             f"{_fmt(s.get('ingest_us_per_upstream_event'), '.1f'):>21}  "
             f"{_fmt(s.get('nats_us_per_msg'), '.2f'):>11}  {_fmt(s.get('nats_ns_per_out_byte'), '.2f'):>16}"
@@ -510,6 +517,8 @@ def render(result: dict[str, Any], output: Path | str) -> str:
         out += ["", "notes:", *(f"  {n}" for n in found)]
     for line in result.get("skipped", []):
         out.append(f"\nSKIPPED {line}")
+    for line in result.get("warnings", []):
+        out.append(f"\nWARNING {line}")
     for failure in result.get("failed_runs", []):
         out.append(f"\nFAILED {failure['config']} (repeat {failure['repeat']}): {failure['error'][-500:]}")
     for label, profile in result.get("profiles", {}).items():

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -344,6 +345,7 @@ class Run:
         )
         await procs.wait_http_ok(f"{monitor}/healthz", nats, timeout=15)
         common = ["--nats", nats_url, "--markets", MARKET]
+        window = [] if server_spec.nats_window is None else ["--nats-window", f"{server_spec.nats_window:g}"]
         if server_spec.flush is not None:
             common += ["--flush-interval", f"{server_spec.flush:g}"]
         ingest = await self._spawn(
@@ -352,6 +354,7 @@ class Run:
                 *_fastrelay(), "ingest", *common, "--port", str(ingest_port), "--instance-name", "ingest",
                 "--upstream", f"ws://127.0.0.1:{sim_port}", "--api-key", SIM_KEY,
                 "--nats-granularity", server_spec.granularity or "batch",
+                *window,
             ],
             server=True,
         )  # fmt: skip
@@ -800,6 +803,16 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def source_fingerprint() -> str:
+    """A hash of fastrelay's sources (the package, not the bench): a run is about one version of them."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "fastrelay").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0")
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _git(*args: str) -> str:
     try:
         out = subprocess.run(
@@ -825,8 +838,8 @@ def _parser() -> argparse.ArgumentParser:
         "--servers",
         default=None,
         help="servers for every scenario instead of each one's default: fastrelay[@MS], websockets, node, "
-        "ceiling[@MS], scaleout[@batch|@event][@MS] (MS: flush window; scaleout: nats-server, "
-        "1 ingest, 2 edges)",
+        "ceiling[@MS], scaleout[@batch|@event][@wMS][@MS] (MS: flush window; scaleout: nats-server, "
+        "1 ingest, 2 edges; wMS: the ingest's --nats-window)",
     )
     parser.add_argument("--duration", type=float, default=4.0, help="measured window per step, s")
     parser.add_argument("--warmup", type=float, default=1.0, help="traffic before the first window, s")
@@ -893,6 +906,7 @@ async def _main(args: argparse.Namespace) -> int:
         skipped.append("scale-out skipped: nats-server is not installed (apt-get install nats-server)")
         order = [(r, c) for r, c in order if c.server.kind != "scaleout"]
     started = datetime.datetime.now()
+    fingerprint = source_fingerprint()
     RESULTS.mkdir(exist_ok=True)
     output = args.output or RESULTS / f"bench-{started:%Y%m%d-%H%M%S}.json"
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -942,9 +956,18 @@ async def _main(args: argparse.Namespace) -> int:
                     if "profile" in metrics:
                         profiles[metrics["label"]] = metrics["profile"]
     summaries = [medians(group) for group in runs.values()]
+    fingerprint_end = source_fingerprint()
+    warnings: list[str] = []
+    if fingerprint_end != fingerprint:
+        # Runs that started before and after an edit measured different relays.
+        warnings.append(
+            f"fastrelay/*.py changed during the run (sources {fingerprint} at the start, {fingerprint_end} "
+            "at the end): configurations compare different versions"
+        )
     result: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "git": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain"))},
+        "sources": {"start": fingerprint, "end": fingerprint_end},
         "machine": procs.machine_info(),
         "python": sys.version.split()[0],
         "node": _node_version(),
@@ -956,6 +979,7 @@ async def _main(args: argparse.Namespace) -> int:
         "runs": [run for group in runs.values() for run in group],
         "failed_runs": failures,
         "skipped": skipped,
+        "warnings": warnings,
         "profiles": profiles,
         "elapsed_s": round((datetime.datetime.now() - started).total_seconds(), 1),
     }

@@ -41,12 +41,15 @@ class Server:
     kind: str  # fastrelay, websockets, node, ceiling, scaleout
     flush: float | None = None  # None: the server's default (fastrelay 5 ms, ceiling 0: as is)
     granularity: str | None = None  # scaleout only: batch or event
+    nats_window: float | None = None  # scaleout only: the ingest's --nats-window, ms (None: its default)
 
     @property
     def label(self) -> str:
         name = {"node": "node-ws"}.get(self.kind, self.kind)
         if self.kind == "scaleout" and self.granularity not in (None, GRANULARITIES[0]):
             name += f"@{self.granularity}"
+        if self.nats_window is not None:
+            name += f"@w{self.nats_window:g}"
         return name if self.flush is None else f"{name}@{self.flush:g}ms"
 
     @property
@@ -66,25 +69,33 @@ class Server:
 
 def parse_server(text: str) -> Server:
     """``fastrelay``, ``fastrelay@0`` (flush ms), ``websockets``, ``node``, ``ceiling``, ``ceiling@5``,
-    ``scaleout`` (= ``scaleout@batch``), ``scaleout@event``, ``scaleout@event@0`` (granularity, flush ms)."""
+    ``scaleout`` (= ``scaleout@batch``), ``scaleout@event``, ``scaleout@event@w0@0`` (granularity,
+    the ingest's NATS window ``wMS``, the flush window in ms; each optional, in that order)."""
     kind, _, rest = text.strip().partition("@")
     kind = {"node-ws": "node", "ws": "websockets"}.get(kind, kind)
-    known = "fastrelay[@MS], websockets, node, ceiling[@MS], scaleout[@batch|@event][@MS]"
+    known = "fastrelay[@MS], websockets, node, ceiling[@MS], scaleout[@batch|@event][@wMS][@MS]"
     if kind not in ("fastrelay", "websockets", "node", "ceiling", "scaleout"):
         raise ValueError(f"unknown server {text!r}: {known}")
-    granularity = None
+    granularity = window = None
     if kind == "scaleout":
         granularity = GRANULARITIES[0]
-        word, _, flush_text = rest.partition("@")
+        word, _, after = rest.partition("@")
         if word in GRANULARITIES:
-            granularity, rest = word, flush_text
+            granularity, rest = word, after
+        word, _, after = rest.partition("@")
+        if word.startswith("w"):
+            rest = after
+            try:
+                window = float(word[1:].removesuffix("ms"))
+            except ValueError:
+                raise ValueError(f"unknown server {text!r}: {known}") from None
     if rest and kind not in ("fastrelay", "ceiling", "scaleout"):
         raise ValueError(f"{kind} has no flush window")
     try:
         flush = float(rest.removesuffix("ms")) if rest else None
     except ValueError:
         raise ValueError(f"unknown server {text!r}: {known}") from None
-    return Server(kind, flush, granularity)
+    return Server(kind, flush, granularity, window)
 
 
 FASTRELAY = Server("fastrelay")
@@ -112,6 +123,9 @@ class Scenario:
     about: str = ""
     baseline_of: str | None = None  # this is the slow-consumer-free twin of that scenario
     max_repeats: int | None = None  # fewer repeats than --repeats (a slow or steady scenario)
+    # Servers with several edges (the scale-out): all clients of a channel on one edge, the
+    # channels dealt out in turn (disjoint interests), instead of every channel's clients split.
+    edge_by_channel: bool = False
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
@@ -154,16 +168,22 @@ class Scenario:
 
         ``edge``: which of the server's ``edges`` listeners the client connects
         to. Clients of the same channel and mode take the edges in turn, so every
-        edge gets the same share of every channel's clients, probes included.
+        edge gets the same share of every channel's clients, probes included; with
+        ``edge_by_channel`` the channels take the edges in turn instead, so each
+        edge wants its own share of the channels.
         """
         stride = self.probe_stride()
         spec = [(p, "probe" if i % stride == 0 else "count") for i, p in enumerate(self.subscriptions())]
         spec += [("T.*" if self.wildcard else spec[0][0], "slow")] * self.slow_clients
         taken: dict[tuple[str, str], int] = {}
+        channels: dict[str, int] = {}
         placed = []
         for params, mode in spec:
-            turn = taken.get((params, mode), 0)
-            taken[(params, mode)] = turn + 1
+            if self.edge_by_channel:
+                turn = channels.setdefault(params, len(channels))
+            else:
+                turn = taken.get((params, mode), 0)
+                taken[(params, mode)] = turn + 1
             placed.append((params, mode, turn % edges))
         return placed
 
@@ -214,8 +234,9 @@ SCENARIOS: dict[str, Scenario] = {
             about="100 clients on T.*; the simulator drops the upstream 2 s into the window",
         ),
         # The scale-out (1 ingest + 2 edges over a nats-server) beside the single process, both NATS
-        # granularities, on the firehose, batched and sparse loads. With single-event frames batch
-        # and event publish the same messages (one per frame); 20-event frames tell them apart.
+        # granularities, on the firehose, batched and sparse loads. Batch merges a NATS window's
+        # trades into one message, event only one ticker's; 20-event frames and edges with disjoint
+        # interests (sharded) are where the two differ most, and least.
         # Not in the default set (about 10 minutes with 3 repeats): ``--scenarios scaleout``.
         Scenario(
             "scaleout-firehose", "scale-out: firehose", clients=100, symbols=100,
@@ -237,13 +258,31 @@ SCENARIOS: dict[str, Scenario] = {
             t_rates=(2000,), events_per_frame=20, wildcard=False, servers=(FASTRELAY, *SCALEOUT),
             about="sparse with 20-event upstream frames (about 10 T each) on 1 process vs ingest + 2 edges",
         ),
+        # Sparse again, but each ticker's clients all on one edge (odd tickers on one, even on the
+        # other): each edge wants half the channels, where event granularity sends it only those.
+        Scenario(
+            "scaleout-sharded", "scale-out: sparse, sharded", clients=1000, symbols=100, t_rates=(2000,),
+            wildcard=False, edge_by_channel=True, servers=(FASTRELAY, *SCALEOUT),
+            about="sparse, each ticker's clients on one edge (50 tickers each); single-event frames",
+        ),
+        Scenario(
+            "scaleout-sharded-batched", "scale-out: sparse, sharded, batched", clients=1000, symbols=100,
+            t_rates=(2000,), events_per_frame=20, wildcard=False, edge_by_channel=True,
+            servers=(FASTRELAY, *SCALEOUT),
+            about="sparse, each ticker's clients on one edge (50 tickers each); 20-event frames",
+        ),
     )
 }  # fmt: skip
 
 # ``--scenarios slow`` runs its baseline too: the target compares the two.
 COMPANIONS = {"slow": ("slow-base",)}
 # Names for a set of scenarios.
-GROUPS = {"scaleout": ("scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched")}
+GROUPS = {
+    "scaleout": (
+        "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
+        "scaleout-sharded", "scaleout-sharded-batched",
+    )
+}  # fmt: skip
 # Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 10 minutes).
 DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect")
 
