@@ -12,7 +12,7 @@ DEB_STAMP := $(VENV)/.debian-packages
 WEB_STAMP := $(VENV)/.debian-nginx-chromium
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: install run test lint bench bench-compare bench-micro soak clean
+.PHONY: install run run-scaleout test lint bench bench-compare bench-micro soak clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 needs python3-venv for `-m venv`; install it only when missing.
@@ -56,6 +56,17 @@ $(WEB_STAMP):
 
 run: install
 	$(VENV)/bin/fastrelay run
+
+# The scale-out on this machine (README, "Scale-out"): nats-server, an ingest on the simulator
+# (or Massive when MASSIVE_API_KEY is set), two edges on :3001 and :3002. Ctrl-C stops them all.
+NATS_PORT ?= 4222
+run-scaleout: install $(DEB_STAMP)
+	@trap 'trap - INT TERM; kill 0' INT TERM; \
+	$$(command -v nats-server || echo /usr/sbin/nats-server) -a 127.0.0.1 -p $(NATS_PORT) & \
+	$(VENV)/bin/fastrelay run --role ingest --port 9100 --nats nats://127.0.0.1:$(NATS_PORT) & \
+	$(VENV)/bin/fastrelay edge --port 3001 --nats nats://127.0.0.1:$(NATS_PORT) & \
+	$(VENV)/bin/fastrelay edge --port 3002 --nats nats://127.0.0.1:$(NATS_PORT) & \
+	wait
 
 test: install $(NODE_STAMP) $(DEB_STAMP) $(WEB_STAMP)
 	$(PY) -m pytest -q tests

@@ -198,5 +198,13 @@ class NatsLink:
         client, self.client = self.client, None
         self.up = False
         if client is not None and not client.is_closed:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(client.close(), 2.0)
+            except asyncio.CancelledError:
+                # nats-py cancels its own waits when it closes mid-reconnect (nats-server
+                # gone at the same time); only a cancellation of this task goes on.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:  # closing anyway: nothing left to do with the error
+                pass
