@@ -7,6 +7,7 @@ timer is shrunk (heartbeats 0.2 s, peers gone after 1 s, linger 0.2 s).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -308,3 +309,12 @@ async def test_a_frame_over_nats_max_payload_reaches_clients_split_in_order(depl
     assert deployment.ingest_role.link.stats.publish_dropped == 0
     assert deployment.ingest_role.link.stats.published >= published + 2
     assert sequence_gaps(client.events) == []
+
+
+async def test_roles_stop_cleanly_while_nats_is_down(deployment: Deployment) -> None:
+    """A shutdown during a NATS outage exits cleanly, within its deadline."""
+    deployment.nats.stop()
+    await asyncio.wait_for(deployment.stop_ingest(), TIMEOUT)
+    for index in (0, 1):
+        await asyncio.wait_for(deployment.edge_role(index).stop(), TIMEOUT)
+    await deployment.nats.start()  # the fixture's teardown finds what it started
