@@ -120,12 +120,19 @@ class Relay:
         """Every configured upstream is authenticated (and every further check passes)."""
         return self.not_ready_reason() is None
 
-    def not_ready_reason(self) -> str | None:
-        # A role's own link first: "NATS not connected" explains the feeds being down.
+    def link_down_reason(self) -> str | None:
+        """Why this scale-out role's own link (NATS, the ingest) is down, if it is."""
         for check in self.readiness_checks:
             reason = check()
             if reason is not None:
                 return reason
+        return None
+
+    def not_ready_reason(self) -> str | None:
+        # A role's own link first: "NATS not connected" explains the feeds being down.
+        reason = self.link_down_reason()
+        if reason is not None:
+            return reason
         down = [m for m, s in self.upstreams.items() if not s.live]
         if down:
             return f"upstream down: {', '.join(down)}"

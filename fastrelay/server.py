@@ -539,6 +539,13 @@ class RelayServer:
         """Why a WebSocket request is refused before the upgrade, if it is."""
         if self.draining:
             return 503, b"shutting down: reconnect to another instance\n"
+        if self.relay.config.role == "edge":
+            # An edge cut off from NATS or the ingest has nothing to serve: nginx sends the
+            # client to another edge (proxy_next_upstream http_503). A Massive outage is
+            # not such a reason: as in one process, clients connect and wait for `feed restored`.
+            reason = self.relay.link_down_reason()
+            if reason is not None:
+                return 503, f"not ready: {reason}: reconnect to another instance\n".encode()
         origin = request.headers.get("origin")
         # Browsers always send Origin; services (Massive's clients) do not and
         # are not refused by the allow-list.

@@ -18,6 +18,7 @@ from typing import Any
 import nats
 import orjson
 import pytest
+import websockets
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.config import RelayConfig
@@ -29,6 +30,7 @@ from fastrelay.simulator import Simulator
 from tests.conftest import sim_config
 from tests.natsserver import NatsServer, running_nats
 from tests.utils import TIMEOUT, Client, fast_relay_config, http_get, sequence_gaps, wait_until
+from tests.webtools import free_port, running_nginx
 
 HEARTBEAT, PEER_TIMEOUT = 0.2, 1.0
 
@@ -198,6 +200,11 @@ async def test_nats_restart_edges_unready_then_recover_and_ingest_keeps_upstream
         assert status == 503 and b"NATS" in body, body
     status, body = await http_get(deployment.ingest.port, "/readyz")
     assert status == 503 and b"NATS" in body, body
+    # A cut-off edge takes no new client (nginx tries the next edge); its clients stay.
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(deployment.url(1), open_timeout=TIMEOUT)
+    assert refused.value.response.status_code == 503
+    assert b"NATS" in refused.value.response.body
     # The ingest's upstream stays connected and subscribed while NATS is away.
     assert all(s.live for s in upstream_sessions.values())
     assert deployment.upstream_channels() == {"T.AAPL", "Q.MSFT"}
@@ -318,3 +325,25 @@ async def test_roles_stop_cleanly_while_nats_is_down(deployment: Deployment) -> 
     for index in (0, 1):
         await asyncio.wait_for(deployment.edge_role(index).stop(), TIMEOUT)
     await deployment.nats.start()  # the fixture's teardown finds what it started
+
+
+async def test_nginx_sends_clients_past_an_edge_cut_off_from_nats(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """An edge that cannot reach NATS answers upgrades with 503; nginx (the shipped config)
+    retries the next edge, so every client lands on the healthy one."""
+    cut_off = replace(
+        deployment.edges[0].relay.config, instance_name="cut-off", nats=f"nats://127.0.0.1:{free_port()}"
+    )
+    async with running_relay(cut_off) as lonely:
+        healthy = deployment.edges[0]
+        async with running_nginx(tmp_path / "nginx", [lonely.port, healthy.port]) as nginx:
+            clients = [await Client.connect(f"{nginx.ws_url}/stocks") for _ in range(4)]
+            for client in clients:
+                await client.subscribe("T.AAPL")
+                await client.wait_events(1)
+            assert lonely.relay.hub.members == 0 and healthy.relay.hub.members == 4
+            for client in clients:
+                await client.close()
+        tried = [line for line in nginx.log_lines() if f"127.0.0.1:{lonely.port}" in line]
+        assert tried and all("/503, " in line for line in tried), tried
