@@ -565,7 +565,7 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
             units.CountsPerMinute,
             q(
                 labelled(f"rate(fastrelay_nats_publish_dropped_total{{{SEL}}}[$__rate_interval]) * 60"),
-                "publish drops {{instance}}",
+                "publish drops ({{reason}}) {{instance}}",
             ),
             q(
                 labelled(f"rate(fastrelay_nats_bad_messages_total{{{SEL}}}[$__rate_interval]) * 60"),

@@ -84,13 +84,13 @@ class Ingest:
         self._publish_state()
 
     def _link_down(self) -> None:
-        self.link.stats.publish_dropped += sum(map(len, self._pending.values()))
+        self.link.stats.publish_dropped_down += sum(map(len, self._pending.values()))
         self._pending.clear()
 
     # --- data out (Tap) ----------------------------------------------------------------
     def events(self, market: str, heads: list[EventHead], raws: list[Any]) -> None:
         if not self.link.connected:
-            self.link.stats.publish_dropped += len(heads)
+            self.link.stats.publish_dropped_down += len(heads)
             return
         pending = self._pending
         subjects = self.subjects
@@ -132,7 +132,7 @@ class Ingest:
             pending, self._pending = self._pending, {}
             client = self.link.client
             if client is None or not self.link.connected:
-                stats.publish_dropped += sum(map(len, pending.values()))
+                stats.publish_dropped_down += sum(map(len, pending.values()))
                 continue
             sent_at = time.time()
             # A window of a busy feed (or one huge upstream frame) may pass NATS'
@@ -144,7 +144,7 @@ class Ingest:
                     try:
                         await client.publish(subject, data)
                     except Exception as exc:
-                        stats.publish_dropped += 1
+                        stats.publish_failed += 1
                         self._throttle.log(
                             logging.WARNING, "NATS publish to %s failed: %s", subject, type(exc).__name__
                         )

@@ -38,7 +38,10 @@ def redact(text: str) -> str:
 class LinkStatistics:
     published: int = 0  # data messages
     published_bytes: int = 0
-    publish_dropped: int = 0  # data not published: NATS down, or the payload too large
+    # Data not published, in events: while NATS was down (stale data is not replayed)...
+    publish_dropped_down: int = 0
+    # ... and in messages: a publish that failed while connected (nats-py's buffer, a bug).
+    publish_failed: int = 0
     received: int = 0
     received_bytes: int = 0
     bad_messages: int = 0  # undecodable data or control messages, skipped

@@ -56,11 +56,15 @@ class ScaleoutCollector(Collector):
         yield CounterMetricFamily(
             "fastrelay_nats_published_bytes", "Data bytes published.", value=stats.published_bytes
         )
-        yield CounterMetricFamily(
+        dropped = CounterMetricFamily(
             "fastrelay_nats_publish_dropped",
-            "Data not published: frames while NATS was down, messages that failed.",
-            value=stats.publish_dropped,
+            "Data not published: events while NATS was down (nats_down), messages whose "
+            "publish failed while connected (error).",
+            labels=["reason"],
         )
+        dropped.add_metric(["nats_down"], stats.publish_dropped_down)
+        dropped.add_metric(["error"], stats.publish_failed)
+        yield dropped
         yield GaugeMetricFamily(
             "fastrelay_ingest_edges", "Edges heard within --peer-timeout.", value=len(ingest.registry)
         )
