@@ -348,3 +348,26 @@ async def test_nginx_sends_clients_past_an_edge_cut_off_from_nats(
                 await client.close()
         tried = [line for line in nginx.log_lines() if f"127.0.0.1:{lonely.port}" in line]
         assert tried and all("/503, " in line for line in tried), tried
+
+
+async def test_two_edges_under_one_name_are_still_two(deployment: Deployment) -> None:
+    """A copied env file gives two edges one --instance-name: their interests must not
+    replace each other at every heartbeat (upstream churn); each counts on its own."""
+    twin_config = replace(deployment.edges[0].relay.config, instance_name="edge-1")
+    async with running_relay(twin_config) as twin:
+        await wait_until(lambda: twin.relay.ready, what="the twin ready")
+        one = await Client.connect(deployment.url(0))
+        other = await Client.connect(f"ws://127.0.0.1:{twin.port}/stocks")
+        await one.subscribe("T.AAPL")
+        await other.subscribe("Q.TSLA")
+        await wait_until(lambda: deployment.upstream_channels() == {"T.AAPL", "Q.TSLA"}, what="both")
+        registry = deployment.ingest_role.registry
+        assert len(registry) == 3
+        # Over five heartbeats, still both, never one replacing the other.
+        deadline = asyncio.get_running_loop().time() + 5 * HEARTBEAT
+        while asyncio.get_running_loop().time() < deadline:
+            assert deployment.upstream_channels() == {"T.AAPL", "Q.TSLA"}
+            assert len(registry) == 3
+            await asyncio.sleep(HEARTBEAT / 4)  # sampling a state over time, not waiting for it
+        await one.close()
+        await other.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -93,6 +94,7 @@ class Edge:
         self._sync_task: asyncio.Task[None] | None = None
         self._sync_wanted = False
         self._seq = 0
+        self._incarnation = secrets.token_hex(6)
         self._heartbeat: asyncio.TimerHandle | None = None
         self._throttle = LogThrottle(log, interval=10.0)
 
@@ -232,7 +234,8 @@ class Edge:
     def _interest_message(self, goodbye: bool = False) -> bytes:
         self._seq += 1
         channels = {} if goodbye else self._wanted_channels()
-        return messages.encode(messages.EdgeInterest(self.config.instance_name, channels, self._seq))
+        interest = messages.EdgeInterest(self.config.instance_name, channels, self._seq, self._incarnation)
+        return messages.encode(interest)
 
     def _publish_interest(self) -> None:
         if not self.link.connected:

@@ -200,10 +200,10 @@ class Ingest:
                     self._refuse(interest.edge, market, name, exc)
                     continue
                 wanted.add((market, name))
-        diff = self.registry.update(interest.edge, wanted, time.monotonic(), interest.seq)
+        diff = self.registry.update(interest.key, wanted, time.monotonic(), interest.seq)
         if diff:
-            log.debug("edge %s: +%d -%d channels", interest.edge, len(diff.added), len(diff.removed))
-            self._apply(diff, interest.edge)
+            log.debug("edge %s: +%d -%d channels", interest.key, len(diff.added), len(diff.removed))
+            self._apply(diff, interest.key)
 
     def _refuse(self, edge: str, market: str, name: str, exc: Exception) -> None:
         self.refused += 1

@@ -24,6 +24,14 @@ class EdgeInterest(msgspec.Struct, forbid_unknown_fields=False):
     edge: str
     channels: dict[str, list[str]]
     seq: int = 0  # increases with every message of this edge (observability only)
+    # Random per process: two edges given the same --instance-name by mistake are still
+    # two sets of references (not one set flapping between them), and a restarted
+    # edge is a new one.
+    incarnation: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.edge}#{self.incarnation}" if self.incarnation else self.edge
 
 
 class IngestState(msgspec.Struct, forbid_unknown_fields=False):

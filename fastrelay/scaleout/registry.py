@@ -49,8 +49,12 @@ class EdgeRegistry:
         return edge in self._edges
 
     def channel_counts(self) -> dict[str, int]:
-        """Channels each live edge wants, by edge name (for metrics)."""
-        return {edge: len(known.channels) for edge, known in self._edges.items()}
+        """Channels each live edge wants, by edge name (``NAME#INCARNATION`` keys summed by name)."""
+        counts: dict[str, int] = {}
+        for edge, known in self._edges.items():
+            name = edge.partition("#")[0]
+            counts[name] = counts.get(name, 0) + len(known.channels)
+        return counts
 
     def wants(self, edge: str) -> frozenset[Change]:
         found = self._edges.get(edge)
