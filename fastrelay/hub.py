@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastrelay import markets
 from fastrelay.events import EventHead, ticker_of
@@ -108,6 +108,19 @@ class _MarketIndex:
         self.ambiguous = markets.is_ambiguous(market)
 
 
+class FillSource(Protocol):
+    """Last values and history this hub lacks, fetched from elsewhere (a scale-out ingest)."""
+
+    def missing(self, member: Member, channels: list[Channel]) -> None:
+        """A new subscriber's exact state channels with no last value (or, aggregates, no history)."""
+
+    def filling(self, channel: Channel) -> bool:
+        """A fetch for this channel is on its way."""
+
+    def when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
+        """Call back once every one of these channels' fetches is in (or failed)."""
+
+
 @dataclass
 class HubStatistics:
     events_routed: int = 0  # upstream events that reached at least the router
@@ -151,13 +164,8 @@ class Hub:
         self.latency = Histogram(RELAY_LATENCY_BOUNDS)
         self.members = 0
         self.subscriptions = 0  # channels summed over members
-        # Scale-out edges fetch what they lack from the ingest (scaleout/edge.py):
-        # called with a member and its exact state channels that have no last value
-        # (or, for aggregates, no history) here.
-        self.on_missing_last: Callable[[Member, list[Channel]], None] | None = None
-        # ... and answer ``history`` for a channel being fetched once the fetch is in.
-        self.filling: Callable[[Channel], bool] = lambda channel: False
-        self.when_filled: Callable[[list[Channel], Callable[[], None]], None] | None = None
+        # Where a scale-out edge fetches what it lacks (scaleout/fills.py); None: nowhere.
+        self.fills: FillSource | None = None
 
     # --- membership -----------------------------------------------------------
     def attach(self, member: Member) -> None:
@@ -467,6 +475,7 @@ class Hub:
         """The latest event seen on each exact state-like channel, ready to send."""
         found: list[bytes] = []
         missing: list[Channel] = []
+        fills = self.fills if fetch_missing else None
         for channel in channels:
             if channel.is_wildcard:
                 continue
@@ -477,16 +486,17 @@ class Hub:
             if raw is not None:
                 tagged = member.tags_markets and index.ambiguous
                 found.append(tag_market(raw, channel.market) if tagged else raw)
-            if raw is None or (
-                channel.ev in index.history_evs and not index.history.get(channel.ev, {}).get(channel.ticker)
+            if fills is not None and (
+                raw is None
+                or (
+                    channel.ev in index.history_evs
+                    and not index.history.get(channel.ev, {}).get(channel.ticker)
+                )
             ):
                 missing.append(channel)
-        if missing and fetch_missing and self.on_missing_last is not None:
-            self.on_missing_last(member, missing)
+        if missing and fills is not None:
+            fills.missing(member, missing)
         return found
-
-    def has_last_value(self, channel: Channel) -> bool:
-        return channel.ticker in self._index[channel.market].last.get(channel.ev, {})
 
     def seed_last_value(self, channel: Channel, raw: bytes) -> bool:
         """Store a last value fetched from elsewhere unless a live one came first."""

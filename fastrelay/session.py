@@ -198,11 +198,12 @@ class ClientSession:
         client knows the history of that channel is complete.
         """
         channels, errors = self._parse(params)
-        pending = [c for c in channels if self.hub.filling(c)]
-        if pending and self.hub.when_filled is not None:
+        fills = self.hub.fills
+        pending = [c for c in channels if fills.filling(c)] if fills is not None else []
+        if fills is not None and pending:
             # A scale-out edge is fetching these channels' history from the ingest
-            # (scaleout/edge.py): answer when it is in, rather than with a part of it.
-            self.hub.when_filled(pending, lambda: self._send_later(self._history_reply(channels, errors)))
+            # (scaleout/fills.py): answer when it is in, rather than with a part of it.
+            fills.when_filled(pending, lambda: self._send_later(self._history_reply(channels, errors)))
             return Reply()
         return self._history_reply(channels, errors)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from fastrelay.events import decode_frame
 from fastrelay.hub import Hub, Member
 from fastrelay.interest import MarketInterest
-from fastrelay.protocol import parse_channel
+from fastrelay.protocol import Channel, parse_channel
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.link import redact
 from fastrelay.scaleout.registry import EdgeRegistry
@@ -142,7 +144,18 @@ def test_seeded_values_never_overwrite_live_ones_and_history_merges() -> None:
     member = Member(write=lambda b: None, buffered=lambda: 0)
     hub.attach(member)
     missing: list[str] = []
-    hub.on_missing_last = lambda m, channels: missing.extend(c.name for c in channels)
+
+    class Recorder:
+        def missing(self, member: Member, channels: list[Channel]) -> None:
+            missing.extend(c.name for c in channels)
+
+        def filling(self, channel: Channel) -> bool:
+            return False
+
+        def when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
+            callback()
+
+    hub.fills = Recorder()
     quote = parse_channel("Q.AAPL", "stocks")
     candles = parse_channel("AM.AAPL", "stocks")
     hub.subscribe(member, [quote, candles])

@@ -137,8 +137,7 @@ class Edge:
         try:
             state = messages.decode_state(msg.data)
         except messages.MessageError as exc:
-            self.link.stats.bad_messages += 1
-            self._throttle.log(logging.WARNING, "skipped an ingest state: %s", exc)
+            self.link.skip_bad("an ingest state", exc)
             return
         now = time.monotonic()
         said_goodbye = all(v == messages.STOPPED for v in self.ingest_markets.values())
@@ -263,8 +262,7 @@ class Edge:
             sent_at, body = open_envelope(data)
             heads, raws = decode_frame(body)
         except (ValueError, FrameError) as exc:
-            stats.bad_messages += 1
-            self._throttle.log(logging.WARNING, "skipped a bad data message on %s: %s", msg.subject, exc)
+            self.link.skip_bad(f"a data message on {msg.subject}", exc)
             return
         feed = self.feeds.get(self.subjects.market_of(msg.subject))
         if feed is None or not heads:

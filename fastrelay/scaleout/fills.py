@@ -46,9 +46,7 @@ class Fills:
         self.requested = 0  # channels asked for
         self.failed = 0  # channels whose request failed (no ingest, timeout, bad reply)
         self.delivered = 0  # values written to subscribers
-        hub.on_missing_last = self.missing
-        hub.filling = lambda channel: (channel.market, channel.name) in self._waiting
-        hub.when_filled = self.when_filled
+        hub.fills = self
 
     def stop(self) -> None:
         for task in list(self._tasks):
@@ -66,6 +64,9 @@ class Fills:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._send)
+
+    def filling(self, channel: Channel) -> bool:
+        return (channel.market, channel.name) in self._waiting
 
     def when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
         """Call back once every one of these channels' fetches is in (or failed)."""

@@ -185,8 +185,7 @@ class Ingest:
         try:
             interest = messages.decode_interest(msg.data)
         except messages.MessageError as exc:
-            self.link.stats.bad_messages += 1
-            self._throttle.log(logging.WARNING, "skipped an edge's interest: %s", exc)
+            self.link.skip_bad("an edge's interest", exc)
             return
         wanted: set[Change] = set()
         served = self.relay.hub.interests
@@ -241,7 +240,7 @@ class Ingest:
                 ),
             )
         except messages.MessageError as exc:
-            self.link.stats.bad_messages += 1
+            self.link.skip_bad("a snapshot request", exc)
             reply = messages.SnapshotReply(error=str(exc))
         if msg.reply:
             await msg.respond(messages.encode(reply))

@@ -172,6 +172,11 @@ class NatsLink:
             await client.publish(subject, data)
             await asyncio.wait_for(client.flush(), 1.0)
 
+    def skip_bad(self, what: str, exc: Exception) -> None:
+        """A message that does not decode: counted, logged once per 10 s, skipped."""
+        self.stats.bad_messages += 1
+        self._throttle.log(logging.WARNING, "skipped %s: %s", what, exc)
+
     def publish_soon(self, subject: str, data: bytes) -> None:
         """Publish a control message from synchronous code; nothing while disconnected
         (control messages are state, re-sent on every heartbeat)."""
