@@ -8,62 +8,54 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fastrelay.config import RelayConfig, describe
+from fastrelay import roles
+from fastrelay.config import RelayConfig
+from fastrelay.metrics import Metrics
 from fastrelay.relay import Relay
-from fastrelay.server import RelayServer
-
-if TYPE_CHECKING:
-    from fastrelay.scaleout.edge import Edge
-    from fastrelay.scaleout.ingest import Ingest
+from fastrelay.roles import Role
+from fastrelay.server import RelayServer, ServerStatistics
 
 log = logging.getLogger("fastrelay")
 
 
 @dataclass
 class RunningRelay:
-    relay: Relay
+    role: Role
     server: RelayServer
-    scaleout: Ingest | Edge | None = None  # the NATS side of an ingest or an edge
+    metrics: Metrics
+
+    @property
+    def relay(self) -> Relay:
+        return self.role.relay
 
     @property
     def port(self) -> int:
         return self.server.port
 
-
-def assemble(config: RelayConfig) -> tuple[Relay, Ingest | Edge | None]:
-    """The relay of ``config.role``: alone, with an ingest's tap, or fed by NATS."""
-    if config.role == "edge":
-        from fastrelay.scaleout.edge import Edge
-
-        edge = Edge(config)
-        return edge.relay, edge
-    relay = Relay(config)
-    if config.role == "ingest":
-        from fastrelay.scaleout.ingest import Ingest
-
-        return relay, Ingest(relay, config)
-    return relay, None
+    @property
+    def ready(self) -> bool:
+        return self.role.not_ready_reason() is None
 
 
 @contextlib.asynccontextmanager
 async def running_relay(config: RelayConfig) -> AsyncIterator[RunningRelay]:
-    """The relay listening and its upstreams connecting, stopped on exit."""
-    relay, scaleout = assemble(config)
-    server = RelayServer(relay, scaleout)
+    """The relay of ``config.role`` listening and its feeds connecting, stopped on exit."""
+    role = roles.create(config)
+    stats = ServerStatistics.for_markets(config.markets)
+    metrics = Metrics(role, stats, config.metrics_interval)
+    server = RelayServer(role, stats, metrics.page)
     await server.start()
-    if scaleout is not None:
-        scaleout.start()
-    relay.start()
+    metrics.start()
+    role.start()
     try:
-        yield RunningRelay(relay, server, scaleout)
+        yield RunningRelay(role, server, metrics)
     finally:
         await server.stop()
-        # An edge says goodbye on NATS before its upstream (the feeds) stops.
-        if scaleout is not None:
-            await scaleout.stop()
-        await relay.stop()
+        metrics.stop()
+        # An edge says goodbye on NATS before its feeds stop (Role.stop).
+        await role.stop()
 
 
 async def wait_for_signal() -> None:
@@ -91,7 +83,7 @@ async def serve_until_signal(main: Coroutine[Any, Any, None]) -> None:
 
 async def serve(config: RelayConfig) -> None:
     async with running_relay(config) as running:
-        log.info("fastrelay %s listening on port %d: %s", config.role, running.port, describe(config))
+        log.info("fastrelay %s listening on port %d: %s", config.role, running.port, running.role.describe())
         await wait_for_signal()
         await shutdown(running, config.shutdown_timeout)
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from fastrelay import __version__, logs, loops
+from fastrelay import __version__, logs, loops, roles
 from fastrelay.config import (
     RELAY_OPTIONS,
     SIM_OPTIONS,
@@ -17,8 +17,6 @@ from fastrelay.config import (
     SimConfigFlags,
     add_options,
     build,
-    describe,
-    validate,
 )
 
 
@@ -74,25 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.role is not None and args.role != args.command:
                 raise ConfigError(f"--role={args.role} contradicts the command {args.command!r}")
             config.role = args.command
-        validate(config)
-        if args.command == "check-config" and not config.api_key and config.role != "edge":
+        roles.validate(config)
+        needs_key = roles.kind_of(config).needs_api_key  # an edge never talks to Massive
+        simulated = args.command == "run"  # `run` without a key serves the simulator
+        if needs_key and not config.api_key and not simulated:
             raise ConfigError("no API key: set MASSIVE_API_KEY or --api-key")
     except ConfigError as exc:
         print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"fastrelay: configuration OK: {describe(config)}")
+        print(f"fastrelay: configuration OK: {roles.describe(config)}")
         return 0
     logs.configure(config.log_level, config.log_format)
     from fastrelay import app
 
-    if args.command == "run" and not config.api_key:
+    if needs_key and not config.api_key:
         loops.run(app.run_with_simulator(config))
-        return 0
-    if not config.api_key and config.role != "edge":  # an edge never talks to Massive
-        print("fastrelay: configuration error: no API key: set MASSIVE_API_KEY or --api-key", file=sys.stderr)
-        return 2
-    loops.run(app.serve(config))
+    else:
+        loops.run(app.serve(config))
     return 0
 
 

@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastrelay import markets, protocol
-from fastrelay.upstream import UpstreamTimers
 
 KIB = 1024
 MIB = 1024 * KIB
+
+
+@dataclass
+class UpstreamTimers:
+    """Every timer of the upstream policy (upstream_core.py); tests shrink them to run in seconds."""
+
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    healthy_after: float = 10.0  # connected this long -> backoff resets
+    auth_retry: float = 60.0  # after auth_failed: a wrong key will not fix itself
+    max_connections_cooldown: float = 60.0  # another process holds the key's slot
+    ping_interval: float = 20.0  # ping after this long without incoming data
+    ping_timeout: float = 10.0  # no data nor pong this long after a ping = stalled
+    handshake_timeout: float = 10.0  # open to authenticated
 
 
 @dataclass
@@ -116,7 +130,7 @@ class ConfigError(ValueError):
     """A bad setting; the message names the flag and what is wrong."""
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
         if value < 0:
@@ -127,10 +141,6 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -138,13 +148,6 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{text!r} is not a boolean (true/false)")
-
-
-def _log_format(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("text", "json"):
-        raise ValueError(f"{text!r} is not one of text, json")
-    return value
 
 
 def _one_of(*choices: str) -> Callable[[str], str]:
@@ -158,11 +161,8 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def _log_level(text: str) -> str:
-    level = text.strip().lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ValueError(f"{text!r} is not one of debug, info, warning, error")
-    return level
+_log_format = _one_of("text", "json")
+_log_level = _one_of("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class Option:
 # Flags of the relay (serve, run). Timers are flags so tests run in seconds.
 RELAY_OPTIONS: tuple[Option, ...] = (
     Option("host", str, "address to listen on", "host"),
-    Option("port", _positive(int), "port to listen on", "port"),
+    Option("port", _non_negative(int), "port to listen on", "port"),
     Option(
         "markets", markets.parse_markets, f"comma-separated markets: {','.join(markets.MARKETS)}", "markets"
     ),
@@ -186,114 +186,150 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"
     ),
     Option(
-        "client-tokens", _csv, "comma-separated tokens clients must auth with (unset: open)", "client_tokens"
+        "client-tokens",
+        protocol.split_params,
+        "comma-separated tokens clients must auth with (unset: open)",
+        "client_tokens",
     ),
     Option(
-        "flush-interval", _positive(float), "coalescing window in ms (0: end of each read)", "flush_interval"
+        "flush-interval",
+        _non_negative(float),
+        "coalescing window in ms (0: end of each read)",
+        "flush_interval",
     ),
     Option(
-        "max-frame-size", _positive(int), "largest coalesced frame sent to clients, bytes", "max_frame_size"
+        "max-frame-size",
+        _non_negative(int),
+        "largest coalesced frame sent to clients, bytes",
+        "max_frame_size",
     ),
     Option(
-        "max-client-buffer", _positive(int), "unsent bytes before a client is dropped", "max_client_buffer"
+        "max-client-buffer",
+        _non_negative(int),
+        "unsent bytes before a client is dropped",
+        "max_client_buffer",
     ),
-    Option("max-channels", _positive(int), "channels per client connection", "max_channels"),
-    Option("max-message-size", _positive(int), "largest frame a client may send, bytes", "max_message_size"),
-    Option("max-connections", _positive(int), "client connections in total", "max_connections"),
+    Option("max-channels", _non_negative(int), "channels per client connection", "max_channels"),
+    Option(
+        "max-message-size", _non_negative(int), "largest frame a client may send, bytes", "max_message_size"
+    ),
+    Option("max-connections", _non_negative(int), "client connections in total", "max_connections"),
     Option(
         "max-connections-per-address",
-        _positive(int),
+        _non_negative(int),
         "client connections per client address",
         "max_connections_per_address",
     ),
     Option(
-        "trusted-proxies", _csv, "peers whose X-Forwarded-For is believed (e.g. 127.0.0.1)", "trusted_proxies"
+        "trusted-proxies",
+        protocol.split_params,
+        "peers whose X-Forwarded-For is believed (e.g. 127.0.0.1)",
+        "trusted_proxies",
     ),
     Option(
         "max-messages-per-second",
-        _positive(float),
+        _non_negative(float),
         "control messages per second per client",
         "max_messages_per_second",
     ),
-    Option("message-burst", _positive(int), "control messages a client may send at once", "message_burst"),
+    Option(
+        "message-burst", _non_negative(int), "control messages a client may send at once", "message_burst"
+    ),
     Option(
         "client-handshake-timeout",
-        _positive(float),
+        _non_negative(float),
         "TCP accept to WebSocket upgrade, s",
         "client_handshake_timeout",
     ),
     Option(
         "client-auth-timeout",
-        _positive(float),
+        _non_negative(float),
         "WebSocket open to auth received, s (0: no limit)",
         "client_auth_timeout",
     ),
     Option(
-        "allowed-origins", _csv, "browser Origins allowed (comma-separated; empty: any)", "allowed_origins"
+        "allowed-origins",
+        protocol.split_params,
+        "browser Origins allowed (comma-separated; empty: any)",
+        "allowed_origins",
     ),
-    Option("linger", _positive(float), "seconds before the last unsubscribe goes upstream", "linger"),
+    Option("linger", _non_negative(float), "seconds before the last unsubscribe goes upstream", "linger"),
     Option(
-        "client-ping-interval", _positive(float), "ping clients idle this long, s", "client_ping_interval"
+        "client-ping-interval", _non_negative(float), "ping clients idle this long, s", "client_ping_interval"
     ),
     Option(
-        "client-ping-timeout", _positive(float), "drop clients not answering a ping, s", "client_ping_timeout"
+        "client-ping-timeout",
+        _non_negative(float),
+        "drop clients not answering a ping, s",
+        "client_ping_timeout",
     ),
     Option(
-        "backoff-base", _positive(float), "first reconnect delay ceiling, s", "upstream_timers.backoff_base"
+        "backoff-base",
+        _non_negative(float),
+        "first reconnect delay ceiling, s",
+        "upstream_timers.backoff_base",
     ),
-    Option("backoff-cap", _positive(float), "largest reconnect delay, s", "upstream_timers.backoff_cap"),
+    Option("backoff-cap", _non_negative(float), "largest reconnect delay, s", "upstream_timers.backoff_cap"),
     Option(
         "healthy-after",
-        _positive(float),
+        _non_negative(float),
         "connected this long resets the backoff, s",
         "upstream_timers.healthy_after",
     ),
     Option(
         "auth-retry",
-        _positive(float),
+        _non_negative(float),
         "delay before retrying after auth_failed, s",
         "upstream_timers.auth_retry",
     ),
     Option(
         "max-connections-cooldown",
-        _positive(float),
+        _non_negative(float),
         "delay after max_connections, s",
         "upstream_timers.max_connections_cooldown",
     ),
     Option(
         "upstream-ping-interval",
-        _positive(float),
+        _non_negative(float),
         "ping upstream idle this long, s",
         "upstream_timers.ping_interval",
     ),
     Option(
         "upstream-ping-timeout",
-        _positive(float),
+        _non_negative(float),
         "reconnect if no pong this long, s",
         "upstream_timers.ping_timeout",
     ),
     Option(
         "handshake-timeout",
-        _positive(float),
+        _non_negative(float),
         "upstream connect-to-authenticated limit, s",
         "upstream_timers.handshake_timeout",
     ),
-    Option("shutdown-timeout", _positive(float), "seconds from SIGTERM to exit", "shutdown_timeout"),
+    Option("shutdown-timeout", _non_negative(float), "seconds from SIGTERM to exit", "shutdown_timeout"),
     Option(
-        "history-size", _positive(int), "aggregates kept per ticker for the history action", "history_size"
+        "history-size",
+        _non_negative(int),
+        "aggregates kept per ticker for the history action",
+        "history_size",
     ),
     Option(
         "keep-channels",
-        _csv,
+        protocol.split_params,
         "channels kept subscribed without clients, history and last values ready (e.g. AM.AAPL)",
         "keep_channels",
     ),
     Option("web-root", str, "directory of static files to serve ('' to serve none)", "web_root"),
     Option(
-        "metrics-port", _positive(int), "also serve /metrics, /healthz, /readyz on this port", "metrics_port"
+        "metrics-port",
+        _non_negative(int),
+        "also serve /metrics, /healthz, /readyz on this port",
+        "metrics_port",
     ),
     Option("metrics-host", str, "address for --metrics-port (default: --host)", "metrics_host"),
-    Option("metrics-interval", _positive(float), "seconds between /metrics renderings", "metrics_interval"),
+    Option(
+        "metrics-interval", _non_negative(float), "seconds between /metrics renderings", "metrics_interval"
+    ),
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
     Option(
@@ -309,25 +345,33 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "nats-window",
-        _positive(float),
+        _non_negative(float),
         "ingest: publish once per this many ms, one message per subject (0: per loop pass)",
         "nats_window",
     ),
     Option(
-        "heartbeat-interval", _positive(float), "ingest/edge heartbeats over NATS, s", "heartbeat_interval"
+        "heartbeat-interval",
+        _non_negative(float),
+        "ingest/edge heartbeats over NATS, s",
+        "heartbeat_interval",
     ),
-    Option("peer-timeout", _positive(float), "an edge or ingest silent this long is gone, s", "peer_timeout"),
+    Option(
+        "peer-timeout", _non_negative(float), "an edge or ingest silent this long is gone, s", "peer_timeout"
+    ),
     Option("instance-name", str, "this process's name on NATS (default: HOST-PID)", "instance_name"),
 )
 
 SIM_OPTIONS: tuple[Option, ...] = (
     Option("host", str, "address to listen on", "host"),
-    Option("port", _positive(int), "port to listen on", "port"),
+    Option("port", _non_negative(int), "port to listen on", "port"),
     Option("sim-key", str, "API key the simulator accepts", "sim_key"),
-    Option("rate", _positive(float), "frames per second per market", "rate"),
-    Option("events-per-frame", _positive(int), "events in each frame", "events_per_frame"),
+    Option("rate", _non_negative(float), "frames per second per market", "rate"),
+    Option("events-per-frame", _non_negative(int), "events in each frame", "events_per_frame"),
     Option(
-        "symbol-count", _positive(int), "synthetic tickers per market (0: the built-in list)", "symbol_count"
+        "symbol-count",
+        _non_negative(int),
+        "synthetic tickers per market (0: the built-in list)",
+        "symbol_count",
     ),
     Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
     Option("markets", markets.parse_markets, "markets that generate data (default: all)", "markets"),
@@ -385,35 +429,23 @@ def build(config: Any, options: Sequence[Option], args: argparse.Namespace, env:
     return config
 
 
-def describe(config: RelayConfig) -> str:
-    """A one-line summary without secrets (the key and tokens are only counted)."""
-    tokens = (
-        f"{len(config.client_tokens)} client token(s)" if config.client_tokens else "open mode (no tokens)"
-    )
-    if config.role == "edge":
-        from fastrelay.scaleout.link import redact
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
-        return (
-            f"edge {config.instance_name}: listen {config.host}:{config.port}, markets "
-            f"{','.join(config.markets)}, NATS {redact(config.nats)} ({config.nats_prefix}), {tokens}"
-        )
-    scaleout = ""
-    if config.role == "ingest":
-        from fastrelay.scaleout.link import redact
 
-        scaleout = (
-            f"ingest {config.instance_name} to NATS {redact(config.nats)} "
-            f"({config.nats_prefix}, {config.nats_granularity}), "
-        )
-    return (
-        f"{scaleout}listen {config.host}:{config.port}, markets {','.join(config.markets)}, "
-        f"upstream {config.upstream}, API key {'set' if config.api_key else 'missing'}, {tokens}, "
-        f"flush {config.flush_interval:g} ms"
-    )
+def redact(text: str) -> str:
+    """``nats://user:secret@host`` -> ``nats://***@host``, wherever a URL appears in ``text``."""
+    return _USERINFO.sub("***@", text)
+
+
+def tokens_summary(config: RelayConfig) -> str:
+    """The client tokens, counted, never shown."""
+    if config.client_tokens:
+        return f"{len(config.client_tokens)} client token(s)"
+    return "open mode (no tokens)"
 
 
 def validate(config: RelayConfig) -> None:
-    """Checks across settings, with messages an operator can act on."""
+    """Checks across settings, with messages an operator can act on (roles add their own)."""
     scheme = config.upstream.split("://", 1)[0]
     if scheme not in ("ws", "wss") or "://" not in config.upstream:
         raise ConfigError(f"--upstream={config.upstream!r}: expected ws://HOST[:PORT] or wss://HOST[:PORT]")
@@ -431,22 +463,3 @@ def validate(config: RelayConfig) -> None:
             raise ConfigError(f"--keep-channels: {exc}") from None
         if channel.market not in config.markets:
             raise ConfigError(f"--keep-channels: {name!r} is on {channel.market}, not in --markets")
-    if config.role != "single":
-        _validate_scaleout(config)
-
-
-def _validate_scaleout(config: RelayConfig) -> None:
-    from fastrelay.scaleout.link import redact
-    from fastrelay.scaleout.subjects import Subjects
-
-    for server in config.nats.split(","):
-        if server.strip().split("://", 1)[0] not in ("nats", "tls") or "://" not in server:
-            raise ConfigError(f"--nats={redact(config.nats)!r}: expected nats://HOST:PORT (comma-separated)")
-    try:
-        Subjects(config.nats_prefix)
-    except ValueError as exc:
-        raise ConfigError(f"--nats-prefix: {exc}") from None
-    if config.heartbeat_interval <= 0 or config.peer_timeout < 2 * config.heartbeat_interval:
-        raise ConfigError("--peer-timeout must be at least twice --heartbeat-interval (> 0)")
-    if not config.instance_name.strip():
-        raise ConfigError("--instance-name must not be empty")

@@ -9,7 +9,7 @@ or re-typed. Decoders are built once (msgspec performance tips).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -28,6 +28,11 @@ class EventHead(msgspec.Struct, gc=False):
     # Status objects (ev == "status") ride in the same frames as data.
     status: Any = None
     message: Any = None
+
+
+# One event's bytes as the upstream sent them: a slice of its frame (``msgspec.Raw``)
+# or a copy (``bytes``); either joins into a frame without re-encoding.
+RawEvent: TypeAlias = msgspec.Raw | bytes
 
 
 class FrameError(ValueError):

@@ -11,60 +11,49 @@ does per-event work per audience, not per client:
    index ``ev -> ticker -> audiences`` plus ``ev -> audiences`` for ``EV.*``).
    An audience that has ``T.*`` is not indexed under ``T.AAPL`` too, so it
    gets each event once.
-2. ``flush()`` turns each audience's pending events into complete WebSocket
-   frames (a JSON array, split below the maximum frame size), built once, and
-   writes the same bytes objects to every member: one write per member per
-   flush whatever the number of events.
-3. After each write the member's unsent backlog is checked; a member past
-   the limit is handed to ``on_slow_consumer`` after the flush. Nobody waits
-   for it.
+2. ``flush()`` hands each audience's pending events to the outbox, which
+   builds the frames once and writes the same bytes to every member (one
+   write per member per flush whatever the number of events) and drops
+   members whose backlog passes the limit.
 
-The hub also keeps the last event of state-like channels (quotes, aggregates,
-index values, forex quotes) so a new subscriber of an exact channel fills at
-once, and owns the per-market ``MarketInterest`` reference counts that decide
-the upstream subscriptions. It never touches a socket: members are given a
-``write`` and a ``buffered`` callable, so tests use a recording sink.
+Membership changes (``attach``, ``subscribe``, ``unsubscribe``, ``detach``)
+move a member between audiences, and every reference a member takes or drops
+is reported to an ``Interest`` (the relay's ``Demand``), which decides the
+upstream subscriptions. The hub never touches a socket.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastrelay import markets
 from fastrelay.events import EventHead, ticker_of
+from fastrelay.framing import tag_market
 from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
-from fastrelay.interest import CapReached, MarketInterest
-from fastrelay.protocol import Channel, event_array_frames, tag_market, text_frame
+from fastrelay.member import Member
+from fastrelay.outbox import Outbox
+from fastrelay.protocol import Channel
 
+# The loop's timers have millisecond resolution and may fire a little early:
+# a window that ends within a millisecond has ended.
 TIMER_SLACK = 0.001
 
 
-class Member:
-    """The hub's view of one client connection."""
+class Interest(Protocol):
+    """Where the hub reports the references its members take and drop."""
 
-    __slots__ = ("audience", "buffered", "channels", "closed", "owner", "tags_markets", "write")
+    def admit(self, market: str, names: list[str]) -> str | None:
+        """Why these new channels cannot be added (a cap), or None."""
 
-    def __init__(
-        self,
-        write: Callable[[bytes], Any],
-        buffered: Callable[[], int],
-        tags_markets: bool = False,
-        owner: Any = None,
-    ) -> None:
-        self.owner = owner  # the connection this member stands for (opaque to the hub)
-        self.write = write  # writes bytes to the client's socket, never blocks
-        self.buffered = buffered  # bytes written but not yet sent
-        # /api/socket clients mix markets on one socket: events of ambiguous
-        # markets (futures) reach them with a "market" key.
-        self.tags_markets = tags_markets
-        self.channels: set[Channel] = set()
-        self.audience: Audience | None = None
-        self.closed = False
+    def add(self, channel: Channel) -> None:
+        """A member took a reference on ``channel``."""
+
+    def remove(self, channel: Channel) -> None:
+        """A member dropped its reference on ``channel``."""
 
 
 class Audience:
@@ -82,53 +71,12 @@ class Audience:
 
 
 class _MarketIndex:
-    __slots__ = (
-        "ambiguous",
-        "exact",
-        "history",
-        "history_evs",
-        "last",
-        "market",
-        "recorded",
-        "state_evs",
-        "wildcard",
-    )
+    __slots__ = ("ambiguous", "exact", "wildcard")
 
     def __init__(self, market: str) -> None:
-        self.market = market
         self.exact: dict[str, dict[str, list[Audience]]] = {}
         self.wildcard: dict[str, list[Audience]] = {}
-        # Stored events are copies: a msgspec.Raw pins its whole upstream frame.
-        self.last: dict[str, dict[str, bytes]] = {}
-        self.history: dict[str, dict[str, deque[bytes]]] = {}
-        # ev -> tickers with an exact subscription: the ones whose history is kept.
-        self.recorded: dict[str, set[str]] = {}
-        self.state_evs = markets.state_evs(market)
-        self.history_evs = markets.history_evs(market)
         self.ambiguous = markets.is_ambiguous(market)
-
-
-class FillSource(Protocol):
-    """Last values and history this hub lacks, fetched from elsewhere (a scale-out ingest)."""
-
-    def missing(self, member: Member, channels: list[Channel]) -> None:
-        """A new subscriber's exact state channels with no last value (or, aggregates, no history)."""
-
-    def filling(self, channel: Channel) -> bool:
-        """A fetch for this channel is on its way."""
-
-    def when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
-        """Call back once every one of these channels' fetches is in (or failed)."""
-
-
-@dataclass
-class HubStatistics:
-    events_routed: int = 0  # upstream events that reached at least the router
-    deliveries: int = 0  # events times members they were written to
-    frames_written: int = 0  # frames times members
-    bytes_written: int = 0
-    slow_consumers: int = 0
-    max_backlog: int = 0  # largest member backlog seen at the last flush
 
 
 @dataclass
@@ -140,32 +88,24 @@ class SubscribeResult:
 class Hub:
     def __init__(
         self,
-        interests: dict[str, MarketInterest],
-        max_frame_payload: int,
-        max_client_buffer: int,
+        markets_served: Iterable[str],
+        outbox: Outbox,
+        interest: Interest,
         max_channels_per_client: int,
-        on_slow_consumer: Callable[[Member], None],
-        history_size: int = 500,
     ) -> None:
-        self.interests = interests
-        self.history_size = history_size
-        self.max_frame_payload = max_frame_payload
-        self.max_client_buffer = max_client_buffer
+        self.outbox = outbox
+        self.interest = interest
         self.max_channels_per_client = max_channels_per_client
-        self.on_slow_consumer = on_slow_consumer
-        self._index = {market: _MarketIndex(market) for market in interests}
+        self._index = {market: _MarketIndex(market) for market in markets_served}
         self._audiences: dict[tuple[frozenset[Channel], bool], Audience] = {}
+        self._audience_of: dict[Member, Audience] = {}
         self._dirty: list[Audience] = []
-        self.dirty_markets: set[str] = set()  # markets whose upstream interest changed
-        self.outages: dict[str, str] = {}  # market -> reason, while its upstream is lost
-        self.stats = HubStatistics()
+        self.events_routed = 0  # upstream events that reached the router
         # Arrival of an audience's oldest pending event to its write: per frame
         # written, the worst wait of the events in it.
         self.latency = Histogram(RELAY_LATENCY_BOUNDS)
         self.members = 0
         self.subscriptions = 0  # channels summed over members
-        # Where a scale-out edge fetches what it lacks (scaleout/fills.py); None: nowhere.
-        self.fills: FillSource | None = None
 
     # --- membership -----------------------------------------------------------
     def attach(self, member: Member) -> None:
@@ -179,17 +119,17 @@ class Hub:
         self.members -= 1
         self.subscriptions -= len(member.channels)
         for channel in member.channels:
-            self._release(channel)
+            self.interest.remove(channel)
         member.channels.clear()
         self._leave_audience(member)
 
     def subscribe(self, member: Member, channels: Iterable[Channel]) -> SubscribeResult:
-        """Add channels; unknown markets and the contract cap give errors, not exceptions."""
+        """Add channels; unknown markets and caps give errors, not exceptions."""
         accepted: list[Channel] = []
         errors: list[str] = []
         new: dict[str, list[Channel]] = {}
         for channel in dict.fromkeys(channels):
-            if channel.market not in self.interests:
+            if channel.market not in self._index:
                 errors.append(f"market {channel.market!r} is not served by this relay ({channel.name})")
             elif channel in member.channels:
                 accepted.append(channel)  # idempotent, as Massive acknowledges again
@@ -203,18 +143,15 @@ class Hub:
                     f"({len(wanted)} more requested on {market}, room for {max(room, 0)})"
                 )
                 continue
-            interest = self.interests[market]
-            try:
-                interest.check_cap([c.name for c in wanted])
-            except CapReached as exc:
-                errors.append(str(exc))
+            refusal = self.interest.admit(market, [c.name for c in wanted])
+            if refusal is not None:
+                errors.append(refusal)
                 continue
             room -= len(wanted)
             self.subscriptions += len(wanted)
             for channel in wanted:
                 member.channels.add(channel)
-                self._reference(channel)
-            self.dirty_markets.add(market)
+                self.interest.add(channel)
             accepted.extend(wanted)
         if new:
             self._move(member)
@@ -225,63 +162,41 @@ class Hub:
         self.subscriptions -= len(removed)
         for channel in removed:
             member.channels.discard(channel)
-            self._release(channel)
+            self.interest.remove(channel)
         if removed:
             self._move(member)
         return removed
-
-    def hold(self, channel: Channel) -> None:
-        """A reference that is not a client: a scale-out ingest holds one per edge wanting it."""
-        self._reference(channel)
-        self.dirty_markets.add(channel.market)
-
-    def let_go(self, channel: Channel) -> None:
-        """Drop a reference taken with ``hold``."""
-        self._release(channel)
-
-    def _reference(self, channel: Channel) -> None:
-        self.interests[channel.market].add(channel.name)
-        index = self._index[channel.market]
-        if channel.ev in index.history_evs and not channel.is_wildcard:
-            index.recorded.setdefault(channel.ev, set()).add(channel.ticker)
-
-    def _release(self, channel: Channel) -> None:
-        interest = self.interests[channel.market]
-        interest.remove(channel.name)
-        if not interest.refcount(channel.name):
-            self._index[channel.market].recorded.get(channel.ev, set()).discard(channel.ticker)
-        self.dirty_markets.add(channel.market)
 
     def _move(self, member: Member) -> None:
         """Put the member in the audience of its current channel set."""
         channels = frozenset(member.channels)
         tagged = member.tags_markets and any(markets.is_ambiguous(c.market) for c in channels)
         key = (channels, tagged)
-        current = member.audience
+        current = self._audience_of.get(member)
         if current is not None and current.channels == channels and current.tagged == tagged:
             return
-        audience = self._audiences.get(key)
         # Pending events belong to the members that were there when they were
         # routed: write them out before anyone leaves or joins, so a leaving
         # member loses nothing it was owed and a joining one gets nothing
         # twice (the last value it is sent already covers it).
-        slow: list[Member] = []
-        for touched in (current, audience):
+        now = time.perf_counter()
+        for touched in (current, self._audiences.get(key)):
             if touched is not None and touched.pending:
-                slow.extend(self._write_audience(touched, time.perf_counter()))
+                self._write_audience(touched, now)
+        if member.closed:
+            return  # dropped as a slow consumer by that write
         self._leave_audience(member)
+        audience = self._audiences.get(key)
         if audience is None:
             audience = self._audiences[key] = Audience(channels, tagged)
             self._index_audience(audience)
         audience.members[member] = None
-        member.audience = audience
-        self._drop_slow(slow)
+        self._audience_of[member] = audience
 
     def _leave_audience(self, member: Member) -> None:
-        audience = member.audience
+        audience = self._audience_of.pop(member, None)
         if audience is None:
             return
-        member.audience = None
         del audience.members[member]
         if not audience.members:
             del self._audiences[(audience.channels, audience.tagged)]
@@ -322,7 +237,7 @@ class Hub:
 
     # --- the hot path -----------------------------------------------------------
     def route(
-        self, market: str, heads: list[EventHead], raws: list[Any], arrival: float | None = None
+        self, market: str, heads: Sequence[EventHead], raws: Sequence[Any], arrival: float | None = None
     ) -> int:
         """Queue one upstream frame's events for the audiences that want them.
 
@@ -335,9 +250,6 @@ class Hub:
         index = self._index[market]
         wildcard = index.wildcard
         exact = index.exact
-        last = index.last
-        state_evs = index.state_evs
-        recorded = index.recorded
         tagging = index.ambiguous
         dirty = self._dirty
         queued = 0
@@ -348,14 +260,6 @@ class Hub:
             ticker = head.sym
             if ticker.__class__ is not str:
                 ticker = ticker_of(head)
-            if ev in state_evs and ticker is not None:
-                by_ticker_last = last.get(ev)
-                if by_ticker_last is None:
-                    by_ticker_last = last[ev] = {}
-                by_ticker_last[ticker] = bytes(raw)
-                # Candles (history evs) are all state evs, so this sits inside.
-                if ev in recorded and ticker in recorded[ev]:
-                    self._remember(index, ev, ticker, raw)
             by_ticker = exact.get(ev)
             exact_targets = by_ticker.get(ticker) if by_ticker is not None and ticker is not None else None
             # An audience sits in at most one of the two lists (see _index_lists).
@@ -369,30 +273,8 @@ class Hub:
                         dirty.append(audience)
                         audience.first_arrival = arrival
                     pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
-        self.stats.events_routed += len(heads)
+        self.events_routed += len(heads)
         return queued
-
-    def _remember(self, index: _MarketIndex, ev: str, ticker: str, raw: Any) -> None:
-        """Keep an aggregate of an exactly subscribed ticker (about one a second each)."""
-        by_ticker = index.history.get(ev)
-        if by_ticker is None:
-            by_ticker = index.history[ev] = {}
-        events = by_ticker.get(ticker)
-        if events is None:
-            events = by_ticker[ticker] = deque(maxlen=self.history_size)
-        events.append(bytes(raw))
-
-    def history(self, member: Member, channel: Channel) -> list[bytes]:
-        """The kept aggregates of an exact channel, oldest first (empty if none)."""
-        index = self._index.get(channel.market)
-        if index is None or channel.is_wildcard:
-            return []
-        events = index.history.get(channel.ev, {}).get(channel.ticker)
-        if not events:
-            return []
-        if member.tags_markets and index.ambiguous:
-            return [tag_market(e, channel.market) for e in events]
-        return list(events)
 
     def has_pending(self) -> bool:
         return bool(self._dirty)
@@ -413,167 +295,37 @@ class Hub:
             now = time.perf_counter()
         kept: list[Audience] = []
         due: float | None = None
-        slow: list[Member] = []
-        self.stats.max_backlog = 0
+        # Writing may drop a slow consumer, whose close may empty an audience:
+        # this pass works on its own list, and an emptied audience has nothing pending.
+        self._dirty = kept
         for audience in dirty:
-            events = audience.pending
-            if not events:
+            if not audience.pending:
                 continue  # the audience emptied since it was queued
             ready_at = audience.flushed_at + min_gap
-            # The loop's timers have millisecond resolution and may fire a
-            # little early: a window that ends within a millisecond has ended.
             if ready_at > now + TIMER_SLACK:
                 kept.append(audience)
                 if due is None or ready_at < due:
                     due = ready_at
                 continue
-            slow.extend(self._write_audience(audience, now))
-        self._dirty = kept
-        self._drop_slow(slow)
+            self._write_audience(audience, now)
         return due
 
-    def _write_audience(self, audience: Audience, now: float) -> list[Member]:
-        """Write an audience's pending events to every member; returns the slow ones."""
+    def _write_audience(self, audience: Audience, now: float) -> None:
         events = audience.pending
         audience.pending = []
         audience.flushed_at = now
         self.latency.observe(now - audience.first_arrival)
-        frames = event_array_frames(events, self.max_frame_payload)
-        members = audience.members
-        count = len(members)
-        stats = self.stats
-        stats.deliveries += len(events) * count
-        stats.frames_written += len(frames) * count
-        stats.bytes_written += sum(map(len, frames)) * count
-        limit = self.max_client_buffer
-        max_backlog = 0
-        slow: list[Member] = []
-        for member in members:
-            write = member.write
-            for frame in frames:
-                write(frame)
-            backlog = member.buffered()
-            if backlog > max_backlog:
-                max_backlog = backlog
-            if backlog > limit:
-                slow.append(member)
-        if max_backlog > stats.max_backlog:
-            stats.max_backlog = max_backlog
-        return slow
+        self.outbox.fan_out(audience.members, events)
 
-    def _drop_slow(self, slow: list[Member]) -> None:
-        # After the writes: the callback detaches members, which changes audiences.
-        for member in slow:
-            if not member.closed:
-                self.stats.slow_consumers += 1
-                self.on_slow_consumer(member)
-
-    # --- last value on subscribe -----------------------------------------------
-    def last_values(
-        self, member: Member, channels: Iterable[Channel], fetch_missing: bool = True
-    ) -> list[bytes]:
-        """The latest event seen on each exact state-like channel, ready to send."""
-        found: list[bytes] = []
-        missing: list[Channel] = []
-        fills = self.fills if fetch_missing else None
-        for channel in channels:
-            if channel.is_wildcard:
-                continue
-            index = self._index.get(channel.market)
-            if index is None or channel.ev not in index.state_evs:
-                continue
-            raw = index.last.get(channel.ev, {}).get(channel.ticker)
-            if raw is not None:
-                tagged = member.tags_markets and index.ambiguous
-                found.append(tag_market(raw, channel.market) if tagged else raw)
-            if fills is not None and (
-                raw is None
-                or (
-                    channel.ev in index.history_evs
-                    and not index.history.get(channel.ev, {}).get(channel.ticker)
-                )
-            ):
-                missing.append(channel)
-        if missing and fills is not None:
-            fills.missing(member, missing)
-        return found
-
-    def seed_last_value(self, channel: Channel, raw: bytes) -> bool:
-        """Store a last value fetched from elsewhere unless a live one came first."""
-        index = self._index[channel.market]
-        if channel.ev not in index.state_evs:
-            return False
-        by_ticker = index.last.setdefault(channel.ev, {})
-        if channel.ticker in by_ticker:
-            return False
-        by_ticker[channel.ticker] = bytes(raw)
-        return True
-
-    def seed_history(self, channel: Channel, events: list[bytes]) -> None:
-        """Put fetched history before what was recorded here since (same bytes = same event)."""
-        index = self._index[channel.market]
-        if channel.ticker not in index.recorded.get(channel.ev, ()):
-            return
-        by_ticker = index.history.setdefault(channel.ev, {})
-        local = by_ticker.get(channel.ticker, ())
-        seen = set(local)
-        merged = [bytes(e) for e in events if bytes(e) not in seen]
-        merged.extend(local)
-        by_ticker[channel.ticker] = deque(merged, maxlen=self.history_size)
-
-    def snapshot(
-        self, market: str, last: Iterable[str], history: Iterable[str]
-    ) -> tuple[dict[str, bytes], dict[str, list[bytes]]]:
-        """Last values and history by channel name, for a scale-out edge's new subscribers."""
-        index = self._index.get(market)
-        if index is None:
-            return {}, {}
-        found_last: dict[str, bytes] = {}
-        for name in last:
-            ev, _, ticker = name.partition(".")
-            raw = index.last.get(ev, {}).get(ticker)
-            if raw is not None:
-                found_last[name] = raw
-        found_history: dict[str, list[bytes]] = {}
-        for name in history:
-            ev, _, ticker = name.partition(".")
-            events = index.history.get(ev, {}).get(ticker)
-            if events:
-                found_history[name] = list(events)
-        return found_last, found_history
-
-    def forget_market_last_values(self, market: str) -> None:
-        self._index[market].last.clear()
-
-    def forget_last_values(self, market: str, unsubscribed: Iterable[str]) -> None:
-        """Drop last values and history of channels no longer subscribed upstream.
-
-        Nothing stale is served, and memory follows what clients want.
-        """
-        index = self._index[market]
-        wanted = self.interests[market].wanted()
-        for name in unsubscribed:
-            ev, _, ticker = name.partition(".")
-            for store in (index.last, index.history):
-                by_ticker: dict[str, Any] | None = store.get(ev)
-                if by_ticker is None:
-                    continue
-                if ticker == "*":
-                    for symbol in [s for s in by_ticker if f"{ev}.{s}" not in wanted]:
-                        del by_ticker[symbol]
-                elif f"{ev}.*" not in wanted:
-                    by_ticker.pop(ticker, None)
-
-    def announce(self, market: str, payload: bytes) -> int:
-        """Write one status payload to every member subscribed to ``market``; returns how many."""
-        frame = text_frame(payload)
-        reached = 0
-        for audience in list(self._audiences.values()):
-            if any(c.market == market for c in audience.channels):
-                for member in audience.members:
-                    member.write(frame)
-                reached += len(audience.members)
-        return reached
+    # --- beyond the feed ---------------------------------------------------------
+    def members_on(self, market: str) -> list[Member]:
+        """Every member subscribed to something of ``market`` (for outage statuses)."""
+        return [
+            member
+            for audience in self._audiences.values()
+            if any(c.market == market for c in audience.channels)
+            for member in audience.members
+        ]
 
     def audience_count(self) -> int:
         return len(self._audiences)

@@ -24,10 +24,11 @@ contracts, so the cap applies to their union (``CapReached``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fastrelay import markets
+from fastrelay.protocol import Channel
 
 
 class CapReached(ValueError):
@@ -93,17 +94,23 @@ class MarketInterest:
                 f"contracts per upstream connection reached ({live} in use by all clients)"
             )
 
-    def remove(self, name: str) -> None:
-        """One client no longer wants ``name``; the last one starts the linger."""
+    def remove(self, name: str) -> bool:
+        """One client no longer wants ``name``; the last one starts the linger.
+
+        True when that was the last reference.
+        """
         count = self._refs.get(name, 0)
         if count > 1:
             self._refs[name] = count - 1
-        elif count == 1:
+            return False
+        if count == 1:
             del self._refs[name]
             if self.linger > 0:
                 self._lingering[name] = self._clock() + self.linger
             else:
                 self._capped.discard(name)
+            return True
+        return False
 
     def _make_room_for_capped(self) -> None:
         """At the cap, drop the lingering capped channel that expires first."""
@@ -154,3 +161,78 @@ class MarketInterest:
         for name in [n for n, expiry in self._lingering.items() if expiry <= now]:
             del self._lingering[name]
             self._capped.discard(name)
+
+
+def _nothing(channel: Channel) -> None:
+    pass
+
+
+class Demand:
+    """What every market's upstream should carry: the relay's interest bookkeeping.
+
+    The hub reports each reference a member takes or drops (``add``,
+    ``remove``), a scale-out ingest each edge's; the counts live in one
+    ``MarketInterest`` per market. The first reference of a channel and its
+    last one are passed on (``on_first``, ``on_last``: the cache starts and
+    stops keeping its candles), and any change wakes ``on_changed`` (the relay
+    syncs the upstreams at the end of the loop pass). ``plans()`` then gives,
+    per market changed since the last call, what to subscribe and unsubscribe.
+    """
+
+    def __init__(
+        self,
+        markets_served: Iterable[str],
+        linger: float,
+        clock: Callable[[], float],
+        on_first: Callable[[Channel], None] = _nothing,
+        on_last: Callable[[Channel], None] = _nothing,
+        on_changed: Callable[[], None] = lambda: None,
+        contract_cap: int = markets.OPTIONS_CONTRACT_CAP,
+    ) -> None:
+        self.markets = {m: MarketInterest(m, linger, clock, contract_cap) for m in markets_served}
+        self._on_first = on_first
+        self._on_last = on_last
+        self._on_changed = on_changed
+        self._changed: set[str] = set()
+
+    def __getitem__(self, market: str) -> MarketInterest:
+        return self.markets[market]
+
+    def admit(self, market: str, names: list[str]) -> str | None:
+        """Why these channels cannot be added (the contract cap), or None."""
+        try:
+            self.markets[market].check_cap(names)
+        except CapReached as exc:
+            return str(exc)
+        return None
+
+    def add(self, channel: Channel) -> None:
+        if self.markets[channel.market].add(channel.name):
+            self._on_first(channel)
+        self._mark(channel.market)
+
+    def remove(self, channel: Channel) -> None:
+        if self.markets[channel.market].remove(channel.name):
+            self._on_last(channel)
+        self._mark(channel.market)
+
+    def _mark(self, market: str) -> None:
+        self._changed.add(market)
+        self._on_changed()
+
+    def plans(self) -> dict[str, Plan]:
+        """Per market changed since the last call: the upstream changes to make (recorded as done)."""
+        changed, self._changed = self._changed, set()
+        plans = {}
+        for market in changed:
+            plan = self.markets[market].plan()
+            if plan:
+                plans[market] = plan
+        return plans
+
+    def lingering_expired(self) -> None:
+        """A linger may have run out in any market: look at all of them at the next ``plans``."""
+        self._changed.update(self.markets)
+
+    def next_expiry(self) -> float | None:
+        return min((e for i in self.markets.values() if (e := i.next_expiry()) is not None), default=None)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,26 +31,12 @@ from prometheus_client.registry import Collector
 
 from fastrelay import __version__
 from fastrelay.histogram import LOOP_LAG_BOUNDS, Histogram
-from fastrelay.upstream import DisconnectReason
 
 if TYPE_CHECKING:
-    from fastrelay.relay import Relay
-    from fastrelay.server import RelayServer
+    from fastrelay.roles import Role
+    from fastrelay.server import ServerStatistics
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-UPSTREAM_REASONS = tuple(r.value for r in DisconnectReason)
-# Why a client connection ended; a small fixed set so every series exists from start-up.
-CLOSE_REASONS = (
-    "normal",
-    "slow_consumer",
-    "auth_failed",
-    "auth_timeout",
-    "policy",
-    "limit",
-    "idle",
-    "shutdown",
-    "error",
-)
 
 
 def _histogram(name: str, doc: str, hist: Histogram, labels: dict[str, str] | None = None) -> Metric:
@@ -63,8 +48,9 @@ def _histogram(name: str, doc: str, hist: Histogram, labels: dict[str, str] | No
 class RelayCollector(Collector):
     """Reads the relay's plain counters into Prometheus families."""
 
-    def __init__(self, relay: Relay, server: RelayServer, loop_lag: Histogram) -> None:
-        self._relay = relay
+    def __init__(self, role: Role, server: ServerStatistics, loop_lag: Histogram) -> None:
+        self._role = role
+        self._relay = role.relay
         self._server = server
         self._loop_lag = loop_lag
 
@@ -88,12 +74,12 @@ class RelayCollector(Collector):
             value=len(asyncio.all_tasks()),
         )
         ready = GaugeMetricFamily("fastrelay_ready", "1 when every configured upstream is authenticated.")
-        ready.add_metric([], 1.0 if relay.ready else 0.0)
+        ready.add_metric([], 1.0 if self._role.not_ready_reason() is None else 0.0)
         yield ready
         info = GaugeMetricFamily(
             "fastrelay_build_info", "fastrelay build and role.", labels=["version", "python", "role"]
         )
-        info.add_metric([__version__, platform.python_version(), relay.config.role], 1.0)
+        info.add_metric([__version__, platform.python_version(), self._role.name], 1.0)
         yield info
 
     def _upstream(self) -> Iterator[Metric]:
@@ -130,9 +116,9 @@ class RelayCollector(Collector):
             "Event timestamp (ms ones) to arrival at the relay; sampled: first event of each frame.",
             labels=["market"],
         )
-        for market, session in self._relay.upstreams.items():
-            stats = session.stats
-            connected.add_metric([market], 1.0 if session.live else 0.0)
+        for market, source in self._relay.feeds.items():
+            stats = source.stats
+            connected.add_metric([market], 1.0 if source.live else 0.0)
             # Edges add their own reasons (nats, ingest) to Massive's.
             for reason, count in stats.reconnects.items():
                 reconnects.add_metric([market, reason], count)
@@ -140,15 +126,16 @@ class RelayCollector(Collector):
             events.add_metric([market], stats.events)
             received.add_metric([market], stats.bytes)
             errors.add_metric([market], stats.decode_errors)
-            channels.add_metric([market], len(self._relay.hub.interests[market].subscribed_upstream))
-            last_event.add_metric([market], session.last_event_at)
-            feed.add_metric([market], session.feed_latency.cumulative(), session.feed_latency.sum)
+            channels.add_metric([market], len(self._relay.demand[market].subscribed_upstream))
+            last_event.add_metric([market], stats.last_event_at)
+            feed.add_metric([market], stats.latency.cumulative(), stats.latency.sum)
         yield from (connected, reconnects, frames, events, received, errors, channels, last_event, feed)
 
     def _clients(self) -> Iterator[Metric]:
         server = self._server
         hub = self._relay.hub
-        stats = hub.stats
+        outbox = self._relay.outbox
+        stats = outbox.stats
         connected = GaugeMetricFamily("fastrelay_clients", "Connected clients.", labels=["path"])
         accepted = CounterMetricFamily(
             "fastrelay_client_connections", "Client connections accepted.", labels=["path"]
@@ -158,10 +145,10 @@ class RelayCollector(Collector):
             "Client connections closed (or refused before the upgrade), by path and reason.",
             labels=["path", "reason"],
         )
-        for path, count in server.stats.connected.items():
+        for path, count in server.connected.items():
             connected.add_metric([path], count)
-            accepted.add_metric([path], server.stats.accepted[path])
-            for reason, closes in server.stats.closed_by_path[path].items():
+            accepted.add_metric([path], server.accepted[path])
+            for reason, closes in server.closed_by_path[path].items():
                 closed.add_metric([path, reason], closes)
         yield from (connected, accepted, closed)
         yield GaugeMetricFamily(
@@ -175,10 +162,12 @@ class RelayCollector(Collector):
             value=stats.deliveries,
         )
         yield CounterMetricFamily(
-            "fastrelay_client_frames_sent", "Frames written to clients.", value=stats.frames_written
+            "fastrelay_client_frames_sent",
+            "Frames written to clients (replies included).",
+            value=stats.frames,
         )
         yield CounterMetricFamily(
-            "fastrelay_client_sent_bytes", "Bytes written to client sockets.", value=stats.bytes_written
+            "fastrelay_client_sent_bytes", "Bytes written to client sockets.", value=stats.bytes
         )
         yield CounterMetricFamily(
             "fastrelay_client_slow_consumer_drops",
@@ -187,8 +176,8 @@ class RelayCollector(Collector):
         )
         yield GaugeMetricFamily(
             "fastrelay_client_max_backlog_bytes",
-            "Largest unsent backlog of any client at the last flush.",
-            value=stats.max_backlog,
+            "Largest unsent backlog of any client since the previous rendering of /metrics.",
+            value=outbox.take_max_backlog(),
         )
         yield GaugeMetricFamily(
             "fastrelay_audiences", "Groups of clients sharing a channel set.", value=hub.audience_count()
@@ -225,7 +214,7 @@ class LoopLagMonitor:
 class Metrics:
     """The registry, its periodic rendering and the loop-lag monitor."""
 
-    def __init__(self, relay: Relay, server: RelayServer, interval: float, scaleout: Any = None) -> None:
+    def __init__(self, role: Role, server: ServerStatistics, interval: float) -> None:
         self.interval = interval
         self.loop_lag = LoopLagMonitor()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -233,13 +222,10 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.registry.register(RelayCollector(relay, server, self.loop_lag.histogram))
-        if scaleout is not None:
-            from fastrelay.scaleout.metrics import ScaleoutCollector
-
-            self.registry.register(ScaleoutCollector(scaleout))
+        self.registry.register(RelayCollector(role, server, self.loop_lag.histogram))
+        for collector in role.collectors():
+            self.registry.register(collector)
         self.text = b""
-        self.render_seconds = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -252,8 +238,10 @@ class Metrics:
             self._timer.cancel()
             self._timer = None
 
+    def page(self) -> tuple[bytes, str]:
+        """The latest rendering, and its content type."""
+        return self.text, CONTENT_TYPE
+
     def _render(self) -> None:
-        started = time.perf_counter()
         self.text = generate_latest(self.registry)
-        self.render_seconds = time.perf_counter() - started
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._render)

@@ -2,14 +2,13 @@
 
 Server to client: every text frame is a JSON array of objects with an ``ev``
 key. Client to server: one JSON object ``{"action": ..., "params": "..."}``.
-See ../shared/PROTOCOL.md. Nothing here touches a socket, so the rules can be
+See docs/protocol.md. Nothing here touches a socket, so the rules can be
 tested and benchmarked alone.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from typing import Final, NamedTuple
 
 import msgspec
@@ -17,7 +16,7 @@ import orjson
 
 from fastrelay import markets
 
-# Status values Massive uses (PROTOCOL.md, "Messages").
+# Status values Massive uses (docs/protocol.md, "Statuses").
 CONNECTED: Final = "connected"
 AUTH_SUCCESS: Final = "auth_success"
 AUTH_FAILED: Final = "auth_failed"
@@ -102,25 +101,57 @@ def split_params(params: str) -> list[str]:
     return [part.strip() for part in params.split(",") if part.strip()]
 
 
-class ClientMessage(msgspec.Struct):
-    action: str
+# --- client actions ---------------------------------------------------------------
+# One struct per action, told apart by the "action" key (a msgspec tagged
+# union): the decoder picks the type, the session dispatches with ``match``.
+class Auth(msgspec.Struct, tag_field="action", tag="auth", frozen=True):
     params: str = ""
+
+
+class Subscribe(msgspec.Struct, tag_field="action", tag="subscribe", frozen=True):
+    params: str = ""
+
+
+class Unsubscribe(msgspec.Struct, tag_field="action", tag="unsubscribe", frozen=True):
+    params: str = ""
+
+
+class History(msgspec.Struct, tag_field="action", tag="history", frozen=True):
+    """fastrelay's extension (README, "history"): kept aggregates of exact channels."""
+
+    params: str = ""
+
+
+ClientAction = Auth | Subscribe | Unsubscribe | History
+
+
+class _AnyAction(msgspec.Struct):
+    action: object = None
 
 
 class ClientMessageError(ValueError):
     """A client message that is not a Massive action; the text goes to the client."""
 
 
-_client_message_decoder: Final = msgspec.json.Decoder(ClientMessage)
+_client_action_decoder: Final = msgspec.json.Decoder(ClientAction)
+# What of a client's own input an error status may echo.
+MAX_ECHOED: Final = 40
 
 
-def decode_client_message(payload: bytes) -> ClientMessage:
+def decode_client_message(payload: bytes) -> ClientAction:
     try:
-        return _client_message_decoder.decode(payload)
+        return _client_action_decoder.decode(payload)
     except msgspec.ValidationError as exc:
+        if str(exc).endswith("`$.action`"):
+            action = msgspec.json.decode(payload, type=_AnyAction).action
+            if isinstance(action, str):
+                raise ClientMessageError(f"unknown action {action[:MAX_ECHOED]!r}") from None
         raise ClientMessageError(f"invalid message: {exc}") from None
     except msgspec.DecodeError:
         raise ClientMessageError("invalid message: not a JSON object") from None
+    except RecursionError:
+        # msgspec decodes nesting recursively: a deep enough array raises this.
+        raise ClientMessageError("invalid message: nested too deeply") from None
 
 
 def status(status: str, message: str) -> dict[str, str]:
@@ -160,69 +191,3 @@ def feed_restored_frame(market: str) -> bytes:
 def unsubscribed_message(channel_label: str) -> str:
     # Massive's own wording, grammar included: clients may match on it.
     return f"unsubscribed to: {channel_label}"
-
-
-# --- WebSocket framing -------------------------------------------------------
-# Server-to-client frames are not masked (RFC 6455, 5.1), so one complete
-# frame can be built once and written as the same bytes to every client that
-# should receive exactly those events.
-_OPCODE_TEXT_FIN: Final = 0x81
-_pack_u16: Final = struct.Struct("!BBH").pack
-_pack_u64: Final = struct.Struct("!BBQ").pack
-
-
-def text_frame_header(payload_length: int) -> bytes:
-    if payload_length < 126:
-        return bytes((_OPCODE_TEXT_FIN, payload_length))
-    if payload_length < 65536:
-        return _pack_u16(_OPCODE_TEXT_FIN, 126, payload_length)
-    return _pack_u64(_OPCODE_TEXT_FIN, 127, payload_length)
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A complete unmasked text frame carrying ``payload``."""
-    return text_frame_header(len(payload)) + payload
-
-
-def event_array_payloads(events: list[bytes], max_payload: int) -> list[bytes]:
-    """``events`` as JSON arrays, in order, each under ``max_payload`` bytes.
-
-    Massive's official clients reject frames over 1 MiB by default. One event
-    alone larger than the limit still goes out whole: an event is never cut.
-    """
-    size = 2 + sum(map(len, events)) + len(events)
-    if size <= max_payload:
-        return [b"[" + b",".join(events) + b"]"]
-    payloads: list[bytes] = []
-    batch: list[bytes] = []
-    batch_size = 2
-    for event in events:
-        if batch and batch_size + len(event) + 1 > max_payload:
-            payloads.append(b"[" + b",".join(batch) + b"]")
-            batch = []
-            batch_size = 2
-        batch.append(event)
-        batch_size += len(event) + 1
-    payloads.append(b"[" + b",".join(batch) + b"]")
-    return payloads
-
-
-def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
-    """Complete WebSocket frames carrying ``events`` (see ``event_array_payloads``)."""
-    if len(events) == 1:  # the common case under a firehose: skip the size pass
-        event = events[0]
-        if len(event) + 2 <= max_payload:
-            return [text_frame(b"[" + event + b"]")]
-    return [text_frame(payload) for payload in event_array_payloads(events, max_payload)]
-
-
-def tag_market(event: bytes | msgspec.Raw, market: str) -> bytes:
-    """The event with a leading ``"market"`` key, for /api/socket clients.
-
-    The bytes after the opening brace are kept as they came, so no market
-    value is re-encoded; only events of ambiguous markets (futures) get this.
-    """
-    data = bytes(event)
-    if data[:1] != b"{" or data[1:2] == b"}":
-        return data
-    return b'{"market":' + orjson.dumps(market) + b"," + data[1:]

@@ -1,7 +1,18 @@
-"""The relay: upstream sessions, the hub, and the timing that ties them.
+"""The relay: the core wired together, and the timing that ties it to its feeds.
 
-Owns when things happen, not what: routing is the hub's, protocol rules the
-sessions'. Three timings matter here:
+Owns when things happen, not what: routing is the hub's, memory the
+cache's, upstream interest the demand's, protocol rules the sessions', writes
+the outbox's. The data path runs one way::
+
+    feed (Massive or NATS) -> feed_events -> cache.record + hub.route
+        -> hub.flush -> outbox.fan_out -> client sockets
+
+and the control path the other::
+
+    client message -> session -> hub (membership) -> demand (references)
+        -> interest_changed -> _sync_upstream -> feed.send_subscriptions
+
+Three timings matter here:
 
 * flush: at the end of each upstream read, every audience that was not
   written within the last ``--flush-interval`` is written at once (a quiet
@@ -24,33 +35,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastrelay import protocol
+from fastrelay.cache import Cache
 from fastrelay.config import RelayConfig
 from fastrelay.events import EventHead
-from fastrelay.histogram import Histogram
-from fastrelay.hub import Hub, Member
-from fastrelay.interest import MarketInterest
-from fastrelay.ratelimit import LogThrottle
-from fastrelay.upstream import DisconnectReason, UpstreamSession, UpstreamStatistics
+from fastrelay.feed import Feed
+from fastrelay.hub import Hub
+from fastrelay.interest import Demand
+from fastrelay.outbox import Outbox
+from fastrelay.protocol import Channel
+from fastrelay.session import FillSource
+from fastrelay.upstream import UpstreamSession
 
 log = logging.getLogger("fastrelay.relay")
-
-
-class Feed(Protocol):
-    """Where a market's events come from: Massive (``UpstreamSession``) in one
-    process and on a scale-out ingest, the ingest over NATS on an edge
-    (``scaleout.edge.EdgeFeed``). It reports to the relay through
-    ``upstream_live``, ``upstream_events`` and ``upstream_down``."""
-
-    market: str
-    stats: UpstreamStatistics
-    feed_latency: Histogram
-    last_event_at: float
-
-    @property
-    def live(self) -> bool: ...
-    def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None: ...
 
 
 class Tap(Protocol):
@@ -60,115 +56,106 @@ class Tap(Protocol):
     def feed_changed(self, market: str) -> None: ...
 
 
+def massive_feed(market: str, relay: Relay) -> Feed:
+    """The feed of one process and of an ingest: Massive's cluster for ``market``."""
+    config = relay.config
+    ssl_context = None
+    if config.upstream.startswith("wss://"):
+        ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
+    return UpstreamSession(
+        market,
+        config.upstream,
+        config.api_key,
+        relay,
+        timers=config.upstream_timers,
+        ssl_context=ssl_context,
+    )
+
+
 class Relay:
-    def __init__(self, config: RelayConfig, make_feed: Callable[[str, Relay], Feed] | None = None) -> None:
+    def __init__(self, config: RelayConfig, make_feed: Callable[[str, Relay], Feed] = massive_feed) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        interests = {m: MarketInterest(m, config.linger, self.loop.time) for m in config.markets}
-        self.hub = Hub(
-            interests,
-            max_frame_payload=config.max_frame_size,
-            max_client_buffer=config.max_client_buffer,
-            max_channels_per_client=config.max_channels,
-            on_slow_consumer=self._slow_consumer,
-            history_size=config.history_size,
+        self.cache = Cache(config.markets, config.history_size)
+        self.demand = Demand(
+            config.markets,
+            config.linger,
+            self.loop.time,
+            on_first=self.cache.watch,
+            on_last=self.cache.unwatch,
+            on_changed=self.interest_changed,
         )
-        self.upstreams: dict[str, Feed] = {
-            m: (make_feed or self._massive_feed)(m, self) for m in config.markets
-        }
-        for name in config.keep_channels:  # validated in config.validate
-            self.hub.hold(protocol.parse_api_channel(name))
+        self.outbox = Outbox(config.max_frame_size, config.max_client_buffer)
+        self.hub = Hub(config.markets, self.outbox, self.demand, config.max_channels)
+        # market -> why its feed is down, while it is: new subscribers are told too.
+        self.outages: dict[str, str] = {}
+        self.feeds: dict[str, Feed] = {m: make_feed(m, self) for m in config.markets}
         self.tap: Tap | None = None
-        # Further conditions of readiness (a scale-out role's NATS link): each
-        # returns why the relay is not ready, or None.
-        self.readiness_checks: list[Callable[[], str | None]] = []
+        self.fills: FillSource | None = None  # a scale-out edge's (scaleout/fills.py)
         self._flush_interval = config.flush_interval / 1000.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_due = 0.0  # perf_counter() time the flush timer is set for
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._slow_log = LogThrottle(log, interval=10.0)
-
-    @staticmethod
-    def _massive_feed(market: str, relay: Relay) -> Feed:
-        config = relay.config
-        ssl_context = None
-        if config.upstream.startswith("wss://"):
-            ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
-        return UpstreamSession(
-            market,
-            config.upstream,
-            config.api_key,
-            relay,
-            timers=config.upstream_timers,
-            ssl_context=ssl_context,
-        )
+        for name in config.keep_channels:  # validated in config.validate
+            self.hold(protocol.parse_api_channel(name))
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        for session in self.upstreams.values():
-            session.start()
+        for feed in self.feeds.values():
+            feed.start()
 
     async def stop(self) -> None:
         for timer in (self._flush_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        await asyncio.gather(*(s.stop() for s in self.upstreams.values()))
+        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
 
-    @property
-    def ready(self) -> bool:
-        """Every configured upstream is authenticated (and every further check passes)."""
-        return self.not_ready_reason() is None
+    def feeds_down(self) -> list[str]:
+        return [m for m, feed in self.feeds.items() if not feed.live]
 
-    def link_down_reason(self) -> str | None:
-        """Why this scale-out role's own link (NATS, the ingest) is down, if it is."""
-        for check in self.readiness_checks:
-            reason = check()
-            if reason is not None:
-                return reason
-        return None
+    def hold(self, channel: Channel) -> None:
+        """A reference that is not a client's: a kept channel, or a scale-out edge wanting it."""
+        self.demand.add(channel)
 
-    def not_ready_reason(self) -> str | None:
-        # A role's own link first: "NATS not connected" explains the feeds being down.
-        reason = self.link_down_reason()
-        if reason is not None:
-            return reason
-        down = [m for m, s in self.upstreams.items() if not s.live]
-        if down:
-            return f"upstream down: {', '.join(down)}"
-        return None
+    def let_go(self, channel: Channel) -> None:
+        """Drop a reference taken with ``hold``."""
+        self.demand.remove(channel)
 
-    # --- upstream handler ---------------------------------------------------------------
-    def upstream_live(self, session: Feed) -> None:
-        market = session.market
-        channels = self.hub.interests[market].resubscribe_all()
+    # --- what the feeds report (feed.FeedHandler) ----------------------------------------
+    def feed_live(self, feed: Feed) -> None:
+        market = feed.market
+        channels = self.demand[market].resubscribe_all()
         if channels:
             log.info("upstream %s: resubscribing %d channels", market, len(channels))
-        session.send_subscriptions(channels, [])
-        if market in self.hub.outages:
-            del self.hub.outages[market]
-            self.hub.announce(market, protocol.feed_restored_frame(market))
+        # The status first, then the data: a client never sees events before `restored`.
+        if market in self.outages:
+            del self.outages[market]
+            self.outbox.broadcast(self.hub.members_on(market), protocol.feed_restored_frame(market))
+        feed.send_subscriptions(channels, [])
         if self.tap is not None:
             self.tap.feed_changed(market)
 
-    def upstream_down(self, session: Feed, reason: DisconnectReason | str) -> None:
-        market = session.market
-        why = reason if isinstance(reason, str) else reason.value
-        log.info("upstream %s: down (%s); clients stay connected", market, why)
+    def feed_down(self, feed: Feed, reason: str) -> None:
+        market = feed.market
+        log.info("upstream %s: down (%s); clients stay connected", market, reason)
         # A last value from before the outage would fill a new subscriber with
         # stale data (Massive does not replay): the next live event refills it.
-        self.hub.forget_market_last_values(market)
-        if market not in self.hub.outages:
+        self.cache[market].forget_market()
+        if market not in self.outages:
             # Clients that subscribe during the outage are told too (ClientSession).
-            self.hub.outages[market] = why
-            self.hub.announce(market, protocol.feed_interrupted_frame(market, why))
+            self.outages[market] = reason
+            self.outbox.broadcast(
+                self.hub.members_on(market), protocol.feed_interrupted_frame(market, reason)
+            )
         if self.tap is not None:
             self.tap.feed_changed(market)
 
-    def upstream_events(
+    def feed_events(
         self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool
     ) -> None:
         hub = self.hub
+        self.cache[market].record(heads, raws)
         hub.route(market, heads, raws, arrival)
         if self.tap is not None:
             self.tap.events(market, heads, raws)
@@ -196,46 +183,29 @@ class Relay:
 
     # --- upstream interest ----------------------------------------------------------------
     def interest_changed(self) -> None:
-        """Client subscriptions changed: sync the upstream at the end of this pass."""
+        """References changed: sync the upstreams at the end of this pass."""
         if not self._sync_scheduled:
             self._sync_scheduled = True
             self.loop.call_soon(self._sync_upstream)
 
     def _sync_upstream(self) -> None:
         self._sync_scheduled = False
-        hub = self.hub
-        dirty = hub.dirty_markets or set(hub.interests)
-        hub.dirty_markets = set()
-        for market in dirty:
-            interest = hub.interests[market]
-            plan = interest.plan()
-            if plan:
-                log.debug("upstream %s: +%s -%s", market, plan.subscribe, plan.unsubscribe)
-                self.upstreams[market].send_subscriptions(plan.subscribe, plan.unsubscribe)
-                if plan.unsubscribe:
-                    hub.forget_last_values(market, plan.unsubscribe)
+        for market, plan in self.demand.plans().items():
+            log.debug("upstream %s: +%s -%s", market, plan.subscribe, plan.unsubscribe)
+            self.feeds[market].send_subscriptions(plan.subscribe, plan.unsubscribe)
+            if plan.unsubscribe:
+                self.cache[market].forget(plan.unsubscribe, self.demand[market].wanted())
         self._schedule_linger()
 
     def _schedule_linger(self) -> None:
-        expiries = [e for i in self.hub.interests.values() if (e := i.next_expiry()) is not None]
+        expiry = self.demand.next_expiry()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        if expiries:
-            self._linger_timer = self.loop.call_at(min(expiries), self._linger_expired)
+        if expiry is not None:
+            self._linger_timer = self.loop.call_at(expiry, self._linger_expired)
 
     def _linger_expired(self) -> None:
         self._linger_timer = None
-        self.hub.dirty_markets.update(self.hub.interests)
+        self.demand.lingering_expired()
         self._sync_upstream()
-
-    # --- clients ------------------------------------------------------------------------------
-    def _slow_consumer(self, member: Member) -> None:
-        self._slow_log.log(
-            logging.WARNING,
-            "dropped a slow consumer (%s): more than %d bytes unsent (total dropped: %d)",
-            member.owner.describe(),
-            self.config.max_client_buffer,
-            self.hub.stats.slow_consumers,
-        )
-        member.owner.drop_slow_consumer()

@@ -1,8 +1,10 @@
 """The downstream picows server: Massive-compatible paths and plain HTTP probes.
 
 A thin shell: each connection gets a ``ClientSession`` (pure protocol rules)
-and a hub ``Member`` whose ``write`` is the socket's own ``write``, so the
-hub's pre-built frames go to the kernel with no copy and no Python framing.
+and a ``Member`` whose ``write`` is the socket's own ``write``, so frames
+built once by the outbox go to the kernel with no copy and no Python framing.
+Everything sent to a client, replies included, goes through the relay's
+``Outbox`` (the one write path); only close frames go through picows.
 
 Paths: ``/stocks``, ``/options``, ... behave like the Massive cluster of that
 market; ``/api/socket`` serves every market on one socket (README,
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,11 @@ from picows import (
 )
 
 from fastrelay import markets, protocol
-from fastrelay.hub import Member
-from fastrelay.metrics import CLOSE_REASONS, CONTENT_TYPE, Metrics
+from fastrelay.closes import CLOSE_LABELS, CloseReason
+from fastrelay.member import Member
 from fastrelay.ratelimit import TokenBucket
-from fastrelay.relay import Relay
-from fastrelay.session import CLOSE_POLICY_VIOLATION, ClientSession, Reply, TokenCheck
+from fastrelay.roles import Role
+from fastrelay.session import ClientSession, Reply, SessionContext, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
 
 log = logging.getLogger("fastrelay.server")
@@ -53,26 +56,27 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger 
 class ServerStatistics:
     """Plain counters the metrics collector reads at scrape time."""
 
-    connected: dict[str, int]  # by path
+    connected: dict[str, int]  # by path (ClientSession paths: each market's, /api/socket)
     accepted: dict[str, int]  # by path
     closed_by_path: dict[str, dict[str, int]]  # by path, then reason
-    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))  # by reason
+    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_LABELS, 0))  # by reason
 
     @classmethod
-    def for_paths(cls, paths: list[str]) -> ServerStatistics:
+    def for_markets(cls, served: tuple[str, ...]) -> ServerStatistics:
+        paths = [f"/{m}" for m in served] + [API_SOCKET_PATH]
         return cls(
             dict.fromkeys(paths, 0),
             dict.fromkeys(paths, 0),
-            {p: dict.fromkeys(CLOSE_REASONS, 0) for p in paths},
+            {p: dict.fromkeys(CLOSE_LABELS, 0) for p in paths},
         )
 
-    def count_close(self, path: str, reason: str) -> None:
-        self.closed_by_path[path][reason] += 1
-        self.closed[reason] += 1
+    def count_close(self, path: str, reason: CloseReason) -> None:
+        self.closed_by_path[path][reason.label] += 1
+        self.closed[reason.label] += 1
 
 
 class ClientConnection(WSListener):
-    """One downstream WebSocket connection."""
+    """One downstream WebSocket connection (a ``member.Connection``)."""
 
     # Thousands of these stay open: slots keep each one small.
     __slots__ = (
@@ -94,7 +98,7 @@ class ClientConnection(WSListener):
         self._path = path
         self._forwarded = forwarded  # X-Forwarded-For as sent, judged once the peer is known
         self._address: str | None = None
-        self._close_reason: str | None = None
+        self._close_reason: CloseReason | None = None
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
         self.heard = True  # received a frame (any, pongs included) since the last ping sweep
@@ -110,27 +114,22 @@ class ClientConnection(WSListener):
         address = server.addresses.client_address(raw.get_extra_info("peername"), self._forwarded)
         self._forwarded = None
         if not server.addresses.admit(address):
-            self._close_reason = "limit"
-            server.stats.count_close(self._path, "limit")
-            transport.send_close(WSCloseCode.TRY_AGAIN_LATER, b"too many connections from your address")
+            self._close_reason = CloseReason.LIMIT
+            server.stats.count_close(self._path, CloseReason.LIMIT)
+            transport.send_close(
+                WSCloseCode(CloseReason.LIMIT.code), b"too many connections from your address"
+            )
             transport.disconnect(graceful=True)
             return
         self._address = address
-        member = Member(raw.write, raw.get_write_buffer_size, tags_markets=self._market is None, owner=self)
+        member = Member(raw.write, raw.get_write_buffer_size, self, tags_markets=self._market is None)
         server.relay.hub.attach(member)
-        self.session = ClientSession(
-            server.relay.hub,
-            member,
-            self._market,
-            server.tokens,
-            server.relay.interest_changed,
-            server.limiter,
-        )
+        self.session = ClientSession(server.session_context, member, self._market)
         server.connections.add(self)
         server.auth_deadline.add(self)
         server.stats.connected[self._path] += 1
         server.stats.accepted[self._path] += 1
-        transport.send(WSMsgType.TEXT, self.session.opened())
+        server.relay.outbox.send(member, [self.session.opened()])
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self.heard = True
@@ -140,39 +139,40 @@ class ClientConnection(WSListener):
             return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT:
-            self._reply(session.receive(frame.get_payload_as_bytes()))
-            if session.authenticated and self in self._server.auth_deadline:
+            self._deliver(session.receive(frame.get_payload_as_bytes()))
+            if session.authenticated:
                 self._server.auth_deadline.discard(self)
         elif msg_type is WSMsgType.BINARY:
-            self._reply(session.binary_received())
+            self._deliver(session.binary_received())
         elif msg_type is WSMsgType.CLOSE:
-            self._close_reason = self._close_reason or "normal"
+            self._close_reason = self._close_reason or CloseReason.NORMAL
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         # PING is answered by picows (enable_auto_pong); a PONG only marks the peer alive.
 
-    def _reply(self, reply: Reply) -> None:
-        transport = self.transport
-        assert transport is not None
-        for payload in reply.frames:
-            transport.send(WSMsgType.TEXT, payload)
+    def _deliver(self, reply: Reply) -> None:
+        """Carry out what the session answered: frames, a close, a deferred answer."""
+        session = self.session
+        assert session is not None
+        self._server.relay.outbox.send(session.member, reply.frames)
         if reply.close is not None:
-            code, reason, label = reply.close
-            self.close(code, reason, label)
+            self.close(*reply.close)
+        later = reply.later
+        if later is not None:
+            fills = self._server.session_context.fills
+            assert fills is not None  # only a session with fills defers
+            fills.when_filled(later.channels, lambda: self._deliver(later.build()))
 
-    def close(self, code: int, reason: str, label: str, grace: float = CLOSE_GRACE) -> None:
-        """Close with ``code``; abort if the peer has not taken it within ``grace``.
-
-        ``label`` is the metrics reason (``CLOSE_REASONS``).
-        """
+    def close(self, reason: CloseReason, message: str, grace: float = CLOSE_GRACE) -> None:
+        """Close with ``reason``'s code; abort if the peer has not taken it within ``grace``."""
         transport = self.transport
         if transport is None or transport.is_disconnected or self._close_reason is not None:
             return
-        self._close_reason = label
+        self._close_reason = reason
         if self.session is not None:
-            self.session.closed()
+            self.session.leave()
         self._server.connections.discard(self)  # closing: no more pings or shutdown closes
-        transport.send_close(WSCloseCode(code), reason.encode())
+        transport.send_close(WSCloseCode(reason.code), message.encode())
         transport.disconnect(graceful=True)
         # A graceful close waits for the write buffer to drain, which a peer
         # that stopped reading never lets happen.
@@ -196,29 +196,18 @@ class ClientConnection(WSListener):
         return f"{self._address or 'unknown'} on {self._path} with {channels} channels"
 
     def auth_timed_out(self, timeout: float) -> None:
-        transport = self.transport
-        if transport is None or self._close_reason is not None:
+        if self.session is None or self._close_reason is not None:
             return
         message = f"no auth within {timeout:g} s of connecting"
-        transport.send(WSMsgType.TEXT, protocol.status_frame(protocol.AUTH_TIMEOUT, message))
-        self.close(CLOSE_POLICY_VIOLATION, "authentication timeout", "auth_timeout")
-
-    def drop_slow_consumer(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        # The status goes out only if the socket can still take it; the hub
-        # has already stopped writing to this member.
-        transport.send(
-            WSMsgType.TEXT,
-            protocol.status_frame(protocol.SLOW_CONSUMER, "client too slow: unsent data over the limit"),
+        self._server.relay.outbox.send(
+            self.session.member, [protocol.status_frame(protocol.AUTH_TIMEOUT, message)]
         )
-        self.close(WSCloseCode.TRY_AGAIN_LATER.value, "slow consumer", "slow_consumer")
+        self.close(CloseReason.AUTH_TIMEOUT, "authentication timeout")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is None:
             return  # never upgraded, or refused by a limit
-        self.session.closed()
+        self.session.leave()
         server = self._server
         if self._address is not None:
             server.addresses.release(self._address)
@@ -229,7 +218,7 @@ class ClientConnection(WSListener):
         if reason is None:
             # picows closed it itself (a frame over the size limit, a protocol
             # error): the client broke a rule. Otherwise the peer vanished.
-            reason = "policy" if transport.close_handshake is not None else "error"
+            reason = CloseReason.POLICY if transport.close_handshake is not None else CloseReason.ERROR
         server.stats.count_close(self._path, reason)
 
 
@@ -331,9 +320,6 @@ class AuthDeadline:
     def discard(self, connection: ClientConnection) -> None:
         self._waiting.pop(connection, None)
 
-    def __contains__(self, connection: ClientConnection) -> bool:
-        return connection in self._waiting
-
     def _expire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
@@ -360,7 +346,7 @@ class PingSweeper:
     vs 8.1 KiB RSS per idle connection measured with 2,000 clients); one sweep
     over every connection per interval costs microseconds per thousand.
     Every ``interval`` s, a client not heard from since the last sweep gets a
-    ping; one still silent ``timeout`` s later is closed (1001, going away).
+    ping; one still silent ``timeout`` s later is closed (``CloseReason.IDLE``).
     Pings also keep proxies such as nginx from timing idle sockets out.
     """
 
@@ -401,26 +387,41 @@ class PingSweeper:
         for connection in pinged:
             if connection.pinged and connection in self._connections:
                 self.reaped += 1
-                connection.close(WSCloseCode.GOING_AWAY.value, "no reply to ping", "idle")
+                connection.close(CloseReason.IDLE, "no reply to ping")
 
 
 class RelayServer:
-    def __init__(self, relay: Relay, scaleout: Any = None) -> None:
-        self.relay = relay
+    """Serves a role's relay: WebSocket clients, probes, metrics and the dashboard's files."""
+
+    def __init__(
+        self,
+        role: Role,
+        stats: ServerStatistics,
+        metrics_page: Callable[[], tuple[bytes, str]] = lambda: (b"", "text/plain"),
+    ) -> None:
+        self.role = role
+        self.relay = relay = role.relay
         config = relay.config
-        # An ingest serves probes and metrics only; its clients are the edges.
-        self.serves_clients = config.role != "ingest"
+        self.stats = stats
+        self._metrics_page = metrics_page  # the latest rendering and its content type
         self.tokens = TokenCheck(config.client_tokens)
+        self.session_context = SessionContext(
+            hub=relay.hub,
+            cache=relay.cache,
+            tokens=self.tokens,
+            max_frame_payload=config.max_frame_size,
+            outages=relay.outages,
+            limiter=self.limiter,
+            fills=relay.fills,
+        )
         self.connections: set[ClientConnection] = set()
         self._server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
         self.auth_deadline = AuthDeadline(config.client_auth_timeout)
-        self.stats = ServerStatistics.for_paths([f"/{m}" for m in config.markets] + [API_SOCKET_PATH])
         self.addresses = AddressBook(config.max_connections_per_address, config.trusted_proxies)
         self._origins = frozenset(o.rstrip("/") for o in config.allowed_origins)
         self.draining = False
-        self.metrics = Metrics(relay, self, config.metrics_interval, scaleout)
         web_root = (
             PACKAGED_WEB_ROOT
             if config.web_root is None
@@ -429,7 +430,7 @@ class RelayServer:
             else None
         )
         self.static = StaticFiles(web_root)
-        if self.tokens.open_mode and self.serves_clients:
+        if self.tokens.open_mode and role.serves_clients:
             log.warning(
                 "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
             )
@@ -450,7 +451,6 @@ class RelayServer:
             use_aiofastnet=False,
         )
         self.pings.start()
-        self.metrics.start()
         if config.metrics_port is not None:
             self._metrics_server = await ws_create_server(
                 self._route_http,
@@ -472,7 +472,7 @@ class RelayServer:
         return int(self._metrics_server.sockets[0].getsockname()[1])
 
     async def drain(self, spread: float, deadline: float) -> None:
-        """Graceful shutdown: unready, stop accepting, close clients with 1001.
+        """Graceful shutdown: unready, stop accepting, close clients (``CloseReason.SHUTDOWN``).
 
         The closes are spread over ``spread`` seconds so that clients (and
         their backoff) do not all reconnect to the next instance at once.
@@ -496,19 +496,18 @@ class RelayServer:
     @staticmethod
     def _close_batch(batch: list[ClientConnection]) -> None:
         for connection in batch:
-            connection.close(WSCloseCode.GOING_AWAY.value, "server shutting down", "shutdown", grace=0.5)
+            connection.close(CloseReason.SHUTDOWN, "server shutting down", grace=0.5)
 
     async def stop(self) -> None:
         self.pings.stop()
         self.auth_deadline.stop()
-        self.metrics.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
             await self._metrics_server.wait_closed()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
-            connection.close(WSCloseCode.GOING_AWAY.value, "server shutting down", "shutdown", grace=0.5)
+            connection.close(CloseReason.SHUTDOWN, "server shutting down", grace=0.5)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -521,12 +520,12 @@ class RelayServer:
         if len(path) > 1:
             path = path.rstrip("/")
         market = path[1:]
-        if not self.serves_clients and (path == API_SOCKET_PATH or markets.is_market(market)):
+        if not self.role.serves_clients and (path == API_SOCKET_PATH or markets.is_market(market)):
             return _plain(404, b"this is a fastrelay ingest: clients connect to an edge\n")
         if path == API_SOCKET_PATH or market in self.relay.config.markets:
             refusal = self._refusal(request)
             if refusal is not None:
-                self.stats.count_close(path, "policy" if refusal[0] == 403 else "limit")
+                self.stats.count_close(path, CloseReason.POLICY if refusal[0] == 403 else CloseReason.LIMIT)
                 return _plain(*refusal)
             _normalise_upgrade_headers(request)
             forwarded = request.headers.get("x-forwarded-for")
@@ -539,13 +538,11 @@ class RelayServer:
         """Why a WebSocket request is refused before the upgrade, if it is."""
         if self.draining:
             return 503, b"shutting down: reconnect to another instance\n"
-        if self.relay.config.role == "edge":
-            # An edge cut off from NATS or the ingest has nothing to serve: nginx sends the
-            # client to another edge (proxy_next_upstream http_503). A Massive outage is
-            # not such a reason: as in one process, clients connect and wait for `feed restored`.
-            reason = self.relay.link_down_reason()
-            if reason is not None:
-                return 503, f"not ready: {reason}: reconnect to another instance\n".encode()
+        # An edge cut off from NATS or the ingest has nothing to serve: nginx sends the
+        # client to another edge (proxy_next_upstream http_503).
+        reason = self.role.refusal()
+        if reason is not None:
+            return 503, f"not ready: {reason}: reconnect to another instance\n".encode()
         origin = request.headers.get("origin")
         # Browsers always send Origin; services (Massive's clients) do not and
         # are not refused by the allow-list.
@@ -559,13 +556,13 @@ class RelayServer:
         """Plain HTTP GETs: probes and metrics (also on --metrics-port)."""
         path = request.path.decode("latin-1").split("?", 1)[0]
         if path == "/metrics":
-            return _plain(200, self.metrics.text, CONTENT_TYPE)
+            return _plain(200, *self._metrics_page())
         if path == "/healthz":
             return _plain(200, b"ok\n")
         if path == "/readyz":
             if self.draining:
                 return _plain(503, b"not ready: shutting down\n")
-            reason = self.relay.not_ready_reason()
+            reason = self.role.not_ready_reason()
             if reason is None:
                 return _plain(200, b"ready\n")
             return _plain(503, f"not ready: {reason}\n".encode())

@@ -1,26 +1,37 @@
-"""One client's conversation with the relay: auth, subscribe, unsubscribe; pure.
+"""One client's conversation with the relay: auth, subscribe, unsubscribe, history; pure.
 
-Behaves like a Massive cluster (PROTOCOL.md, "Messages"): a ``connected``
-status on open, ``auth`` answered with ``auth_success`` or ``auth_failed``,
-every subscribe and unsubscribe acknowledged per channel in Massive's
-wording. Returns what to send rather than sending it, so the rules are tested
-without sockets; ``server.py`` is the thin picows shell around it.
+Behaves like a Massive cluster (docs/protocol.md, "Control messages"): a
+``connected`` status on open, ``auth`` answered with ``auth_success`` or
+``auth_failed``, every subscribe and unsubscribe acknowledged per channel in
+Massive's wording. Returns what to send (``Reply``) rather than sending it,
+deferred answers included, so the rules are tested without sockets;
+``server.py`` is the thin picows shell around it.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastrelay import markets, protocol
-from fastrelay.hub import Hub, Member
-from fastrelay.protocol import Channel, ChannelError, ClientMessageError
+from fastrelay.cache import Cache
+from fastrelay.closes import CloseReason
+from fastrelay.framing import event_array_payloads
+from fastrelay.hub import Hub
+from fastrelay.member import Member
+from fastrelay.protocol import (
+    Auth,
+    Channel,
+    ChannelError,
+    ClientMessageError,
+    History,
+    Subscribe,
+    Unsubscribe,
+)
 from fastrelay.ratelimit import TokenBucket
 
-# Close codes (RFC 6455 7.4.1): 1008 tells Massive's clients not to retry.
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
 # Beyond this many bad channels in one message, report the count, not each one.
 MAX_ERRORS_LISTED = 10
 
@@ -46,48 +57,62 @@ class TokenCheck:
         return matched
 
 
+class FillSource(Protocol):
+    """Last values and history this relay lacks, fetched from elsewhere (a scale-out ingest)."""
+
+    def missing(self, member: Member, channels: list[Channel]) -> None:
+        """A new subscriber's exact state channels with no last value (or, aggregates, no history)."""
+
+    def filling(self, channel: Channel) -> bool:
+        """A fetch for this channel is on its way."""
+
+    def when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
+        """Call back once every one of these channels' fetches is in (or failed)."""
+
+
+@dataclass
+class SessionContext:
+    """What every session of a relay shares: the core it talks to and the rules."""
+
+    hub: Hub
+    cache: Cache
+    tokens: TokenCheck
+    max_frame_payload: int
+    # market -> reason, while its feed is down (the relay's, updated in place)
+    outages: Mapping[str, str] = field(default_factory=dict)
+    # Makes one client's control-message rate limit; None: unlimited.
+    limiter: Callable[[], TokenBucket] | None = None
+    fills: FillSource | None = None  # a scale-out edge's
+
+
+@dataclass
+class Deferred:
+    """An answer that can only be built once these channels' fetches are in."""
+
+    channels: list[Channel]
+    build: Callable[[], Reply]
+
+
 @dataclass
 class Reply:
-    """Payloads (JSON arrays) to send in order, then an optional close."""
+    """Payloads (JSON arrays) to send in order, then an optional close or a deferred answer."""
 
     frames: list[bytes] = field(default_factory=list)
-    close: tuple[int, str, str] | None = None  # code, reason sent, reason label for metrics
+    close: tuple[CloseReason, str] | None = None  # reason, message sent with the close
+    later: Deferred | None = None
 
 
 class ClientSession:
     # One per connection, thousands at once: slots keep each small.
-    __slots__ = (
-        "_limiter",
-        "_make_limiter",
-        "_on_interest_changed",
-        "authenticated",
-        "hub",
-        "market",
-        "member",
-        "tokens",
-    )
+    __slots__ = ("_context", "_limiter", "authenticated", "market", "member")
 
-    def __init__(
-        self,
-        hub: Hub,
-        member: Member,
-        market: str | None,
-        tokens: TokenCheck,
-        on_interest_changed: Callable[[], None] = lambda: None,
-        limiter: Callable[[], TokenBucket] | None = None,
-    ) -> None:
-        """``market`` is the cluster path (``stocks``...) or None for /api/socket.
-
-        ``limiter`` makes the control-message rate limit of this client; it is
-        called at the first message only, so idle connections carry none.
-        """
-        self.hub = hub
+    def __init__(self, context: SessionContext, member: Member, market: str | None) -> None:
+        """``market`` is the cluster path (``stocks``...) or None for /api/socket."""
+        self._context = context
         self.member = member
         self.market = market
-        self.tokens = tokens
         self.authenticated = False
-        self._on_interest_changed = on_interest_changed
-        self._make_limiter = limiter
+        # Made at the first message only, so idle connections carry none.
         self._limiter: TokenBucket | None = None
 
     def opened(self) -> bytes:
@@ -95,14 +120,15 @@ class ClientSession:
 
     def _over_rate(self) -> Reply | None:
         """The rate-limit reply when this client sends faster than allowed, else None."""
-        if self._make_limiter is None:
+        make = self._context.limiter
+        if make is None:
             return None
         if self._limiter is None:
-            self._limiter = self._make_limiter()
+            self._limiter = make()
         if self._limiter.take():
             return None
         rate = self._limiter.rate
-        return Reply([protocol.status_frame(protocol.ERROR, f"rate limit: at most {rate:g} messages/s")])
+        return _error(f"rate limit: at most {rate:g} messages/s")
 
     def receive(self, payload: bytes) -> Reply:
         limited = self._over_rate()
@@ -111,39 +137,37 @@ class ClientSession:
         try:
             message = protocol.decode_client_message(payload)
         except ClientMessageError as exc:
-            return Reply([protocol.status_frame(protocol.ERROR, str(exc))])
-        action = message.action
-        if action == "auth":
-            return self._auth(message.params)
-        if action in ("subscribe", "unsubscribe", "history"):
-            if not self.authenticated:
+            return _error(str(exc))
+        match message:
+            case Auth(params=token):
+                return self._auth(token)
+            case _ if not self.authenticated:
                 return Reply([protocol.status_frame(protocol.AUTH_REQUIRED, "please authenticate first")])
-            if action == "subscribe":
-                return self._subscribe(message.params)
-            if action == "history":
-                return self._history(message.params)
-            return self._unsubscribe(message.params)
-        return Reply([protocol.status_frame(protocol.ERROR, f"unknown action {action[:40]!r}")])
+            case Subscribe(params=params):
+                return self._subscribe(params)
+            case Unsubscribe(params=params):
+                return self._unsubscribe(params)
+            case History(params=params):
+                return self._history(params)
+        raise AssertionError(f"unhandled action {message!r}")  # pragma: no cover - the union is closed
 
     def binary_received(self) -> Reply:
-        return self._over_rate() or Reply(
-            [protocol.status_frame(protocol.ERROR, "binary frames are not supported: send JSON text")]
-        )
+        return self._over_rate() or _error("binary frames are not supported: send JSON text")
 
     def _auth(self, token: str) -> Reply:
         if self.authenticated:
-            return Reply([protocol.status_frame(protocol.ERROR, "already authenticated")])
-        if not self.tokens.accepts(token):
+            return _error("already authenticated")
+        if not self._context.tokens.accepts(token):
             return Reply(
                 [protocol.status_frame(protocol.AUTH_FAILED, "authentication failed")],
-                close=(CLOSE_POLICY_VIOLATION, "authentication failed", "auth_failed"),
+                close=(CloseReason.AUTH_FAILED, "authentication failed"),
             )
         self.authenticated = True
         return Reply([protocol.status_frame(protocol.AUTH_SUCCESS, "authenticated")])
 
     def _parse(self, params: str) -> tuple[list[Channel], list[str]]:
         names = protocol.split_params(params)
-        limit = self.hub.max_channels_per_client
+        limit = self._context.hub.max_channels_per_client
         if len(names) > limit:
             return [], [f"too many channels in one message: {len(names)} (at most {limit} per connection)"]
         channels: list[Channel] = []
@@ -161,33 +185,32 @@ class ClientSession:
         return channels, errors
 
     def _subscribe(self, params: str) -> Reply:
+        context = self._context
         channels, errors = self._parse(params)
-        result = self.hub.subscribe(self.member, channels)
+        result = context.hub.subscribe(self.member, channels)
         errors.extend(result.errors)
         statuses = [
             protocol.status(protocol.SUCCESS, protocol.subscribed_message(self._label(c)))
             for c in result.accepted
         ]
-        statuses.extend(self._error_statuses(errors))
+        statuses.extend(_error_statuses(errors))
         reply = Reply([protocol.statuses_frame(statuses)])
-        for market in sorted({c.market for c in result.accepted} & self.hub.outages.keys()):
-            reply.frames.append(protocol.feed_interrupted_frame(market, self.hub.outages[market]))
-        last = self.hub.last_values(self.member, result.accepted)
+        for market in sorted({c.market for c in result.accepted} & context.outages.keys()):
+            reply.frames.append(protocol.feed_interrupted_frame(market, context.outages[market]))
+        last, missing = context.cache.last_values(result.accepted, self.member.tags_markets)
         if last:
-            reply.frames.append(b"[" + b",".join(last) + b"]")
-        if self.hub.dirty_markets:
-            self._on_interest_changed()
+            reply.frames.extend(event_array_payloads(last, context.max_frame_payload))
+        if missing and context.fills is not None:
+            context.fills.missing(self.member, missing)
         return reply
 
     def _unsubscribe(self, params: str) -> Reply:
         channels, errors = self._parse(params)
-        self.hub.unsubscribe(self.member, channels)
+        self._context.hub.unsubscribe(self.member, channels)
         statuses = [
             protocol.status(protocol.SUCCESS, protocol.unsubscribed_message(self._label(c))) for c in channels
         ]
-        statuses.extend(self._error_statuses(errors))
-        if self.hub.dirty_markets:
-            self._on_interest_changed()
+        statuses.extend(_error_statuses(errors))
         return Reply([protocol.statuses_frame(statuses)])
 
     def _history(self, params: str) -> Reply:
@@ -198,30 +221,25 @@ class ClientSession:
         client knows the history of that channel is complete.
         """
         channels, errors = self._parse(params)
-        fills = self.hub.fills
+        fills = self._context.fills
         pending = [c for c in channels if fills.filling(c)] if fills is not None else []
-        if fills is not None and pending:
+        if pending:
             # A scale-out edge is fetching these channels' history from the ingest
             # (scaleout/fills.py): answer when it is in, rather than with a part of it.
-            fills.when_filled(pending, lambda: self._send_later(self._history_reply(channels, errors)))
-            return Reply()
+            return Reply(later=Deferred(pending, lambda: self._history_reply(channels, errors)))
         return self._history_reply(channels, errors)
 
-    def _send_later(self, reply: Reply) -> None:
-        if not self.member.closed:
-            for payload in reply.frames:
-                self.member.write(protocol.text_frame(payload))
-
     def _history_reply(self, channels: list[Channel], errors: list[str]) -> Reply:
+        context = self._context
         reply = Reply()
         for channel in channels:
-            events = self.hub.history(self.member, channel)
+            events = context.cache.history(channel, self.member.tags_markets)
             if events:
-                reply.frames.extend(protocol.event_array_payloads(events, self.hub.max_frame_payload))
+                reply.frames.extend(event_array_payloads(events, context.max_frame_payload))
             message = f"history: {self._label(channel)} ({len(events)} events)"
             reply.frames.append(protocol.status_frame(protocol.SUCCESS, message))
         if errors:
-            reply.frames.append(protocol.statuses_frame(self._error_statuses(errors)))
+            reply.frames.append(protocol.statuses_frame(_error_statuses(errors)))
         return reply
 
     def _label(self, channel: Channel) -> str:
@@ -231,16 +249,19 @@ class ClientSession:
             return channel.label(tagged=True)
         return channel.name
 
-    @staticmethod
-    def _error_statuses(errors: list[str]) -> list[dict[str, str]]:
-        statuses = [protocol.status(protocol.ERROR, e) for e in errors[:MAX_ERRORS_LISTED]]
-        if len(errors) > MAX_ERRORS_LISTED:
-            statuses.append(
-                protocol.status(protocol.ERROR, f"{len(errors) - MAX_ERRORS_LISTED} more invalid channels")
-            )
-        return statuses
+    def leave(self) -> None:
+        """The connection ended: release everything this client held."""
+        self._context.hub.detach(self.member)
 
-    def closed(self) -> None:
-        self.hub.detach(self.member)
-        if self.hub.dirty_markets:
-            self._on_interest_changed()
+
+def _error(message: str) -> Reply:
+    return Reply([protocol.status_frame(protocol.ERROR, message)])
+
+
+def _error_statuses(errors: list[str]) -> list[dict[str, str]]:
+    statuses = [protocol.status(protocol.ERROR, e) for e in errors[:MAX_ERRORS_LISTED]]
+    if len(errors) > MAX_ERRORS_LISTED:
+        statuses.append(
+            protocol.status(protocol.ERROR, f"{len(errors) - MAX_ERRORS_LISTED} more invalid channels")
+        )
+    return statuses

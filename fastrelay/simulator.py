@@ -966,13 +966,15 @@ class _Connection(WSListener):
         except protocol.ClientMessageError as exc:
             self._status(protocol.ERROR, str(exc))
             return
-        action = message.action
-        if action == "auth":
-            self._auth(message.params)
-        elif action in ("subscribe", "unsubscribe"):
-            self._subscribe(message.params, action == "subscribe")
-        else:
-            self._status(protocol.ERROR, f"unknown action: {action}")
+        match message:
+            case protocol.Auth(params=key):
+                self._auth(key)
+            case protocol.Subscribe(params=params):
+                self._subscribe(params, True)
+            case protocol.Unsubscribe(params=params):
+                self._subscribe(params, False)
+            case _:  # fastrelay's own extensions are not Massive's
+                self._status(protocol.ERROR, "unknown action: history")
 
     def _auth(self, key: str) -> None:
         feed = self.feed

@@ -35,7 +35,7 @@ async def test_official_python_client_gets_parsed_models(
     relay: RunningRelay, market: str, channels: list[str]
 ) -> None:
     """massive.WebSocketClient against /stocks and /options yields EquityTrade, EquityQuote and EquityAgg."""
-    await wait_until(lambda: relay.relay.ready, what="relay ready")
+    await wait_until(lambda: relay.ready, what="relay ready")
     client = WebSocketClient(
         api_key="any", feed=f"127.0.0.1:{relay.port}", market=market, secure=False, subscriptions=channels
     )
@@ -65,7 +65,7 @@ async def test_official_javascript_client_receives_events(relay: RunningRelay) -
     """@massive.com/client-js (auth sent as soon as the socket opens) receives trades."""
     if not (JS_DIR / "node_modules" / "@massive.com" / "client-js").is_dir():
         pytest.fail("run `make test` (it installs tests/js/node_modules from the npm registry)")
-    await wait_until(lambda: relay.relay.ready, what="relay ready")
+    await wait_until(lambda: relay.ready, what="relay ready")
     process = await asyncio.create_subprocess_exec(
         "node",
         str(JS_DIR / "massive_client.mjs"),
@@ -100,7 +100,7 @@ async def test_relay_over_tls_to_the_upstream(tmp_path: Path) -> None:
         assert sim.base_url.startswith("wss://")
         config = fast_relay_config(sim.base_url, "sim-key", upstream_ca=str(ca_file))
         async with running_relay(config) as relay:
-            await wait_until(lambda: relay.relay.ready, what="relay ready over TLS")
+            await wait_until(lambda: relay.ready, what="relay ready over TLS")
             client = await Client.connect(f"ws://127.0.0.1:{relay.port}/stocks")
             await client.subscribe("T.*")
             await client.wait_events(5)
@@ -116,9 +116,9 @@ async def test_untrusted_upstream_certificate_is_refused(tmp_path: Path) -> None
         Simulator(sim_config(), ssl_context=server_context) as sim,
         running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay,
     ):
-        session = relay.relay.upstreams["stocks"]
+        session = relay.relay.feeds["stocks"]
         await wait_until(lambda: session.stats.reconnects["drop"] >= 1, what="refused TLS attempt")
-        assert not relay.relay.ready
+        assert not relay.ready
 
 
 def test_python_m_fastrelay_help() -> None:

@@ -207,7 +207,7 @@ async def load(sim: Simulator) -> AsyncIterator[Load]:
     config.upstream_timers.auth_retry = AUTH_RETRY
     config.upstream_timers.max_connections_cooldown = COOLDOWN
     async with running_relay(config) as relay:
-        await wait_until(lambda: relay.relay.ready, what="relay ready")
+        await wait_until(lambda: relay.ready, what="relay ready")
         watchers = {
             name: await Watcher.connect(relay.port, name, path, channels)
             for name, (path, channels) in CLIENTS.items()
@@ -232,7 +232,7 @@ def upstream_warnings(caplog: pytest.LogCaptureFixture, fragment: str) -> list[s
 
 async def metric(relay: RunningRelay, name: str, **labels: str) -> float:
     """One sample of a fresh /metrics rendering."""
-    metrics = relay.server.metrics
+    metrics = relay.metrics
     before = metrics.text
     await wait_until(lambda: metrics.text is not before, what="a new /metrics rendering")
     status, body = await http_get(relay.port, "/metrics")
@@ -258,8 +258,8 @@ async def test_drop_under_load_reconnects_resubscribes_and_announces(
     """Three drops (one over the HTTP fault endpoint): each one reconnect within the backoff cap,
     one outage status pair per drop to stocks clients, gaps only across the outages, one log line."""
     relay = load.relay.relay
-    stocks = relay.upstreams["stocks"]
-    options_connects = relay.upstreams["options"].stats.connects
+    stocks = relay.feeds["stocks"]
+    options_connects = relay.feeds["options"].stats.connects
     cap = stocks.timers.backoff_cap
     for round_ in range(3):
         connects = stocks.stats.connects
@@ -278,7 +278,7 @@ async def test_drop_under_load_reconnects_resubscribes_and_announces(
         )
         await load.more_events(10)
     assert stocks.stats.reconnects["drop"] == 3
-    assert relay.upstreams["options"].stats.connects == options_connects  # the other market untouched
+    assert relay.feeds["options"].stats.connects == options_connects  # the other market untouched
     load.assert_connected()
     load.assert_outages(3, "drop")
     sequences = load.sequences()
@@ -295,7 +295,7 @@ async def test_drop_under_load_reconnects_resubscribes_and_announces(
 
 async def test_stall_is_detected_by_ping_and_recovered(load: Load, caplog: pytest.LogCaptureFixture) -> None:
     """A silent upstream (no data, no pong) is dropped after the ping timeout and replaced."""
-    stocks = load.relay.relay.upstreams["stocks"]
+    stocks = load.relay.relay.feeds["stocks"]
     timers = stocks.timers
     connects = stocks.stats.connects
     started = time.monotonic()
@@ -326,7 +326,7 @@ async def test_bad_frames_are_counted_logged_once_and_skipped(
     load: Load, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
     """50 undecodable frames: 50 counted, logged once, no reconnect, no status, no gap."""
-    stocks = load.relay.relay.upstreams["stocks"]
+    stocks = load.relay.relay.feeds["stocks"]
     connects = stocks.stats.connects
     for _ in range(50):
         assert load.sim.fault(fault, "stocks") == 1
@@ -345,7 +345,7 @@ async def test_bad_frames_are_counted_logged_once_and_skipped(
 async def test_unknown_ev_reaches_only_its_subscribers(load: Load, caplog: pytest.LogCaptureFixture) -> None:
     """An ev no client knows (ZZ) is routed like any other: to ZZ.* and ZZ.AAPL subscribers,
     byte for byte, and to nobody else; it is not an error."""
-    stocks = load.relay.relay.upstreams["stocks"]
+    stocks = load.relay.relay.feeds["stocks"]
     for _ in range(5):
         assert load.sim.fault("unknown_ev", "stocks") == 1
 
@@ -365,7 +365,7 @@ async def test_unknown_ev_reaches_only_its_subscribers(load: Load, caplog: pytes
 
 async def test_frame_over_one_mib_is_delivered_split_and_in_order(load: Load) -> None:
     """A 1 MiB+ upstream frame reaches clients whole, in frames under --max-frame-size, in order."""
-    stocks = load.relay.relay.upstreams["stocks"]
+    stocks = load.relay.relay.feeds["stocks"]
     received = stocks.stats.bytes
     frames = {name: len(w.frame_sizes) for name, w in load.watchers.items()}
     assert load.sim.fault("huge", "stocks") == 1
@@ -381,7 +381,7 @@ async def test_frame_over_one_mib_is_delivered_split_and_in_order(load: Load) ->
     assert stocks.stats.decode_errors == 0 and sum(stocks.stats.reconnects.values()) == 0
     load.assert_connected()
     load.assert_no_gap()
-    assert load.relay.relay.hub.stats.slow_consumers == 0
+    assert load.relay.relay.outbox.stats.slow_consumers == 0
 
 
 # --- refused by the upstream -----------------------------------------------------------------------
@@ -393,12 +393,12 @@ async def test_auth_failed_keeps_clients_and_retries_after_the_delay(
     """The upstream drops and then refuses the key: clients stay, one error log, not ready,
     no retry before --auth-retry, and data again once the key is accepted."""
     relay = load.relay.relay
-    stocks = relay.upstreams["stocks"]
+    stocks = relay.feeds["stocks"]
     load.sim.fault("auth_fail", "stocks")
     load.sim.fault("drop", "stocks")
     await wait_until(lambda: stocks.stats.reconnects["auth_failed"] == 1, what="auth failure")
     failed_at = time.monotonic()
-    assert not relay.ready
+    assert not load.relay.ready
     status, body = await http_get(load.relay.port, "/readyz")
     assert status == 503 and b"stocks" in body
     load.sim.fault("auth_ok", "stocks")
@@ -419,7 +419,7 @@ async def test_max_connections_then_close_1008_cools_down(
     load: Load, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Evicted (max_connections, then close 1008): one clear error, a cooldown, then back."""
-    stocks = load.relay.relay.upstreams["stocks"]
+    stocks = load.relay.relay.feeds["stocks"]
     assert load.sim.fault("max_connections", "stocks") == 1
     await wait_until(lambda: stocks.stats.reconnects["max_connections"] == 1, what="evicted")
     evicted_at = time.monotonic()
@@ -442,13 +442,13 @@ async def test_max_connections_then_close_1008_cools_down(
 async def test_slow_upstream_is_not_a_fault(load: Load, caplog: pytest.LogCaptureFixture) -> None:
     """Late and sparse data (0.5 s behind, silent longer than the ping interval) with pongs answered:
     no reconnect, no status, no gap; the feed latency histogram shows the delay."""
-    stocks = load.relay.relay.upstreams["stocks"]
+    stocks = load.relay.relay.feeds["stocks"]
     delay = 0.5
     assert delay > stocks.timers.ping_interval  # the relay must ping and accept the pong
-    late_bucket = stocks.feed_latency.bounds.index(0.25) + 1  # first bucket above 0.25 s
+    late_bucket = stocks.stats.latency.bounds.index(0.25) + 1  # first bucket above 0.25 s
 
     def late() -> int:
-        return sum(stocks.feed_latency.counts[late_bucket:])
+        return sum(stocks.stats.latency.counts[late_bucket:])
 
     before = late()
     load.sim.fault("slow", "stocks", factor=0.2, delay=delay)

@@ -31,13 +31,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fastrelay import markets
+from fastrelay.cache import Cache
+from fastrelay.closes import CloseReason
 from fastrelay.events import FrameError, decode_frame
-from fastrelay.hub import Hub, Member
-from fastrelay.interest import MarketInterest
-from fastrelay.protocol import Channel, text_frame
+from fastrelay.hub import Hub
+from fastrelay.interest import Demand
+from fastrelay.member import Member
+from fastrelay.outbox import Outbox
+from fastrelay.protocol import Channel
 from fastrelay.ratelimit import TokenBucket
-from fastrelay.session import ClientSession, TokenCheck
-from tests.sinks import RecordingSink, make_hub, member
+from fastrelay.session import ClientSession, SessionContext, TokenCheck
+from tests.sinks import Core, RecordingSink, make_core
 
 MARKETS = ("stocks", "options", "futures")
 CONTRACT_CAP = 3  # options Q/FMV, small so that the cap is reached
@@ -180,13 +184,15 @@ def frame_payloads(writes: list[bytes]) -> list[bytes]:
     return payloads
 
 
-def check_hub(hub: Hub, live: list[Member], lingering: dict[tuple[str, str], float], now: float) -> None:
+def check_hub(
+    hub: Hub, demand: Demand, live: list[Member], lingering: dict[tuple[str, str], float], now: float
+) -> None:
     """Every structural invariant of the hub and its interests."""
     # Counters.
     assert hub.members == len(live)
     assert hub.subscriptions == sum(len(m.channels) for m in live)
     # Reference counts: exactly the members' channels, never zero or negative.
-    for market, interest in hub.interests.items():
+    for market, interest in demand.markets.items():
         expected = Counter(c.name for m in live for c in m.channels if c.market == market)
         assert dict(interest._refs) == dict(expected), market
         assert all(count > 0 for count in interest._refs.values())
@@ -204,9 +210,10 @@ def check_hub(hub: Hub, live: list[Member], lingering: dict[tuple[str, str], flo
     # Audiences: one per distinct (channel set, tagged), holding exactly its members.
     audiences = list(hub._audiences.values())
     assert sum(len(a.members) for a in audiences) == len(live)
+    assert set(hub._audience_of) == set(live)
     for m in live:
-        audience = m.audience
-        assert audience is not None and m in audience.members
+        audience = hub._audience_of[m]
+        assert m in audience.members
         assert audience.channels == frozenset(m.channels)
         assert audience.tagged == (m.tags_markets and any(markets.is_ambiguous(c.market) for c in m.channels))
         assert hub._audiences[(audience.channels, audience.tagged)] is audience
@@ -235,10 +242,9 @@ def check_hub(hub: Hub, live: list[Member], lingering: dict[tuple[str, str], flo
 # --- client messages through ClientSession.receive ---------------------------------------------------
 
 
-def fresh_session(path: str | None, tokens: list[str]) -> ClientSession:
-    hub, _ = make_hub(markets=MARKETS, max_channels=MAX_CHANNELS)
-    m, _ = member(hub, tags_markets=path is None)
-    return ClientSession(hub, m, path, TokenCheck(tokens))
+def fresh_session(path: str | None, tokens: list[str]) -> tuple[ClientSession, Core]:
+    core = make_core(markets=MARKETS, max_channels=MAX_CHANNELS)
+    return core.session(path, tokens), core
 
 
 def check_reply_frames(frames: list[bytes]) -> None:
@@ -263,26 +269,26 @@ def test_client_messages_never_raise_and_keep_the_hub_consistent(
 ) -> None:
     """Any sequence of client frames: Massive-style replies (JSON arrays of statuses and events),
     a close only after a failed auth, and a consistent hub after each message."""
-    session = fresh_session(path, ["tok"] if with_tokens else [])
+    session, core = fresh_session(path, ["tok"] if with_tokens else [])
     if authenticated:
         assert session.receive(b'{"action":"auth","params":"tok"}').close is None
     for payload in payloads:
         reply = session.receive(payload)
         check_reply_frames(reply.frames)
-        check_hub(session.hub, [session.member], {}, 0.0)
+        check_hub(core.hub, core.demand, [session.member], {}, 0.0)
         if reply.close is not None:
-            assert reply.close[0] == 1008 and reply.close[2] == "auth_failed"
+            assert reply.close[0] is CloseReason.AUTH_FAILED
             break
-    session.closed()
-    check_hub(session.hub, [], {}, 0.0)
-    assert all(not i.wanted() for i in session.hub.interests.values())
+    session.leave()
+    check_hub(core.hub, core.demand, [], {}, 0.0)
+    assert all(not i.wanted() for i in core.demand.markets.values())
 
 
 # --- upstream frames through decode_frame, route and flush ---------------------------------------------
 
 
-def subscribed_hub() -> tuple[Hub, list[tuple[Member, RecordingSink]]]:
-    hub, _ = make_hub(markets=MARKETS, max_frame_payload=MAX_FRAME)
+def subscribed_hub() -> tuple[Core, list[tuple[Member, RecordingSink]]]:
+    core = make_core(markets=MARKETS, max_frame_payload=MAX_FRAME)
     members = []
     for channels, tagged in (
         ({Channel("stocks", "T", "*")}, False),
@@ -292,22 +298,23 @@ def subscribed_hub() -> tuple[Hub, list[tuple[Member, RecordingSink]]]:
         ({Channel("stocks", "T", "*"), Channel("stocks", "T", "AAPL")}, False),
         ({Channel("options", "T", "*"), Channel("options", "Q", "O:X1")}, True),
     ):
-        m, sink = member(hub, tags_markets=tagged)
-        assert not hub.subscribe(m, channels).errors
+        m, sink = core.member(tags_markets=tagged)
+        assert not core.hub.subscribe(m, channels).errors
         members.append((m, sink))
-    return hub, members
+    return core, members
 
 
 @FUZZ
 @given(st.binary(max_size=300))
 def test_arbitrary_upstream_bytes_raise_only_frame_error(payload: bytes) -> None:
-    hub, _ = subscribed_hub()
+    core, _ = subscribed_hub()
     try:
         heads, raws = decode_frame(payload)
     except FrameError:
         return
-    hub.route("stocks", heads, raws)
-    hub.flush()
+    core.cache["stocks"].record(heads, raws)
+    core.hub.route("stocks", heads, raws)
+    core.hub.flush()
 
 
 @FUZZ
@@ -315,11 +322,13 @@ def test_arbitrary_upstream_bytes_raise_only_frame_error(payload: bytes) -> None
 def test_drifting_upstream_events_reach_exactly_their_subscribers(frames: list[tuple[str, bytes]]) -> None:
     """Events with any types in ev/sym/pair/T/p: routed where a string ev and ticker say, to each
     member once and in order, byte for byte (plus the market tag for futures on /api/socket)."""
-    hub, members = subscribed_hub()
+    core, members = subscribed_hub()
+    hub = core.hub
     expected: dict[int, list[dict[str, Any]]] = {id(m): [] for m, _ in members}
     for market, payload in frames:
         heads, raws = decode_frame(payload)
         assert len(heads) == len(raws)
+        core.cache[market].record(heads, raws)
         hub.route(market, heads, raws)
         for event in orjson.loads(payload):
             for m, _ in members:
@@ -335,7 +344,7 @@ def test_drifting_upstream_events_reach_exactly_their_subscribers(frames: list[t
             assert len(payload) <= MAX_FRAME or len(events) == 1
             received.extend(events)
         assert received == expected[id(m)]
-    check_hub(hub, [m for m, _ in members], {}, 0.0)
+    check_hub(hub, core.demand, [m for m, _ in members], {}, 0.0)
 
 
 # --- the stateful machine ------------------------------------------------------------------------------
@@ -347,11 +356,17 @@ class HubMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
-        interests = {
-            m: MarketInterest(m, LINGER, lambda: self.now, contract_cap=CONTRACT_CAP) for m in MARKETS
-        }
-        self.slow: list[Member] = []
-        self.hub = Hub(interests, MAX_FRAME, 1 << 30, MAX_CHANNELS, self.slow.append)
+        self.cache = Cache(MARKETS, 500)
+        self.demand = Demand(
+            MARKETS,
+            LINGER,
+            lambda: self.now,
+            on_first=self.cache.watch,
+            on_last=self.cache.unwatch,
+            contract_cap=CONTRACT_CAP,
+        )
+        self.outbox = Outbox(MAX_FRAME, 1 << 30)
+        self.hub = Hub(MARKETS, self.outbox, self.demand, MAX_CHANNELS)
         self.sessions: list[ClientSession] = []
         self.sinks: dict[int, RecordingSink] = {}
         self.expected: dict[int, list[dict[str, Any]]] = {}
@@ -383,12 +398,16 @@ class HubMachine(RuleBasedStateMachine):
     @rule(path=st.sampled_from(["stocks", "options", "futures", None]), with_tokens=st.booleans())
     def connect(self, path: str | None, with_tokens: bool) -> None:
         sink = RecordingSink()
-        m = Member(sink.write, sink.buffered, tags_markets=path is None, owner=sink)
+        m = Member(sink.write, sink.buffered, sink, tags_markets=path is None)
         self.hub.attach(m)
-        limiter = lambda: TokenBucket(50.0, 20, clock=lambda: self.now)  # noqa: E731
-        session = ClientSession(
-            self.hub, m, path, TokenCheck(["tok"] if with_tokens else []), limiter=limiter
+        context = SessionContext(
+            self.hub,
+            self.cache,
+            TokenCheck(["tok"] if with_tokens else []),
+            MAX_FRAME,
+            limiter=lambda: TokenBucket(50.0, 20, clock=lambda: self.now),
         )
+        session = ClientSession(context, m, path)
         self.sessions.append(session)
         self.sinks[id(m)] = sink
         self.expected[id(m)] = []
@@ -404,7 +423,7 @@ class HubMachine(RuleBasedStateMachine):
         reply = self._apply(lambda: session.receive(payload))
         check_reply_frames(reply.frames)
         if reply.close is not None:
-            self._apply(session.closed)  # what the server does on a close
+            self._apply(session.leave)  # what the server does on a close
 
     @precondition(lambda self: bool(self._live()))
     @rule(data=st.data(), auth=st.sampled_from(["tok", "bad"]))
@@ -421,7 +440,7 @@ class HubMachine(RuleBasedStateMachine):
             reply = self._apply(lambda m=message: session.receive(orjson.dumps(m)))  # type: ignore[misc]
             check_reply_frames(reply.frames)
             if reply.close is not None:
-                self._apply(session.closed)
+                self._apply(session.leave)
                 return
 
     @precondition(lambda self: bool(self._live()))
@@ -437,8 +456,8 @@ class HubMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def disconnect(self, data: st.DataObject) -> None:
         session = self._pick(data)
-        self._apply(session.closed)
-        self._apply(session.closed)  # the server may report a close twice: harmless
+        self._apply(session.leave)
+        self._apply(session.leave)  # the server may report a close twice: harmless
 
     @rule(frame=upstream_frames(), flush=st.booleans())
     def upstream(self, frame: tuple[str, bytes], flush: bool) -> None:
@@ -447,6 +466,7 @@ class HubMachine(RuleBasedStateMachine):
         was routed."""
         market, payload = frame
         heads, raws = decode_frame(payload)
+        self.cache[market].record(heads, raws)
         self.hub.route(market, heads, raws)
         for event in orjson.loads(payload):
             for session in self._live():
@@ -490,18 +510,18 @@ class HubMachine(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         """The relay's linger timer: plan the upstream, forget last values of what went."""
         self.now += seconds
-        self.hub.dirty_markets.clear()
-        for market, interest in self.hub.interests.items():
-            plan = interest.plan()
+        self.demand.lingering_expired()
+        for market, plan in self.demand.plans().items():
             assert not set(plan.subscribe) & set(plan.unsubscribe)
-            assert interest.subscribed_upstream == interest.wanted()
             if plan.unsubscribe:
-                self.hub.forget_last_values(market, plan.unsubscribe)
+                self.cache[market].forget(plan.unsubscribe, self.demand[market].wanted())
+        for interest in self.demand.markets.values():
+            assert interest.subscribed_upstream == interest.wanted()
 
     @invariant()
     def consistent(self) -> None:
-        check_hub(self.hub, [s.member for s in self._live()], self.lingering, self.now)
-        assert not self.slow
+        check_hub(self.hub, self.demand, [s.member for s in self._live()], self.lingering, self.now)
+        assert self.outbox.stats.slow_consumers == 0
 
     @invariant()
     def delivered_exactly_once_in_order(self) -> None:
@@ -529,8 +549,9 @@ def _trade(q: int) -> bytes:
 
 def test_subscribing_inside_the_flush_window_keeps_pending_events() -> None:
     """A client on T.AAPL subscribes Q.MSFT while T.AAPL q=2 waits for the flush: it must get q=2."""
-    hub, _ = make_hub()
-    m, sink = member(hub)
+    core = make_core()
+    hub = core.hub
+    m, sink = core.member()
     hub.subscribe(m, [Channel("stocks", "T", "AAPL")])
     hub.route("stocks", *decode_frame(_trade(1)))
     hub.flush()
@@ -543,16 +564,15 @@ def test_subscribing_inside_the_flush_window_keeps_pending_events() -> None:
 
 def test_last_value_on_subscribe_is_not_delivered_twice() -> None:
     """B subscribes Q.AAPL (A's channel set) while A's Q.AAPL q=1 is pending: B gets q=1 once."""
-    hub, _ = make_hub()
-    a, _ = member(hub)
-    hub.subscribe(a, [Channel("stocks", "Q", "AAPL")])
-    hub.route("stocks", *decode_frame(orjson.dumps([{"ev": "Q", "sym": "AAPL", "q": 1}])))
-    b, sink = member(hub)
-    session = ClientSession(hub, b, "stocks", TokenCheck([]))
+    core = make_core()
+    a, _ = core.member()
+    core.hub.subscribe(a, [Channel("stocks", "Q", "AAPL")])
+    core.route("stocks", orjson.dumps([{"ev": "Q", "sym": "AAPL", "q": 1}]))
+    b, sink = core.member()
+    session = ClientSession(core.context(), b, "stocks")
     session.receive(b'{"action":"auth","params":"x"}')
     reply = session.receive(b'{"action":"subscribe","params":"Q.AAPL"}')
-    for payload in reply.frames:  # what the server writes for the reply, before the flush
-        sink.write(text_frame(payload))
-    hub.flush()
+    core.outbox.send(b, reply.frames)  # what the server does with the reply, before the flush
+    core.hub.flush()
     quotes = [e for e in sink.events() if e.get("ev") == "Q"]
     assert [e["q"] for e in quotes] == [1]

@@ -45,7 +45,7 @@ def url(relay: RunningRelay, path: str = "stocks") -> str:
 @contextlib.asynccontextmanager
 async def relay_with(sim: Simulator, **overrides: Any) -> AsyncIterator[RunningRelay]:
     async with running_relay(fast_relay_config(sim.base_url, "sim-key", **overrides)) as relay:
-        await wait_until(lambda: relay.relay.ready, what="relay ready")
+        await wait_until(lambda: relay.ready, what="relay ready")
         yield relay
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay.app import RunningRelay, running_relay
+from fastrelay.closes import CLOSE_LABELS
+from fastrelay.feed import MASSIVE_REASONS
 from fastrelay.histogram import Histogram
-from fastrelay.metrics import CLOSE_REASONS, UPSTREAM_REASONS
 from fastrelay.simulator import Simulator
 from tests.utils import Client, fast_relay_config, http_get, wait_until
 
@@ -25,7 +26,7 @@ def value(text: bytes, name: str, **labels: str) -> float:
 
 async def scrape(relay: RunningRelay) -> bytes:
     """A fresh rendering: wait for the next render tick, then GET /metrics."""
-    metrics = relay.server.metrics
+    metrics = relay.metrics
     before = metrics.text
     await wait_until(lambda: metrics.text is not before, what="a new rendering")
     status, body = await http_get(relay.port, "/metrics")
@@ -39,13 +40,13 @@ async def test_every_labelled_series_exists_at_zero_from_start(sim: Simulator) -
     async with running_relay(config) as relay:
         text = await scrape(relay)
     for market in ("stocks", "options"):
-        for reason in UPSTREAM_REASONS:
+        for reason in MASSIVE_REASONS:
             assert (
                 "fastrelay_upstream_reconnects_total",
                 (("market", market), ("reason", reason)),
             ) in samples(text)
         assert value(text, "fastrelay_upstream_events_total", market=market) == 0
-    for reason in CLOSE_REASONS:
+    for reason in CLOSE_LABELS:
         for path in ("/stocks", "/options", "/api/socket"):
             assert value(text, "fastrelay_client_disconnections_total", path=path, reason=reason) == 0
     names = {name for name, _ in samples(text)}
@@ -57,11 +58,11 @@ async def test_counters_move_with_reconnects_and_deliveries(sim: Simulator) -> N
     """A forced drop counts a reconnect; deliveries, subscriptions and latency histograms fill."""
     config = fast_relay_config(sim.base_url, "sim-key", metrics_interval=0.05, metrics_port=0)
     async with running_relay(config) as relay:
-        await wait_until(lambda: relay.relay.ready, what="ready")
+        await wait_until(lambda: relay.ready, what="ready")
         client = await Client.connect(f"ws://127.0.0.1:{relay.port}/stocks")
         await client.subscribe("T.*,Q.AAPL")
         await client.wait_events(20)
-        session = relay.relay.upstreams["stocks"]
+        session = relay.relay.feeds["stocks"]
         sim.drop("stocks")
         await wait_until(lambda: session.stats.reconnects["drop"] >= 1 and session.live, what="reconnect")
         text = await scrape(relay)

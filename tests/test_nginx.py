@@ -43,7 +43,7 @@ class Proxied:
 @pytest.fixture
 async def proxied(sim: Simulator, tmp_path: Path) -> AsyncIterator[Proxied]:
     async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
-        await wait_until(lambda: relay.relay.ready, what="relay ready")
+        await wait_until(lambda: relay.ready, what="relay ready")
         async with running_nginx(tmp_path / "nginx", [relay.port]) as nginx:
             yield Proxied(relay, nginx)
 

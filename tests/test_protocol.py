@@ -76,10 +76,16 @@ def test_split_params_ignores_blanks() -> None:
 
 
 def test_decode_client_message() -> None:
-    """A Massive action decodes; params default to empty."""
+    """Each action decodes to its own type; params default to empty; unknown keys are ignored."""
     message = protocol.decode_client_message(b'{"action":"subscribe","params":"T.AAPL"}')
-    assert (message.action, message.params) == ("subscribe", "T.AAPL")
-    assert protocol.decode_client_message(b'{"action":"auth"}').params == ""
+    assert message == protocol.Subscribe("T.AAPL")
+    assert protocol.decode_client_message(b'{"action":"auth"}') == protocol.Auth("")
+    assert protocol.decode_client_message(b'{"params":"A.X","x":[1],"action":"history"}') == protocol.History(
+        "A.X"
+    )
+    assert protocol.decode_client_message(b'{"action":"unsubscribe","params":"T.*"}') == protocol.Unsubscribe(
+        "T.*"
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,55 +97,23 @@ def test_decode_client_message_rejects_bad_input(payload: bytes) -> None:
         protocol.decode_client_message(payload)
 
 
+def test_unknown_actions_are_named_and_truncated() -> None:
+    """An unknown action is named in the error, cut to a few dozen characters."""
+    with pytest.raises(protocol.ClientMessageError, match=r"unknown action 'dance'"):
+        protocol.decode_client_message(b'{"action":"dance"}')
+    with pytest.raises(protocol.ClientMessageError) as caught:
+        protocol.decode_client_message(orjson.dumps({"action": "x" * 10_000}))
+    assert len(str(caught.value)) < 100
+
+
+def test_deeply_nested_input_is_a_bad_message_not_a_crash() -> None:
+    """A 2,000-deep array anywhere in a message is refused like any bad message (no RecursionError)."""
+    for payload in (b"[" * 2000 + b"]" * 2000, b'{"action":"auth","x":' + b"[" * 2000 + b"]" * 2000 + b"}"):
+        with pytest.raises(protocol.ClientMessageError, match="invalid message"):
+            protocol.decode_client_message(payload)
+
+
 def test_status_frame_is_a_massive_array() -> None:
     """Statuses are arrays of objects with ev=status, as Massive sends them."""
     frame = orjson.loads(protocol.status_frame("success", "subscribed to: T.AAPL"))
     assert frame == [{"ev": "status", "status": "success", "message": "subscribed to: T.AAPL"}]
-
-
-@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
-def test_text_frame_header_lengths(size: int) -> None:
-    """Unmasked text frames use the 7-bit, 16-bit or 64-bit length forms (RFC 6455 5.2)."""
-    frame = protocol.text_frame(b"x" * size)
-    assert frame[0] == 0x81
-    length = frame[1] & 0x7F
-    assert frame[1] & 0x80 == 0  # server frames are not masked
-    if size < 126:
-        assert (length, len(frame)) == (size, size + 2)
-    elif size < 65536:
-        assert (length, int.from_bytes(frame[2:4], "big"), len(frame)) == (126, size, size + 4)
-    else:
-        assert (length, int.from_bytes(frame[2:10], "big"), len(frame)) == (127, size, size + 10)
-
-
-def _payloads(frames: list[bytes]) -> list[list[object]]:
-    out = []
-    for frame in frames:
-        length = frame[1] & 0x7F
-        offset = {126: 4, 127: 10}.get(length, 2)
-        out.append(orjson.loads(frame[offset:]))
-    return out
-
-
-def test_event_array_frames_split_in_order_under_the_limit() -> None:
-    """A large batch is split over several frames, each under the limit, order kept."""
-    events = [orjson.dumps({"ev": "T", "sym": "AAPL", "q": i, "pad": "x" * 50}) for i in range(100)]
-    frames = protocol.event_array_frames(events, max_payload=1000)
-    assert len(frames) > 1
-    decoded = [e for payload in _payloads(frames) for e in payload]
-    assert [e["q"] for e in decoded] == list(range(100))  # type: ignore[index]
-    assert all(len(f) - 4 <= 1000 for f in frames)
-
-
-def test_event_array_frames_one_frame_when_it_fits() -> None:
-    """A batch that fits leaves as one JSON array."""
-    frames = protocol.event_array_frames([b'{"ev":"T"}', b'{"ev":"Q"}'], max_payload=1000)
-    assert _payloads(frames) == [[{"ev": "T"}, {"ev": "Q"}]]
-
-
-def test_tag_market_keeps_the_event_bytes() -> None:
-    """The market tag is spliced in front; the rest of the event is byte-identical."""
-    event = b'{"ev":"T","sym":"ESZ5","p":5000.25}'
-    tagged = protocol.tag_market(event, "futures/cme")
-    assert tagged == b'{"market":"futures/cme","ev":"T","sym":"ESZ5","p":5000.25}'
-    assert protocol.tag_market(b"{}", "futures") == b"{}"

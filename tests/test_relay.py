@@ -11,7 +11,6 @@ import pytest
 import websockets
 
 from fastrelay.app import RunningRelay, running_relay
-from fastrelay.hub import Member
 from fastrelay.interest import MarketInterest
 from fastrelay.protocol import Channel
 from fastrelay.server import CLOSE_GRACE
@@ -25,7 +24,7 @@ def url(relay: RunningRelay, path: str = "stocks") -> str:
 
 
 async def wait_ready(relay: RunningRelay) -> None:
-    await wait_until(lambda: relay.relay.ready, what="relay ready")
+    await wait_until(lambda: relay.ready, what="relay ready")
 
 
 def upstream_subscriptions(sim: Simulator, market: str = "stocks") -> set[str]:
@@ -94,7 +93,7 @@ async def test_upstream_fault_recovers_and_clients_resume(
     client = await Client.connect(url(relay))
     await client.subscribe("T.*,Q.AAPL")
     await client.wait_events(20)
-    session = relay.relay.upstreams["stocks"]
+    session = relay.relay.feeds["stocks"]
     connects = session.stats.connects
     sim.fault(fault, "stocks")
     await wait_until(lambda: session.stats.connects > connects and session.live, what="reconnect")
@@ -114,7 +113,7 @@ async def test_malformed_upstream_frame_is_counted_and_skipped(relay: RunningRel
     client = await Client.connect(url(relay))
     await client.subscribe("T.*")
     await client.wait_events(5)
-    session = relay.relay.upstreams["stocks"]
+    session = relay.relay.feeds["stocks"]
     connects = session.stats.connects
     sim.malformed("stocks")
     sim.not_array("stocks")
@@ -149,13 +148,13 @@ async def test_slow_consumer_is_dropped_and_others_keep_receiving() -> None:
         )
         normal = await Client.connect(url(relay))
         await normal.subscribe("T.*")
-        hub = relay.relay.hub
+        outbox = relay.relay.outbox
         await wait_until(
-            lambda: hub.stats.slow_consumers >= 1, timeout=TIMEOUT * 3, what="slow consumer drop"
+            lambda: outbox.stats.slow_consumers >= 1, timeout=TIMEOUT * 3, what="slow consumer drop"
         )
         before = len(normal.events)
         await normal.wait_events(before + 20)
-        assert hub.members == 1
+        assert relay.relay.hub.members == 1
         assert sequence_gaps(normal.events) == []
         # Once the close grace is over the relay resets the connection: its side of the
         # socket is gone at once, not left behind with the unsent backlog.
@@ -262,7 +261,7 @@ async def test_health_and_readiness(relay: RunningRelay, sim: Simulator) -> None
     assert (await get("/readyz")).startswith(b"HTTP/1.1 200")
     sim.auth_fail("stocks")
     sim.drop("stocks")
-    await wait_until(lambda: not relay.relay.ready, what="not ready")
+    await wait_until(lambda: not relay.ready, what="not ready")
     response = await get("/readyz")
     assert response.startswith(b"HTTP/1.1 503") and b"stocks" in response
     sim.auth_ok("stocks")
@@ -287,8 +286,8 @@ async def test_api_socket_mixes_markets(relay: RunningRelay) -> None:
 async def test_options_quote_cap_over_all_clients(sim: Simulator) -> None:
     """The options quote cap counts every client's contracts; passing it gets an error naming the cap."""
     async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
-        interest = relay.relay.hub.interests["options"]
-        relay.relay.hub.interests["options"] = MarketInterest(
+        interest = relay.relay.demand["options"]
+        relay.relay.demand.markets["options"] = MarketInterest(
             "options", interest.linger, relay.relay.loop.time, contract_cap=2
         )
         await wait_ready(relay)
@@ -375,18 +374,15 @@ async def test_no_stale_last_value_after_an_outage(relay: RunningRelay, sim: Sim
     feeder = await Client.connect(url(relay))
     await feeder.subscribe("Q.AAPL")
     await feeder.wait_events(2)
-    hub = relay.relay.hub
-    assert hub.last_values(feeder_member(relay), [Channel("stocks", "Q", "AAPL")])
+    cache = relay.relay.cache
+    quotes = [Channel("stocks", "Q", "AAPL")]
+    assert cache.last_values(quotes, False)[0]
     sim.auth_fail("stocks")
     sim.drop("stocks")
-    await wait_until(lambda: "stocks" in hub.outages, what="outage noticed")
-    assert hub.last_values(feeder_member(relay), [Channel("stocks", "Q", "AAPL")]) == []
+    await wait_until(lambda: "stocks" in relay.relay.outages, what="outage noticed")
+    assert cache.last_values(quotes, False)[0] == []
     sim.auth_ok("stocks")
     await feeder.close()
-
-
-def feeder_member(relay: RunningRelay) -> Member:
-    return next(iter(relay.server.connections)).session.member  # type: ignore[union-attr]
 
 
 async def test_kept_channels_are_subscribed_and_recorded_before_any_client() -> None:
@@ -398,7 +394,7 @@ async def test_kept_channels_are_subscribed_and_recorded_before_any_client() -> 
         await wait_ready(relay)
         hub = relay.relay.hub
         await wait_until(
-            lambda: len(hub.snapshot("stocks", [], ["A.AAPL"])[1].get("A.AAPL", [])) >= 2,
+            lambda: len(relay.relay.cache["stocks"].history_of("A", "AAPL")) >= 2,
             timeout=3 * TIMEOUT,
             what="two per-second aggregates recorded without a client",
         )
@@ -413,4 +409,4 @@ async def test_kept_channels_are_subscribed_and_recorded_before_any_client() -> 
         await client.subscribe("A.AAPL")
         await client.close()
         await wait_until(lambda: hub.members == 0, what="client gone")
-        assert hub.interests["stocks"].refcount("A.AAPL") == 1
+        assert relay.relay.demand["stocks"].refcount("A.AAPL") == 1

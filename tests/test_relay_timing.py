@@ -8,9 +8,10 @@ import time
 import orjson
 
 from fastrelay.events import decode_frame
+from fastrelay.member import Member
 from fastrelay.protocol import Channel
 from fastrelay.relay import Relay
-from fastrelay.session import ClientSession, TokenCheck
+from fastrelay.session import ClientSession, SessionContext, TokenCheck
 from tests.sinks import RecordingSink
 from tests.utils import TIMEOUT, fast_relay_config, wait_until
 
@@ -30,17 +31,16 @@ class RecordingUpstream:
 def relay_with_recorder(**overrides: object) -> tuple[Relay, RecordingUpstream]:
     relay = Relay(fast_relay_config("ws://127.0.0.1:9", "k", markets=("stocks",), **overrides))
     recorder = RecordingUpstream()
-    relay.upstreams["stocks"] = recorder  # type: ignore[assignment]
+    relay.feeds["stocks"] = recorder  # type: ignore[assignment]
     return relay, recorder
 
 
 def client(relay: Relay) -> tuple[ClientSession, RecordingSink]:
-    from fastrelay.hub import Member
-
     sink = RecordingSink()
-    member = Member(sink.write, sink.buffered)
+    member = Member(sink.write, sink.buffered, sink)
     relay.hub.attach(member)
-    session = ClientSession(relay.hub, member, "stocks", TokenCheck([]), relay.interest_changed)
+    context = SessionContext(relay.hub, relay.cache, TokenCheck([]), relay.config.max_frame_size)
+    session = ClientSession(context, member, "stocks")
     session.receive(b'{"action":"auth","params":"x"}')
     return session, sink
 
@@ -55,7 +55,7 @@ async def test_changes_of_one_pass_go_upstream_as_one_message_per_direction() ->
     await asyncio.wait_for(upstream.changed.wait(), TIMEOUT)
     assert upstream.sent == [(["Q.AAPL", "T.AAPL", "T.MSFT"], [])]
     upstream.changed.clear()
-    sessions[0].closed()
+    sessions[0].leave()
     sessions[1].receive(b'{"action":"unsubscribe","params":"T.MSFT,Q.AAPL"}')
     await asyncio.wait_for(upstream.changed.wait(), TIMEOUT)
     assert upstream.sent[1] == ([], ["Q.AAPL", "T.MSFT"])  # T.AAPL still held by the third client
@@ -84,10 +84,10 @@ async def test_zero_flush_interval_flushes_at_the_end_of_each_read() -> None:
     relay, _ = relay_with_recorder(flush_interval=0.0)
     session, sink = client(relay)
     relay.hub.subscribe(session.member, [Channel("stocks", "T", "*")])
-    relay.upstream_events("stocks", *frame(1), time.perf_counter(), False)
-    relay.upstream_events("stocks", *frame(2), time.perf_counter(), False)
+    relay.feed_events("stocks", *frame(1), time.perf_counter(), False)
+    relay.feed_events("stocks", *frame(2), time.perf_counter(), False)
     assert sink.writes == []
-    relay.upstream_events("stocks", *frame(3), time.perf_counter(), True)
+    relay.feed_events("stocks", *frame(3), time.perf_counter(), True)
     assert len(sink.writes) == 1 and [e["q"] for e in sink.events()] == [1, 2, 3]
 
 
@@ -97,7 +97,7 @@ async def test_flush_window_has_a_leading_edge_then_coalesces() -> None:
     session, sink = client(relay)
     relay.hub.subscribe(session.member, [Channel("stocks", "T", "*")])
     for q in range(5):
-        relay.upstream_events("stocks", *frame(q), time.perf_counter(), True)
+        relay.feed_events("stocks", *frame(q), time.perf_counter(), True)
     assert [e["q"] for e in sink.events()] == [0]  # leading edge: no window for the first
     await wait_until(lambda: len(sink.writes) == 2, what="the window's write")
     assert [e["q"] for e in sink.events()] == [0, 1, 2, 3, 4]
@@ -110,7 +110,7 @@ async def test_sparse_audiences_pay_no_window() -> None:
     relay.hub.subscribe(a.member, [Channel("stocks", "T", "AAPL")])
     relay.hub.subscribe(b.member, [Channel("stocks", "T", "MSFT")])
     payload = orjson.dumps([{"ev": "T", "sym": "AAPL", "q": 1}])
-    relay.upstream_events("stocks", *decode_frame(payload), time.perf_counter(), True)
+    relay.feed_events("stocks", *decode_frame(payload), time.perf_counter(), True)
     payload = orjson.dumps([{"ev": "T", "sym": "MSFT", "q": 1}])
-    relay.upstream_events("stocks", *decode_frame(payload), time.perf_counter(), True)
+    relay.feed_events("stocks", *decode_frame(payload), time.perf_counter(), True)
     assert len(a_sink.writes) == 1 and len(b_sink.writes) == 1

@@ -46,11 +46,11 @@ class Deployment:
 
     @property
     def ingest_role(self) -> Ingest:
-        assert isinstance(self.ingest.scaleout, Ingest)
-        return self.ingest.scaleout
+        assert isinstance(self.ingest.role, Ingest)
+        return self.ingest.role
 
     def edge_role(self, index: int) -> Edge:
-        edge = self.edges[index].scaleout
+        edge = self.edges[index].role
         assert isinstance(edge, Edge)
         return edge
 
@@ -90,7 +90,7 @@ async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             ingest = await ingest_stack.enter_async_context(running_relay(ingest_config))
             deployment = Deployment(nats, sim, ingest, [edge1, edge2], ingest_config, ingest_stack)
             for running in (ingest, edge1, edge2):
-                await wait_until(lambda r=running: r.relay.ready, what=f"{running.relay.config.role} ready")
+                await wait_until(lambda r=running: r.ready, what=f"{running.relay.config.role} ready")
             try:
                 yield deployment
             finally:
@@ -136,10 +136,10 @@ async def test_a_subscriber_on_any_edge_gets_the_last_value(deployment: Deployme
     await first.subscribe("Q.MSFT")
     await first.wait_events(3)
     deployment.sim.slow("stocks", factor=0.0)  # no more events: only a stored value can arrive
-    ingest_hub = deployment.ingest.relay.hub
+    ingest_cache = deployment.ingest.relay.cache["stocks"]
 
     def ingest_last_q() -> int | None:
-        stored = ingest_hub.snapshot("stocks", ["Q.MSFT"], [])[0].get("Q.MSFT")
+        stored = ingest_cache.last_value("Q", "MSFT")
         return orjson.loads(stored)["q"] if stored else None
 
     # Events already on their way still arrive: wait until the client has what the ingest has.
@@ -188,14 +188,14 @@ async def test_nats_restart_edges_unready_then_recover_and_ingest_keeps_upstream
     client = await Client.connect(deployment.url(0))
     await client.subscribe("T.AAPL,Q.MSFT")
     await client.wait_events(10)
-    upstream_sessions = deployment.ingest.relay.upstreams
+    upstream_sessions = deployment.ingest.relay.feeds
     connects = {m: s.stats.connects for m, s in upstream_sessions.items()}
 
     deployment.nats.stop()
     await client.wait_status("error")  # stocks feed interrupted (nats)
     assert "stocks feed interrupted (nats)" in client.statuses[-1]["message"]
     for edge in deployment.edges:
-        await wait_until(lambda e=edge: not e.relay.ready, what="edge unready")
+        await wait_until(lambda e=edge: not e.ready, what="edge unready")
         status, body = await http_get(edge.port, "/readyz")
         assert status == 503 and b"NATS" in body, body
     status, body = await http_get(deployment.ingest.port, "/readyz")
@@ -211,7 +211,7 @@ async def test_nats_restart_edges_unready_then_recover_and_ingest_keeps_upstream
 
     await deployment.nats.start()
     for running in (deployment.ingest, *deployment.edges):
-        await wait_until(lambda r=running: r.relay.ready, timeout=3 * TIMEOUT, what="ready again")
+        await wait_until(lambda r=running: r.ready, timeout=3 * TIMEOUT, what="ready again")
     await client.wait_status("success")  # stocks feed restored
     assert "stocks feed restored" in client.statuses[-1]["message"]
     count = len(client.events)
@@ -259,7 +259,7 @@ async def test_bad_nats_messages_are_counted_and_skipped(deployment: Deployment)
         bad_names = messages.EdgeInterest("stranger", {"stocks": ["T.AA PL", "nonsense"], "nowhere": ["T.X"]})
         await stranger.publish(f"{prefix}.interest", messages.encode(bad_names))
         answer = await stranger.request(f"{prefix}.snapshot", b"{}", timeout=TIMEOUT)
-        assert "bad snapshot request" in messages.decode_reply(answer.data).error
+        assert "bad control message" in messages.decode(answer.data).error
     finally:
         await stranger.close()
     # The edge is subscribed to one of the two data subjects (batch: ...T, event: ...T.AAPL).
@@ -275,7 +275,7 @@ async def test_bad_nats_messages_are_counted_and_skipped(deployment: Deployment)
     await client.wait_events(count + 5)
     assert sequence_gaps(client.events) == []
     assert deployment.upstream_channels() == {"T.AAPL"}
-    assert deployment.edges[0].relay.ready and deployment.ingest.relay.ready
+    assert deployment.edges[0].ready and deployment.ingest.ready
 
 
 async def test_an_ingest_restart_interrupts_then_restores_every_edge(deployment: Deployment) -> None:
@@ -355,7 +355,7 @@ async def test_two_edges_under_one_name_are_still_two(deployment: Deployment) ->
     replace each other at every heartbeat (upstream churn); each counts on its own."""
     twin_config = replace(deployment.edges[0].relay.config, instance_name="edge-1")
     async with running_relay(twin_config) as twin:
-        await wait_until(lambda: twin.relay.ready, what="the twin ready")
+        await wait_until(lambda: twin.ready, what="the twin ready")
         one = await Client.connect(deployment.url(0))
         other = await Client.connect(f"ws://127.0.0.1:{twin.port}/stocks")
         await one.subscribe("T.AAPL")

@@ -151,7 +151,7 @@ class Deployment(PrometheusApi):
                 for name, role in ROLES.items()
             }
             await wait_until(
-                lambda: all(r.relay.ready for r in relays.values()), TIMEOUT * 2, "ingest and edges ready"
+                lambda: all(r.ready for r in relays.values()), TIMEOUT * 2, "ingest and edges ready"
             )
             self.ports = {name: running.port for name, running in relays.items()}
             self._started.set()

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastrelay.events import decode_frame
-from fastrelay.hub import Hub, Member
-from fastrelay.interest import MarketInterest
-from fastrelay.protocol import Channel, parse_channel
+from fastrelay.config import redact
+from fastrelay.protocol import parse_channel
 from fastrelay.scaleout import messages
-from fastrelay.scaleout.link import redact
 from fastrelay.scaleout.registry import EdgeRegistry
 from fastrelay.scaleout.subjects import (
     BATCH,
@@ -25,6 +20,7 @@ from fastrelay.scaleout.subjects import (
     seal,
     unescape_token,
 )
+from tests.sinks import make_core
 
 SUBJECT_SPECIALS = set(".*> \t\r\n")
 
@@ -75,13 +71,17 @@ def test_envelope_round_trip_and_short_messages() -> None:
 
 
 def test_control_messages_round_trip_and_reject_garbage() -> None:
+    """Each control message decodes to its own type (a tagged union); garbage is a MessageError."""
     interest = messages.EdgeInterest("edge-1", {"stocks": ["T.AAPL", "Q.*"]}, seq=3)
-    assert messages.decode_interest(messages.encode(interest)) == interest
+    assert messages.decode(messages.encode(interest)) == interest
     state = messages.IngestState("ingest-1", BATCH, {"stocks": messages.LIVE, "options": "drop"})
-    assert messages.decode_state(messages.encode(state)) == state
-    for bad in (b"", b"[]", b'{"edge": 1}', b"\xff"):
+    assert messages.decode(messages.encode(state)) == state
+    request = messages.SnapshotRequest("stocks", last=["Q.AAPL"])
+    assert messages.decode(messages.encode(request)) == request
+    deep = b'{"type":"state","x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    for bad in (b"", b"[]", b'{"edge": 1}', b'{"type":"interest","edge":1}', b"\xff", deep):
         with pytest.raises(messages.MessageError):
-            messages.decode_interest(bad)
+            messages.decode(bad)
 
 
 def test_registry_diffs_heartbeats_and_expires_silent_edges() -> None:
@@ -96,7 +96,7 @@ def test_registry_diffs_heartbeats_and_expires_silent_edges() -> None:
     assert registry.expire(now=7.0) == {}  # exactly at the timeout: not yet
     expired = registry.expire(now=7.5)
     assert list(expired) == ["a"] and expired["a"].removed == [("stocks", "T.AAPL"), ("stocks", "T.TSLA")]
-    assert "a" not in registry and "b" in registry and registry.expired_total == 1
+    assert registry.wants("a") == frozenset() and registry.wants("b") and registry.expired_total == 1
 
 
 def test_registry_grace_forgives_silence_while_the_ingest_was_cut_off() -> None:
@@ -104,7 +104,7 @@ def test_registry_grace_forgives_silence_while_the_ingest_was_cut_off() -> None:
     registry.update("a", {("stocks", "T.AAPL")}, now=0.0)
     registry.grace(now=100.0)
     assert registry.expire(now=104.0) == {}
-    assert "a" in registry
+    assert len(registry) == 1
 
 
 def test_registry_rejected_channels_come_back_as_new() -> None:
@@ -117,58 +117,21 @@ def test_registry_rejected_channels_come_back_as_new() -> None:
     assert registry.remove("a").removed == [("options", "Q.O:X1"), ("options", "Q.O:X2")]
 
 
-def _hub(linger: float = 0.0) -> Hub:
-    interests = {"stocks": MarketInterest("stocks", linger, lambda: 0.0)}
-    return Hub(interests, 256 * 1024, 1 << 22, 100, on_slow_consumer=lambda m: None)
-
-
 def test_held_references_count_like_clients_and_keep_history() -> None:
     """An ingest holds one reference per edge: the upstream wants what any edge wants."""
-    hub = _hub()
+    core = make_core(markets=("stocks",))
     aapl = parse_channel("AM.AAPL", "stocks")
-    hub.hold(aapl)
-    hub.hold(aapl)  # a second edge
-    assert hub.interests["stocks"].plan().subscribe == ["AM.AAPL"]
+    core.demand.add(aapl)
+    core.demand.add(aapl)  # a second edge
+    assert core.sync() == {"stocks": ["AM.AAPL"]}
     candle = b'{"ev":"AM","sym":"AAPL","s":1,"e":2,"q":1}'
-    hub.route("stocks", *decode_frame(b"[" + candle + b"]"))
-    last, history = hub.snapshot("stocks", ["AM.AAPL", "AM.MSFT"], ["AM.AAPL"])
+    core.route("stocks", b"[" + candle + b"]")
+    last, history = core.cache["stocks"].snapshot(["AM.AAPL", "AM.MSFT"], ["AM.AAPL"])
     assert last == {"AM.AAPL": candle} and history == {"AM.AAPL": [candle]}
-    hub.let_go(aapl)
-    assert not hub.interests["stocks"].plan()
-    hub.let_go(aapl)
-    assert hub.interests["stocks"].plan().unsubscribe == ["AM.AAPL"]
-
-
-def test_seeded_values_never_overwrite_live_ones_and_history_merges() -> None:
-    hub = _hub()
-    member = Member(write=lambda b: None, buffered=lambda: 0)
-    hub.attach(member)
-    missing: list[str] = []
-
-    class Recorder:
-        def missing(self, member: Member, channels: list[Channel]) -> None:
-            missing.extend(c.name for c in channels)
-
-        def filling(self, channel: Channel) -> bool:
-            return False
-
-        def when_filled(self, channels: list[Channel], callback: Callable[[], None]) -> None:
-            callback()
-
-    hub.fills = Recorder()
-    quote = parse_channel("Q.AAPL", "stocks")
-    candles = parse_channel("AM.AAPL", "stocks")
-    hub.subscribe(member, [quote, candles])
-    assert hub.last_values(member, [quote, candles]) == []
-    assert missing == ["Q.AAPL", "AM.AAPL"]
-    assert hub.seed_last_value(quote, b'{"ev":"Q","sym":"AAPL","q":1}')
-    assert not hub.seed_last_value(quote, b'{"ev":"Q","sym":"AAPL","q":0}')  # the first one stays
-    assert hub.last_values(member, [quote]) == [b'{"ev":"Q","sym":"AAPL","q":1}']
-    live = b'{"ev":"AM","sym":"AAPL","s":3,"q":3}'
-    hub.route("stocks", *decode_frame(b"[" + live + b"]"))
-    older = [b'{"ev":"AM","sym":"AAPL","s":1,"q":1}', b'{"ev":"AM","sym":"AAPL","s":2,"q":2}']
-    hub.seed_history(candles, [*older, live])  # the ingest already had the live one too
-    assert hub.history(member, candles) == [*older, live]
+    core.demand.remove(aapl)
+    assert core.sync() == {}
+    core.demand.remove(aapl)
+    assert core.sync() == {"stocks": ["-AM.AAPL"]}
 
 
 def test_redact_hides_credentials_in_urls_and_messages() -> None:

@@ -6,21 +6,23 @@ import orjson
 import pytest
 
 from fastrelay.session import ClientSession, TokenCheck
-from tests.sinks import make_hub, member
+from tests.sinks import Core, make_core
 
 
 def statuses(payload: bytes) -> list[tuple[str, str]]:
     return [(s["status"], s["message"]) for s in orjson.loads(payload)]
 
 
+def core() -> Core:
+    return make_core(markets=("stocks", "options", "futures", "forex"))
+
+
 def session(tokens: list[str] | None = None, market: str | None = "stocks") -> ClientSession:
-    hub, _ = make_hub(markets=("stocks", "options", "futures", "forex"))
-    m, _ = member(hub, tags_markets=market is None)
-    return ClientSession(hub, m, market, TokenCheck(tokens or []))
+    return core().session(market, tokens)
 
 
-def authed(market: str | None = "stocks") -> ClientSession:
-    s = session(market=market)
+def authed(market: str | None = "stocks", on: Core | None = None) -> ClientSession:
+    s = (on or core()).session(market)
     s.receive(b'{"action":"auth","params":"x"}')
     return s
 
@@ -39,7 +41,7 @@ def test_wrong_token_fails_and_closes_1008() -> None:
     s = session(tokens=["good"])
     reply = s.receive(b'{"action":"auth","params":"bad"}')
     assert statuses(reply.frames[0]) == [("auth_failed", "authentication failed")]
-    assert reply.close is not None and reply.close[0] == 1008
+    assert reply.close is not None and reply.close[0].code == 1008
     assert s.receive(b'{"action":"auth","params":"good"}').close is None
 
 
@@ -141,12 +143,10 @@ def test_token_check_is_exact() -> None:
 
 def test_history_action_sends_events_then_a_status_per_channel() -> None:
     """The history extension: kept events (oldest first), then 'history: CH (N events)'."""
-    from fastrelay.events import decode_frame
-
-    s = authed()
+    rig = core()
+    s = authed(on=rig)
     s.receive(b'{"action":"subscribe","params":"A.AAPL"}')
-    heads, raws = decode_frame(b'[{"ev":"A","sym":"AAPL","s":1},{"ev":"A","sym":"AAPL","s":2}]')
-    s.hub.route("stocks", heads, raws)
+    rig.route("stocks", b'[{"ev":"A","sym":"AAPL","s":1},{"ev":"A","sym":"AAPL","s":2}]')
     reply = s.receive(b'{"action":"history","params":"A.AAPL,AM.MSFT,bad"}')
     assert [orjson.loads(f) for f in reply.frames[:1]] == [
         [{"ev": "A", "sym": "AAPL", "s": 1}, {"ev": "A", "sym": "AAPL", "s": 2}]

@@ -23,10 +23,10 @@ async def test_auth_failed_logs_the_market_and_retries_only_after_the_long_delay
     config.upstream_timers.auth_retry = 0.6
     with caplog.at_level(logging.INFO, logger="fastrelay"):
         async with running_relay(config) as relay:
-            session = relay.relay.upstreams["stocks"]
+            session = relay.relay.feeds["stocks"]
             await wait_until(lambda: session.stats.reconnects["auth_failed"] >= 1, what="auth failure")
             failed_at = relay.relay.loop.time()
-            assert not relay.relay.ready
+            assert not relay.ready
             await wait_until(lambda: session.stats.reconnects["auth_failed"] >= 2, what="second attempt")
             assert relay.relay.loop.time() - failed_at >= 0.6 * 0.95
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -40,7 +40,7 @@ async def test_max_connections_cools_down(sim: Simulator, caplog: pytest.LogCapt
     config.upstream_timers.max_connections_cooldown = 0.8
     with caplog.at_level(logging.INFO, logger="fastrelay"):
         async with running_relay(config) as relay:
-            session = relay.relay.upstreams["stocks"]
+            session = relay.relay.feeds["stocks"]
             await wait_until(lambda: session.live, what="live")
             sim.max_connections("stocks")
             await wait_until(lambda: session.stats.reconnects["max_connections"] >= 1, what="evicted")
@@ -59,10 +59,10 @@ async def test_refused_connections_back_off_without_a_tight_loop() -> None:
     config.upstream_timers.backoff_base = 0.1
     config.upstream_timers.backoff_cap = 0.2
     async with running_relay(config) as relay:
-        session = relay.relay.upstreams["stocks"]
+        session = relay.relay.feeds["stocks"]
         start = relay.relay.loop.time()
         await wait_until(lambda: session.stats.reconnects["drop"] >= 5, what="5 failed attempts")
         elapsed = relay.relay.loop.time() - start
     # Full jitter draws in [0, ceiling]; 5 attempts at a tight loop would take ~0 s.
-    assert session.backoff.attempt >= 5
+    assert session.core.backoff.attempt >= 5
     assert elapsed > 0.02

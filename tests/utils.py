@@ -17,8 +17,7 @@ from typing import Any
 import orjson
 import websockets
 
-from fastrelay.config import RelayConfig
-from fastrelay.upstream import UpstreamTimers
+from fastrelay.config import RelayConfig, UpstreamTimers
 
 TIMEOUT = 5.0 * float(os.environ.get("FASTRELAY_TEST_TIMEOUT_SCALE", "1"))
 

@@ -12,10 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
+from fastrelay.cache import Cache
+from fastrelay.closes import CloseReason
 from fastrelay.events import decode_frame
-from fastrelay.hub import Hub, Member
-from fastrelay.interest import MarketInterest
-from fastrelay.protocol import Channel, event_array_frames
+from fastrelay.framing import event_array_frames
+from fastrelay.hub import Hub
+from fastrelay.interest import Demand
+from fastrelay.member import Member
+from fastrelay.outbox import Outbox
+from fastrelay.protocol import Channel
 
 
 def trade(symbol: str, q: int) -> dict[str, Any]:
@@ -38,7 +43,7 @@ BATCH20 = orjson.dumps([trade(f"S{i % 100:04d}", i) for i in range(20)])
 
 
 class NullSink:
-    """A socket stand-in that costs as little as possible."""
+    """A socket and connection stand-in that costs as little as possible."""
 
     def write(self, data: bytes) -> None:
         pass
@@ -46,16 +51,36 @@ class NullSink:
     def buffered(self) -> int:
         return 0
 
+    def describe(self) -> str:
+        return "null"
 
-def hub_with(clients: int, channel_of: Any) -> Hub:
-    interests = {"stocks": MarketInterest("stocks", 0.0, lambda: 0.0)}
-    hub = Hub(interests, 256 * 1024, 1 << 22, 2000, lambda m: None)
+    def close(self, reason: CloseReason, message: str) -> None:
+        pass
+
+
+class Core:
+    """The relay's data path without sockets: cache and hub, writing through an outbox."""
+
+    def __init__(self) -> None:
+        self.cache = Cache(("stocks",), 500)
+        self.outbox = Outbox(256 * 1024, 1 << 22)
+        demand = Demand(("stocks",), 0.0, lambda: 0.0, on_first=self.cache.watch, on_last=self.cache.unwatch)
+        self.hub = Hub(("stocks",), self.outbox, demand, 2000)
+
+    def route(self, heads: Any, raws: Any) -> None:
+        """What Relay.feed_events does with one frame before the flush."""
+        self.cache["stocks"].record(heads, raws)
+        self.hub.route("stocks", heads, raws)
+
+
+def hub_with(clients: int, channel_of: Any) -> Core:
+    core = Core()
     sink = NullSink()
     for index in range(clients):
-        member = Member(sink.write, sink.buffered)
-        hub.attach(member)
-        hub.subscribe(member, [channel_of(index)])
-    return hub
+        member = Member(sink.write, sink.buffered, sink)
+        core.hub.attach(member)
+        core.hub.subscribe(member, [channel_of(index)])
+    return core
 
 
 @pytest.mark.parametrize("payload", [SINGLE, BATCH20], ids=["1-event", "20-events"])
@@ -66,29 +91,29 @@ def test_decode_frame(benchmark: Any, payload: bytes) -> None:
 
 def test_firehose_route_and_flush_100_clients(benchmark: Any) -> None:
     """Scenario (a) per flush: 10 single-event frames to 100 clients on T.*."""
-    hub = hub_with(100, lambda i: Channel("stocks", "T", "*"))
+    core = hub_with(100, lambda i: Channel("stocks", "T", "*"))
     frames = [decode_frame(orjson.dumps([trade("AAPL", q)])) for q in range(10)]
 
     def one_flush() -> None:
         for heads, raws in frames:
-            hub.route("stocks", heads, raws)
-        hub.flush()
+            core.route(heads, raws)
+        core.hub.flush()
 
     benchmark(one_flush)
-    assert hub.stats.deliveries > 0
+    assert core.outbox.stats.deliveries > 0
 
 
 def test_sparse_route_and_flush_1000_clients(benchmark: Any) -> None:
     """Scenario (b) per flush: a 20-event frame over 100 symbols, 1,000 clients on one symbol each."""
-    hub = hub_with(1000, lambda i: Channel("stocks", "T", f"S{i % 100:04d}"))
+    core = hub_with(1000, lambda i: Channel("stocks", "T", f"S{i % 100:04d}"))
     heads, raws = decode_frame(BATCH20)
 
     def one_flush() -> None:
-        hub.route("stocks", heads, raws)
-        hub.flush()
+        core.route(heads, raws)
+        core.hub.flush()
 
     benchmark(one_flush)
-    assert hub.stats.deliveries > 0
+    assert core.outbox.stats.deliveries > 0
 
 
 def test_build_frames(benchmark: Any) -> None:

@@ -24,41 +24,48 @@ import secrets
 import time
 from typing import Any
 
-from fastrelay.config import RelayConfig
-from fastrelay.events import FrameError, decode_frame, timestamp_ms
-from fastrelay.histogram import FEED_LATENCY_BOUNDS, Histogram
+from prometheus_client.registry import Collector
+
+from fastrelay.config import RelayConfig, redact, tokens_summary
+from fastrelay.events import FrameError, decode_frame
+from fastrelay.feed import MASSIVE_REASONS, FeedStatistics
+from fastrelay.histogram import Histogram
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.fills import Fills
-from fastrelay.scaleout.link import NatsLink
+from fastrelay.scaleout.link import Link, NatsLink
+from fastrelay.scaleout.metrics import LAG_BOUNDS, EdgeCollector
 from fastrelay.scaleout.subjects import Subjects, open_envelope
-from fastrelay.upstream import UpstreamStatistics
 
 log = logging.getLogger("fastrelay.edge")
 
 # Why a market is down on an edge, beyond the ingest's own upstream reasons.
 NATS_DOWN = "nats"
 INGEST_SILENT = "ingest"
-LAG_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class EdgeFeed:
-    """One market as the relay sees it on an edge (``relay.Feed``)."""
+    """One market as the relay sees it on an edge (a ``feed.Feed``).
+
+    It keeps the channels the relay's plans asked for (``subscribed``): the
+    edge turns them into NATS subscriptions and into its interest at the ingest.
+    """
 
     def __init__(self, market: str, edge: Edge) -> None:
         self.market = market
         self._edge = edge
-        self.stats = UpstreamStatistics()
-        for reason in (NATS_DOWN, INGEST_SILENT):
-            self.stats.reconnects[reason] = 0
-        self.feed_latency = Histogram(FEED_LATENCY_BOUNDS)
-        self.last_event_at = 0.0
+        self.stats = FeedStatistics((*MASSIVE_REASONS, NATS_DOWN, INGEST_SILENT))
+        self.subscribed: set[str] = set()
         self.is_live = False
 
     @property
     def live(self) -> bool:
         return self.is_live
+
+    @property
+    def where(self) -> str:
+        return f"NATS {self._edge.link.shown}"
 
     def start(self) -> None:
         """The edge's one NATS link serves every market: nothing per market to start."""
@@ -67,22 +74,34 @@ class EdgeFeed:
         """See ``start``."""
 
     def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None:
-        # The edge derives NATS subscriptions and its interest from the hub's
-        # MarketInterest, already updated by the relay: only the nudge matters.
+        # Kept whether or not the market is live: the edge's interest at the
+        # ingest is what brings the market back.
+        self.subscribed.update(subscribe)
+        self.subscribed.difference_update(unsubscribe)
         self._edge.interest_changed()
 
 
 class Edge:
-    def __init__(self, config: RelayConfig) -> None:
+    """The edge role (``roles.Role``): clients served from an ingest over NATS."""
+
+    name = "edge"
+    serves_clients = True
+
+    def __init__(self, config: RelayConfig, link: Link | None = None) -> None:
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
         self.feeds: dict[str, EdgeFeed] = {}
         self.relay = Relay(config, make_feed=self._make_feed)
-        self.relay.readiness_checks.insert(0, self._not_ready)
-        self.link = NatsLink(
-            config.nats, f"fastrelay-edge-{config.instance_name}", self._link_up, self._link_down
+        self.link = link or NatsLink(config.nats, f"fastrelay-edge-{config.instance_name}")
+        self.link.on_change(self._link_up, self._link_down)
+        self.fills = Fills(
+            self.relay.cache,
+            self.relay.outbox,
+            self.relay.outages,
+            self._ask_ingest,
+            lambda: self.link.connected,
         )
-        self.fills = Fills(self.relay.hub, self.link, self.subjects.snapshot)
+        self.relay.fills = self.fills
         self.link.listen(self.subjects.ingest, self._on_ingest)
         self.lag = Histogram(LAG_BOUNDS)
         # What the ingest last said (None: not heard since start or since NATS came back).
@@ -102,10 +121,11 @@ class Edge:
         feed = self.feeds[market] = EdgeFeed(market, self)
         return feed
 
-    # --- lifecycle -------------------------------------------------------------------
+    # --- the role ----------------------------------------------------------------------
     def start(self) -> None:
         self.link.start()
         self._tick()
+        self.relay.start()
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
@@ -116,13 +136,53 @@ class Edge:
         if self._sync_task is not None:
             self._sync_task.cancel()
         await self.link.stop()
+        await self.relay.stop()
 
-    def _not_ready(self) -> str | None:
+    def refusal(self) -> str | None:
+        """Cut off from NATS or the ingest, an edge has nothing to serve: nginx tries the next one.
+
+        A Massive outage is not such a reason: as in one process, clients
+        connect and wait for `feed restored`.
+        """
         if not self.link.connected:
             return f"NATS {self.link.shown} not connected"
         if self.ingest is None:
             return "no ingest heard on NATS"
         return None
+
+    def not_ready_reason(self) -> str | None:
+        # The link first: "NATS not connected" explains the feeds being down.
+        reason = self.refusal()
+        if reason is not None:
+            return reason
+        down = self.relay.feeds_down()
+        return f"upstream down: {', '.join(down)}" if down else None
+
+    def collectors(self) -> list[Collector]:
+        return [EdgeCollector(self)]
+
+    @property
+    def ingest_heard(self) -> bool:
+        return self.ingest is not None
+
+    def describe(self) -> str:
+        return self.describe_config(self.config)
+
+    @staticmethod
+    def describe_config(config: RelayConfig) -> str:
+        return (
+            f"edge {config.instance_name}: listen {config.host}:{config.port}, markets "
+            f"{','.join(config.markets)}, NATS {redact(config.nats)} ({config.nats_prefix}), "
+            f"{tokens_summary(config)}"
+        )
+
+    async def _ask_ingest(self, request: messages.SnapshotRequest) -> messages.SnapshotReply:
+        answer = await self.link.request(self.subjects.snapshot, messages.encode(request))
+        match messages.decode(answer):
+            case messages.SnapshotReply() as reply:
+                return reply
+            case other:
+                raise messages.MessageError(f"a {type(other).__name__} where a snapshot reply belongs")
 
     async def _link_up(self) -> None:
         # nats-py resubscribes the data subjects itself after a reconnection.
@@ -135,10 +195,19 @@ class Edge:
     # --- the ingest's state ---------------------------------------------------------------
     async def _on_ingest(self, msg: Any) -> None:
         try:
-            state = messages.decode_state(msg.data)
+            state = messages.decode(msg.data)
         except messages.MessageError as exc:
             self.link.skip_bad("an ingest state", exc)
             return
+        match state:
+            case messages.IngestState():
+                self._ingest_said(state)
+            case _:
+                self.link.skip_bad(
+                    "an ingest state", ValueError(f"a {type(state).__name__} on {msg.subject}")
+                )
+
+    def _ingest_said(self, state: messages.IngestState) -> None:
         now = time.monotonic()
         said_goodbye = all(v == messages.STOPPED for v in self.ingest_markets.values())
         recently = now - self._ingest_heard < 2 * self.config.heartbeat_interval
@@ -185,11 +254,11 @@ class Edge:
             if reason is None and not feed.is_live:
                 feed.is_live = True
                 feed.stats.connects += 1
-                self.relay.upstream_live(feed)
+                self.relay.feed_live(feed)
             elif reason is not None and feed.is_live:
                 feed.is_live = False
-                feed.stats.reconnects[reason] = feed.stats.reconnects.get(reason, 0) + 1
-                self.relay.upstream_down(feed, reason)
+                feed.stats.lost(reason)
+                self.relay.feed_down(feed, reason)
 
     # --- interest: NATS subscriptions and heartbeats ------------------------------------------
     def interest_changed(self) -> None:
@@ -205,8 +274,7 @@ class Edge:
                 self._publish_interest()
 
     def _wanted_channels(self) -> dict[str, list[str]]:
-        interests = self.relay.hub.interests
-        return {m: sorted(interests[m].subscribed_upstream) for m in self.feeds}
+        return {m: sorted(feed.subscribed) for m, feed in self.feeds.items()}
 
     async def _sync_subscriptions(self) -> None:
         wanted: set[str] = set()
@@ -269,11 +337,5 @@ class Edge:
             return
         now = time.time()
         self.lag.observe(max(0.0, now - sent_at))
-        feed.stats.frames += 1
-        feed.stats.events += len(heads)
-        feed.stats.bytes += len(body)
-        feed.last_event_at = now
-        sent_ms = timestamp_ms(heads[0])
-        if sent_ms is not None:
-            feed.feed_latency.observe(max(0.0, now - sent_ms / 1000.0))
-        self.relay.upstream_events(feed.market, heads, raws, arrival, True)
+        feed.stats.received(heads, len(body), now)
+        self.relay.feed_events(feed.market, heads, raws, arrival, True)

@@ -16,27 +16,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from fastrelay.hub import Hub, Member
-from fastrelay.protocol import Channel, parse_channel, text_frame
+from fastrelay.cache import Cache
+from fastrelay.member import Member
+from fastrelay.outbox import Outbox
+from fastrelay.protocol import Channel, parse_channel
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.scaleout import messages
-from fastrelay.scaleout.link import NatsLink
 
 log = logging.getLogger("fastrelay.edge")
 
 CHUNK = 50  # channels per request
-REQUEST_TIMEOUT = 2.0  # seconds; then the subscriber waits for the next live event
 Key = tuple[str, str]  # (market, channel name)
+# Asks the ingest for these channels' last values and history (raises on failure).
+Ask = Callable[[messages.SnapshotRequest], Awaitable[messages.SnapshotReply]]
 
 
 class Fills:
-    def __init__(self, hub: Hub, link: NatsLink, subject: str) -> None:
-        self._hub = hub
-        self._link = link
-        self._subject = subject
+    """An edge's ``session.FillSource``: fetches from the ingest, delivered through the outbox."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        outbox: Outbox,
+        outages: Mapping[str, str],
+        ask: Ask,
+        connected: Callable[[], bool],
+    ) -> None:
+        self._cache = cache
+        self._outbox = outbox
+        self._outages = outages
+        self._ask = ask
+        self._connected = connected
         self._waiting: dict[Key, list[Member]] = {}  # fetches on their way, and who waits
         self._queue: dict[str, set[str]] = {}  # market -> names to ask at the end of this pass
         self._scheduled = False
@@ -46,15 +59,14 @@ class Fills:
         self.requested = 0  # channels asked for
         self.failed = 0  # channels whose request failed (no ingest, timeout, bad reply)
         self.delivered = 0  # values written to subscribers
-        hub.fills = self
 
     def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
     def missing(self, member: Member, channels: list[Channel]) -> None:
-        """The hub has no last value (or no history) for these channels of a new subscriber."""
-        if not self._link.connected:
+        """The cache has no last value (or no history) for these channels of a new subscriber."""
+        if not self._connected():
             return
         for channel in channels:
             waiting = self._waiting.setdefault((channel.market, channel.name), [])
@@ -96,13 +108,8 @@ class Fills:
     async def _fetch(self, market: str, names: list[str]) -> None:
         self.requested += len(names)
         reply: messages.SnapshotReply | None = None
-        client = self._link.client
         try:
-            if client is None:
-                raise ConnectionError("NATS not connected")
-            request = messages.encode(messages.SnapshotRequest(market, last=names, history=names))
-            answer = await client.request(self._subject, request, timeout=REQUEST_TIMEOUT)
-            reply = messages.decode_reply(answer.data)
+            reply = await self._ask(messages.SnapshotRequest(market, last=names, history=names))
         except Exception as exc:
             self.failed += len(names)
             self._throttle.log(
@@ -118,20 +125,20 @@ class Fills:
                     done((market, name))
 
     def _fill(self, market: str, name: str, waiters: list[Member], reply: messages.SnapshotReply) -> None:
-        hub = self._hub
-        if market in hub.outages:
-            return  # from before the outage: stale (Relay.upstream_down)
+        if market in self._outages:
+            return  # from before the outage: stale (Relay.feed_down)
         channel = parse_channel(name, market)
+        cache = self._cache[market]
         history = reply.history.get(name)
         if history:
-            hub.seed_history(channel, [bytes(e) for e in history])
+            cache.seed_history(channel.ev, channel.ticker, [bytes(e) for e in history])
         raw = reply.last.get(name)
         # Not seeded = a live event came first, and the waiters had it.
-        if raw is None or not hub.seed_last_value(channel, bytes(raw)):
+        if raw is None or not cache.seed_last_value(channel.ev, channel.ticker, bytes(raw)):
             return
         for member in waiters:
             if member.closed or channel not in member.channels:
                 continue
-            for event in hub.last_values(member, [channel], fetch_missing=False):
-                member.write(text_frame(b"[" + event + b"]"))
-                self.delivered += 1
+            found, _ = self._cache.last_values([channel], member.tags_markets)
+            self._outbox.send_events(member, found)
+            self.delivered += len(found)

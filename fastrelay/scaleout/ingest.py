@@ -18,14 +18,17 @@ import time
 from typing import Any
 
 import msgspec
+from prometheus_client.registry import Collector
 
-from fastrelay.config import RelayConfig
+from fastrelay.config import RelayConfig, redact, tokens_summary
 from fastrelay.events import EventHead, ticker_of
-from fastrelay.protocol import ChannelError, event_array_payloads, parse_channel
+from fastrelay.framing import event_array_payloads
+from fastrelay.protocol import ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
-from fastrelay.scaleout.link import NatsLink
+from fastrelay.scaleout.link import Link, NatsLink
+from fastrelay.scaleout.metrics import IngestCollector
 from fastrelay.scaleout.registry import Change, Diff, EdgeRegistry
 from fastrelay.scaleout.subjects import BATCH, ENVELOPE_HEADER, Subjects, seal
 
@@ -33,17 +36,19 @@ log = logging.getLogger("fastrelay.ingest")
 
 
 class Ingest:
-    """Attaches to a ``Relay`` as its tap and publishes it over NATS."""
+    """The ingest role (``roles.Role``): a ``Relay`` on Massive, its tap publishing to NATS."""
 
-    def __init__(self, relay: Relay, config: RelayConfig) -> None:
-        self.relay = relay
+    name = "ingest"
+    serves_clients = False  # its clients are the edges, over NATS
+
+    def __init__(self, config: RelayConfig, link: Link | None = None) -> None:
+        self.relay = relay = Relay(config)
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
         self.granularity = config.nats_granularity
         self.registry = EdgeRegistry(config.peer_timeout)
-        self.link = NatsLink(
-            config.nats, f"fastrelay-ingest-{config.instance_name}", self._link_up, self._link_down
-        )
+        self.link = link or NatsLink(config.nats, f"fastrelay-ingest-{config.instance_name}")
+        self.link.on_change(self._link_up, self._link_down)
         # subject -> events waiting for the next publishing pass (in arrival order)
         self._pending: dict[str, list[Any]] = {}
         self._window = config.nats_window / 1000.0
@@ -56,13 +61,13 @@ class Ingest:
         self.link.listen(self.subjects.interest, self._on_interest)
         self.link.listen(self.subjects.snapshot, self._on_snapshot)
         relay.tap = self
-        relay.readiness_checks.insert(0, self._not_ready)
 
-    # --- lifecycle -------------------------------------------------------------------
+    # --- the role ----------------------------------------------------------------------
     def start(self) -> None:
         self.link.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish_loop(), name="nats-publisher")
         self._tick()
+        self.relay.start()
 
     async def stop(self) -> None:
         if self._heartbeat is not None:
@@ -74,9 +79,31 @@ class Ingest:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
         await self.link.stop()
+        await self.relay.stop()
 
-    def _not_ready(self) -> str | None:
-        return None if self.link.connected else f"NATS {self.link.shown} not connected"
+    def not_ready_reason(self) -> str | None:
+        if not self.link.connected:
+            return f"NATS {self.link.shown} not connected"
+        down = self.relay.feeds_down()
+        return f"upstream down: {', '.join(down)}" if down else None
+
+    def refusal(self) -> str | None:
+        return None  # no clients connect to an ingest (the server answers them 404)
+
+    def collectors(self) -> list[Collector]:
+        return [IngestCollector(self)]
+
+    def describe(self) -> str:
+        return self.describe_config(self.config)
+
+    @staticmethod
+    def describe_config(config: RelayConfig) -> str:
+        return (
+            f"ingest {config.instance_name} to NATS {redact(config.nats)} "
+            f"({config.nats_prefix}, {config.nats_granularity}), listen {config.host}:{config.port}, "
+            f"markets {','.join(config.markets)}, upstream {config.upstream}, "
+            f"API key {'set' if config.api_key else 'missing'}, {tokens_summary(config)}"
+        )
 
     async def _link_up(self) -> None:
         # Silence while we were cut off says nothing about the edges.
@@ -130,8 +157,7 @@ class Ingest:
             self._wake.clear()
             self._armed = False
             pending, self._pending = self._pending, {}
-            client = self.link.client
-            if client is None or not self.link.connected:
+            if not self.link.connected:
                 stats.publish_dropped_down += sum(map(len, pending.values()))
                 continue
             sent_at = time.time()
@@ -142,7 +168,7 @@ class Ingest:
                 for payload in event_array_payloads(events, limit):
                     data = seal(payload, sent_at)
                     try:
-                        await client.publish(subject, data)
+                        await self.link.publish(subject, data)
                     except Exception as exc:
                         stats.publish_failed += 1
                         self._throttle.log(
@@ -176,19 +202,28 @@ class Ingest:
             if stopping
             else messages.LIVE
             if feed.live
-            else self.relay.hub.outages.get(m, "connecting")
-            for m, feed in self.relay.upstreams.items()
+            else self.relay.outages.get(m, "connecting")
+            for m, feed in self.relay.feeds.items()
         }
         return messages.encode(messages.IngestState(self.config.instance_name, self.granularity, markets))
 
     async def _on_interest(self, msg: Any) -> None:
         try:
-            interest = messages.decode_interest(msg.data)
+            interest = messages.decode(msg.data)
         except messages.MessageError as exc:
             self.link.skip_bad("an edge's interest", exc)
             return
+        match interest:
+            case messages.EdgeInterest():
+                self._edge_wants(interest)
+            case _:
+                self.link.skip_bad(
+                    "an edge's interest", ValueError(f"a {type(interest).__name__} on {msg.subject}")
+                )
+
+    def _edge_wants(self, interest: messages.EdgeInterest) -> None:
         wanted: set[Change] = set()
-        served = self.relay.hub.interests
+        served = self.relay.demand.markets
         for market, names in interest.channels.items():
             for name in names:
                 try:
@@ -212,38 +247,48 @@ class Ingest:
 
     def _apply(self, diff: Diff, edge: str | None = None) -> None:
         """One hub reference per edge per channel: the hub's counts and linger do the rest."""
-        hub = self.relay.hub
+        relay = self.relay
         for market, name in diff.removed:
-            hub.let_go(parse_channel(name, market))
+            relay.let_go(parse_channel(name, market))
         rejected: list[Change] = []
         for market, name in diff.added:
-            try:
-                # Each edge keeps Massive's contract cap for its clients; their union may pass it.
-                hub.interests[market].check_cap([name])
-            except ValueError as exc:
-                self._refuse(edge or "?", market, name, exc)
+            # Each edge keeps Massive's contract cap for its clients; their union may pass it.
+            refusal = relay.demand.admit(market, [name])
+            if refusal is not None:
+                self._refuse(edge or "?", market, name, ValueError(refusal))
                 rejected.append((market, name))
                 continue
-            hub.hold(parse_channel(name, market))
+            relay.hold(parse_channel(name, market))
         if rejected and edge is not None:
             self.registry.reject(edge, rejected)
-        self.relay.interest_changed()
 
     async def _on_snapshot(self, msg: Any) -> None:
         try:
-            request = messages.decode_request(msg.data)
-            last, history = self.relay.hub.snapshot(request.market, request.last, request.history)
-            reply = messages.SnapshotReply(
-                last={k: msgspec.Raw(v) for k, v in last.items()},
-                history=_newest_within(
-                    history, int(self.link.max_payload * 0.9) - sum(map(len, last.values()))
-                ),
-            )
+            request = messages.decode(msg.data)
         except messages.MessageError as exc:
             self.link.skip_bad("a snapshot request", exc)
             reply = messages.SnapshotReply(error=str(exc))
+        else:
+            match request:
+                case messages.SnapshotRequest():
+                    reply = self.snapshot(request)
+                case _:
+                    error = ValueError(f"a {type(request).__name__} on {msg.subject}")
+                    self.link.skip_bad("a snapshot request", error)
+                    reply = messages.SnapshotReply(error=str(error))
         if msg.reply:
             await msg.respond(messages.encode(reply))
+
+    def snapshot(self, request: messages.SnapshotRequest) -> messages.SnapshotReply:
+        """Last values and the newest history that fit one NATS message."""
+        cache = self.relay.cache.markets.get(request.market)
+        if cache is None:
+            return messages.SnapshotReply(error=f"market {request.market!r} is not served by this ingest")
+        last, history = cache.snapshot(request.last, request.history)
+        return messages.SnapshotReply(
+            last={k: msgspec.Raw(v) for k, v in last.items()},
+            history=_newest_within(history, int(self.link.max_payload * 0.9) - sum(map(len, last.values()))),
+        )
 
 
 def _newest_within(history: dict[str, list[bytes]], budget: int) -> dict[str, list[msgspec.Raw]]:

@@ -12,26 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import nats
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
 from fastrelay.backoff import Backoff
+from fastrelay.config import redact
 from fastrelay.ratelimit import LogThrottle
 
 log = logging.getLogger("fastrelay.nats")
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """``nats://user:secret@host`` -> ``nats://***@host``, wherever it appears."""
-    return _USERINFO.sub("***@", text)
+# A snapshot request (an edge's fill) waits this long; then the subscriber
+# waits for the next live event instead.
+REQUEST_TIMEOUT = 2.0
+Handler = Callable[[Any], Awaitable[None]]  # takes a nats-py Msg
 
 
 @dataclass
@@ -52,31 +50,56 @@ class LinkStatistics:
     disconnects: int = 0
 
 
+class Link(Protocol):
+    """What a role needs of its NATS connection (``NatsLink``; a fake in unit tests)."""
+
+    stats: LinkStatistics
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def shown(self) -> str: ...
+    @property
+    def max_payload(self) -> int: ...
+    def on_change(self, on_up: Callable[[], Awaitable[None]], on_down: Callable[[], None]) -> None: ...
+    def listen(self, subject: str, handler: Handler) -> None: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def publish_soon(self, subject: str, data: bytes) -> None: ...
+    async def publish(self, subject: str, data: bytes) -> None: ...
+    async def request(self, subject: str, data: bytes) -> bytes: ...
+    async def subscribe(self, subject: str, handler: Handler) -> Any: ...
+    async def say_goodbye(self, subject: str, data: bytes) -> None: ...
+    def skip_bad(self, what: str, exc: Exception) -> None: ...
+
+
+async def _nothing() -> None:
+    pass
+
+
 class NatsLink:
-    def __init__(
-        self,
-        servers: str,
-        name: str,
-        on_up: Callable[[], Awaitable[None]],
-        on_down: Callable[[], None],
-        ping_interval: float = 5.0,
-    ) -> None:
+    def __init__(self, servers: str, name: str, ping_interval: float = 5.0) -> None:
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
         self.name = name
         self.client: Client | None = None
         self.stats = LinkStatistics()
-        self._on_up = on_up
-        self._on_down = on_down
+        self._on_up: Callable[[], Awaitable[None]] = _nothing
+        self._on_down: Callable[[], None] = lambda: None
         self._ping_interval = ping_interval
         self._task: asyncio.Task[None] | None = None
         self._throttle = LogThrottle(log, interval=10.0)
         self.up = False
         # Subscriptions for the whole life of the role, made once: nats-py
         # renews them itself after a reconnection.
-        self._standing: list[tuple[str, Callable[[Any], Awaitable[None]]]] = []
+        self._standing: list[tuple[str, Handler]] = []
         self._publishing: set[asyncio.Task[None]] = set()
 
-    def listen(self, subject: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+    def on_change(self, on_up: Callable[[], Awaitable[None]], on_down: Callable[[], None]) -> None:
+        """Call ``on_up`` when connected (again), ``on_down`` when the connection is lost."""
+        self._on_up = on_up
+        self._on_down = on_down
+
+    def listen(self, subject: str, handler: Handler) -> None:
         """Subscribe ``handler`` to ``subject`` once connected (call before ``start``)."""
         self._standing.append((subject, handler))
 
@@ -192,9 +215,22 @@ class NatsLink:
         if not task.cancelled() and task.exception() is not None:
             self._throttle.log(logging.WARNING, "NATS publish failed: %s", type(task.exception()).__name__)
 
-    async def subscribe(self, subject: str, handler: Callable[[Any], Awaitable[None]]) -> Any:
-        assert self.client is not None
+    async def subscribe(self, subject: str, handler: Handler) -> Any:
+        if self.client is None:
+            raise ConnectionError("NATS not connected")
         return await self.client.subscribe(subject, cb=handler)
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        if self.client is None:
+            raise ConnectionError("NATS not connected")
+        await self.client.publish(subject, data)
+
+    async def request(self, subject: str, data: bytes) -> bytes:
+        """A request's answer (``REQUEST_TIMEOUT``); raises if there is none."""
+        if self.client is None:
+            raise ConnectionError("NATS not connected")
+        answer = await self.client.request(subject, data, timeout=REQUEST_TIMEOUT)
+        return bytes(answer.data)
 
     async def stop(self) -> None:
         for task in list(self._publishing):

@@ -10,7 +10,7 @@ clients' channels (with 10,000 distinct channels about 150 KB a heartbeat).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
@@ -18,7 +18,7 @@ LIVE: Final = "live"
 STOPPED: Final = "ingest_stopped"  # every market's state in an ingest's goodbye
 
 
-class EdgeInterest(msgspec.Struct, forbid_unknown_fields=False):
+class EdgeInterest(msgspec.Struct, tag_field="type", tag="interest", forbid_unknown_fields=False):
     """An edge's heartbeat: the channels its clients want, per market."""
 
     edge: str
@@ -34,7 +34,7 @@ class EdgeInterest(msgspec.Struct, forbid_unknown_fields=False):
         return f"{self.edge}#{self.incarnation}" if self.incarnation else self.edge
 
 
-class IngestState(msgspec.Struct, forbid_unknown_fields=False):
+class IngestState(msgspec.Struct, tag_field="type", tag="state", forbid_unknown_fields=False):
     """The ingest's heartbeat: who it is, how it publishes, how its upstreams are."""
 
     ingest: str
@@ -42,7 +42,7 @@ class IngestState(msgspec.Struct, forbid_unknown_fields=False):
     markets: dict[str, str]  # market -> "live" or the reason its upstream is down
 
 
-class SnapshotRequest(msgspec.Struct, forbid_unknown_fields=False):
+class SnapshotRequest(msgspec.Struct, tag_field="type", tag="snapshot", forbid_unknown_fields=False):
     """An edge asks for the state a new subscriber of these channels should see."""
 
     market: str
@@ -50,45 +50,30 @@ class SnapshotRequest(msgspec.Struct, forbid_unknown_fields=False):
     history: list[str] = []
 
 
-class SnapshotReply(msgspec.Struct, forbid_unknown_fields=False):
+class SnapshotReply(msgspec.Struct, tag_field="type", tag="snapshot_reply", forbid_unknown_fields=False):
     last: dict[str, msgspec.Raw] = {}
     history: dict[str, list[msgspec.Raw]] = {}
     error: str = ""
 
 
+# Every control message, told apart by its "type": one decoder, and handlers
+# dispatch with ``match``.
+ControlMessage = EdgeInterest | IngestState | SnapshotRequest | SnapshotReply
+
 _encoder: Final = msgspec.json.Encoder()
-_interest_decoder: Final = msgspec.json.Decoder(EdgeInterest)
-_state_decoder: Final = msgspec.json.Decoder(IngestState)
-_request_decoder: Final = msgspec.json.Decoder(SnapshotRequest)
-_reply_decoder: Final = msgspec.json.Decoder(SnapshotReply)
+_decoder: Final = msgspec.json.Decoder(ControlMessage)
 
 
 class MessageError(ValueError):
     """A control message that does not decode; the sender is another fastrelay or a stranger."""
 
 
-def encode(message: msgspec.Struct) -> bytes:
+def encode(message: ControlMessage) -> bytes:
     return _encoder.encode(message)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], data: bytes, kind: str) -> msgspec.Struct:
+def decode(data: bytes) -> ControlMessage:
     try:
-        return decoder.decode(data)  # type: ignore[no-any-return]
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MessageError(f"bad {kind} message ({len(data)} bytes): {exc}") from None
-
-
-def decode_interest(data: bytes) -> EdgeInterest:
-    return _decode(_interest_decoder, data, "interest")  # type: ignore[return-value]
-
-
-def decode_state(data: bytes) -> IngestState:
-    return _decode(_state_decoder, data, "ingest state")  # type: ignore[return-value]
-
-
-def decode_request(data: bytes) -> SnapshotRequest:
-    return _decode(_request_decoder, data, "snapshot request")  # type: ignore[return-value]
-
-
-def decode_reply(data: bytes) -> SnapshotReply:
-    return _decode(_reply_decoder, data, "snapshot reply")  # type: ignore[return-value]
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise MessageError(f"bad control message ({len(data)} bytes): {exc}") from None

@@ -8,47 +8,68 @@ edge its ingest-to-edge lag and last-value fills.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fastrelay.scaleout.edge import Edge
-from fastrelay.scaleout.ingest import Ingest
+from fastrelay.histogram import Histogram
+from fastrelay.scaleout.fills import Fills
+from fastrelay.scaleout.link import Link
+from fastrelay.scaleout.registry import EdgeRegistry
+
+# Ingest publish to edge receipt.
+LAG_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class ScaleoutCollector(Collector):
-    def __init__(self, role: Ingest | Edge) -> None:
-        self._role = role
+class IngestView(Protocol):
+    """What the ingest's metrics read (``scaleout.ingest.Ingest``)."""
+
+    link: Link
+    registry: EdgeRegistry
+    refused: int
+
+
+class EdgeView(Protocol):
+    """What an edge's metrics read (``scaleout.edge.Edge``)."""
+
+    link: Link
+    lag: Histogram
+    fills: Fills
+
+    @property
+    def ingest_heard(self) -> bool: ...
+
+
+def _link_families(link: Link) -> Iterator[Metric]:
+    stats = link.stats
+    yield GaugeMetricFamily(
+        "fastrelay_nats_connected", "1 while connected to NATS.", value=int(link.connected)
+    )
+    yield CounterMetricFamily(
+        "fastrelay_nats_disconnects",
+        "NATS connections lost (nats-py reconnects).",
+        value=stats.disconnects,
+    )
+    yield CounterMetricFamily(
+        "fastrelay_nats_bad_messages",
+        "NATS messages that did not decode, skipped.",
+        value=stats.bad_messages,
+    )
+    yield CounterMetricFamily(
+        "fastrelay_nats_slow_consumer_drops",
+        "Messages nats-py dropped because this process did not take them fast enough.",
+        value=stats.slow_consumer_drops,
+    )
+
+
+class IngestCollector(Collector):
+    def __init__(self, ingest: IngestView) -> None:
+        self._ingest = ingest
 
     def collect(self) -> Iterator[Metric]:
-        role = self._role
-        link = role.link
-        stats = link.stats
-        yield GaugeMetricFamily(
-            "fastrelay_nats_connected", "1 while connected to NATS.", value=int(link.connected)
-        )
-        yield CounterMetricFamily(
-            "fastrelay_nats_disconnects",
-            "NATS connections lost (nats-py reconnects).",
-            value=stats.disconnects,
-        )
-        yield CounterMetricFamily(
-            "fastrelay_nats_bad_messages",
-            "NATS messages that did not decode, skipped.",
-            value=stats.bad_messages,
-        )
-        yield CounterMetricFamily(
-            "fastrelay_nats_slow_consumer_drops",
-            "Messages nats-py dropped because this process did not take them fast enough.",
-            value=stats.slow_consumer_drops,
-        )
-        if isinstance(role, Ingest):
-            yield from self._ingest(role)
-        else:
-            yield from self._edge(role)
-
-    @staticmethod
-    def _ingest(ingest: Ingest) -> Iterator[Metric]:
+        ingest = self._ingest
+        yield from _link_families(ingest.link)
         stats = ingest.link.stats
         yield CounterMetricFamily(
             "fastrelay_nats_published_messages", "Data messages published.", value=stats.published
@@ -87,8 +108,14 @@ class ScaleoutCollector(Collector):
             value=ingest.refused,
         )
 
-    @staticmethod
-    def _edge(edge: Edge) -> Iterator[Metric]:
+
+class EdgeCollector(Collector):
+    def __init__(self, edge: EdgeView) -> None:
+        self._edge = edge
+
+    def collect(self) -> Iterator[Metric]:
+        edge = self._edge
+        yield from _link_families(edge.link)
         stats = edge.link.stats
         yield CounterMetricFamily(
             "fastrelay_nats_received_messages", "Data messages received.", value=stats.received
@@ -115,5 +142,5 @@ class ScaleoutCollector(Collector):
         yield GaugeMetricFamily(
             "fastrelay_edge_ingest_heard",
             "1 while the ingest is heard within --peer-timeout.",
-            value=int(edge.ingest is not None),
+            value=int(edge.ingest_heard),
         )

@@ -45,9 +45,6 @@ class EdgeRegistry:
     def __len__(self) -> int:
         return len(self._edges)
 
-    def __contains__(self, edge: str) -> bool:
-        return edge in self._edges
-
     def channel_counts(self) -> dict[str, int]:
         """Channels each live edge wants, by edge name (``NAME#INCARNATION`` keys summed by name)."""
         counts: dict[str, int] = {}

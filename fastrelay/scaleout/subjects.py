@@ -31,7 +31,6 @@ from urllib.parse import unquote
 
 BATCH: Final = "batch"
 EVENT: Final = "event"
-GRANULARITIES: Final = (BATCH, EVENT)
 
 NO_TICKER: Final = "%"
 _UNSAFE: Final = re.compile(r"[^\x21-\x7e]|[.*>%]")

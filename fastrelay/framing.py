@@ -1,0 +1,77 @@
+"""WebSocket frames for clients, built once and shared by every recipient; pure.
+
+Server-to-client frames are not masked (RFC 6455, 5.1), so one complete
+frame (header and JSON array) can be built once and written as the same bytes
+to every client that should receive exactly those events. Events are kept as
+the upstream sent them; only /api/socket events of ambiguous markets get a
+leading ``"market"`` key (``tag_market``).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import msgspec
+import orjson
+
+_OPCODE_TEXT_FIN: Final = 0x81
+_pack_u16: Final = struct.Struct("!BBH").pack
+_pack_u64: Final = struct.Struct("!BBQ").pack
+
+
+def text_frame_header(payload_length: int) -> bytes:
+    if payload_length < 126:
+        return bytes((_OPCODE_TEXT_FIN, payload_length))
+    if payload_length < 65536:
+        return _pack_u16(_OPCODE_TEXT_FIN, 126, payload_length)
+    return _pack_u64(_OPCODE_TEXT_FIN, 127, payload_length)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete unmasked text frame carrying ``payload``."""
+    return text_frame_header(len(payload)) + payload
+
+
+def event_array_payloads(events: list[bytes], max_payload: int) -> list[bytes]:
+    """``events`` as JSON arrays, in order, each under ``max_payload`` bytes.
+
+    Massive's official clients reject frames over 1 MiB by default. One event
+    alone larger than the limit still goes out whole: an event is never cut.
+    """
+    size = 2 + sum(map(len, events)) + len(events)
+    if size <= max_payload:
+        return [b"[" + b",".join(events) + b"]"]
+    payloads: list[bytes] = []
+    batch: list[bytes] = []
+    batch_size = 2
+    for event in events:
+        if batch and batch_size + len(event) + 1 > max_payload:
+            payloads.append(b"[" + b",".join(batch) + b"]")
+            batch = []
+            batch_size = 2
+        batch.append(event)
+        batch_size += len(event) + 1
+    payloads.append(b"[" + b",".join(batch) + b"]")
+    return payloads
+
+
+def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
+    """Complete WebSocket frames carrying ``events`` (see ``event_array_payloads``)."""
+    if len(events) == 1:  # the common case under a firehose: skip the size pass
+        event = events[0]
+        if len(event) + 2 <= max_payload:
+            return [text_frame(b"[" + event + b"]")]
+    return [text_frame(payload) for payload in event_array_payloads(events, max_payload)]
+
+
+def tag_market(event: bytes | msgspec.Raw, market: str) -> bytes:
+    """The event with a leading ``"market"`` key, for /api/socket clients.
+
+    The bytes after the opening brace are kept as they came, so no market
+    value is re-encoded; only events of ambiguous markets (futures) get this.
+    """
+    data = bytes(event)
+    if data[:1] != b"{" or data[1:2] == b"}":
+        return data
+    return b'{"market":' + orjson.dumps(market) + b"," + data[1:]

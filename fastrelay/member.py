@@ -1,0 +1,48 @@
+"""One client connection as the relay's core sees it; pure.
+
+The core (hub, outbox, sessions, fills) never touches a socket: a member is
+given the socket's ``write`` and ``buffered`` callables, and ``owner`` is the
+connection it stands for, reached only through ``Connection``. Tests use a
+recording sink in its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fastrelay.closes import CloseReason
+from fastrelay.protocol import Channel
+
+
+class Connection(Protocol):
+    """What the core may ask of a client connection."""
+
+    def describe(self) -> str:
+        """Who this is, for logs: address, path, channel count (never a token)."""
+
+    def close(self, reason: CloseReason, message: str) -> None:
+        """End the connection with ``reason``'s close code."""
+
+
+class Member:
+    """The core's view of one client connection."""
+
+    # Thousands at once: slots keep each small.
+    __slots__ = ("buffered", "channels", "closed", "owner", "tags_markets", "write")
+
+    def __init__(
+        self,
+        write: Callable[[bytes], Any],
+        buffered: Callable[[], int],
+        owner: Connection,
+        tags_markets: bool = False,
+    ) -> None:
+        self.owner = owner
+        self.write = write  # writes bytes to the client's socket, never blocks
+        self.buffered = buffered  # bytes written but not yet sent
+        # /api/socket clients mix markets on one socket: events of ambiguous
+        # markets (futures) reach them with a "market" key.
+        self.tags_markets = tags_markets
+        self.channels: set[Channel] = set()
+        self.closed = False  # detached from the hub: nothing more is written to it

@@ -1,0 +1,129 @@
+"""The one write path to clients: frames built once, counted, written, backlog checked.
+
+Theory of operation
+-------------------
+Every byte the relay sends a client goes through ``Outbox``: the hub's
+audience frames (``fan_out``), outage announcements (``broadcast``), session
+replies (statuses, acknowledgements, last values, history: ``send`` and
+``send_events``) and a scale-out edge's fills. One place therefore
+
+* builds the WebSocket frames once per call, however many members get them
+  (server-to-client frames are unmasked: the same bytes serve everyone);
+* counts what was written (``DeliveryStatistics``, read by the metrics);
+* checks each member's unsent backlog after writing, and drops a member past
+  ``--max-client-buffer``: a ``slow_consumer`` status (if the socket still
+  takes it), then a close with 1013, as Massive does. Nobody else waits.
+
+The hot path is ``fan_out``: per member it costs the writes, one ``buffered()``
+call and two comparisons, as the hub's own loop did. Members are reached only
+through ``Member.write``/``buffered`` and ``Member.owner``, so it is tested with
+recording sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from fastrelay import protocol
+from fastrelay.closes import CloseReason
+from fastrelay.framing import event_array_frames, text_frame
+from fastrelay.member import Member
+from fastrelay.ratelimit import LogThrottle
+
+log = logging.getLogger("fastrelay.relay")
+
+_SLOW_CONSUMER_FRAME = text_frame(
+    protocol.status_frame(protocol.SLOW_CONSUMER, "client too slow: unsent data over the limit")
+)
+
+
+@dataclass
+class DeliveryStatistics:
+    deliveries: int = 0  # events times the members they were written to
+    frames: int = 0  # frames times members
+    bytes: int = 0
+    slow_consumers: int = 0
+    max_backlog: int = 0  # largest member backlog seen since ``take_max_backlog``
+
+
+class Outbox:
+    def __init__(self, max_frame_payload: int, max_client_buffer: int) -> None:
+        self.max_frame_payload = max_frame_payload
+        self.max_client_buffer = max_client_buffer
+        self.stats = DeliveryStatistics()
+        self._slow_log = LogThrottle(log, interval=10.0)
+
+    # --- what to send ---------------------------------------------------------------
+    def fan_out(self, members: Collection[Member], events: list[bytes]) -> None:
+        """An audience's events, in frames built once, to every member (the hot path).
+
+        The hub's audiences never hold a closed member, so there is no check here.
+        """
+        self._write(members, event_array_frames(events, self.max_frame_payload), len(events))
+
+    def send_events(self, member: Member, events: list[bytes]) -> None:
+        """Events (last values, history, fills) to one member, split under the frame cap."""
+        if events and not member.closed:
+            self._write((member,), event_array_frames(events, self.max_frame_payload), len(events))
+
+    def send(self, member: Member, payloads: Sequence[bytes]) -> None:
+        """JSON payloads (statuses, replies), one frame each, in order."""
+        if payloads and not member.closed:
+            self._write((member,), [text_frame(p) for p in payloads], 0)
+
+    def broadcast(self, members: Collection[Member], payload: bytes) -> None:
+        """One JSON payload to many members (an outage status), framed once."""
+        if members:
+            self._write(members, [text_frame(payload)], 0)
+
+    # --- how it is sent -----------------------------------------------------------------
+    def _write(self, members: Collection[Member], frames: list[bytes], events: int) -> None:
+        count = len(members)
+        stats = self.stats
+        stats.deliveries += events * count
+        stats.frames += len(frames) * count
+        stats.bytes += sum(map(len, frames)) * count
+        limit = self.max_client_buffer
+        max_backlog = stats.max_backlog
+        slow: list[Member] | None = None
+        for member in members:
+            write = member.write
+            for frame in frames:
+                write(frame)
+            backlog = member.buffered()
+            if backlog > max_backlog:
+                max_backlog = backlog
+            if backlog > limit:
+                if slow is None:
+                    slow = []
+                slow.append(member)
+        stats.max_backlog = max_backlog
+        if slow:
+            # After the loop: closing detaches members, which changes audiences.
+            for member in slow:
+                self._drop_slow_consumer(member)
+
+    def _drop_slow_consumer(self, member: Member) -> None:
+        if member.closed:
+            return
+        self.stats.slow_consumers += 1
+        self._slow_log.log(
+            logging.WARNING,
+            "dropped a slow consumer (%s): more than %d bytes unsent (total dropped: %d)",
+            member.owner.describe(),
+            self.max_client_buffer,
+            self.stats.slow_consumers,
+        )
+        # The status goes out only if the socket can still take it; its bytes
+        # are counted, its backlog no longer matters.
+        member.write(_SLOW_CONSUMER_FRAME)
+        self.stats.frames += 1
+        self.stats.bytes += len(_SLOW_CONSUMER_FRAME)
+        member.owner.close(CloseReason.SLOW_CONSUMER, "slow consumer")
+
+    def take_max_backlog(self) -> int:
+        """The largest backlog seen since the last call (the metrics read it once per rendering)."""
+        peak, self.stats.max_backlog = self.stats.max_backlog, 0
+        return peak
