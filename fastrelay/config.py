@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +107,7 @@ class RelayConfig:
     nats_window: float = 1.0
     heartbeat_interval: float = 1.0  # ingest state and edge interest, seconds
     peer_timeout: float = 5.0  # an edge (at the ingest) or the ingest (at an edge) silent this long is gone
-    instance_name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    instance_name: str = field(default_factory=lambda: f"{platform.node()}-{os.getpid()}")
 
 
 @dataclass

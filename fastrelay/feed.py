@@ -11,9 +11,9 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-from fastrelay.events import EventHead, timestamp_ms
+from fastrelay.events import EventHead, RawEvent, timestamp_ms
 from fastrelay.histogram import FEED_LATENCY_BOUNDS, Histogram
 
 
@@ -100,7 +100,12 @@ class FeedHandler(Protocol):
         """The feed is live again (or for the first time): resubscribe it."""
 
     def feed_events(
-        self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool
+        self,
+        market: str,
+        heads: list[EventHead],
+        raws: Sequence[RawEvent],
+        arrival: float,
+        last_in_buffer: bool,
     ) -> None:
         """One frame's events; ``last_in_buffer`` is False while more of the same read follow."""
 

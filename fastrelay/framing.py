@@ -10,10 +10,12 @@ leading ``"market"`` key (``tag_market``).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final
 
-import msgspec
 import orjson
+
+from fastrelay.events import RawEvent
 
 _OPCODE_TEXT_FIN: Final = 0x81
 _pack_u16: Final = struct.Struct("!BBH").pack
@@ -33,7 +35,7 @@ def text_frame(payload: bytes) -> bytes:
     return text_frame_header(len(payload)) + payload
 
 
-def event_array_payloads(events: list[bytes], max_payload: int) -> list[bytes]:
+def event_array_payloads(events: Sequence[RawEvent], max_payload: int) -> list[bytes]:
     """``events`` as JSON arrays, in order, each under ``max_payload`` bytes.
 
     Massive's official clients reject frames over 1 MiB by default. One event
@@ -56,7 +58,7 @@ def event_array_payloads(events: list[bytes], max_payload: int) -> list[bytes]:
     return payloads
 
 
-def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
+def event_array_frames(events: Sequence[RawEvent], max_payload: int) -> list[bytes]:
     """Complete WebSocket frames carrying ``events`` (see ``event_array_payloads``)."""
     if len(events) == 1:  # the common case under a firehose: skip the size pass
         event = events[0]
@@ -65,7 +67,7 @@ def event_array_frames(events: list[bytes], max_payload: int) -> list[bytes]:
     return [text_frame(payload) for payload in event_array_payloads(events, max_payload)]
 
 
-def tag_market(event: bytes | msgspec.Raw, market: str) -> bytes:
+def tag_market(event: RawEvent, market: str) -> bytes:
     """The event with a leading ``"market"`` key, for /api/socket clients.
 
     The bytes after the opening brace are kept as they came, so no market

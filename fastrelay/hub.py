@@ -28,10 +28,10 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from fastrelay import markets
-from fastrelay.events import EventHead, ticker_of
+from fastrelay.events import EventHead, RawEvent, ticker_of
 from fastrelay.framing import tag_market
 from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
 from fastrelay.member import Member
@@ -65,7 +65,7 @@ class Audience:
         self.channels = channels
         self.tagged = tagged
         self.members: dict[Member, None] = {}  # an ordered set
-        self.pending: list[bytes] = []
+        self.pending: list[RawEvent] = []
         self.first_arrival = 0.0  # perf_counter() arrival of the oldest pending event
         self.flushed_at = -math.inf  # perf_counter() of the last write
 
@@ -237,7 +237,7 @@ class Hub:
 
     # --- the hot path -----------------------------------------------------------
     def route(
-        self, market: str, heads: Sequence[EventHead], raws: Sequence[Any], arrival: float | None = None
+        self, market: str, heads: Sequence[EventHead], raws: Sequence[RawEvent], arrival: float | None = None
     ) -> int:
         """Queue one upstream frame's events for the audiences that want them.
 

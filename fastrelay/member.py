@@ -9,7 +9,7 @@ recording sink in its place.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from fastrelay.closes import CloseReason
 from fastrelay.protocol import Channel
@@ -33,7 +33,7 @@ class Member:
 
     def __init__(
         self,
-        write: Callable[[bytes], Any],
+        write: Callable[[bytes], object],
         buffered: Callable[[], int],
         owner: Connection,
         tags_markets: bool = False,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from fastrelay import protocol
 from fastrelay.closes import CloseReason
+from fastrelay.events import RawEvent
 from fastrelay.framing import event_array_frames, text_frame
 from fastrelay.member import Member
 from fastrelay.ratelimit import LogThrottle
@@ -56,14 +57,14 @@ class Outbox:
         self._slow_log = LogThrottle(log, interval=10.0)
 
     # --- what to send ---------------------------------------------------------------
-    def fan_out(self, members: Collection[Member], events: list[bytes]) -> None:
+    def fan_out(self, members: Collection[Member], events: list[RawEvent]) -> None:
         """An audience's events, in frames built once, to every member (the hot path).
 
         The hub's audiences never hold a closed member, so there is no check here.
         """
         self._write(members, event_array_frames(events, self.max_frame_payload), len(events))
 
-    def send_events(self, member: Member, events: list[bytes]) -> None:
+    def send_events(self, member: Member, events: list[RawEvent]) -> None:
         """Events (last values, history, fills) to one member, split under the frame cap."""
         if events and not member.closed:
             self._write((member,), event_array_frames(events, self.max_frame_payload), len(events))

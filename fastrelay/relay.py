@@ -31,13 +31,13 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from fastrelay import protocol
 from fastrelay.cache import Cache
 from fastrelay.config import RelayConfig
-from fastrelay.events import EventHead
+from fastrelay.events import EventHead, RawEvent
 from fastrelay.feed import Feed
 from fastrelay.hub import Hub
 from fastrelay.interest import Demand
@@ -52,7 +52,7 @@ log = logging.getLogger("fastrelay.relay")
 class Tap(Protocol):
     """Sees what the relay receives: a scale-out ingest publishes it to NATS."""
 
-    def events(self, market: str, heads: list[EventHead], raws: list[Any]) -> None: ...
+    def events(self, market: str, heads: list[EventHead], raws: Sequence[RawEvent]) -> None: ...
     def feed_changed(self, market: str) -> None: ...
 
 
@@ -152,7 +152,12 @@ class Relay:
             self.tap.feed_changed(market)
 
     def feed_events(
-        self, market: str, heads: list[EventHead], raws: list[Any], arrival: float, last_in_buffer: bool
+        self,
+        market: str,
+        heads: list[EventHead],
+        raws: Sequence[RawEvent],
+        arrival: float,
+        last_in_buffer: bool,
     ) -> None:
         hub = self.hub
         self.cache[market].record(heads, raws)

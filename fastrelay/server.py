@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 from picows import (
     WSCloseCode,
@@ -44,6 +44,10 @@ from fastrelay.session import ClientSession, Reply, SessionContext, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
 
 log = logging.getLogger("fastrelay.server")
+
+# What picows' listener factory may return: a listener (upgrade), a plain HTTP
+# answer, or None (404).
+Routed: TypeAlias = WSListener | WSUpgradeResponseWithListener | None
 
 API_SOCKET_PATH = "/api/socket"
 # A closed client gets this long to take its last status and the close frame
@@ -249,7 +253,7 @@ def _plain(
     body: bytes,
     content_type: str = "text/plain; charset=utf-8",
     extra: dict[str, str] | None = None,
-) -> Any:
+) -> WSUpgradeResponseWithListener:
     if status == 200:
         # Probes, metrics and the page change while running: never cache them.
         headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **(extra or {})}
@@ -269,7 +273,7 @@ class AddressBook:
         self._trusted = frozenset(trusted_proxies)
         self._counts: dict[str, int] = {}
 
-    def client_address(self, peername: Any, forwarded: str | None) -> str:
+    def client_address(self, peername: object, forwarded: str | None) -> str:
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
         if forwarded and peer in self._trusted:
             # The right-most address not added by a trusted proxy is the
@@ -515,7 +519,7 @@ class RelayServer:
         config = self.relay.config
         return TokenBucket(config.max_messages_per_second, config.message_burst)
 
-    def _route(self, request: WSUpgradeRequest) -> Any:
+    def _route(self, request: WSUpgradeRequest) -> Routed:
         path = request.path.decode("latin-1").split("?", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
@@ -552,7 +556,7 @@ class RelayServer:
             return 503, b"too many connections\n"
         return None
 
-    def _route_http(self, request: WSUpgradeRequest) -> Any:
+    def _route_http(self, request: WSUpgradeRequest) -> Routed:
         """Plain HTTP GETs: probes and metrics (also on --metrics-port)."""
         path = request.path.decode("latin-1").split("?", 1)[0]
         if path == "/metrics":

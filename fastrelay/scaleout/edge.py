@@ -22,6 +22,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.registry import Collector
@@ -87,7 +88,10 @@ class Edge:
     name = "edge"
     serves_clients = True
 
-    def __init__(self, config: RelayConfig, link: Link | None = None) -> None:
+    def __init__(
+        self, config: RelayConfig, link: Link | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
         self.feeds: dict[str, EdgeFeed] = {}
@@ -178,11 +182,7 @@ class Edge:
 
     async def _ask_ingest(self, request: messages.SnapshotRequest) -> messages.SnapshotReply:
         answer = await self.link.request(self.subjects.snapshot, messages.encode(request))
-        match messages.decode(answer):
-            case messages.SnapshotReply() as reply:
-                return reply
-            case other:
-                raise messages.MessageError(f"a {type(other).__name__} where a snapshot reply belongs")
+        return messages.decode_as(answer, messages.SnapshotReply)
 
     async def _link_up(self) -> None:
         # nats-py resubscribes the data subjects itself after a reconnection.
@@ -195,20 +195,14 @@ class Edge:
     # --- the ingest's state ---------------------------------------------------------------
     async def _on_ingest(self, msg: Any) -> None:
         try:
-            state = messages.decode(msg.data)
+            state = messages.decode_as(msg.data, messages.IngestState)
         except messages.MessageError as exc:
-            self.link.skip_bad("an ingest state", exc)
+            self.link.skip_bad(f"a message on {msg.subject}", exc)
             return
-        match state:
-            case messages.IngestState():
-                self._ingest_said(state)
-            case _:
-                self.link.skip_bad(
-                    "an ingest state", ValueError(f"a {type(state).__name__} on {msg.subject}")
-                )
+        self._ingest_said(state)
 
     def _ingest_said(self, state: messages.IngestState) -> None:
-        now = time.monotonic()
+        now = self._clock()
         said_goodbye = all(v == messages.STOPPED for v in self.ingest_markets.values())
         recently = now - self._ingest_heard < 2 * self.config.heartbeat_interval
         if self.ingest is not None and state.ingest != self.ingest and recently and not said_goodbye:
@@ -234,11 +228,15 @@ class Edge:
 
     def _tick(self) -> None:
         self._heartbeat = asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self._tick)
-        if self.ingest is not None and time.monotonic() - self._ingest_heard > self.config.peer_timeout:
+        self.check_ingest()
+        self._publish_interest()
+
+    def check_ingest(self) -> None:
+        """An ingest silent past --peer-timeout is gone: its markets go down."""
+        if self.ingest is not None and self._clock() - self._ingest_heard > self.config.peer_timeout:
             log.warning("ingest %s silent for %.1f s", self.ingest, self.config.peer_timeout)
             self.ingest = None
         self._refresh_markets()
-        self._publish_interest()
 
     def _down_reason(self, market: str) -> str | None:
         if not self.link.connected:

@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 from prometheus_client.registry import Collector
 
 from fastrelay.config import RelayConfig, redact, tokens_summary
-from fastrelay.events import EventHead, ticker_of
+from fastrelay.events import EventHead, RawEvent, ticker_of
 from fastrelay.framing import event_array_payloads
 from fastrelay.protocol import ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
@@ -41,7 +42,10 @@ class Ingest:
     name = "ingest"
     serves_clients = False  # its clients are the edges, over NATS
 
-    def __init__(self, config: RelayConfig, link: Link | None = None) -> None:
+    def __init__(
+        self, config: RelayConfig, link: Link | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
         self.relay = relay = Relay(config)
         self.config = config
         self.subjects = Subjects(config.nats_prefix)
@@ -50,7 +54,7 @@ class Ingest:
         self.link = link or NatsLink(config.nats, f"fastrelay-ingest-{config.instance_name}")
         self.link.on_change(self._link_up, self._link_down)
         # subject -> events waiting for the next publishing pass (in arrival order)
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, list[RawEvent]] = {}
         self._window = config.nats_window / 1000.0
         self._armed = False
         self._wake = asyncio.Event()
@@ -107,7 +111,7 @@ class Ingest:
 
     async def _link_up(self) -> None:
         # Silence while we were cut off says nothing about the edges.
-        self.registry.grace(time.monotonic())
+        self.registry.grace(self._clock())
         self._publish_state()
 
     def _link_down(self) -> None:
@@ -115,7 +119,7 @@ class Ingest:
         self._pending.clear()
 
     # --- data out (Tap) ----------------------------------------------------------------
-    def events(self, market: str, heads: list[EventHead], raws: list[Any]) -> None:
+    def events(self, market: str, heads: list[EventHead], raws: Sequence[RawEvent]) -> None:
         if not self.link.connected:
             self.link.stats.publish_dropped_down += len(heads)
             return
@@ -182,15 +186,20 @@ class Ingest:
     def _tick(self) -> None:
         self._heartbeat = asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self._tick)
         self._publish_state()
-        if self.link.connected:
-            for edge, diff in self.registry.expire(time.monotonic()).items():
-                log.warning(
-                    "edge %s silent for %.1f s: dropping its %d channels",
-                    edge,
-                    self.config.peer_timeout,
-                    len(diff.removed),
-                )
-                self._apply(diff)
+        self.expire_silent_edges()
+
+    def expire_silent_edges(self) -> None:
+        """Edges silent past --peer-timeout are presumed dead: their references go."""
+        if not self.link.connected:
+            return  # we hear nobody: that says nothing about the edges (registry.grace)
+        for edge, diff in self.registry.expire(self._clock()).items():
+            log.warning(
+                "edge %s silent for %.1f s: dropping its %d channels",
+                edge,
+                self.config.peer_timeout,
+                len(diff.removed),
+            )
+            self._apply(diff)
 
     def _publish_state(self) -> None:
         self.link.publish_soon(self.subjects.ingest, self._state())
@@ -209,17 +218,11 @@ class Ingest:
 
     async def _on_interest(self, msg: Any) -> None:
         try:
-            interest = messages.decode(msg.data)
+            interest = messages.decode_as(msg.data, messages.EdgeInterest)
         except messages.MessageError as exc:
-            self.link.skip_bad("an edge's interest", exc)
+            self.link.skip_bad(f"a message on {msg.subject}", exc)
             return
-        match interest:
-            case messages.EdgeInterest():
-                self._edge_wants(interest)
-            case _:
-                self.link.skip_bad(
-                    "an edge's interest", ValueError(f"a {type(interest).__name__} on {msg.subject}")
-                )
+        self._edge_wants(interest)
 
     def _edge_wants(self, interest: messages.EdgeInterest) -> None:
         wanted: set[Change] = set()
@@ -234,7 +237,7 @@ class Ingest:
                     self._refuse(interest.edge, market, name, exc)
                     continue
                 wanted.add((market, name))
-        diff = self.registry.update(interest.key, wanted, time.monotonic(), interest.seq)
+        diff = self.registry.update(interest.key, wanted, self._clock(), interest.seq)
         if diff:
             log.debug("edge %s: +%d -%d channels", interest.key, len(diff.added), len(diff.removed))
             self._apply(diff, interest.key)
@@ -264,18 +267,10 @@ class Ingest:
 
     async def _on_snapshot(self, msg: Any) -> None:
         try:
-            request = messages.decode(msg.data)
+            reply = self.snapshot(messages.decode_as(msg.data, messages.SnapshotRequest))
         except messages.MessageError as exc:
-            self.link.skip_bad("a snapshot request", exc)
+            self.link.skip_bad(f"a message on {msg.subject}", exc)
             reply = messages.SnapshotReply(error=str(exc))
-        else:
-            match request:
-                case messages.SnapshotRequest():
-                    reply = self.snapshot(request)
-                case _:
-                    error = ValueError(f"a {type(request).__name__} on {msg.subject}")
-                    self.link.skip_bad("a snapshot request", error)
-                    reply = messages.SnapshotReply(error=str(error))
         if msg.reply:
             await msg.respond(messages.encode(reply))
 

@@ -10,7 +10,7 @@ clients' channels (with 10,000 distinct channels about 150 KB a heartbeat).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -77,3 +77,15 @@ def decode(data: bytes) -> ControlMessage:
         return _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise MessageError(f"bad control message ({len(data)} bytes): {exc}") from None
+
+
+Expected = TypeVar("Expected", EdgeInterest, IngestState, SnapshotRequest, SnapshotReply)
+
+
+def decode_as(data: bytes, kind: type[Expected]) -> Expected:
+    """A control message that must be of ``kind`` (each subject carries one kind)."""
+    match decode(data):
+        case found if isinstance(found, kind):
+            return found
+        case other:
+            raise MessageError(f"a {type(other).__name__} message where {kind.__name__} belongs")
