@@ -2,7 +2,7 @@
 
 A frame is a JSON array of event objects. The relay needs each event's ``ev``,
 its ticker (under ``sym``, ``T``, ``pair`` or ``p`` depending on market and
-ev, PROTOCOL.md "Events by market") and its timestamp for latency; the rest
+ev, docs/protocol.md "Events by market") and its timestamp for latency; the rest
 passes through untouched as ``msgspec.Raw`` so no market value is re-encoded
 or re-typed. Decoders are built once (msgspec performance tips).
 """

@@ -43,7 +43,7 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-# Relay latency: 10 µs to 1 s, with a boundary on 1 ms (issue 4).
+# Relay latency: 10 µs to 1 s, with a boundary on 1 ms (the latency target SREs alert on).
 RELAY_LATENCY_BOUNDS = (
     0.00001,
     0.000025,

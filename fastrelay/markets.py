@@ -1,6 +1,6 @@
 """Massive markets (clusters) and what the relay needs to know about each.
 
-Pure data: no I/O. See ../shared/PROTOCOL.md, "Endpoints" and "Events by market".
+Pure data: no I/O. See docs/protocol.md, "Endpoints" and "Events by market".
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ HISTORY_EVS: Final[dict[str, frozenset[str]]] = {
 }
 
 # Massive caps these per connection and accepts no wildcard for them
-# (PROTOCOL.md: "Options quotes and FMV accept no wildcard and at most 1,000
+# (docs/protocol.md, "Channels": "Options quotes and FMV accept no wildcard and at most 1,000
 # contracts per connection").
 CAPPED_EVS: Final[dict[str, frozenset[str]]] = {"options": frozenset({"Q", "FMV"})}
 OPTIONS_CONTRACT_CAP: Final = 1000

@@ -449,7 +449,7 @@ class RelayServer:
             logger_name="server",
             enable_auto_ping=False,  # PingSweeper does it with one timer
             max_frame_size=config.max_message_size,
-            # Memory per idle connection (DESIGN.md): uvloop's own transport
+            # Memory per idle connection (docs/performance.md, "idle"): uvloop's own transport
             # and the smallest read buffer picows allows.
             read_buffer_init_size=1024,
             use_aiofastnet=False,

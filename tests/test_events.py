@@ -1,4 +1,4 @@
-"""Decoding every sample frame of PROTOCOL.md: routing fields out, bytes kept."""
+"""Decoding every sample frame of docs/protocol.md: routing fields out, bytes kept."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from fastrelay.events import FrameError, decode_frame, ticker_of, timestamp_ms
 
-# The sample frames of ../shared/PROTOCOL.md, with the ticker each routes on.
+# The sample frames of docs/protocol.md ("Sample frames"), with the ticker each routes on.
 SAMPLES = [
     (
         b'[{"ev":"T","sym":"MSFT","x":4,"i":"12345","z":3,"p":114.125,"s":100,"c":[0,12],'
