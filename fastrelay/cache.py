@@ -26,7 +26,7 @@ ingest, ``seed_last_value`` and ``seed_history`` on the edge.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fastrelay import markets
@@ -167,10 +167,11 @@ class MarketCache:
         """The upstream is lost: every last value is stale from now on."""
         self.last.clear()
 
-    def forget(self, unsubscribed: Iterable[str], wanted: set[str]) -> None:
+    def forget(self, unsubscribed: Iterable[str], wanted: Callable[[str], bool]) -> None:
         """Drop last values and history of channels no longer subscribed upstream.
 
         Nothing stale is served, and memory follows what clients want.
+        ``wanted`` says whether a channel is still wanted upstream.
         """
         for name in unsubscribed:
             ev, _, ticker = name.partition(".")
@@ -179,9 +180,9 @@ class MarketCache:
                 if by_ticker is None:
                     continue
                 if ticker == "*":
-                    for symbol in [s for s in by_ticker if f"{ev}.{s}" not in wanted]:
+                    for symbol in [s for s in by_ticker if not wanted(f"{ev}.{s}")]:
                         del by_ticker[symbol]
-                elif f"{ev}.*" not in wanted:
+                elif not wanted(f"{ev}.*"):
                     by_ticker.pop(ticker, None)
 
 

@@ -30,6 +30,13 @@ class CloseReason(enum.Enum):
     AUTH_TIMEOUT = (1008, "auth_timeout")
     # picows closed it (a frame over --max-message-size: 1009, a protocol error: 1002).
     POLICY = (0, "policy")
+    # The relay found a protocol error picows leaves to it (RSV bits, a bad
+    # close code, a stray continuation) ...
+    PROTOCOL_ERROR = (1002, "protocol")
+    # ... or a fragmented message past --max-message-size.
+    MESSAGE_TOO_BIG = (1009, "policy")
+    # Over the inbound budget (frames or bytes per second): cut off, not answered.
+    FLOOD = (1008, "flood")
     # Too many connections from the client's address: 1013, try again later.
     LIMIT = (1013, "limit")
     # No answer to a ping within --client-ping-timeout.
@@ -45,4 +52,4 @@ class CloseReason(enum.Enum):
 
 
 # Every label, so each metric series exists from start-up.
-CLOSE_LABELS: tuple[str, ...] = tuple(reason.label for reason in CloseReason)
+CLOSE_LABELS: tuple[str, ...] = tuple(dict.fromkeys(reason.label for reason in CloseReason))

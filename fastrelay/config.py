@@ -19,6 +19,9 @@ from fastrelay import markets, protocol
 
 KIB = 1024
 MIB = 1024 * KIB
+# Client tokens shorter than this are refused: with a per-address lockout a
+# 16-character random token is out of reach of guessing.
+MIN_TOKEN_LENGTH = 16
 
 
 @dataclass
@@ -55,6 +58,14 @@ class RelayConfig:
     # a few seconds of a busy wildcard feed for a browser on a poor link.
     max_client_buffer: int = 4 * MIB
     max_channels: int = 2000  # per client connection
+    # Channels over every connection of one client address (behind nginx without
+    # --trusted-proxies that is everyone: set it with that in mind), and channels
+    # held upstream over all markets: junk subscriptions must stay bounded.
+    max_channels_per_address: int = 10_000
+    max_upstream_channels: int = 20_000
+    # A client's share of Massive's 1,000-contract cap on options quotes and FMV,
+    # which the relay's one upstream connection shares among all clients.
+    max_contracts_per_client: int = 100
     max_message_size: int = 256 * KIB  # incoming client frames (1,000 contracts fit)
     # Connection limits. Load tests, and nginx in front, connect from one
     # address: the defaults let 10,000 connections come from one address, and
@@ -67,12 +78,23 @@ class RelayConfig:
     # burst allowed: a page subscribes a handful, a service may send hundreds at start.
     max_messages_per_second: float = 50.0
     message_burst: int = 200
+    # The inbound budget (fastrelay/inbound.py): past it a client is cut off (1008),
+    # not answered. Every frame counts, pings included; official clients ping
+    # every 20-25 s and send a few control messages.
+    max_frames_per_second: float = 50.0
+    frame_burst: int = 200
+    max_bytes_per_second: int = 256 * KIB
+    byte_burst: int = MIB
     client_handshake_timeout: float = 5.0  # TCP accepted to WebSocket upgraded
+    # Connections the kernel queues before the relay accepts them: a reconnect
+    # storm brings thousands at once (the kernel caps it at net.core.somaxconn).
+    listen_backlog: int = 4096
     # WebSocket upgraded to `auth` received; then auth_timeout status and close 1008.
     # Massive's clients auth at once; 0 turns the deadline off.
     client_auth_timeout: float = 10.0
-    # Browsers' Origin values allowed to connect (empty: any). A request
-    # without Origin is a service, not a browser, and is not refused by it.
+    # Browsers' Origin values allowed to connect (fastrelay/origins.py): unset,
+    # the relay's own origin and localhost; "*": any. A request without Origin
+    # is a service, not a browser, and is not refused by it.
     allowed_origins: list[str] = field(default_factory=list)
     linger: float = 5.0  # seconds an unwanted channel stays subscribed upstream
     client_ping_interval: float = 20.0  # Massive's clients ping every 20-25 s
@@ -81,6 +103,10 @@ class RelayConfig:
     # Aggregates kept per exactly subscribed ticker and ev for the history
     # extension: 500 per-second candles are 8 minutes, 500 per-minute ones 8 hours.
     history_size: int = 500
+    # What one client's history requests may cost (fastrelay/session.py, HistoryLimits).
+    history_max_channels: int = 50
+    history_max_bytes: int = 2 * MIB
+    history_per_minute: float = 30.0
     # Channels held upstream with no client (/api/socket names, e.g. AM.AAPL): their
     # last values and history are ready for the first page that opens.
     keep_channels: list[str] = field(default_factory=list)
@@ -211,6 +237,24 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option("max-channels", _non_negative(int), "channels per client connection", "max_channels"),
     Option(
+        "max-channels-per-address",
+        _non_negative(int),
+        "channels over all connections of one client address",
+        "max_channels_per_address",
+    ),
+    Option(
+        "max-upstream-channels",
+        _non_negative(int),
+        "channels held upstream over all markets",
+        "max_upstream_channels",
+    ),
+    Option(
+        "max-contracts-per-client",
+        _non_negative(int),
+        "options quote/FMV contracts per client connection (Massive allows 1,000 in all)",
+        "max_contracts_per_client",
+    ),
+    Option(
         "max-message-size", _non_negative(int), "largest frame a client may send, bytes", "max_message_size"
     ),
     Option("max-connections", _non_negative(int), "client connections in total", "max_connections"),
@@ -236,6 +280,21 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "message-burst", _non_negative(int), "control messages a client may send at once", "message_burst"
     ),
     Option(
+        "max-frames-per-second",
+        _non_negative(float),
+        "frames per second per client, pings included; past it the client is closed (1008)",
+        "max_frames_per_second",
+    ),
+    Option("frame-burst", _non_negative(int), "frames a client may send at once", "frame_burst"),
+    Option(
+        "max-bytes-per-second",
+        _non_negative(int),
+        "bytes per second per client; past it the client is closed (1008)",
+        "max_bytes_per_second",
+    ),
+    Option("byte-burst", _non_negative(int), "bytes a client may send at once", "byte_burst"),
+    Option("listen-backlog", _non_negative(int), "connections queued before accept", "listen_backlog"),
+    Option(
         "client-handshake-timeout",
         _non_negative(float),
         "TCP accept to WebSocket upgrade, s",
@@ -250,7 +309,7 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     Option(
         "allowed-origins",
         protocol.split_params,
-        "browser Origins allowed (comma-separated; empty: any)",
+        "browser Origins allowed (comma-separated; *: any; unset: the relay's own and localhost)",
         "allowed_origins",
     ),
     Option("linger", _non_negative(float), "seconds before the last unsubscribe goes upstream", "linger"),
@@ -312,6 +371,19 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         _non_negative(int),
         "aggregates kept per ticker for the history action",
         "history_size",
+    ),
+    Option(
+        "history-max-channels",
+        _non_negative(int),
+        "channels one history request may name",
+        "history_max_channels",
+    ),
+    Option("history-max-bytes", _non_negative(int), "bytes one history reply may take", "history_max_bytes"),
+    Option(
+        "history-per-minute",
+        _non_negative(float),
+        "history requests per client per minute",
+        "history_per_minute",
     ),
     Option(
         "keep-channels",
@@ -452,6 +524,12 @@ def validate(config: RelayConfig) -> None:
     timers = config.upstream_timers
     if timers.backoff_base <= 0 or timers.backoff_cap < timers.backoff_base:
         raise ConfigError("--backoff-base must be > 0 and no larger than --backoff-cap")
+    short = [t for t in config.client_tokens if len(t) < MIN_TOKEN_LENGTH]
+    if short:
+        raise ConfigError(
+            f"--client-tokens: {len(short)} token(s) shorter than {MIN_TOKEN_LENGTH} characters "
+            "(a short token is guessed; e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if config.max_frame_size < 1024:
         raise ConfigError("--max-frame-size must be at least 1024 bytes")
     if config.upstream_ca and not os.path.isfile(config.upstream_ca):

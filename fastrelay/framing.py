@@ -18,6 +18,7 @@ import orjson
 from fastrelay.events import RawEvent
 
 _OPCODE_TEXT_FIN: Final = 0x81
+_OPCODE_PONG_FIN: Final = 0x8A
 _pack_u16: Final = struct.Struct("!BBH").pack
 _pack_u64: Final = struct.Struct("!BBQ").pack
 
@@ -28,6 +29,12 @@ def text_frame_header(payload_length: int) -> bytes:
     if payload_length < 65536:
         return _pack_u16(_OPCODE_TEXT_FIN, 126, payload_length)
     return _pack_u64(_OPCODE_TEXT_FIN, 127, payload_length)
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """A complete unmasked pong carrying a ping's payload (at most 125 bytes, RFC 6455 5.5)."""
+    payload = payload[:125]
+    return bytes((_OPCODE_PONG_FIN, len(payload))) + payload
 
 
 def text_frame(payload: bytes) -> bytes:

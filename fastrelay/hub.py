@@ -92,10 +92,14 @@ class Hub:
         outbox: Outbox,
         interest: Interest,
         max_channels_per_client: int,
+        max_contracts_per_client: int = markets.OPTIONS_CONTRACT_CAP,
     ) -> None:
         self.outbox = outbox
         self.interest = interest
         self.max_channels_per_client = max_channels_per_client
+        # A client's fair share of Massive's per-connection contract cap, which
+        # the relay's one upstream connection shares among all clients.
+        self.max_contracts_per_client = max_contracts_per_client
         self._index = {market: _MarketIndex(market) for market in markets_served}
         self._audiences: dict[tuple[frozenset[Channel], bool], Audience] = {}
         self._audience_of: dict[Member, Audience] = {}
@@ -118,6 +122,8 @@ class Hub:
         member.closed = True
         self.members -= 1
         self.subscriptions -= len(member.channels)
+        if member.address is not None:
+            member.address.channels -= len(member.channels)
         for channel in member.channels:
             self.interest.remove(channel)
         member.channels.clear()
@@ -136,19 +142,16 @@ class Hub:
             else:
                 new.setdefault(channel.market, []).append(channel)
         room = self.max_channels_per_client - len(member.channels)
+        address = member.address
         for market, wanted in new.items():
-            if len(wanted) > room:
-                errors.append(
-                    f"too many channels: at most {self.max_channels_per_client} per connection "
-                    f"({len(wanted)} more requested on {market}, room for {max(room, 0)})"
-                )
-                continue
-            refusal = self.interest.admit(market, [c.name for c in wanted])
+            refusal = self._refusal(member, market, wanted, room)
             if refusal is not None:
                 errors.append(refusal)
                 continue
             room -= len(wanted)
             self.subscriptions += len(wanted)
+            if address is not None:
+                address.channels += len(wanted)
             for channel in wanted:
                 member.channels.add(channel)
                 self.interest.add(channel)
@@ -157,9 +160,36 @@ class Hub:
             self._move(member)
         return SubscribeResult(accepted, errors)
 
+    def _refusal(self, member: Member, market: str, wanted: list[Channel], room: int) -> str | None:
+        """Why these new channels of one market cannot be added, or None."""
+        if len(wanted) > room:
+            return (
+                f"too many channels: at most {self.max_channels_per_client} per connection "
+                f"({len(wanted)} more requested on {market}, room for {max(room, 0)})"
+            )
+        address = member.address
+        if address is not None and address.channels + len(wanted) > address.max_channels:
+            return (
+                f"too many channels: at most {address.max_channels} from one address "
+                f"({address.channels} held by its connections)"
+            )
+        capped = markets.capped_evs(market)
+        if capped:
+            held = sum(1 for c in member.channels if c.market == market and c.ev in capped)
+            asked = sum(1 for c in wanted if c.ev in capped)
+            if asked and held + asked > self.max_contracts_per_client:
+                return (
+                    f"too many {market} contracts: at most {self.max_contracts_per_client} "
+                    f"{'/'.join(sorted(capped))} per connection, a share of Massive's cap of "
+                    f"{markets.OPTIONS_CONTRACT_CAP} for all clients ({held} held)"
+                )
+        return self.interest.admit(market, [c.name for c in wanted])
+
     def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> list[Channel]:
         removed = [c for c in dict.fromkeys(channels) if c in member.channels]
         self.subscriptions -= len(removed)
+        if member.address is not None:
+            member.address.channels -= len(removed)
         for channel in removed:
             member.channels.discard(channel)
             self.interest.remove(channel)

@@ -22,6 +22,19 @@ MARKETS: Final = (
 )
 DEFAULT_MARKETS: Final = ("stocks", "options")
 
+# Every event type (ev) each market carries (docs/protocol.md, "Events by
+# market"; AM and LV of forex and crypto are Launchpad's). A subscription to any
+# other ev is refused: it could only be junk held upstream. A new ev Massive
+# introduces is one line here.
+_FUTURES_EVS: Final = frozenset({"T", "Q", "A", "AM"})
+EVS: Final[dict[str, frozenset[str]]] = {
+    "stocks": frozenset({"T", "Q", "A", "AM", "LULD", "NOI", "FMV", "LV"}),
+    "options": frozenset({"T", "Q", "A", "AM", "FMV", "LV"}),
+    "indices": frozenset({"V", "A", "AM"}),
+    "forex": frozenset({"C", "CA", "CAS", "FMV", "AM", "LV"}),
+    "crypto": frozenset({"XT", "XQ", "XA", "XAS", "XL2", "FMV", "AM", "LV"}),
+}
+
 # Events that describe a state (the latest one replaces the previous), as
 # opposed to prints (trades). A new subscriber of an exact channel gets the
 # last one at once so a quote box or a chart fills without waiting.
@@ -68,6 +81,12 @@ _EV_ONLY_IN: Final[dict[str, str]] = {
 
 def is_market(name: str) -> bool:
     return name in MARKETS
+
+
+def evs(market: str) -> frozenset[str]:
+    if market.startswith("futures"):
+        return _FUTURES_EVS
+    return EVS.get(market, frozenset())
 
 
 def state_evs(market: str) -> frozenset[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from fastrelay.addresses import AddressState
 from fastrelay.closes import CloseReason
 from fastrelay.protocol import Channel
 
@@ -29,7 +30,7 @@ class Member:
     """The core's view of one client connection."""
 
     # Thousands at once: slots keep each small.
-    __slots__ = ("buffered", "channels", "closed", "owner", "tags_markets", "write")
+    __slots__ = ("address", "buffered", "channels", "closed", "owner", "tags_markets", "write")
 
     def __init__(
         self,
@@ -37,8 +38,11 @@ class Member:
         buffered: Callable[[], int],
         owner: Connection,
         tags_markets: bool = False,
+        address: AddressState | None = None,
     ) -> None:
         self.owner = owner
+        # The budgets it shares with every connection from its address (None: none).
+        self.address = address
         self.write = write  # writes bytes to the client's socket, never blocks
         self.buffered = buffered  # bytes written but not yet sent
         # /api/socket clients mix markets on one socket: events of ambiguous

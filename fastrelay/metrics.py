@@ -126,7 +126,7 @@ class RelayCollector(Collector):
             events.add_metric([market], stats.events)
             received.add_metric([market], stats.bytes)
             errors.add_metric([market], stats.decode_errors)
-            channels.add_metric([market], len(self._relay.demand[market].subscribed_upstream))
+            channels.add_metric([market], self._relay.demand[market].upstream_count)
             last_event.add_metric([market], stats.last_event_at)
             feed.add_metric([market], stats.latency.cumulative(), stats.latency.sum)
         yield from (connected, reconnects, frames, events, received, errors, channels, last_event, feed)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from fastrelay import protocol
 from fastrelay.closes import CloseReason
 from fastrelay.events import RawEvent
-from fastrelay.framing import event_array_frames, text_frame
+from fastrelay.framing import event_array_frames, pong_frame, text_frame
 from fastrelay.member import Member
 from fastrelay.ratelimit import LogThrottle
 
@@ -73,6 +73,11 @@ class Outbox:
         """JSON payloads (statuses, replies), one frame each, in order."""
         if payloads and not member.closed:
             self._write((member,), [text_frame(p) for p in payloads], 0)
+
+    def pong(self, member: Member, payload: bytes) -> None:
+        """The answer to a client's ping."""
+        if not member.closed:
+            self._write((member,), [pong_frame(payload)], 0)
 
     def broadcast(self, members: Collection[Member], payload: bytes) -> None:
         """One JSON payload to many members (an outage status), framed once."""

@@ -29,10 +29,17 @@ FORCE_DISCONNECT: Final = "force_disconnect"
 SLOW_CONSUMER: Final = "slow_consumer"
 
 MAX_TICKER_LENGTH: Final = 64
+# What of a client's own input an error status may echo.
+MAX_ECHOED: Final = 40
 _EV_PATTERN: Final = re.compile(r"[A-Z][A-Z0-9]{0,7}")
 # A ticker is anything printable without the separators the params string
 # uses; real ones include "BRK.B", "O:SPY241220P00720000", "USD/CNH", "BTC-USD".
 _TICKER_PATTERN: Final = re.compile(rf"[!-+\--~]{{1,{MAX_TICKER_LENGTH}}}")
+
+
+# OCC option symbols as Massive spells them: O:, a root of 1-6 letters or
+# digits, expiry YYMMDD, C or P, strike x1000 in 8 digits.
+_OPTIONS_CONTRACT: Final = re.compile(r"O:[A-Z0-9]{1,6}\d{6}[CP]\d{8}")
 
 
 class ChannelError(ValueError):
@@ -63,15 +70,24 @@ class Channel(NamedTuple):
 def parse_channel(text: str, market: str) -> Channel:
     """Parse ``EV.TICKER`` for one market; split at the first dot only."""
     ev, dot, ticker = text.partition(".")
+    shown = text[:MAX_ECHOED]  # what of the client's input an error may echo
     if not dot:
-        raise ChannelError(f"invalid channel {text!r}: expected EV.TICKER, e.g. T.AAPL")
+        raise ChannelError(f"invalid channel {shown!r}: expected EV.TICKER, e.g. T.AAPL")
     if not _EV_PATTERN.fullmatch(ev):
-        raise ChannelError(f"invalid channel {text!r}: bad event type {ev!r}")
+        raise ChannelError(f"invalid channel {shown!r}: bad event type")
+    if ev not in markets.evs(market):
+        known = ",".join(sorted(markets.evs(market)))
+        raise ChannelError(f"invalid channel {shown!r}: {market} has no event type {ev} (it has {known})")
     if ticker != "*" and not _TICKER_PATTERN.fullmatch(ticker):
-        raise ChannelError(f"invalid channel {text!r}: bad ticker")
+        raise ChannelError(f"invalid channel {shown!r}: bad ticker")
     if ticker == "*" and ev in markets.capped_evs(market):
         raise ChannelError(
-            f"invalid channel {text!r}: {market} {ev} accepts no wildcard, subscribe contracts one by one"
+            f"invalid channel {shown!r}: {market} {ev} accepts no wildcard, subscribe contracts one by one"
+        )
+    if market == "options" and ticker != "*" and not _OPTIONS_CONTRACT.fullmatch(ticker):
+        raise ChannelError(
+            f"invalid channel {shown!r}: not an options contract (O:ROOT YYMMDD C|P STRIKE, "
+            "e.g. O:SPY251219C00600000)"
         )
     return Channel(market, ev, ticker)
 
@@ -83,17 +99,13 @@ def parse_api_channel(text: str) -> Channel:
     market follows from the ev code (forex, crypto, index values) or the
     ticker prefix (``O:`` options, ``I:`` indices), else stocks.
     """
-    head, dot, _ = text.partition(".")
+    head, dot, ticker = text.partition(".")
     if dot and ":" in head:
         market, _, rest = text.partition(":")
         if not markets.is_market(market):
-            raise ChannelError(f"invalid channel {text!r}: unknown market {market!r}")
+            raise ChannelError(f"invalid channel {text[:MAX_ECHOED]!r}: unknown market {market[:20]!r}")
         return parse_channel(rest, market)
-    channel = parse_channel(text, "stocks")
-    inferred = markets.infer_market(channel.ev, channel.ticker)
-    if inferred == "stocks":
-        return channel
-    return parse_channel(text, inferred)
+    return parse_channel(text, markets.infer_market(head, ticker))
 
 
 def split_params(params: str) -> list[str]:
@@ -134,8 +146,6 @@ class ClientMessageError(ValueError):
 
 
 _client_action_decoder: Final = msgspec.json.Decoder(ClientAction)
-# What of a client's own input an error status may echo.
-MAX_ECHOED: Final = 40
 
 
 def decode_client_message(payload: bytes) -> ClientAction:

@@ -84,9 +84,12 @@ class Relay:
             on_first=self.cache.watch,
             on_last=self.cache.unwatch,
             on_changed=self.interest_changed,
+            max_channels=config.max_upstream_channels,
         )
         self.outbox = Outbox(config.max_frame_size, config.max_client_buffer)
-        self.hub = Hub(config.markets, self.outbox, self.demand, config.max_channels)
+        self.hub = Hub(
+            config.markets, self.outbox, self.demand, config.max_channels, config.max_contracts_per_client
+        )
         # market -> why its feed is down, while it is: new subscribers are told too.
         self.outages: dict[str, str] = {}
         self.feeds: dict[str, Feed] = {m: make_feed(m, self) for m in config.markets}
@@ -199,7 +202,7 @@ class Relay:
             log.debug("upstream %s: +%s -%s", market, plan.subscribe, plan.unsubscribe)
             self.feeds[market].send_subscriptions(plan.subscribe, plan.unsubscribe)
             if plan.unsubscribe:
-                self.cache[market].forget(plan.unsubscribe, self.demand[market].wanted())
+                self.cache[market].forget(plan.unsubscribe, self.demand[market].is_wanted)
         self._schedule_linger()
 
     def _schedule_linger(self) -> None:

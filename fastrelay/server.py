@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,14 @@ from picows import (
 )
 
 from fastrelay import markets, protocol
+from fastrelay.addresses import AddressBook, AddressState
 from fastrelay.closes import CLOSE_LABELS, CloseReason
+from fastrelay.inbound import InboundBudget, InboundLimits, Reassembly, close_reply
 from fastrelay.member import Member
-from fastrelay.ratelimit import TokenBucket
+from fastrelay.origins import OriginPolicy
+from fastrelay.ratelimit import LogThrottle, TokenBucket
 from fastrelay.roles import Role
-from fastrelay.session import ClientSession, Reply, SessionContext, TokenCheck
+from fastrelay.session import ClientSession, HistoryLimits, Reply, SessionContext, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
 
 log = logging.getLogger("fastrelay.server")
@@ -85,8 +89,11 @@ class ClientConnection(WSListener):
     # Thousands of these stay open: slots keep each one small.
     __slots__ = (
         "_address",
+        "_address_state",
+        "_budget",
         "_close_reason",
         "_forwarded",
+        "_fragments",
         "_market",
         "_path",
         "_server",
@@ -102,7 +109,10 @@ class ClientConnection(WSListener):
         self._path = path
         self._forwarded = forwarded  # X-Forwarded-For as sent, judged once the peer is known
         self._address: str | None = None
+        self._address_state: AddressState | None = None
         self._close_reason: CloseReason | None = None
+        self._budget: InboundBudget | None = None
+        self._fragments: Reassembly | None = None  # a fragmented message being received
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
         self.heard = True  # received a frame (any, pongs included) since the last ping sweep
@@ -117,7 +127,8 @@ class ClientConnection(WSListener):
         # upgrade, with 1013: try again later.
         address = server.addresses.client_address(raw.get_extra_info("peername"), self._forwarded)
         self._forwarded = None
-        if not server.addresses.admit(address):
+        state = server.addresses.admit(address)
+        if state is None:
             self._close_reason = CloseReason.LIMIT
             server.stats.count_close(self._path, CloseReason.LIMIT)
             transport.send_close(
@@ -126,7 +137,10 @@ class ClientConnection(WSListener):
             transport.disconnect(graceful=True)
             return
         self._address = address
-        member = Member(raw.write, raw.get_write_buffer_size, self, tags_markets=self._market is None)
+        self._address_state = state
+        member = Member(
+            raw.write, raw.get_write_buffer_size, self, tags_markets=self._market is None, address=state
+        )
         server.relay.hub.attach(member)
         self.session = ClientSession(server.session_context, member, self._market)
         server.connections.add(self)
@@ -136,31 +150,121 @@ class ClientConnection(WSListener):
         server.relay.outbox.send(member, [self.session.opened()])
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        # picows hands over every frame of a read at once: once closing, the
+        # rest of a flood costs this one comparison each.
+        if self._close_reason is not None:
+            return
+        session = self.session
+        if session is None:
+            return
         self.heard = True
         self.pinged = False
-        session = self.session
-        if session is None or session.member.closed:
+        server = self._server
+        now = server.clock()
+        budget = self._budget
+        if budget is None:  # made at the first frame: idle connections carry none
+            budget = self._budget = InboundBudget(server.inbound_limits, now)
+        if not budget.take(frame.payload_size, now):
+            self._flooded()
+            return
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._protocol_error("reserved bits set without a negotiated extension")
             return
         msg_type = frame.msg_type
-        if msg_type is WSMsgType.TEXT:
-            self._deliver(session.receive(frame.get_payload_as_bytes()))
-            if session.authenticated:
-                self._server.auth_deadline.discard(self)
-        elif msg_type is WSMsgType.BINARY:
-            self._deliver(session.binary_received())
+        if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+            if self._fragments is not None:
+                self._protocol_error("a new message inside a fragmented one")
+            elif frame.fin:
+                self._message(msg_type is WSMsgType.BINARY, frame.get_payload_as_bytes())
+            else:
+                limit = server.relay.config.max_message_size
+                self._fragments = Reassembly(
+                    msg_type is WSMsgType.BINARY, frame.get_payload_as_bytes(), limit
+                )
+        elif msg_type is WSMsgType.CONTINUATION:
+            self._continuation(frame)
+        elif msg_type is WSMsgType.PING:
+            # Answered here, not by picows: the pong is charged to this client's
+            # budget and backlog like every other byte it causes.
+            server.relay.outbox.pong(session.member, frame.get_payload_as_bytes())
         elif msg_type is WSMsgType.CLOSE:
-            self._close_reason = self._close_reason or CloseReason.NORMAL
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
-        # PING is answered by picows (enable_auto_pong); a PONG only marks the peer alive.
+            self._closed_by_client(transport, frame)
+        # A PONG only marks the peer alive (above).
+
+    def _message(self, binary: bool, payload: bytes) -> None:
+        session = self.session
+        assert session is not None
+        if binary:
+            self._deliver(session.binary_received())
+            return
+        self._deliver(session.receive(payload))
+        if session.authenticated:
+            self._server.auth_deadline.discard(self)
+
+    def _continuation(self, frame: WSFrame) -> None:
+        fragments = self._fragments
+        if fragments is None:
+            self._protocol_error("a continuation frame outside a fragmented message")
+        elif not fragments.add(frame.get_payload_as_bytes()):
+            self._fragments = None
+            self.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
+        elif frame.fin:
+            self._fragments = None
+            self._message(fragments.binary, fragments.message())
+
+    def _closed_by_client(self, transport: WSTransport, frame: WSFrame) -> None:
+        code = frame.get_close_code()
+        answer = close_reply(code.value)
+        if answer is None:
+            self._close_reason = CloseReason.NORMAL
+            transport.send(WSMsgType.CLOSE, b"")  # an empty close answers an empty close
+        elif answer == code.value:
+            self._close_reason = CloseReason.NORMAL
+            transport.send_close(code)
+        else:
+            self._close_reason = CloseReason.PROTOCOL_ERROR
+            transport.send_close(WSCloseCode.PROTOCOL_ERROR, b"invalid close code")
+        transport.disconnect()
+
+    def _protocol_error(self, why: str) -> None:
+        self._server.rejections.log(
+            logging.INFO, "closed a client (%s): protocol error: %s", self.describe(), why
+        )
+        self.close(CloseReason.PROTOCOL_ERROR, "protocol error")
+
+    def _flooded(self) -> None:
+        """Over the inbound budget: stop reading at once and close; nothing else is answered."""
+        transport = self.transport
+        assert transport is not None
+        with contextlib.suppress(Exception):  # a transport already closing may refuse
+            transport.underlying_transport.pause_reading()
+        limits = self._server.inbound_limits
+        self._server.rejections.log(
+            logging.WARNING,
+            "closed a client (%s): over the inbound budget (%g frames/s, %d bytes/s)",
+            self.describe(),
+            limits.frames_per_second,
+            int(limits.bytes_per_second),
+        )
+        self.close(CloseReason.FLOOD, "over the inbound budget")
 
     def _deliver(self, reply: Reply) -> None:
         """Carry out what the session answered: frames, a close, a deferred answer."""
         session = self.session
         assert session is not None
-        self._server.relay.outbox.send(session.member, reply.frames)
+        outbox = self._server.relay.outbox
+        member = session.member
+        outbox.send(member, reply.frames)
+        if reply.more is not None:
+            for payload in reply.more:
+                if member.closed:  # dropped for its backlog: build no more of it
+                    break
+                outbox.send(member, [payload])
         if reply.close is not None:
-            self.close(*reply.close)
+            reason, message = reply.close
+            if reason is CloseReason.AUTH_FAILED:
+                self._server.rejections.log(logging.WARNING, "auth failed for a client (%s)", self.describe())
+            self.close(reason, message)
         later = reply.later
         if later is not None:
             fills = self._server.session_context.fills
@@ -213,8 +317,8 @@ class ClientConnection(WSListener):
             return  # never upgraded, or refused by a limit
         self.session.leave()
         server = self._server
-        if self._address is not None:
-            server.addresses.release(self._address)
+        if self._address_state is not None:
+            server.addresses.release(self._address_state)
         server.connections.discard(self)
         server.auth_deadline.discard(self)
         server.stats.connected[self._path] -= 1
@@ -261,41 +365,6 @@ def _plain(
     else:
         response = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": content_type})
     return WSUpgradeResponseWithListener(response, None)
-
-
-class AddressBook:
-    """Connections per client address, the address taken from the socket or,
-    for a trusted proxy only, from X-Forwarded-For (else anyone could claim
-    any address and walk around the limit)."""
-
-    def __init__(self, limit: int, trusted_proxies: list[str]) -> None:
-        self.limit = limit
-        self._trusted = frozenset(trusted_proxies)
-        self._counts: dict[str, int] = {}
-
-    def client_address(self, peername: object, forwarded: str | None) -> str:
-        peer = str(peername[0]) if isinstance(peername, tuple) and peername else "unknown"
-        if forwarded and peer in self._trusted:
-            # The right-most address not added by a trusted proxy is the
-            # client as the nearest trusted hop saw it.
-            for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
-                if hop not in self._trusted:
-                    return hop
-        return peer
-
-    def admit(self, address: str) -> bool:
-        count = self._counts.get(address, 0)
-        if count >= self.limit:
-            return False
-        self._counts[address] = count + 1
-        return True
-
-    def release(self, address: str) -> None:
-        count = self._counts.get(address, 0) - 1
-        if count > 0:
-            self._counts[address] = count
-        else:
-            self._counts.pop(address, None)
 
 
 class AuthDeadline:
@@ -417,14 +486,28 @@ class RelayServer:
             outages=relay.outages,
             limiter=self.limiter,
             fills=relay.fills,
+            history=HistoryLimits(
+                config.history_max_channels, config.history_max_bytes, config.history_per_minute
+            ),
         )
         self.connections: set[ClientConnection] = set()
+        self.inbound_limits = InboundLimits(
+            config.max_frames_per_second,
+            config.frame_burst,
+            config.max_bytes_per_second,
+            config.byte_burst,
+        )
+        self.clock = time.monotonic
+        # One line per kind of rejection per interval: an attacker must not be able to flood the log.
+        self.rejections = LogThrottle(log, interval=10.0)
         self._server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self.pings = PingSweeper(self.connections, config.client_ping_interval, config.client_ping_timeout)
         self.auth_deadline = AuthDeadline(config.client_auth_timeout)
-        self.addresses = AddressBook(config.max_connections_per_address, config.trusted_proxies)
-        self._origins = frozenset(o.rstrip("/") for o in config.allowed_origins)
+        self.addresses = AddressBook(
+            config.max_connections_per_address, config.trusted_proxies, config.max_channels_per_address
+        )
+        self._origins = OriginPolicy(config.allowed_origins)
         self.draining = False
         web_root = (
             PACKAGED_WEB_ROOT
@@ -448,16 +531,20 @@ class RelayServer:
             websocket_handshake_timeout=config.client_handshake_timeout,
             logger_name="server",
             enable_auto_ping=False,  # PingSweeper does it with one timer
+            enable_auto_pong=False,  # answered through the outbox, within the client's budget
             max_frame_size=config.max_message_size,
             # Memory per idle connection (docs/performance.md, "idle"): uvloop's own transport
             # and the smallest read buffer picows allows.
             read_buffer_init_size=1024,
             use_aiofastnet=False,
+            # Sized for reconnect storms: every browser of a restarted relay comes
+            # back within seconds (the kernel caps it at net.core.somaxconn).
+            backlog=config.listen_backlog,
         )
         self.pings.start()
         if config.metrics_port is not None:
             self._metrics_server = await ws_create_server(
-                self._route_http,
+                self._route_probes,
                 config.metrics_host or config.host,
                 config.metrics_port,
                 logger_name="metrics",
@@ -536,7 +623,7 @@ class RelayServer:
             return ClientConnection(self, None if path == API_SOCKET_PATH else market, path, forwarded)
         if markets.is_market(market):
             return _plain(404, f"market {market} is not served by this relay\n".encode())
-        return self._route_http(request)
+        return self._route_client_http(request)
 
     def _refusal(self, request: WSUpgradeRequest) -> tuple[int, bytes] | None:
         """Why a WebSocket request is refused before the upgrade, if it is."""
@@ -550,14 +637,25 @@ class RelayServer:
         origin = request.headers.get("origin")
         # Browsers always send Origin; services (Massive's clients) do not and
         # are not refused by the allow-list.
-        if self._origins and origin is not None and origin.rstrip("/") not in self._origins:
+        if not self._origins.allows(origin, request.headers.get("host")):
             return 403, b"origin not allowed\n"
         if len(self.connections) >= self.relay.config.max_connections:
             return 503, b"too many connections\n"
         return None
 
-    def _route_http(self, request: WSUpgradeRequest) -> Routed:
-        """Plain HTTP GETs: probes and metrics (also on --metrics-port)."""
+    def _route_client_http(self, request: WSUpgradeRequest) -> Routed:
+        """Plain HTTP GETs on the client port: the page, /healthz, and /metrics and
+        /readyz unless --metrics-port serves them (then they are internal only)."""
+        path = request.path.decode("latin-1").split("?", 1)[0]
+        if path in ("/metrics", "/readyz") and self.relay.config.metrics_port is not None:
+            return None
+        found = self.static.get(path)
+        if found is not None:
+            return _plain(200, *found, extra=STATIC_HEADERS)
+        return self._route_probes(request)
+
+    def _route_probes(self, request: WSUpgradeRequest) -> Routed:
+        """Probes and metrics (also on --metrics-port)."""
         path = request.path.decode("latin-1").split("?", 1)[0]
         if path == "/metrics":
             return _plain(200, *self._metrics_page())
@@ -570,7 +668,4 @@ class RelayServer:
             if reason is None:
                 return _plain(200, b"ready\n")
             return _plain(503, f"not ready: {reason}\n".encode())
-        found = self.static.get(path)
-        if found is not None:
-            return _plain(200, *found, extra=STATIC_HEADERS)
         return None

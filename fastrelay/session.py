@@ -11,7 +11,9 @@ deferred answers included, so the rules are tested without sockets;
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +36,10 @@ from fastrelay.ratelimit import TokenBucket
 
 # Beyond this many bad channels in one message, report the count, not each one.
 MAX_ERRORS_LISTED = 10
+# A client over its message rate gets one error status per this many seconds,
+# and nothing for the messages in between: an answer per excess message would
+# let it make the relay write as fast as it sends.
+RATE_ERROR_INTERVAL = 1.0
 
 
 class TokenCheck:
@@ -70,6 +76,17 @@ class FillSource(Protocol):
         """Call back once every one of these channels' fetches is in (or failed)."""
 
 
+@dataclass(frozen=True)
+class HistoryLimits:
+    """What one ``history`` request may cost (a request names channels; each reply can be
+    hundreds of events): channels per request, reply bytes per request, requests per minute."""
+
+    max_channels: int = 50
+    max_bytes: int = 2 * 1024 * 1024
+    per_minute: float = 30.0
+    burst: int = 10
+
+
 @dataclass
 class SessionContext:
     """What every session of a relay shares: the core it talks to and the rules."""
@@ -83,6 +100,8 @@ class SessionContext:
     # Makes one client's control-message rate limit; None: unlimited.
     limiter: Callable[[], TokenBucket] | None = None
     fills: FillSource | None = None  # a scale-out edge's
+    history: HistoryLimits = field(default_factory=HistoryLimits)
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -95,16 +114,30 @@ class Deferred:
 
 @dataclass
 class Reply:
-    """Payloads (JSON arrays) to send in order, then an optional close or a deferred answer."""
+    """Payloads (JSON arrays) to send in order, then an optional close or a deferred answer.
+
+    ``more`` are payloads built one at a time as they are sent: the shell stops
+    taking them when the client is dropped for its backlog, so a large answer
+    never sits in memory whole.
+    """
 
     frames: list[bytes] = field(default_factory=list)
     close: tuple[CloseReason, str] | None = None  # reason, message sent with the close
     later: Deferred | None = None
+    more: Iterator[bytes] | None = None
 
 
 class ClientSession:
     # One per connection, thousands at once: slots keep each small.
-    __slots__ = ("_context", "_limiter", "authenticated", "market", "member")
+    __slots__ = (
+        "_context",
+        "_history_limiter",
+        "_limiter",
+        "_quiet_until",
+        "authenticated",
+        "market",
+        "member",
+    )
 
     def __init__(self, context: SessionContext, member: Member, market: str | None) -> None:
         """``market`` is the cluster path (``stocks``...) or None for /api/socket."""
@@ -114,6 +147,8 @@ class ClientSession:
         self.authenticated = False
         # Made at the first message only, so idle connections carry none.
         self._limiter: TokenBucket | None = None
+        self._history_limiter: TokenBucket | None = None
+        self._quiet_until = 0.0  # no rate-limit error before this (context clock)
 
     def opened(self) -> bytes:
         return protocol.status_frame(protocol.CONNECTED, "Connected Successfully")
@@ -127,6 +162,10 @@ class ClientSession:
             self._limiter = make()
         if self._limiter.take():
             return None
+        now = self._context.clock()
+        if now < self._quiet_until:
+            return Reply()
+        self._quiet_until = now + RATE_ERROR_INTERVAL
         rate = self._limiter.rate
         return _error(f"rate limit: at most {rate:g} messages/s")
 
@@ -157,16 +196,27 @@ class ClientSession:
     def _auth(self, token: str) -> Reply:
         if self.authenticated:
             return _error("already authenticated")
+        address = self.member.address
+        if address is not None:
+            # Locked out after repeated failures (addresses.py): not even checked,
+            # so guessing tokens from one address goes nowhere fast.
+            wait = address.locked_for()
+            if wait > 0:
+                return _auth_failed(
+                    f"too many failed attempts from your address: retry in {math.ceil(wait)} s"
+                )
         if not self._context.tokens.accepts(token):
-            return Reply(
-                [protocol.status_frame(protocol.AUTH_FAILED, "authentication failed")],
-                close=(CloseReason.AUTH_FAILED, "authentication failed"),
-            )
+            if address is not None:
+                address.auth_failed()
+            return _auth_failed("authentication failed")
+        if address is not None:
+            address.auth_succeeded()
         self.authenticated = True
         return Reply([protocol.status_frame(protocol.AUTH_SUCCESS, "authenticated")])
 
     def _parse(self, params: str) -> tuple[list[Channel], list[str]]:
-        names = protocol.split_params(params)
+        # A channel named twice is one channel: its answer is not sent twice.
+        names = list(dict.fromkeys(protocol.split_params(params)))
         limit = self._context.hub.max_channels_per_client
         if len(names) > limit:
             return [], [f"too many channels in one message: {len(names)} (at most {limit} per connection)"]
@@ -218,29 +268,48 @@ class ClientSession:
 
         For each channel, its kept events (oldest first, the same event shapes
         as live data) and then a ``success`` status saying how many, so the
-        client knows the history of that channel is complete.
+        client knows the history of that channel is complete. A request may
+        name ``HistoryLimits.max_channels`` channels, its reply may take
+        ``max_bytes``, and a client may ask ``per_minute`` times a minute.
         """
+        context = self._context
+        limits = context.history
+        if self._history_limiter is None:
+            self._history_limiter = TokenBucket(limits.per_minute / 60.0, limits.burst, clock=context.clock)
+        if not self._history_limiter.take():
+            return _error(f"history: at most {limits.per_minute:g} requests a minute")
         channels, errors = self._parse(params)
-        fills = self._context.fills
+        if len(channels) > limits.max_channels:
+            return _error(
+                f"history: at most {limits.max_channels} channels per request ({len(channels)} asked)"
+            )
+        fills = context.fills
         pending = [c for c in channels if fills.filling(c)] if fills is not None else []
         if pending:
             # A scale-out edge is fetching these channels' history from the ingest
             # (scaleout/fills.py): answer when it is in, rather than with a part of it.
-            return Reply(later=Deferred(pending, lambda: self._history_reply(channels, errors)))
-        return self._history_reply(channels, errors)
+            return Reply(later=Deferred(pending, lambda: Reply(more=self._history_reply(channels, errors))))
+        return Reply(more=self._history_reply(channels, errors))
 
-    def _history_reply(self, channels: list[Channel], errors: list[str]) -> Reply:
+    def _history_reply(self, channels: list[Channel], errors: list[str]) -> Iterator[bytes]:
         context = self._context
-        reply = Reply()
+        budget = context.history.max_bytes
         for channel in channels:
+            label = self._label(channel)
             events = context.cache.history(channel, self.member.tags_markets)
+            size = sum(map(len, events)) + len(events)
+            if size > budget:
+                yield protocol.status_frame(
+                    protocol.ERROR,
+                    f"history: {label} not sent: the reply would pass {context.history.max_bytes} bytes",
+                )
+                continue
+            budget -= size
             if events:
-                reply.frames.extend(event_array_payloads(events, context.max_frame_payload))
-            message = f"history: {self._label(channel)} ({len(events)} events)"
-            reply.frames.append(protocol.status_frame(protocol.SUCCESS, message))
+                yield from event_array_payloads(events, context.max_frame_payload)
+            yield protocol.status_frame(protocol.SUCCESS, f"history: {label} ({len(events)} events)")
         if errors:
-            reply.frames.append(protocol.statuses_frame(_error_statuses(errors)))
-        return reply
+            yield protocol.statuses_frame(_error_statuses(errors))
 
     def _label(self, channel: Channel) -> str:
         # On /api/socket an explicitly prefixed channel is acknowledged with
@@ -252,6 +321,13 @@ class ClientSession:
     def leave(self) -> None:
         """The connection ended: release everything this client held."""
         self._context.hub.detach(self.member)
+
+
+def _auth_failed(message: str) -> Reply:
+    return Reply(
+        [protocol.status_frame(protocol.AUTH_FAILED, message)],
+        close=(CloseReason.AUTH_FAILED, "authentication failed"),
+    )
 
 
 def _error(message: str) -> Reply:

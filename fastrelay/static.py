@@ -2,6 +2,8 @@
 
 Only files present at start-up are served, by exact name: no path is ever
 joined with what a client sent, so there is no traversal to guard against.
+Nothing hidden is loaded (a dot-file or anything under a dot-directory, such
+as ``.git/config``), nor anything a symlink leads to outside the root.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ class StaticFiles:
         self.files: dict[str, tuple[bytes, str]] = {}
         if root is None or not root.is_dir():
             return
+        real_root = root.resolve()
         for path in sorted(root.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
+            relative = path.relative_to(root)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
-            name = "/" + path.relative_to(root).as_posix()
+            if not path.resolve().is_relative_to(real_root):
+                continue  # a symlink out of the web root
+            name = "/" + relative.as_posix()
             content_type = (
                 _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             )

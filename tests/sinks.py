@@ -96,7 +96,7 @@ class Core:
         changes = {}
         for market, plan in self.demand.plans().items():
             if plan.unsubscribe:
-                self.cache[market].forget(plan.unsubscribe, self.demand[market].wanted())
+                self.cache[market].forget(plan.unsubscribe, self.demand[market].is_wanted)
             changes[market] = plan.subscribe + [f"-{n}" for n in plan.unsubscribe]
         return changes
 

@@ -32,7 +32,7 @@ from tests.webtools import (
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "browser-token"
+TOKEN = "browser-token-0123456789"
 # The client's backoff (fastrelay-client.js): retry n waits U(0, min(30 s, 0.5 s * 2^n)).
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
 OUTAGE = 10.0  # seconds the relay stays down while the attempts are counted

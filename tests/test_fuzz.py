@@ -514,7 +514,7 @@ class HubMachine(RuleBasedStateMachine):
         for market, plan in self.demand.plans().items():
             assert not set(plan.subscribe) & set(plan.unsubscribe)
             if plan.unsubscribe:
-                self.cache[market].forget(plan.unsubscribe, self.demand[market].wanted())
+                self.cache[market].forget(plan.unsubscribe, self.demand[market].is_wanted)
         for interest in self.demand.markets.values():
             assert interest.subscribed_upstream == interest.wanted()
 

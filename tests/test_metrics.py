@@ -29,7 +29,7 @@ async def scrape(relay: RunningRelay) -> bytes:
     metrics = relay.metrics
     before = metrics.text
     await wait_until(lambda: metrics.text is not before, what="a new rendering")
-    status, body = await http_get(relay.port, "/metrics")
+    status, body = await http_get(relay.server.metrics_port or relay.port, "/metrics")
     assert status == 200
     return body
 
@@ -78,6 +78,10 @@ async def test_counters_move_with_reconnects_and_deliveries(sim: Simulator) -> N
         status, body = await http_get(relay.server.metrics_port, "/metrics")
         assert status == 200 and b"fastrelay_upstream_connected" in body
         assert (await http_get(relay.server.metrics_port, "/readyz"))[0] == 200
+        # With a metrics port, metrics and readiness are internal: not on the client port.
+        assert (await http_get(relay.port, "/metrics"))[0] == 404
+        assert (await http_get(relay.port, "/readyz"))[0] == 404
+        assert (await http_get(relay.port, "/healthz"))[0] == 200
         await client.close()
         await wait_until(lambda: relay.server.stats.closed["normal"] == 1, what="normal close counted")
 

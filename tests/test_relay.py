@@ -293,11 +293,11 @@ async def test_options_quote_cap_over_all_clients(sim: Simulator) -> None:
         await wait_ready(relay)
         a = await Client.connect(url(relay, "options"))
         b = await Client.connect(url(relay, "options"))
-        await a.subscribe("Q.O:X1,Q.O:X2")
-        await b.send({"action": "subscribe", "params": "Q.O:X3"})
+        await a.subscribe("Q.O:SPY251219C00600000,Q.O:SPY251219C00610000")
+        await b.send({"action": "subscribe", "params": "Q.O:SPY251219C00620000"})
         status = await b.wait_status("error")
         assert "cap of 2 contracts" in status["message"]
-        await b.subscribe("Q.O:X1")  # shared contracts cost nothing
+        await b.subscribe("Q.O:SPY251219C00600000")  # shared contracts cost nothing
         await a.close()
         await b.close()
 

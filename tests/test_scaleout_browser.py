@@ -25,7 +25,7 @@ from tests.webtools import ARTIFACTS, RelayProcess, free_port, http_request, run
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "browser-token"
+TOKEN = "browser-token-0123456789"
 PEER_TIMEOUT = 1.0
 
 

@@ -266,7 +266,7 @@ async def test_edge_fills_a_new_subscriber_and_defers_history_until_the_fetch_is
     role.fills.when_filled([Channel("stocks", "AM", "AAPL")], lambda: delivered.append(history.later.build()))
     await wait_until(lambda: bool(delivered), timeout=TIMEOUT, what="the fetch")
     assert [e["q"] for e in sink.events()] == [1]  # the last value, written by the fill
-    assert orjson.loads(delivered[0].frames[0]) == [orjson.loads(candle)]
+    assert orjson.loads(next(delivered[0].more)) == [orjson.loads(candle)]
     assert role.fills.delivered == 1
 
 

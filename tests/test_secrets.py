@@ -221,9 +221,9 @@ async def test_a_key_the_upstream_refuses_is_not_echoed(tmp_path: Path) -> None:
         await wait_until(
             lambda: sim.stats()["markets"]["stocks"]["auth_failures"] >= 3, what="three refused attempts"
         )
-        status, body = await http_get(relay.port, "/readyz")
+        status, body = await http_get(relay.metrics_port, "/readyz")
         assert status == 503 and b"stocks" in body
-        metrics = await http_raw(relay.port, "/metrics")
+        metrics = await http_raw(relay.metrics_port, "/metrics")
         relay.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(relay.proc.wait(), TIMEOUT * 2) == 0
         output = relay.output()
@@ -267,7 +267,9 @@ def test_configuration_errors_do_not_echo_the_key(
 
 def test_check_config_summary_says_the_key_is_set_without_showing_it() -> None:
     malformed = KEY + ' "\t'
-    result = run_cli("check-config", "--client-tokens", f"{TOKEN},x", env={"MASSIVE_API_KEY": malformed})
+    result = run_cli(
+        "check-config", "--client-tokens", f"{TOKEN},{TOKEN}-2", env={"MASSIVE_API_KEY": malformed}
+    )
     assert result.returncode == 0, result.stderr
     assert b"API key set" in result.stdout and b"2 client token(s)" in result.stdout
     assert_secret_free("stdout+stderr", result.stdout + result.stderr, KEY, TOKEN)

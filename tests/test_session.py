@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
-from fastrelay.session import ClientSession, TokenCheck
+from fastrelay.ratelimit import TokenBucket
+from fastrelay.session import ClientSession, HistoryLimits, Reply, TokenCheck
 from tests.sinks import Core, make_core
 
 
 def statuses(payload: bytes) -> list[tuple[str, str]]:
-    return [(s["status"], s["message"]) for s in orjson.loads(payload)]
+    return [(s["status"], s["message"]) for s in orjson.loads(payload) if s["ev"] == "status"]
 
 
 def core() -> Core:
@@ -112,7 +115,7 @@ def test_huge_subscribe_is_one_error() -> None:
 def test_many_bad_channels_are_summarised() -> None:
     """Errors are listed up to a limit, then counted."""
     s = authed()
-    reply = s.receive(orjson.dumps({"action": "subscribe", "params": ",".join(["bad"] * 30)}))
+    reply = s.receive(orjson.dumps({"action": "subscribe", "params": ",".join(f"bad{i}" for i in range(30))}))
     result = statuses(reply.frames[0])
     assert len(result) == 11 and result[-1] == ("error", "20 more invalid channels")
 
@@ -147,10 +150,74 @@ def test_history_action_sends_events_then_a_status_per_channel() -> None:
     s = authed(on=rig)
     s.receive(b'{"action":"subscribe","params":"A.AAPL"}')
     rig.route("stocks", b'[{"ev":"A","sym":"AAPL","s":1},{"ev":"A","sym":"AAPL","s":2}]')
-    reply = s.receive(b'{"action":"history","params":"A.AAPL,AM.MSFT,bad"}')
-    assert [orjson.loads(f) for f in reply.frames[:1]] == [
+    frames = sent(s.receive(b'{"action":"history","params":"A.AAPL,AM.MSFT,bad"}'))
+    assert [orjson.loads(f) for f in frames[:1]] == [
         [{"ev": "A", "sym": "AAPL", "s": 1}, {"ev": "A", "sym": "AAPL", "s": 2}]
     ]
-    assert statuses(reply.frames[1]) == [("success", "history: A.AAPL (2 events)")]
-    assert statuses(reply.frames[2]) == [("success", "history: AM.MSFT (0 events)")]
-    assert statuses(reply.frames[3])[0][0] == "error"
+    assert statuses(frames[1]) == [("success", "history: A.AAPL (2 events)")]
+    assert statuses(frames[2]) == [("success", "history: AM.MSFT (0 events)")]
+    assert statuses(frames[3])[0][0] == "error"
+
+
+def sent(reply: Reply) -> list[bytes]:
+    """Every payload a reply sends, the lazily built ones included."""
+    return [*reply.frames, *(reply.more or [])]
+
+
+def kept_history(rig: Core, ticker: str, events: int) -> None:
+    """``events`` per-second candles of ``ticker`` kept by the relay (someone subscribes it)."""
+    keeper = rig.session()
+    keeper.receive(b'{"action":"auth","params":"x"}')
+    keeper.receive(orjson.dumps({"action": "subscribe", "params": f"A.{ticker}"}))
+    candles = [{"ev": "A", "sym": ticker, "s": i, "pad": "x" * 100} for i in range(events)]
+    rig.route("stocks", orjson.dumps(candles))
+
+
+def test_history_names_each_channel_once_however_often_it_is_asked() -> None:
+    """2,000 repeats of one channel are one channel: one answer, not 2,000 copies."""
+    rig = core()
+    kept_history(rig, "AAPL", 100)
+    s = authed(on=rig)
+    frames = sent(s.receive(orjson.dumps({"action": "history", "params": ",".join(["A.AAPL"] * 2000)})))
+    done = [m for f in frames for _, m in statuses(f) if m.startswith("history:")]
+    assert done == ["history: A.AAPL (100 events)"]
+
+
+def test_history_requests_are_capped_in_channels_bytes_and_rate() -> None:
+    """Too many channels: one error; a reply over the byte cap: the rest refused by name; past the
+    per-minute budget: an error, nothing built."""
+    rig = core()
+    rig_context = rig.context()
+    for ticker in ("AAPL", "MSFT", "TSLA"):
+        kept_history(rig, ticker, 100)  # about 12 KB of candles each
+    member, _ = rig.member()
+    limits = HistoryLimits(max_channels=2, max_bytes=20_000, per_minute=60, burst=2)
+    s = ClientSession(replace(rig_context, history=limits), member, "stocks")
+    s.receive(b'{"action":"auth","params":"x"}')
+    too_many = s.receive(b'{"action":"history","params":"A.AAPL,A.MSFT,A.TSLA"}')
+    assert statuses(too_many.frames[0]) == [("error", "history: at most 2 channels per request (3 asked)")]
+    frames = sent(s.receive(b'{"action":"history","params":"A.AAPL,A.MSFT"}'))
+    outcome = [st for f in frames for st in statuses(f) if st[1].startswith("history:")]
+    assert outcome == [
+        ("success", "history: A.AAPL (100 events)"),
+        ("error", "history: A.MSFT not sent: the reply would pass 20000 bytes"),
+    ]
+    over = s.receive(b'{"action":"history","params":"A.AAPL"}')
+    assert statuses(over.frames[0]) == [("error", "history: at most 60 requests a minute")]
+    assert over.more is None
+
+
+def test_over_the_message_rate_one_error_per_second_then_silence() -> None:
+    """Past the rate limit a client hears one error per second, not one per message."""
+    rig = core()
+    now = [0.0]
+    member, _ = rig.member()
+    context = replace(
+        rig.context(), limiter=lambda: TokenBucket(1.0, 2, clock=lambda: now[0]), clock=lambda: now[0]
+    )
+    s = ClientSession(context, member, "stocks")
+    answers = [s.receive(b'{"action":"dance"}') for _ in range(10)]
+    assert [len(a.frames) for a in answers] == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert "rate limit" in statuses(answers[2].frames[0])[0][1]
+    now[0] += 1.0
+    assert "rate limit" not in statuses(s.receive(b'{"action":"dance"}').frames[0])[0][1]  # a token again

@@ -88,7 +88,9 @@ class Client:
             await self.wait_status("success")
 
     async def _receive(self) -> None:
-        frame = await self.ws.recv()
+        self._take(await self.ws.recv())
+
+    def _take(self, frame: str | bytes) -> None:
         for message in orjson.loads(frame):
             if message.get("ev") == "status":
                 self.statuses.append(message)
@@ -124,6 +126,22 @@ class Client:
     async def wait_events(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
         await self.wait_for(lambda: len(self.events) >= count, timeout, f"{count} events")
         return self.events
+
+    async def settle(self) -> None:
+        """Take in everything the server sent before it answered a ping of ours.
+
+        The server handles a connection's frames in order, so once the pong is
+        in, every reply to what this client sent earlier is in too: what is not
+        here by then was never sent.
+        """
+        pong = await self.ws.ping()
+        await asyncio.wait_for(pong, TIMEOUT)
+        while True:
+            try:
+                frame = await asyncio.wait_for(self.ws.recv(), 0.01)
+            except TimeoutError:
+                return
+            self._take(frame)
 
     async def close(self) -> None:
         await self.ws.close()

@@ -1,0 +1,98 @@
+"""What a client may send, and how the relay takes it; pure.
+
+Every byte and every frame a client sends costs the relay CPU before any rule
+looks at it, so each connection has an inbound budget (``InboundBudget``:
+frames and bytes per second, with a burst, control frames included). A
+connection over budget is closed (``CloseReason.FLOOD``), not answered: an
+answer per excess message is what turns a flood into a denial of service for
+everyone else.
+
+The rest is RFC 6455 as picows leaves it to the application: fragmented
+messages are reassembled under the message cap (``Reassembly``), and a close
+frame is answered with a code that may be sent (``close_reply``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from fastrelay.closes import CloseReason
+
+
+@dataclass(frozen=True)
+class InboundLimits:
+    """Per connection. The defaults leave a browser or an official client far inside them:
+    they send a handful of control messages and a ping every 20-25 s."""
+
+    frames_per_second: float = 50.0
+    frame_burst: float = 200.0
+    bytes_per_second: float = 256 * 1024
+    byte_burst: float = 1024 * 1024  # four full-size (256 KiB) messages at once
+
+
+class InboundBudget:
+    """Two token buckets (frames, bytes) refilled at their rates; one object per connection."""
+
+    __slots__ = ("_bytes", "_frames", "_limits", "_updated")
+
+    def __init__(self, limits: InboundLimits, now: float) -> None:
+        self._limits = limits
+        self._frames = limits.frame_burst
+        self._bytes = limits.byte_burst
+        self._updated = now
+
+    def take(self, size: int, now: float) -> bool:
+        """Charge one frame of ``size`` bytes; False once the connection is over budget."""
+        limits = self._limits
+        elapsed = now - self._updated
+        if elapsed > 0:
+            self._updated = now
+            self._frames = min(limits.frame_burst, self._frames + elapsed * limits.frames_per_second)
+            self._bytes = min(limits.byte_burst, self._bytes + elapsed * limits.bytes_per_second)
+        self._frames -= 1
+        self._bytes -= size
+        return self._frames >= 0 and self._bytes >= 0
+
+
+class Reassembly:
+    """One fragmented message being put back together (RFC 6455 5.4), under ``limit`` bytes."""
+
+    __slots__ = ("binary", "limit", "parts", "size")
+
+    def __init__(self, binary: bool, first: bytes, limit: int) -> None:
+        self.binary = binary
+        self.limit = limit
+        self.parts = [first]
+        self.size = len(first)
+
+    def add(self, part: bytes) -> bool:
+        """Append a continuation; False when the message would pass the limit."""
+        self.size += len(part)
+        if self.size > self.limit:
+            return False
+        self.parts.append(part)
+        return True
+
+    def message(self) -> bytes:
+        return b"".join(self.parts)
+
+
+# Codes an endpoint may send in a close frame (RFC 6455 7.4.1, 7.4.2): 1005,
+# 1006 and 1015 are for reporting only, 1004 is reserved, 1016-2999 are for
+# future revisions of the RFC and extensions, 3000-4999 for libraries and applications.
+_SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+NO_CODE: Final = 0  # what picows reports for a close frame without a payload
+
+
+def close_reply(code: int) -> int | None:
+    """The code to answer a client's close with; None: answer with an empty close.
+
+    An empty close is answered with an empty close; a valid code is echoed
+    (RFC 6455 5.5.1); a code that may not be sent is a protocol error (1002).
+    """
+    if code == NO_CODE:
+        return None
+    if code in _SENDABLE or 3000 <= code <= 4999:
+        return code
+    return CloseReason.PROTOCOL_ERROR.code
