@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -184,6 +185,22 @@ class RelayCollector(Collector):
         )
 
 
+class BootTimeProcessCollector(ProcessCollector):
+    """prometheus-client's ``process_*`` metrics, also where ``/proc/stat`` is hidden.
+
+    The stock collector reads the boot time from ``/proc/stat`` and exports
+    nothing at all without it; systemd's ``ProcSubset=pid`` (deploy/) hides it.
+    The process's own ``/proc/PID`` is still there, and the boot time is the
+    wall clock minus the time since boot.
+    """
+
+    def _boot_time(self) -> float:
+        try:
+            return float(super()._boot_time())  # type: ignore[no-untyped-call]
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class LoopLagMonitor:
     """Measures how late a periodic timer fires: the loop's responsiveness."""
 
@@ -219,7 +236,7 @@ class Metrics:
         self.loop_lag = LoopLagMonitor()
         self.registry = CollectorRegistry(auto_describe=False)
         # The default process_* and python_* families, as SREs' dashboards expect.
-        ProcessCollector(registry=self.registry)
+        BootTimeProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.registry.register(RelayCollector(role, server, self.loop_lag.histogram))

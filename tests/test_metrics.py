@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.closes import CLOSE_LABELS
 from fastrelay.feed import MASSIVE_REASONS
 from fastrelay.histogram import Histogram
+from fastrelay.metrics import BootTimeProcessCollector
 from fastrelay.simulator import Simulator
 from tests.utils import Client, fast_relay_config, http_get, wait_until
 
@@ -93,3 +98,15 @@ def test_histogram_buckets_are_cumulative_with_le_semantics() -> None:
         hist.observe(v)
     assert hist.cumulative() == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
     assert hist.count == 4 and abs(hist.sum - 5.0065) < 1e-9
+
+
+def test_process_metrics_survive_a_hidden_proc_stat(tmp_path: Path) -> None:
+    """Under systemd's ProcSubset=pid /proc/stat is gone; CPU, memory and fds are still exported."""
+    os.symlink(f"/proc/{os.getpid()}", tmp_path / "self")  # only the process's own directory
+    registry = CollectorRegistry()
+    BootTimeProcessCollector(proc=str(tmp_path), registry=registry)
+    names = {family.name for family in registry.collect()}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"} <= names
+    stock = CollectorRegistry()
+    ProcessCollector(proc=str(tmp_path), registry=stock)
+    assert list(stock.collect()) == []  # what the stock collector gives there: nothing

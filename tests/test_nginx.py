@@ -7,6 +7,7 @@ of a relay and a simulator in this process, all on 127.0.0.1 high ports.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fastrelay.config import RelayConfig
 from fastrelay.simulator import Simulator
 from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
 from tests.webtools import (
+    SITE_CONF,
     WEB_ROOT,
     Nginx,
     http_request,
@@ -218,3 +220,34 @@ def test_timeouts_outlast_the_relay_ping_interval() -> None:
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
         seconds = int(site_setting(rf"^\s*{directive} (\d+)s;"))
         assert ping_every + 15 <= seconds <= 120, (directive, seconds)
+
+
+async def test_every_location_sends_the_security_headers_and_no_hsts_over_http(proxied: Proxied) -> None:
+    """The page, a 404, an internal path and the probe all carry the same headers; HSTS only over TLS."""
+    for path in ("/", "/dashboard.js", "/nope", "/.git/config", "/metrics", "/healthz"):
+        response = await http_request(proxied.nginx.port, path)
+        headers = response.headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY", path
+        assert headers["referrer-policy"] == "no-referrer", path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert "strict-transport-security" not in headers, path  # plain http here
+    assert 'https   "max-age=63072000' in SITE_CONF.read_text()
+
+
+def test_slow_clients_are_timed_out_and_every_location_is_limited() -> None:
+    """Header, keep-alive and send timeouts are set on purpose; no location is free of a limit."""
+    assert site_setting(r"^\s*client_header_timeout (\d+)s;") == "10"
+    assert site_setting(r"^\s*keepalive_timeout\s+(\d+)s;") == "15"
+    assert site_setting(r"^\s*send_timeout\s+(\d+)s;") == "30"
+    text = SITE_CONF.read_text()
+    locations = []
+    for found in re.finditer(r"^\s*location [^{]*\{", text, re.M):
+        depth, end = 1, found.end()
+        while depth:  # the block up to its matching brace (types { } nests inside one)
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        locations.append(text[found.start() : end])
+    assert len(locations) >= 6
+    for block in locations:
+        assert "limit_req zone=" in block, block

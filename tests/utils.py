@@ -179,3 +179,10 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
         await writer.wait_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     return (int(head.split()[1]) if head else 0), body
+
+
+async def close_raw(writer: asyncio.StreamWriter) -> None:
+    """Close a raw stream connection, whatever state the peer left it in."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
