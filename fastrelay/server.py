@@ -363,7 +363,8 @@ def _plain(
         headers = {"Content-Type": content_type, "Cache-Control": "no-cache", **(extra or {})}
         response = WSUpgradeResponse.create_ok_response(body, headers)
     else:
-        response = WSUpgradeResponse.create_error_response(status, body, {"Content-Type": content_type})
+        headers = {"Content-Type": content_type, **(extra or {})}
+        response = WSUpgradeResponse.create_error_response(status, body, headers)
     return WSUpgradeResponseWithListener(response, None)
 
 
@@ -614,6 +615,11 @@ class RelayServer:
         if not self.role.serves_clients and (path == API_SOCKET_PATH or markets.is_market(market)):
             return _plain(404, b"this is a fastrelay ingest: clients connect to an edge\n")
         if path == API_SOCKET_PATH or market in self.relay.config.markets:
+            version = request.headers.get("sec-websocket-version")
+            if version is not None and version.strip() != "13":
+                # RFC 6455 4.2.2: name the version this server speaks (picows would also
+                # take 7 and 8, drafts no client has sent for a decade).
+                return _plain(426, b"WebSocket version 13 only\n", extra={"Sec-WebSocket-Version": "13"})
             refusal = self._refusal(request)
             if refusal is not None:
                 self.stats.count_close(path, CloseReason.POLICY if refusal[0] == 403 else CloseReason.LIMIT)

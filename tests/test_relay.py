@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from bench.attacks import text
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.interest import MarketInterest
 from fastrelay.protocol import Channel
@@ -143,8 +144,8 @@ async def test_slow_consumer_is_dropped_and_others_keep_receiving() -> None:
         stuck.send(
             f"GET /stocks HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-            + _masked_text(b'{"action":"auth","params":"x"}')
-            + _masked_text(b'{"action":"subscribe","params":"T.*,Q.*"}')
+            + text(b'{"action":"auth","params":"x"}')
+            + text(b'{"action":"subscribe","params":"T.*,Q.*"}')
         )
         normal = await Client.connect(url(relay))
         await normal.subscribe("T.*")
@@ -177,12 +178,6 @@ def tcp_sockets(local_port: int, remote_port: int) -> list[str]:
         if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == remote_port:
             found.append(state)
     return found
-
-
-def _masked_text(payload: bytes) -> bytes:
-    """A client-to-server text frame (masked with a zero key, RFC 6455 5.3)."""
-    assert len(payload) < 126
-    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ import orjson
 import pytest
 import websockets
 
+from bench.attacks import text
 from fastrelay.simulator import Simulator
 from tests.utils import TIMEOUT, Client, http_get, wait_until
 
@@ -108,14 +109,11 @@ async def stuck_client(port: int) -> socket.socket:
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
 
-    def masked(payload: bytes) -> bytes:
-        return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
-
     sock.send(
         b"GET /stocks HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: c3R1Y2tjbGllbnQwMDAwMA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        + masked(b'{"action":"auth","params":"x"}')
-        + masked(b'{"action":"subscribe","params":"T.AAPL"}')
+        + text(b'{"action":"auth","params":"x"}')
+        + text(b'{"action":"subscribe","params":"T.AAPL"}')
     )
     return sock
 

@@ -1,0 +1,411 @@
+"""One hostile client at a time, for the abuse tests (tests/test_abuse.py) and `make bench`.
+
+Each attack is what one client (or one address) can do to a relay on its own,
+measured as issue reports had it: floods of tiny frames before auth, a
+sustained byte stream, pings from a client that never reads, history
+amplification, junk subscriptions, capture of the options contract cap,
+deeply nested JSON, token guessing. Each is bounded (by frames, bytes or
+seconds) and returns an ``AttackReport``: what was sent, and how the relay
+answered (its close code, when, how much it wrote back).
+
+Run alone: ``python -m bench.attacks MODE --port P [--duration S]`` prints the
+report as JSON. Raw sockets throughout: a WebSocket library would slow the
+attacker down or refuse to send what an attacker sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+# Opcodes (RFC 6455 5.2).
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0) -> bytes:
+    """A client-to-server frame, masked with a zero key (RFC 6455 5.3: the mask is required)."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    size = len(payload)
+    if size < 126:
+        header = bytes((first, 0x80 | size))
+    elif size < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, size)
+    return header + b"\0\0\0\0" + payload
+
+
+def text(message: dict[str, Any] | bytes) -> bytes:
+    return client_frame(TEXT, message if isinstance(message, bytes) else orjson.dumps(message))
+
+
+def handshake(path: str = "/stocks", headers: dict[str, str] | None = None, version: str = "13") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        f"Sec-WebSocket-Version: {version}",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@dataclass
+class AttackReport:
+    attack: str
+    connections: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    close_code: int | None = None  # the relay's close frame, if one came
+    closed_after: float | None = None  # seconds from the first byte sent to the close (or reset)
+    duration: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)  # status -> count, where read
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+class RawClient:
+    """One raw WebSocket connection: bytes out as fast as the socket takes them, frames in."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status_line: bytes
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.status_line = status_line.split(b"\r\n", 1)[0]
+        self.head = status_line  # the whole response head: status line and headers
+        self.buffer = b""
+        self.received = 0
+        # The relay (or nginx in front) reset the connection: a proxy closing a socket
+        # with unread input sends a reset, which can overtake the close frame.
+        self.reset = False
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        path: str = "/stocks",
+        headers: dict[str, str] | None = None,
+        receive_buffer: int | None = None,
+        version: str = "13",
+    ) -> RawClient:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        if receive_buffer is not None:
+            # Set before connecting: the window the kernel advertises follows it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        writer.write(handshake(path, headers, version))
+        head = await reader.readuntil(b"\r\n\r\n")
+        return cls(reader, writer, head)
+
+    @property
+    def upgraded(self) -> bool:
+        return b" 101 " in self.status_line
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def next_frame(self, timeout: float) -> tuple[int, bytes] | None:
+        """(opcode, payload) of the next server frame; None at EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = _parse(self.buffer)
+            if found is not None:
+                opcode, payload, used = found
+                self.buffer = self.buffer[used:]
+                return opcode, payload
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(1 << 16), remaining)
+            except TimeoutError:
+                return None
+            except ConnectionError:
+                self.reset = True
+                return None
+            if not chunk:
+                return None
+            self.received += len(chunk)
+            self.buffer += chunk
+
+    async def messages(self, timeout: float) -> list[dict[str, Any]]:
+        """Every JSON object of the text frames that arrive within ``timeout`` (until a close)."""
+        found: list[dict[str, Any]] = []
+        while (frame := await self.next_frame(timeout)) is not None:
+            opcode, payload = frame
+            if opcode == CLOSE:
+                break
+            if opcode == TEXT:
+                found.extend(orjson.loads(payload))
+        return found
+
+    async def wait_closed(self, timeout: float) -> int | None:
+        """The code of the relay's close frame (0 for an empty one; None: none came, or a reset)."""
+        while (frame := await self.next_frame(timeout)) is not None:
+            opcode, payload = frame
+            if opcode == CLOSE:
+                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+def _parse(buffer: bytes) -> tuple[int, bytes, int] | None:
+    """One unmasked server frame from the front of ``buffer``: (opcode, payload, bytes used)."""
+    if len(buffer) < 2:
+        return None
+    opcode = buffer[0] & 0x0F
+    size = buffer[1] & 0x7F
+    offset = 2
+    if size == 126:
+        if len(buffer) < 4:
+            return None
+        size, offset = struct.unpack("!H", buffer[2:4])[0], 4
+    elif size == 127:
+        if len(buffer) < 10:
+            return None
+        size, offset = struct.unpack("!Q", buffer[2:10])[0], 10
+    if len(buffer) < offset + size:
+        return None
+    return opcode, buffer[offset : offset + size], offset + size
+
+
+async def authed(host: str, port: int, token: str = "token", **kwargs: Any) -> RawClient:
+    client = await RawClient.connect(host, port, **kwargs)
+    await client.send(text({"action": "auth", "params": token}))
+    return client
+
+
+async def _flood(
+    client: RawClient, chunk: bytes, frames_per_chunk: int, report: AttackReport, until: float
+) -> None:
+    """Send ``chunk`` again and again until the relay closes, the socket fails or time is up."""
+    started = time.monotonic()
+    closed = asyncio.ensure_future(client.wait_closed(until - started + 1.0))
+    try:
+        while time.monotonic() < until and not closed.done():
+            try:
+                await client.send(chunk)
+            except (ConnectionError, OSError):
+                client.reset = True
+                break
+            report.frames_sent += frames_per_chunk
+            report.bytes_sent += len(chunk)
+            await asyncio.sleep(0)
+        code = await asyncio.wait_for(closed, max(0.1, until - time.monotonic() + 1.0))
+    except TimeoutError:
+        code = None
+    report.close_code = code
+    cut_off = code is not None or client.reset or client.reader.at_eof()
+    report.closed_after = time.monotonic() - started if cut_off else None
+    report.notes["reset"] = client.reset
+    report.bytes_received = client.received
+
+
+# --- the attacks ----------------------------------------------------------------------------------
+
+
+async def frame_flood(host: str, port: int, kind: str = "text", duration: float = 3.0) -> AttackReport:
+    """Tiny frames (1-byte text, binary or ping) as fast as the socket takes them, before auth."""
+    report = AttackReport(f"frame-flood-{kind}", connections=1)
+    opcode = {"text": TEXT, "binary": BINARY, "ping": PING}[kind]
+    frame = client_frame(opcode, b"x")
+    client = await RawClient.connect(host, port)
+    started = time.monotonic()
+    await _flood(client, frame * 2000, 2000, report, started + duration)
+    report.duration = time.monotonic() - started
+    client.close()
+    return report
+
+
+async def byte_flood(host: str, port: int, rate: float = 1_000_000.0, duration: float = 3.0) -> AttackReport:
+    """A sustained stream of valid messages (8 Mbit/s by default) from an authenticated client."""
+    report = AttackReport("byte-flood", connections=1)
+    client = await authed(host, port)
+    message = text({"action": "unsubscribe", "params": ",".join(f"T.S{i:05d}" for i in range(1000))})
+    started = time.monotonic()
+    closed = asyncio.ensure_future(client.wait_closed(duration + 1.0))
+    while time.monotonic() - started < duration and not closed.done():
+        due = started + report.bytes_sent / rate
+        if due > time.monotonic():
+            await asyncio.sleep(due - time.monotonic())
+        try:
+            await client.send(message)
+        except (ConnectionError, OSError):
+            break
+        report.frames_sent += 1
+        report.bytes_sent += len(message)
+    with contextlib.suppress(TimeoutError):
+        report.close_code = await asyncio.wait_for(closed, 1.5)
+    report.closed_after = time.monotonic() - started if report.close_code is not None else None
+    report.duration = time.monotonic() - started
+    report.bytes_received = client.received
+    client.close()
+    return report
+
+
+async def silent_pings(host: str, port: int, duration: float = 3.0) -> AttackReport:
+    """Pings from a client with a tiny receive buffer that never reads the pongs."""
+    report = AttackReport("silent-pings", connections=1)
+    client = await RawClient.connect(host, port, receive_buffer=4096)
+    chunk = client_frame(PING, b"p" * 125) * 200
+    started = time.monotonic()
+    while time.monotonic() - started < duration:
+        try:
+            client.writer.write(chunk)
+            await asyncio.wait_for(client.writer.drain(), 0.5)
+        except (ConnectionError, OSError, TimeoutError):
+            break  # the relay closed, reset or stopped reading us
+        report.frames_sent += 200
+        report.bytes_sent += len(chunk)
+    report.duration = time.monotonic() - started
+    report.close_code = await client.wait_closed(1.0)
+    client.close()
+    return report
+
+
+async def history_amplification(
+    host: str, port: int, repeats: int = 2000, requests: int = 3, hold: float = 3.0
+) -> AttackReport:
+    """History requests naming one channel thousands of times, from a client that does not read."""
+    report = AttackReport("history-amplification", connections=1)
+    client = await authed(host, port, receive_buffer=4096)
+    await client.send(text({"action": "subscribe", "params": "AM.AAPL,A.AAPL"}))
+    request = text({"action": "history", "params": ",".join(["A.AAPL", "AM.AAPL"] * (repeats // 2))})
+    started = time.monotonic()
+    for _ in range(requests):
+        await client.send(request)
+        report.frames_sent += 1
+        report.bytes_sent += len(request)
+    await asyncio.sleep(hold)  # holding the connection open without reading is the attack
+    report.duration = time.monotonic() - started
+    report.close_code = await client.wait_closed(1.0)
+    report.bytes_received = client.received
+    client.close()
+    return report
+
+
+async def junk_subscriptions(
+    host: str, port: int, connections: int = 50, per_connection: int = 2000, market: str = "stocks"
+) -> AttackReport:
+    """Many connections from one address, each subscribing thousands of made-up tickers."""
+    report = AttackReport("junk-subscriptions", connections=connections)
+    clients = []
+    for index in range(connections):
+        client = await authed(host, port, path=f"/{market}")
+        names = ",".join(f"T.J{index:03d}X{i:05d}" for i in range(per_connection))
+        message = text({"action": "subscribe", "params": names})
+        await client.send(message)
+        report.frames_sent += 2
+        report.bytes_sent += len(message)
+        clients.append(client)
+    accepted = 0
+    for client in clients:
+        for status in await client.messages(0.5):
+            report.statuses[status.get("status", "?")] = report.statuses.get(status.get("status", "?"), 0) + 1
+            if status.get("status") == "success" and str(status.get("message", "")).startswith("subscribed"):
+                accepted += 1
+    report.notes["accepted_channels"] = accepted
+    for client in clients:
+        client.close()
+    return report
+
+
+async def contract_capture(host: str, port: int, contracts: int = 1000) -> AttackReport:
+    """One client subscribing the whole options quote cap with contracts nobody trades."""
+    report = AttackReport("contract-capture", connections=1)
+    client = await authed(host, port, path="/options")
+    names = ",".join(f"Q.O:JUNK{261231 - i % 300:06d}C{i:08d}" for i in range(contracts))
+    await client.send(text({"action": "subscribe", "params": names}))
+    accepted = 0
+    for status in await client.messages(1.0):
+        if status.get("status") == "success":
+            accepted += 1
+        report.statuses[status.get("status", "?")] = report.statuses.get(status.get("status", "?"), 0) + 1
+    report.notes["accepted_contracts"] = accepted
+    report.notes["client"] = client  # kept open by the caller, to hold what it got
+    return report
+
+
+async def nested_json(host: str, port: int, depth: int = 2000, count: int = 50) -> AttackReport:
+    """Messages nested thousands deep, before auth."""
+    report = AttackReport("nested-json", connections=1)
+    client = await RawClient.connect(host, port)
+    message = text(b'{"action":"auth","x":' + b"[" * depth + b"]" * depth + b"}")
+    for _ in range(count):
+        await client.send(message)
+        report.frames_sent += 1
+        report.bytes_sent += len(message)
+    for status in await client.messages(1.0):
+        report.statuses[status.get("status", "?")] = report.statuses.get(status.get("status", "?"), 0) + 1
+    report.close_code = await client.wait_closed(0.2)
+    client.close()
+    return report
+
+
+async def token_guessing(host: str, port: int, attempts: int = 20) -> AttackReport:
+    """One connection per guessed token, from one address."""
+    report = AttackReport("token-guessing")
+    for guess in range(attempts):
+        client = await RawClient.connect(host, port)
+        report.connections += 1
+        await client.send(text({"action": "auth", "params": f"guess-{guess:06d}"}))
+        for status in await client.messages(0.5):
+            key = f"{status.get('status')}: {status.get('message')}"
+            report.statuses[key] = report.statuses.get(key, 0) + 1
+        client.close()
+    return report
+
+
+ATTACKS = {
+    "frame-flood-text": lambda h, p, d: frame_flood(h, p, "text", d),
+    "frame-flood-binary": lambda h, p, d: frame_flood(h, p, "binary", d),
+    "frame-flood-ping": lambda h, p, d: frame_flood(h, p, "ping", d),
+    "byte-flood": lambda h, p, d: byte_flood(h, p, duration=d),
+    "silent-pings": lambda h, p, d: silent_pings(h, p, d),
+    "history-amplification": lambda h, p, d: history_amplification(h, p, hold=d),
+    "junk-subscriptions": lambda h, p, d: junk_subscriptions(h, p),
+    "nested-json": lambda h, p, d: nested_json(h, p),
+    "token-guessing": lambda h, p, d: token_guessing(h, p),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.attacks", description=__doc__)
+    parser.add_argument("attack", choices=sorted(ATTACKS))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    report = asyncio.run(ATTACKS[args.attack](args.host, args.port, args.duration))
+    report.notes.pop("client", None)
+    sys.stdout.buffer.write(report.as_json() + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
