@@ -185,7 +185,7 @@ class Hub:
                 )
         return self.interest.admit(market, [c.name for c in wanted])
 
-    def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> list[Channel]:
+    def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> None:
         removed = [c for c in dict.fromkeys(channels) if c in member.channels]
         self.subscriptions -= len(removed)
         if member.address is not None:
@@ -195,7 +195,6 @@ class Hub:
             self.interest.remove(channel)
         if removed:
             self._move(member)
-        return removed
 
     def _move(self, member: Member) -> None:
         """Put the member in the audience of its current channel set."""
@@ -268,12 +267,11 @@ class Hub:
     # --- the hot path -----------------------------------------------------------
     def route(
         self, market: str, heads: Sequence[EventHead], raws: Sequence[RawEvent], arrival: float | None = None
-    ) -> int:
+    ) -> None:
         """Queue one upstream frame's events for the audiences that want them.
 
         ``raws`` are the events' bytes (``msgspec.Raw`` or ``bytes``), kept as
         they came; ``arrival`` is the frame's ``perf_counter()`` arrival.
-        Returns how many (event, audience) pairs were queued.
         """
         if arrival is None:
             arrival = time.perf_counter()
@@ -282,7 +280,6 @@ class Hub:
         exact = index.exact
         tagging = index.ambiguous
         dirty = self._dirty
-        queued = 0
         for head, raw in zip(heads, raws, strict=True):
             ev = head.ev
             if ev.__class__ is not str:
@@ -296,7 +293,6 @@ class Hub:
             for targets in (wildcard.get(ev), exact_targets):
                 if targets is None:
                     continue
-                queued += len(targets)
                 for audience in targets:
                     pending = audience.pending
                     if not pending:
@@ -304,7 +300,6 @@ class Hub:
                         audience.first_arrival = arrival
                     pending.append(tag_market(raw, market) if tagging and audience.tagged else raw)
         self.events_routed += len(heads)
-        return queued
 
     def has_pending(self) -> bool:
         return bool(self._dirty)

@@ -24,19 +24,18 @@ class LogThrottle:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, msg: str, *args: Any) -> bool:
-        """Log unless ``msg`` was logged less than an interval ago; True if logged."""
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        """Log unless ``msg`` was logged less than an interval ago."""
         now = self._clock()
         last = self._last.get(msg)
         if last is not None and now - last < self._interval:
             self._suppressed[msg] = self._suppressed.get(msg, 0) + 1
-            return False
+            return
         self._last[msg] = now
         suppressed = self._suppressed.pop(msg, 0)
         if suppressed:
             msg = f"{msg} (and {suppressed} more like it since the last report)"
         self._logger.log(level, msg, *args)
-        return True
 
 
 class TokenBucket:

@@ -73,11 +73,11 @@ class Core:
     outbox: Outbox
     dropped: list[Member] = field(default_factory=list)  # members whose connection the outbox closed
 
-    def route(self, market: str, payload: bytes) -> int:
+    def route(self, market: str, payload: bytes) -> None:
         """One upstream frame, as ``Relay.feed_events`` takes it."""
         heads, raws = decode_frame(payload)
         self.cache[market].record(heads, raws)
-        return self.hub.route(market, heads, raws)
+        self.hub.route(market, heads, raws)
 
     def member(self, tags_markets: bool = False) -> tuple[Member, RecordingSink]:
         sink = RecordingSink()

@@ -35,7 +35,7 @@ from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.fills import Fills
-from fastrelay.scaleout.link import Link, NatsLink
+from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import LAG_BOUNDS, EdgeCollector
 from fastrelay.scaleout.subjects import Subjects, open_envelope
 
@@ -194,12 +194,9 @@ class Edge:
 
     # --- the ingest's state ---------------------------------------------------------------
     async def _on_ingest(self, msg: Any) -> None:
-        try:
-            state = messages.decode_as(msg.data, messages.IngestState)
-        except messages.MessageError as exc:
-            self.link.skip_bad(f"a message on {msg.subject}", exc)
-            return
-        self._ingest_said(state)
+        state = received(self.link, msg, messages.IngestState)
+        if state is not None:
+            self._ingest_said(state)
 
     def _ingest_said(self, state: messages.IngestState) -> None:
         now = self._clock()

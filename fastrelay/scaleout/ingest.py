@@ -28,7 +28,7 @@ from fastrelay.protocol import ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
-from fastrelay.scaleout.link import Link, NatsLink
+from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import IngestCollector
 from fastrelay.scaleout.registry import Change, Diff, EdgeRegistry
 from fastrelay.scaleout.subjects import BATCH, ENVELOPE_HEADER, Subjects, seal
@@ -217,12 +217,9 @@ class Ingest:
         return messages.encode(messages.IngestState(self.config.instance_name, self.granularity, markets))
 
     async def _on_interest(self, msg: Any) -> None:
-        try:
-            interest = messages.decode_as(msg.data, messages.EdgeInterest)
-        except messages.MessageError as exc:
-            self.link.skip_bad(f"a message on {msg.subject}", exc)
-            return
-        self._edge_wants(interest)
+        interest = received(self.link, msg, messages.EdgeInterest)
+        if interest is not None:
+            self._edge_wants(interest)
 
     def _edge_wants(self, interest: messages.EdgeInterest) -> None:
         wanted: set[Change] = set()
@@ -266,11 +263,12 @@ class Ingest:
             self.registry.reject(edge, rejected)
 
     async def _on_snapshot(self, msg: Any) -> None:
-        try:
-            reply = self.snapshot(messages.decode_as(msg.data, messages.SnapshotRequest))
-        except messages.MessageError as exc:
-            self.link.skip_bad(f"a message on {msg.subject}", exc)
-            reply = messages.SnapshotReply(error=str(exc))
+        request = received(self.link, msg, messages.SnapshotRequest)
+        reply = (
+            self.snapshot(request)
+            if request is not None
+            else messages.SnapshotReply(error="bad control message: expected a snapshot request")
+        )
         if msg.reply:
             await msg.respond(messages.encode(reply))
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -23,6 +23,7 @@ from nats.errors import SlowConsumerError
 from fastrelay.backoff import Backoff
 from fastrelay.config import redact
 from fastrelay.ratelimit import LogThrottle
+from fastrelay.scaleout import messages
 
 log = logging.getLogger("fastrelay.nats")
 
@@ -48,6 +49,18 @@ class LinkStatistics:
     slow_consumer_drops: int = 0
     connects: int = 0
     disconnects: int = 0
+
+
+Expected = TypeVar("Expected", messages.EdgeInterest, messages.IngestState, messages.SnapshotRequest)
+
+
+def received(link: Link, msg: Any, kind: type[Expected]) -> Expected | None:
+    """A control message of ``kind`` from ``msg``; anything else is counted, logged and skipped."""
+    try:
+        return messages.decode_as(msg.data, kind)
+    except messages.MessageError as exc:
+        link.skip_bad(f"a message on {msg.subject}", exc)
+        return None
 
 
 class Link(Protocol):
