@@ -39,10 +39,15 @@ class CloseReason(enum.Enum):
     FLOOD = (1008, "flood")
     # Too many connections from the client's address: 1013, try again later.
     LIMIT = (1013, "limit")
-    # No answer to a ping within --client-ping-timeout.
-    IDLE = (1001, "idle")
-    # The relay is shutting down (SIGTERM/SIGINT).
-    SHUTDOWN = (1001, "shutdown")
+    # No answer to a ping within --client-ping-timeout. Not 1001: Massive's
+    # Python client ends for good on 1000, 1001 and 1005, and a client that
+    # stalled for a while (a laptop asleep) should come back. 1013 (try again
+    # later) makes every client retry, after a pause (fastrelay-client.js) or
+    # its own backoff (the official clients).
+    IDLE = (1013, "idle")
+    # The relay is shutting down or restarting (SIGTERM/SIGINT): 1012, service
+    # restart, which clients retry on (1001 would end Massive's Python client).
+    SHUTDOWN = (1012, "shutdown")
     # The connection was lost without a close handshake.
     ERROR = (0, "error")
 

@@ -117,7 +117,7 @@ class RelayConfig:
     # /metrics serves a rendering at most this old: rendering takes ms, and
     # picows answers HTTP synchronously on the loop, so it runs on a timer.
     metrics_interval: float = 1.0
-    # SIGTERM/SIGINT to exit: clients closed with 1001 over the first third
+    # SIGTERM/SIGINT to exit: clients closed with 1012 (service restart) over the first third
     # (at most 5 s) so they do not all reconnect at once, then the upstreams.
     shutdown_timeout: float = 10.0
     log_format: str = "text"

@@ -238,9 +238,9 @@ async def test_client_that_never_authenticates_is_closed_after_the_auth_timeout(
         await punctual.close()
 
 
-async def test_idle_client_is_pinged_and_closed_1001_when_silent(sim: Simulator) -> None:
+async def test_idle_client_is_pinged_and_closed_1013_when_silent(sim: Simulator) -> None:
     """Ping interval 0.1 s, timeout 0.2 s: a client that never answers gets a ping, then a close
-    with 1001 (counted as idle); a client that answers pings stays."""
+    with 1013 (counted as idle: a code every client retries on); a client that answers pings stays."""
     async with relay_with(sim, client_ping_interval=0.1, client_ping_timeout=0.2) as relay:
         alive = await Client.connect(url(relay))  # websockets answers pings itself
         reader, writer = await upgraded_raw(relay.port)
@@ -251,7 +251,7 @@ async def test_idle_client_is_pinged_and_closed_1001_when_silent(sim: Simulator)
             if opcode == 0x8:
                 break
         assert 0x9 in opcodes  # pinged first
-        assert struct.unpack("!H", payload[:2])[0] == 1001
+        assert struct.unpack("!H", payload[:2])[0] == 1013
         assert relay.server.pings.reaped == 1
         await wait_until(lambda: relay.server.stats.closed["idle"] == 1, what="idle close counted")
         pings = relay.server.pings.pings_sent

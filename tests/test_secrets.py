@@ -191,7 +191,7 @@ async def test_the_key_never_leaks_through_any_path(tmp_path: Path) -> None:
         relay.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(relay.proc.wait(), TIMEOUT * 2) == 0
         for name, collector in (("client", client), ("api", everywhere)):
-            assert await collector.wait_closed() == 1001
+            assert await collector.wait_closed() == 1012
             captured.append((f"{name} frames", collector.received()))
         captured.append(("intruder frames", intruder.received()))
         captured.append(("oversized frames", oversized.received()))

@@ -3,7 +3,7 @@
 ``fastrelay serve`` runs as a child process against the simulator of this
 process, with 50 subscribed clients plus one that never reads. On SIGTERM it
 must: answer /readyz with 503 while it drains, refuse new connections, close
-every client with 1001 spread over a window (not all at the same instant, so
+every client with 1012 (service restart: every client retries) spread over a window (not all at the same instant, so
 they do not reconnect to the next instance at once), then close its upstream
 connection, and exit 0 within ``--shutdown-timeout``.
 """
@@ -174,7 +174,7 @@ async def test_sigterm_drains_a_loaded_relay_and_exits_0(sim: Simulator, tmp_pat
 
     assert code == 0
     assert exited - signalled <= SHUTDOWN_TIMEOUT + 1.0  # + interpreter teardown
-    assert {c.code for c in closes} == {1001}
+    assert {c.code for c in closes} == {1012}
     times = sorted(c.at - signalled for c in closes)
     spread = min(5.0, SHUTDOWN_TIMEOUT / 3)
     # Spread over the window: from the start to near its end, in many small batches.
