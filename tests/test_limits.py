@@ -31,7 +31,7 @@ import websockets
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.config import RELAY_OPTIONS, RelayConfig, env_name
 from fastrelay.server import AddressBook
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

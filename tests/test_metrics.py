@@ -8,7 +8,7 @@ from fastrelay.app import RunningRelay, running_relay
 from fastrelay.closes import CLOSE_LABELS
 from fastrelay.feed import MASSIVE_REASONS
 from fastrelay.histogram import Histogram
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import Client, fast_relay_config, http_get, wait_until
 
 

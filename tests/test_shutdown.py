@@ -26,7 +26,7 @@ import orjson
 import pytest
 import websockets
 
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, http_get, wait_until
 
 
