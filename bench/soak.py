@@ -638,7 +638,7 @@ class Soak:
             pipes=True, env=env,
         )  # fmt: skip
         self.children.append(self.client)
-        from fastrelay.simulator import Simulator, SimulatorConfig
+        from fastrelay.sim import Simulator, SimulatorConfig
 
         names = Simulator(SimulatorConfig(symbol_count=args.symbols))
         options = names.symbols("options")

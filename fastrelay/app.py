@@ -100,7 +100,7 @@ async def shutdown(running: RunningRelay, timeout: float) -> None:
 
 async def run_with_simulator(config: RelayConfig) -> None:
     """The main job without a Massive key: the simulator embedded in-process."""
-    from fastrelay.simulator import Simulator, SimulatorConfig
+    from fastrelay.sim import Simulator, SimulatorConfig
 
     sim_config = SimulatorConfig()
     async with Simulator(sim_config, host="127.0.0.1", port=0) as sim:

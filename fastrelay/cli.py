@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_sim(flags: SimConfigFlags) -> int:
-    from fastrelay.simulator import SimulatorConfig, run_simulator
+    from fastrelay.sim import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(
         api_key=flags.sim_key,

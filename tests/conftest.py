@@ -9,7 +9,7 @@ import pytest
 import uvloop
 
 from fastrelay.app import RunningRelay, running_relay
-from fastrelay.simulator import Simulator, SimulatorConfig
+from fastrelay.sim import Simulator, SimulatorConfig
 from tests.utils import fast_relay_config
 
 

@@ -206,7 +206,9 @@ async def test_a_flood_of_tiny_frames_before_auth_is_cut_off(tmp_path: Path, kin
         before, started = a.observer.count(), time.time_ns()
         report = await a.attack(f"frame-flood-{kind}", duration=3.0)
         await a.unharmed_during(started, before)
-        assert report["close_code"] == 1008, report
+        # The close frame, or a reset: the relay stopped reading, so closing its socket with
+        # unread input makes the kernel reset it, which may overtake the close frame.
+        assert report["close_code"] == 1008 or report["notes"]["reset"], report
         assert report["closed_after"] < 1.0, report
         assert report["bytes_received"] < 64 * 1024, report  # not an answer per frame
         assert await a.metric("fastrelay_client_disconnections_total", reason="flood") == 1

@@ -17,7 +17,7 @@ import pytest
 import websockets
 from playwright.async_api import Browser, Page, async_playwright
 
-from fastrelay.simulator import Simulator, SimulatorConfig
+from fastrelay.sim import Simulator, SimulatorConfig
 from tests.utils import TIMEOUT
 from tests.webtools import (
     ARTIFACTS,

@@ -17,7 +17,7 @@ from massive import WebSocketClient
 from massive.websocket.models import EquityAgg, EquityQuote, EquityTrade
 
 from fastrelay.app import RunningRelay, running_relay
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
 

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay import markets
 from fastrelay.app import RunningRelay, running_relay
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, fast_relay_config, http_get, wait_until
 
 MAX_FRAME = 64 * 1024  # the relay's --max-frame-size here: the 1 MiB+ frame must be split

@@ -21,7 +21,7 @@ import pytest
 import websockets
 
 from fastrelay.app import RunningRelay, running_relay
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, close_raw, fast_relay_config, wait_until
 
 

@@ -13,7 +13,7 @@ from fastrelay.closes import CLOSE_LABELS
 from fastrelay.feed import MASSIVE_REASONS
 from fastrelay.histogram import Histogram
 from fastrelay.metrics import BootTimeProcessCollector
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import Client, fast_relay_config, http_get, wait_until
 
 

@@ -19,7 +19,7 @@ import websockets
 from fastrelay import markets
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.config import RelayConfig
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
 from tests.webtools import (
     SITE_CONF,

@@ -15,7 +15,7 @@ from fastrelay.app import RunningRelay, running_relay
 from fastrelay.interest import MarketInterest
 from fastrelay.protocol import Channel
 from fastrelay.server import CLOSE_GRACE
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.utils import TIMEOUT, Client, fast_relay_config, sequence_gaps, wait_until
 

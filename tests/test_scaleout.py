@@ -26,7 +26,7 @@ from fastrelay.scaleout import messages
 from fastrelay.scaleout.edge import Edge
 from fastrelay.scaleout.ingest import Ingest
 from fastrelay.scaleout.subjects import seal
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.natsserver import NatsServer, running_nats
 from tests.utils import TIMEOUT, Client, fast_relay_config, http_get, sequence_gaps, wait_until

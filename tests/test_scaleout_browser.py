@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
-from fastrelay.simulator import Simulator, SimulatorConfig
+from fastrelay.sim import Simulator, SimulatorConfig
 from tests.natsserver import running_nats
 from tests.test_browser import MS, browser, client_state, new_page, wait_prices_change  # noqa: F401
 from tests.utils import TIMEOUT, Client, wait_until

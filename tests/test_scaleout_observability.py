@@ -25,7 +25,7 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay.app import running_relay
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.natsserver import NatsServer, running_nats
 from tests.test_observability import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.natsserver import running_nats
 from tests.test_secrets import assert_secret_free

@@ -25,7 +25,7 @@ import orjson
 import pytest
 import websockets
 
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.test_shutdown import relay_process
 from tests.utils import TIMEOUT, http_get, wait_until

@@ -3,8 +3,9 @@
 ``fastrelay serve`` runs as a child process against the simulator of this
 process, with 50 subscribed clients plus one that never reads. On SIGTERM it
 must: answer /readyz with 503 while it drains, refuse new connections, close
-every client with 1012 (service restart: every client retries) spread over a window (not all at the same instant, so
-they do not reconnect to the next instance at once), then close its upstream
+every client with 1012 (service restart: every client retries) spread over a
+window (not all at the same instant, so they do not reconnect to the next
+instance at once), then close its upstream
 connection, and exit 0 within ``--shutdown-timeout``.
 """
 
@@ -27,7 +28,7 @@ import pytest
 import websockets
 
 from bench.attacks import text
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, http_get, wait_until
 
 

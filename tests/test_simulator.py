@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastrelay import markets
-from fastrelay.simulator import FAULTS, Simulator, SimulatorConfig
+from fastrelay.sim import FAULTS, Simulator, SimulatorConfig
 
 KEY = "sim-key"
 TIMEOUT = 5.0
@@ -241,7 +241,7 @@ async def test_second_and_minute_aggregates_match_the_trades_of_their_window() -
             assert agg["sym"] == "AAPL" and agg["t"] >= agg["e"]
 
 
-# Field lists from shared/PROTOCOL.md ("Events by market"), plus t and q on every event.
+# Field lists from docs/protocol.md ("Events by market"), plus t and q on every event.
 _AGG = ["sym", "v", "av", "op", "vw", "o", "c", "h", "l", "a", "z", "s", "e"]
 _FUT = {
     "T": ("sym", ["sym", "p", "s", "t", "q"]),
@@ -296,7 +296,7 @@ async def test_every_market_path_produces_its_events() -> None:
         expected = EXPECTED[market]
         async with await connect(sim, market) as ws:
             if market == "options":
-                # Options quotes take no wildcard (PROTOCOL.md): one contract at a time.
+                # Options quotes take no wildcard (docs/protocol.md, "Channels"): one contract at a time.
                 [error] = await send_action(ws, "subscribe", "Q.*")
                 assert error["status"] == "error"
                 channels = ["T.*", "A.*", "AM.*", *(f"Q.{sym}" for sym in sim.symbols("options"))]

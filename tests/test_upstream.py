@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from fastrelay.app import running_relay
-from fastrelay.simulator import Simulator
+from fastrelay.sim import Simulator
 from tests.utils import fast_relay_config, wait_until
 
 

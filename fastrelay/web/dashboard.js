@@ -24,7 +24,7 @@
   let chartEv = params.get("interval") === "1m" ? "AM" : "A";
 
   /** The contract the simulator's default feed trades: SPY 600 call, third Friday of next month
-   * (fastrelay/simulator.py, _options_expiry and _OPTIONS). */
+   * (fastrelay/sim/symbols.py, _options_expiry and _OPTIONS). */
   function defaultContract(today) {
     let year = today.getFullYear();
     let month = today.getMonth() + 1; // next month, 0-based
