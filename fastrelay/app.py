@@ -104,6 +104,13 @@ async def run_with_simulator(config: RelayConfig) -> None:
 
     sim_config = SimulatorConfig()
     async with Simulator(sim_config, host="127.0.0.1", port=0) as sim:
-        relay_config = replace(config, upstream=f"ws://127.0.0.1:{sim.port}", api_key=sim_config.api_key)
+        # The simulator stands in for every host and account: per-market overrides go.
+        relay_config = replace(
+            config,
+            upstream=f"ws://127.0.0.1:{sim.port}",
+            api_key=sim_config.api_key,
+            upstream_for={},
+            api_key_for={},
+        )
         log.info("no MASSIVE_API_KEY set: serving the built-in simulated feed")
         await serve(relay_config)

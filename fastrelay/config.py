@@ -19,6 +19,8 @@ from fastrelay import markets, protocol
 
 KIB = 1024
 MIB = 1024 * KIB
+# Flags whose values are never echoed, not even in an error about them.
+SECRET_FLAGS = frozenset({"api-key", "api-key-for", "client-tokens"})
 # Client tokens shorter than this are refused: with a per-address lockout a
 # 16-character random token is out of reach of guessing.
 MIN_TOKEN_LENGTH = 16
@@ -45,6 +47,14 @@ class RelayConfig:
     markets: tuple[str, ...] = markets.DEFAULT_MARKETS
     upstream: str = "wss://socket.massive.com"
     api_key: str = field(default="", repr=False)  # never printed
+    # Per-market overrides: Massive serves plans on different hosts (real-time,
+    # delayed, Business, Launchpad...), and a Business or Launchpad feed may be on
+    # another account (docs/protocol.md, "Endpoints").
+    upstream_for: dict[str, str] = field(default_factory=dict)  # market -> base URL
+    api_key_for: dict[str, str] = field(default_factory=dict, repr=False)  # market -> key
+    # Markets /readyz waits for (empty: every configured market, except one Massive
+    # refuses for the account's plan or key, which is reported but not waited for).
+    required_markets: tuple[str, ...] = ()
     upstream_ca: str | None = None
     client_tokens: list[str] = field(default_factory=list, repr=False)
     # Coalescing window in ms. Browsers paint at 60 Hz (16.7 ms), so a few ms
@@ -176,6 +186,20 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (true/false)")
 
 
+def _market_map(text: str, what: str) -> dict[str, str]:
+    """``stocks=VALUE,crypto=VALUE`` as {market: value}."""
+    found: dict[str, str] = {}
+    for part in protocol.split_params(text):
+        market, sep, value = part.partition("=")
+        market = market.strip().lower()
+        if not sep or not value.strip():
+            raise ValueError(f"expected MARKET={what} (comma-separated), e.g. stocks={what}")
+        if not markets.is_market(market):
+            raise ValueError(f"unknown market {market[:20]!r}; known: {', '.join(markets.MARKETS)}")
+        found[market] = value.strip()
+    return found
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -208,6 +232,24 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option("upstream", str, "Massive base URL (wss://delayed.massive.com for delayed data)", "upstream"),
     Option("api-key", str, "Massive API key (default: MASSIVE_API_KEY)", "api_key"),
+    Option(
+        "upstream-for",
+        lambda text: _market_map(text, "URL"),
+        "per-market Massive base URL, e.g. stocks=wss://delayed.massive.com (comma-separated)",
+        "upstream_for",
+    ),
+    Option(
+        "api-key-for",
+        lambda text: _market_map(text, "KEY"),
+        "per-market API key for a feed on another account, e.g. crypto=KEY (comma-separated)",
+        "api_key_for",
+    ),
+    Option(
+        "required-markets",
+        markets.parse_markets,
+        "markets /readyz waits for (default: all, except one refused for the plan or key)",
+        "required_markets",
+    ),
     Option(
         "upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"
     ),
@@ -493,9 +535,9 @@ def build(config: Any, options: Sequence[Option], args: argparse.Namespace, env:
             value = option.parse(raw)
         except ValueError as exc:
             # Never echo a secret back, even a malformed one.
-            shown = "<hidden>" if option.flag in ("api-key", "client-tokens") else repr(raw)
+            shown = "<hidden>" if option.flag in SECRET_FLAGS else repr(raw)
             raise ConfigError(f"{source}={shown}: {exc}") from None
-        if option.target == "markets":
+        if option.target in ("markets", "required_markets"):
             value = tuple(value)
         _set(config, option.target, value)
     return config
@@ -509,6 +551,29 @@ def redact(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
+def upstream_of(config: RelayConfig, market: str) -> str:
+    """The Massive base URL of ``market`` (its --upstream-for, else --upstream)."""
+    return config.upstream_for.get(market, config.upstream)
+
+
+def api_key_of(config: RelayConfig, market: str) -> str:
+    """The key ``market``'s feed authenticates with (its --api-key-for, else --api-key)."""
+    return config.api_key_for.get(market, config.api_key)
+
+
+def upstreams_summary(config: RelayConfig) -> str:
+    """Where each market comes from, keys counted and never shown."""
+    hosts: dict[str, list[str]] = {}
+    for market in config.markets:
+        hosts.setdefault(upstream_of(config, market), []).append(market)
+    where = "; ".join(f"{','.join(m)} from {url}" for url, m in hosts.items())
+    own = [m for m in config.markets if m in config.api_key_for]
+    keys = f"API key {'set' if config.api_key else 'missing'}"
+    if own:
+        keys += f" ({','.join(own)}: its own)"
+    return f"upstream {where}, {keys}"
+
+
 def tokens_summary(config: RelayConfig) -> str:
     """The client tokens, counted, never shown."""
     if config.client_tokens:
@@ -518,9 +583,21 @@ def tokens_summary(config: RelayConfig) -> str:
 
 def validate(config: RelayConfig) -> None:
     """Checks across settings, with messages an operator can act on (roles add their own)."""
-    scheme = config.upstream.split("://", 1)[0]
-    if scheme not in ("ws", "wss") or "://" not in config.upstream:
-        raise ConfigError(f"--upstream={config.upstream!r}: expected ws://HOST[:PORT] or wss://HOST[:PORT]")
+    for flag, url in (
+        ("--upstream", config.upstream),
+        *(("--upstream-for", u) for u in config.upstream_for.values()),
+    ):
+        scheme = url.split("://", 1)[0]
+        if scheme not in ("ws", "wss") or "://" not in url:
+            raise ConfigError(f"{flag}={url!r}: expected ws://HOST[:PORT] or wss://HOST[:PORT]")
+    for flag, given in (
+        ("--upstream-for", config.upstream_for),
+        ("--api-key-for", config.api_key_for),
+        ("--required-markets", dict.fromkeys(config.required_markets)),
+    ):
+        stray = [m for m in given if m not in config.markets]
+        if stray:
+            raise ConfigError(f"{flag}: {', '.join(stray)} not in --markets ({','.join(config.markets)})")
     timers = config.upstream_timers
     if timers.backoff_base <= 0 or timers.backoff_cap < timers.backoff_base:
         raise ConfigError("--backoff-base must be > 0 and no larger than --backoff-cap")

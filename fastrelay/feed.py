@@ -85,6 +85,11 @@ class Feed(Protocol):
     def where(self) -> str:
         """Where the events come from, for logs and metrics (never a secret)."""
 
+    @property
+    def refused(self) -> str | None:
+        """Why Massive refuses this market (its answer to the key: a wrong key, no such
+        plan), while it does; None otherwise. A refusal does not fix itself."""
+
     def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -111,3 +116,6 @@ class FeedHandler(Protocol):
 
     def feed_down(self, feed: Feed, reason: str) -> None:
         """The feed stopped; clients stay connected and are told why."""
+
+    def feed_refused(self, feed: Feed) -> None:
+        """Massive refused the feed's key or plan (``feed.refused`` says why)."""

@@ -42,8 +42,9 @@ STATE_EVS: Final[dict[str, frozenset[str]]] = {
     "stocks": frozenset({"Q", "A", "AM", "LULD", "NOI", "FMV", "LV"}),
     "options": frozenset({"Q", "A", "AM", "FMV", "LV"}),
     "indices": frozenset({"V", "A", "AM"}),
-    "forex": frozenset({"C", "CA", "CAS", "FMV"}),
-    "crypto": frozenset({"XQ", "XA", "XAS", "FMV", "XL2"}),
+    # AM and LV are Launchpad's (per-minute aggregates and values of C:/X: tickers).
+    "forex": frozenset({"C", "CA", "CAS", "FMV", "AM", "LV"}),
+    "crypto": frozenset({"XQ", "XA", "XAS", "FMV", "XL2", "AM", "LV"}),
 }
 _FUTURES_STATE = frozenset({"Q", "A", "AM"})
 
@@ -54,8 +55,8 @@ HISTORY_EVS: Final[dict[str, frozenset[str]]] = {
     "stocks": _AGGREGATES,
     "options": _AGGREGATES,
     "indices": _AGGREGATES,
-    "forex": frozenset({"CA", "CAS"}),
-    "crypto": frozenset({"XA", "XAS"}),
+    "forex": frozenset({"CA", "CAS", "AM"}),
+    "crypto": frozenset({"XA", "XAS", "AM"}),
 }
 
 # Massive caps these per connection and accepts no wildcard for them
@@ -123,6 +124,11 @@ def infer_market(ev: str, ticker: str) -> str:
         return "options"
     if ticker.startswith("I:"):
         return "indices"
+    # Business (FMV) and Launchpad (AM, LV) name forex and crypto pairs C:EURUSD, X:BTCUSD.
+    if ticker.startswith("C:"):
+        return "forex"
+    if ticker.startswith("X:"):
+        return "crypto"
     return "stocks"
 
 

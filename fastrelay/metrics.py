@@ -89,6 +89,16 @@ class RelayCollector(Collector):
             "1 while the market's upstream is authenticated.",
             labels=["market"],
         )
+        refused = GaugeMetricFamily(
+            "fastrelay_upstream_refused",
+            "1 while Massive refuses the market's key or plan (not waited for by /readyz unless required).",
+            labels=["market"],
+        )
+        where = GaugeMetricFamily(
+            "fastrelay_upstream_info",
+            "Where each market's events come from (1 per market; the host is a label).",
+            labels=["market", "host"],
+        )
         reconnects = CounterMetricFamily(
             "fastrelay_upstream_reconnects",
             "Upstream connections lost or refused, by reason.",
@@ -120,6 +130,8 @@ class RelayCollector(Collector):
         for market, source in self._relay.feeds.items():
             stats = source.stats
             connected.add_metric([market], 1.0 if source.live else 0.0)
+            refused.add_metric([market], 0.0 if source.refused is None else 1.0)
+            where.add_metric([market, source.where], 1.0)
             # Edges add their own reasons (nats, ingest) to Massive's.
             for reason, count in stats.reconnects.items():
                 reconnects.add_metric([market, reason], count)
@@ -130,7 +142,8 @@ class RelayCollector(Collector):
             channels.add_metric([market], self._relay.demand[market].upstream_count)
             last_event.add_metric([market], stats.last_event_at)
             feed.add_metric([market], stats.latency.cumulative(), stats.latency.sum)
-        yield from (connected, reconnects, frames, events, received, errors, channels, last_event, feed)
+        yield from (connected, refused, where, reconnects, frames, events, received, errors, channels)
+        yield from (last_event, feed)
 
     def _clients(self) -> Iterator[Metric]:
         server = self._server

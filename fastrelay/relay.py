@@ -36,7 +36,7 @@ from typing import Protocol
 
 from fastrelay import protocol
 from fastrelay.cache import Cache
-from fastrelay.config import RelayConfig
+from fastrelay.config import RelayConfig, api_key_of, upstream_of
 from fastrelay.events import EventHead, RawEvent
 from fastrelay.feed import Feed
 from fastrelay.hub import Hub
@@ -57,15 +57,17 @@ class Tap(Protocol):
 
 
 def massive_feed(market: str, relay: Relay) -> Feed:
-    """The feed of one process and of an ingest: Massive's cluster for ``market``."""
+    """The feed of one process and of an ingest: Massive's cluster for ``market``, on the
+    market's own host and key where it has one (--upstream-for, --api-key-for)."""
     config = relay.config
+    base_url = upstream_of(config, market)
     ssl_context = None
-    if config.upstream.startswith("wss://"):
+    if base_url.startswith("wss://"):
         ssl_context = ssl.create_default_context(cafile=config.upstream_ca)
     return UpstreamSession(
         market,
-        config.upstream,
-        config.api_key,
+        base_url,
+        api_key_of(config, market),
         relay,
         timers=config.upstream_timers,
         ssl_context=ssl_context,
@@ -100,6 +102,8 @@ class Relay:
         self._flush_due = 0.0  # perf_counter() time the flush timer is set for
         self._sync_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._start_outcomes: dict[str, str] | None = {}  # None once the summary is logged
+        self._summary_timer: asyncio.TimerHandle | None = None
         for name in config.keep_channels:  # validated in config.validate
             self.hold(protocol.parse_api_channel(name))
 
@@ -107,15 +111,45 @@ class Relay:
     def start(self) -> None:
         for feed in self.feeds.values():
             feed.start()
+        # The start-up summary waits for every market's first outcome, or this long.
+        self._summary_timer = self.loop.call_later(
+            self.config.upstream_timers.handshake_timeout, self._log_start_summary
+        )
 
     async def stop(self) -> None:
-        for timer in (self._flush_timer, self._linger_timer):
+        for timer in (self._flush_timer, self._linger_timer, self._summary_timer):
             if timer is not None:
                 timer.cancel()
         await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
 
     def feeds_down(self) -> list[str]:
         return [m for m, feed in self.feeds.items() if not feed.live]
+
+    def market_readiness(self) -> tuple[str | None, list[str]]:
+        """Why the markets hold readiness (None: they do not), and what else to report.
+
+        Every configured market must be live, except one Massive refuses for the
+        key or plan (``Feed.refused``): that is reported, not waited for, since it
+        does not fix itself; ``--required-markets`` names markets that are waited
+        for even then. A relay with no market live at all is never ready.
+        """
+        required = set(self.config.required_markets)
+        down: list[str] = []
+        notes: list[str] = []
+        any_live = False
+        for market, feed in self.feeds.items():
+            if feed.live:
+                any_live = True
+                continue
+            refused = feed.refused
+            if refused is not None:
+                notes.append(f"{market}: refused by Massive ({refused})")
+                if market not in required:
+                    continue
+            down.append(market)
+        if down:
+            return f"upstream down: {', '.join(down)}", notes
+        return (None if any_live else "no market live"), notes
 
     def hold(self, channel: Channel) -> None:
         """A reference that is not a client's: a kept channel, or a scale-out edge wanting it."""
@@ -128,6 +162,7 @@ class Relay:
     # --- what the feeds report (feed.FeedHandler) ----------------------------------------
     def feed_live(self, feed: Feed) -> None:
         market = feed.market
+        self._record_outcome(market, "live")
         channels = self.demand[market].resubscribe_all()
         if channels:
             log.info("upstream %s: resubscribing %d channels", market, len(channels))
@@ -138,6 +173,31 @@ class Relay:
         feed.send_subscriptions(channels, [])
         if self.tap is not None:
             self.tap.feed_changed(market)
+
+    def feed_refused(self, feed: Feed) -> None:
+        self._record_outcome(feed.market, f"refused by Massive ({feed.refused})")
+
+    def _record_outcome(self, market: str, outcome: str) -> None:
+        """The first outcome of each market, for the start-up summary."""
+        if self._start_outcomes is None or market in self._start_outcomes:
+            return
+        self._start_outcomes[market] = outcome
+        if len(self._start_outcomes) == len(self.feeds):
+            self._log_start_summary()
+
+    def _log_start_summary(self) -> None:
+        """One line at start-up: which markets are live, which failed and why."""
+        outcomes, self._start_outcomes = self._start_outcomes, None
+        if self._summary_timer is not None:
+            self._summary_timer.cancel()
+            self._summary_timer = None
+        if outcomes is None:
+            return
+        parts = [
+            f"{m} {outcomes.get(m, 'still connecting')} ({feed.where})" for m, feed in self.feeds.items()
+        ]
+        failed = [m for m in self.feeds if outcomes.get(m) != "live"]
+        log.log(logging.WARNING if failed else logging.INFO, "markets: %s", "; ".join(parts))
 
     def feed_down(self, feed: Feed, reason: str) -> None:
         market = feed.market

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from prometheus_client.registry import Collector
 
-from fastrelay.config import RelayConfig, tokens_summary
+from fastrelay.config import RelayConfig, tokens_summary, upstreams_summary
 from fastrelay.config import validate as config_validate
 from fastrelay.relay import Relay
 from fastrelay.scaleout.edge import Edge
@@ -41,6 +41,9 @@ class Role(Protocol):
     def not_ready_reason(self) -> str | None:
         """Why ``/readyz`` answers 503, or None when ready."""
 
+    def readiness_notes(self) -> list[str]:
+        """What ``/readyz`` also reports, ready or not (markets Massive refuses)."""
+
     def refusal(self) -> str | None:
         """Why a new client is refused before the upgrade (503), or None."""
 
@@ -49,11 +52,6 @@ class Role(Protocol):
 
     def describe(self) -> str:
         """One line for the start-up log, without secrets."""
-
-
-def feeds_down_reason(relay: Relay) -> str | None:
-    down = relay.feeds_down()
-    return f"upstream down: {', '.join(down)}" if down else None
 
 
 class SingleProcess:
@@ -72,7 +70,10 @@ class SingleProcess:
         await self.relay.stop()
 
     def not_ready_reason(self) -> str | None:
-        return feeds_down_reason(self.relay)
+        return self.relay.market_readiness()[0]
+
+    def readiness_notes(self) -> list[str]:
+        return self.relay.market_readiness()[1]
 
     def refusal(self) -> str | None:
         # A Massive outage is no reason: clients connect and wait for `feed restored`.
@@ -88,8 +89,7 @@ class SingleProcess:
     def describe_config(config: RelayConfig) -> str:
         return (
             f"listen {config.host}:{config.port}, markets {','.join(config.markets)}, "
-            f"upstream {config.upstream}, API key {'set' if config.api_key else 'missing'}, "
-            f"{tokens_summary(config)}, flush {config.flush_interval:g} ms"
+            f"{upstreams_summary(config)}, {tokens_summary(config)}, flush {config.flush_interval:g} ms"
         )
 
 

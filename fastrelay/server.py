@@ -671,7 +671,8 @@ class RelayServer:
             if self.draining:
                 return _plain(503, b"not ready: shutting down\n")
             reason = self.role.not_ready_reason()
+            notes = "".join(f"{note}\n" for note in self.role.readiness_notes())
             if reason is None:
-                return _plain(200, b"ready\n")
-            return _plain(503, f"not ready: {reason}\n".encode())
+                return _plain(200, f"ready\n{notes}".encode())
+            return _plain(503, f"not ready: {reason}\n{notes}".encode())
         return None

@@ -77,6 +77,7 @@ class UpstreamSession:
         )
         self.stats = FeedStatistics()
         self.closed_by_peer: tuple[Any, str] | None = None
+        self.refused: str | None = None  # Massive's word on the key or plan, while it refuses
         self._transport: WSTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -218,13 +219,16 @@ class UpstreamSession:
     def _status(self, head: EventHead) -> None:
         status = head.status if isinstance(head.status, str) else ""
         message = head.message if isinstance(head.message, str) else ""
-        action = self.core.status(status)
+        action = self.core.status(status, message)
         if action is Action.SEND_AUTH:
             self._send({"action": "auth", "params": self._api_key})
         elif action is Action.GO_LIVE:
             log.info("upstream %s: authenticated", self.market)
+            self.refused = None
             self._handler.feed_live(self)
         elif action is Action.AUTH_FAILED:
+            self.refused = f"auth_failed: {message or 'no reason given'}"[:200]
+            self._handler.feed_refused(self)
             log.error(
                 "upstream %s: authentication failed (%s): check the API key and its plan; retrying in %g s",
                 self.market,

@@ -29,6 +29,7 @@ accepted in both places::
     AWAIT_CONNECTED  connected | success         -> AWAIT_AUTH       SEND_AUTH
     AWAIT_AUTH       auth_success | success      -> LIVE             GO_LIVE
     any              auth_failed                 -> CLOSED           AUTH_FAILED
+    before LIVE      error "authentication failed" (older servers) -> CLOSED  AUTH_FAILED
     any              max_connections             -> CLOSED           MAX_CONNECTIONS
     anything else                                   (unchanged)      NOTHING
 
@@ -112,8 +113,12 @@ class UpstreamCore:
         self.phase = Phase.AWAIT_CONNECTED
         self._last_rx = self._clock()
 
-    def status(self, status: str) -> Action:
+    def status(self, status: str, message: str = "") -> Action:
         found = IN_ANY_PHASE.get(status) or HANDSHAKE.get((self.phase, status))
+        # Older servers refused a key with an `error` status, not `auth_failed`.
+        old_refusal = status == protocol.ERROR and "authentication failed" in message.lower()
+        if found is None and old_refusal and self.phase is not Phase.LIVE:
+            found = IN_ANY_PHASE[protocol.AUTH_FAILED]
         if found is None:
             return Action.NOTHING
         phase, action = found

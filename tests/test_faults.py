@@ -390,7 +390,8 @@ async def test_frame_over_one_mib_is_delivered_split_and_in_order(load: Load) ->
 async def test_auth_failed_keeps_clients_and_retries_after_the_delay(
     load: Load, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The upstream drops and then refuses the key: clients stay, one error log, not ready,
+    """The upstream drops and then refuses the key: clients stay, one error log, the refusal
+    reported by /readyz (refused markets are not waited for, docs/operations.md "Readiness"),
     no retry before --auth-retry, and data again once the key is accepted."""
     relay = load.relay.relay
     stocks = relay.feeds["stocks"]
@@ -398,9 +399,9 @@ async def test_auth_failed_keeps_clients_and_retries_after_the_delay(
     load.sim.fault("drop", "stocks")
     await wait_until(lambda: stocks.stats.reconnects["auth_failed"] == 1, what="auth failure")
     failed_at = time.monotonic()
-    assert not load.relay.ready
+    assert stocks.refused is not None and load.relay.ready  # options is live; stocks is reported
     status, body = await http_get(load.relay.port, "/readyz")
-    assert status == 503 and b"stocks" in body
+    assert status == 200 and b"stocks: refused by Massive (auth_failed" in body
     load.sim.fault("auth_ok", "stocks")
     await wait_until(lambda: stocks.live, timeout=TIMEOUT + AUTH_RETRY, what="live again")
     assert time.monotonic() - failed_at >= AUTH_RETRY * 0.95

@@ -54,6 +54,9 @@ def test_options_quotes_and_fmv_accept_no_wildcard(ev: str) -> None:
         ("A.I:SPX", Channel("indices", "A", "I:SPX")),
         ("C.USD/CNH", Channel("forex", "C", "USD/CNH")),
         ("XT.*", Channel("crypto", "XT", "*")),
+        ("FMV.C:EURUSD", Channel("forex", "FMV", "C:EURUSD")),  # Business feeds
+        ("AM.X:BTCUSD", Channel("crypto", "AM", "X:BTCUSD")),  # Launchpad
+        ("LV.C:EURUSD", Channel("forex", "LV", "C:EURUSD")),
         ("futures:T.ESZ5", Channel("futures", "T", "ESZ5")),
         ("futures/cme:AM.*", Channel("futures/cme", "AM", "*")),
         ("options:T.*", Channel("options", "T", "*")),

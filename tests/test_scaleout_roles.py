@@ -43,6 +43,7 @@ class RecordingFeed:
         self.sent: list[tuple[list[str], list[str]]] = []
         self.live = True
         self.where = "recording"
+        self.refused: str | None = None
 
     def start(self) -> None:
         pass
@@ -200,7 +201,9 @@ async def test_edge_markets_follow_the_ingest_nats_and_silence(edge: Any) -> Non
     assert role.refusal() == "no ingest heard on NATS"
     await link.deliver("fastrelay.ingest", ingest_state({"stocks": "live", "options": "auth_failed"}))
     assert role.feeds["stocks"].live and not role.feeds["options"].live
-    assert role.refusal() is None and role.not_ready_reason() == "upstream down: options"
+    # Massive refuses the ingest's options (its key or plan): reported, not waited for.
+    assert role.refusal() is None and role.not_ready_reason() is None
+    assert role.readiness_notes() == ["options: refused by Massive (auth_failed)"]
     await link.deliver("fastrelay.ingest", ingest_state({"stocks": "live", "options": "live"}))
     assert role.not_ready_reason() is None
     clock.now += 6.0

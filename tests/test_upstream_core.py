@@ -136,3 +136,17 @@ def test_a_failed_attempt_is_a_drop() -> None:
     machine.failed()
     assert machine.reason is DisconnectReason.DROP
     assert 0.0 <= machine.next_delay() <= 1.0
+
+
+def test_older_servers_error_authentication_failed_is_an_auth_failure() -> None:
+    """An `error` status saying "authentication failed" during the handshake means auth_failed;
+    the same words once live are just an error."""
+    machine, _ = core()
+    machine.status("connected")
+    assert machine.status("error", "Authentication Failed") is Action.AUTH_FAILED
+    assert machine.closed()[0] is DisconnectReason.AUTH_FAILED
+    machine.attempt()
+    machine.opened()
+    machine.status("connected")
+    machine.status("auth_success")
+    assert machine.status("error", "authentication failed") is Action.NOTHING

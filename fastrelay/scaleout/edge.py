@@ -68,6 +68,12 @@ class EdgeFeed:
     def where(self) -> str:
         return f"NATS {self._edge.link.shown}"
 
+    @property
+    def refused(self) -> str | None:
+        """The ingest's upstream for this market is refused by Massive (key or plan)."""
+        state = self._edge.ingest_markets.get(self.market, "") if self._edge.ingest else ""
+        return state if state.startswith("auth_failed") else None
+
     def start(self) -> None:
         """The edge's one NATS link serves every market: nothing per market to start."""
 
@@ -159,8 +165,10 @@ class Edge:
         reason = self.refusal()
         if reason is not None:
             return reason
-        down = self.relay.feeds_down()
-        return f"upstream down: {', '.join(down)}" if down else None
+        return self.relay.market_readiness()[0]
+
+    def readiness_notes(self) -> list[str]:
+        return self.relay.market_readiness()[1]
 
     def collectors(self) -> list[Collector]:
         return [EdgeCollector(self)]

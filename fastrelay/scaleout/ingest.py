@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from prometheus_client.registry import Collector
 
-from fastrelay.config import RelayConfig, redact, tokens_summary
+from fastrelay.config import RelayConfig, redact, tokens_summary, upstreams_summary
 from fastrelay.events import EventHead, RawEvent, ticker_of
 from fastrelay.framing import event_array_payloads
 from fastrelay.protocol import ChannelError, parse_channel
@@ -88,8 +88,10 @@ class Ingest:
     def not_ready_reason(self) -> str | None:
         if not self.link.connected:
             return f"NATS {self.link.shown} not connected"
-        down = self.relay.feeds_down()
-        return f"upstream down: {', '.join(down)}" if down else None
+        return self.relay.market_readiness()[0]
+
+    def readiness_notes(self) -> list[str]:
+        return self.relay.market_readiness()[1]
 
     def refusal(self) -> str | None:
         return None  # no clients connect to an ingest (the server answers them 404)
@@ -105,8 +107,7 @@ class Ingest:
         return (
             f"ingest {config.instance_name} to NATS {redact(config.nats)} "
             f"({config.nats_prefix}, {config.nats_granularity}), listen {config.host}:{config.port}, "
-            f"markets {','.join(config.markets)}, upstream {config.upstream}, "
-            f"API key {'set' if config.api_key else 'missing'}, {tokens_summary(config)}"
+            f"markets {','.join(config.markets)}, {upstreams_summary(config)}, {tokens_summary(config)}"
         )
 
     async def _link_up(self) -> None:
@@ -211,7 +212,7 @@ class Ingest:
             if stopping
             else messages.LIVE
             if feed.live
-            else self.relay.outages.get(m, "connecting")
+            else feed.refused or self.relay.outages.get(m, "connecting")
             for m, feed in self.relay.feeds.items()
         }
         return messages.encode(messages.IngestState(self.config.instance_name, self.granularity, markets))
