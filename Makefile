@@ -83,7 +83,7 @@ $(BENCH_NODE_STAMP): bench/peers/node/package.json bench/peers/node/package-lock
 	cd bench/peers/node && npm ci --no-audit --no-fund --silent
 	touch $@
 
-# `make bench` (about 10 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md.
+# `make bench` (about 11 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md.
 bench: install $(BENCH_NODE_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 

@@ -8,9 +8,10 @@ deeply nested JSON, token guessing. Each is bounded (by frames, bytes or
 seconds) and returns an ``AttackReport``: what was sent, and how the relay
 answered (its close code, when, how much it wrote back).
 
-Run alone: ``python -m bench.attacks MODE --port P [--duration S]`` prints the
-report as JSON. Raw sockets throughout: a WebSocket library would slow the
-attacker down or refuse to send what an attacker sends.
+Run alone: ``python -m bench.attacks MODE --port P [--duration S] [--token T]
+[--symbol SYM]`` prints the report as JSON (the bench's ``abuse`` scenario runs
+each so, against a relay under load). Raw sockets throughout: a WebSocket
+library would slow the attacker down or refuse to send what an attacker sends.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -242,10 +244,12 @@ async def frame_flood(host: str, port: int, kind: str = "text", duration: float 
     return report
 
 
-async def byte_flood(host: str, port: int, rate: float = 1_000_000.0, duration: float = 3.0) -> AttackReport:
+async def byte_flood(
+    host: str, port: int, rate: float = 1_000_000.0, duration: float = 3.0, token: str = "token"
+) -> AttackReport:
     """A sustained stream of valid messages (8 Mbit/s by default) from an authenticated client."""
     report = AttackReport("byte-flood", connections=1)
-    client = await authed(host, port)
+    client = await authed(host, port, token)
     message = text({"action": "unsubscribe", "params": ",".join(f"T.S{i:05d}" for i in range(1000))})
     started = time.monotonic()
     closed = asyncio.ensure_future(client.wait_closed(duration + 1.0))
@@ -278,24 +282,41 @@ async def silent_pings(host: str, port: int, duration: float = 3.0) -> AttackRep
         try:
             client.writer.write(chunk)
             await asyncio.wait_for(client.writer.drain(), 0.5)
-        except (ConnectionError, OSError, TimeoutError):
-            break  # the relay closed, reset or stopped reading us
+        except TimeoutError:
+            break  # the relay stopped reading us
+        except (ConnectionError, OSError):
+            client.reset = True  # the relay closed or reset the connection
+            break
         report.frames_sent += 200
         report.bytes_sent += len(chunk)
     report.duration = time.monotonic() - started
     report.close_code = await client.wait_closed(1.0)
+    if report.close_code is not None or client.reset:
+        report.closed_after = report.duration  # cut off by the time the sending stopped
+    report.notes["reset"] = client.reset
     client.close()
     return report
 
 
 async def history_amplification(
-    host: str, port: int, repeats: int = 2000, requests: int = 3, hold: float = 3.0
+    host: str,
+    port: int,
+    repeats: int = 2000,
+    requests: int = 3,
+    hold: float = 3.0,
+    token: str = "token",
+    symbol: str = "AAPL",
 ) -> AttackReport:
-    """History requests naming one channel thousands of times, from a client that does not read."""
+    """History requests naming one channel thousands of times, from a client that does not read.
+
+    ``symbol``'s A and AM must exist in the feed (the relay keeps their history
+    with ``--keep-channels A.<symbol>,AM.<symbol>``).
+    """
     report = AttackReport("history-amplification", connections=1)
-    client = await authed(host, port, receive_buffer=4096)
-    await client.send(text({"action": "subscribe", "params": "AM.AAPL,A.AAPL"}))
-    request = text({"action": "history", "params": ",".join(["A.AAPL", "AM.AAPL"] * (repeats // 2))})
+    client = await authed(host, port, token, receive_buffer=4096)
+    channels = [f"A.{symbol}", f"AM.{symbol}"]
+    await client.send(text({"action": "subscribe", "params": ",".join(channels)}))
+    request = text({"action": "history", "params": ",".join(channels * (repeats // 2))})
     started = time.monotonic()
     for _ in range(requests):
         await client.send(request)
@@ -303,20 +324,27 @@ async def history_amplification(
         report.bytes_sent += len(request)
     await asyncio.sleep(hold)  # holding the connection open without reading is the attack
     report.duration = time.monotonic() - started
-    report.close_code = await client.wait_closed(1.0)
+    with contextlib.suppress(TimeoutError):
+        # A second in all: the channels' events (one a second or more) would renew a per-frame timeout.
+        report.close_code = await asyncio.wait_for(client.wait_closed(1.0), 1.0)
     report.bytes_received = client.received
     client.close()
     return report
 
 
 async def junk_subscriptions(
-    host: str, port: int, connections: int = 50, per_connection: int = 2000, market: str = "stocks"
+    host: str,
+    port: int,
+    connections: int = 50,
+    per_connection: int = 2000,
+    market: str = "stocks",
+    token: str = "token",
 ) -> AttackReport:
     """Many connections from one address, each subscribing thousands of made-up tickers."""
     report = AttackReport("junk-subscriptions", connections=connections)
     clients = []
     for index in range(connections):
-        client = await authed(host, port, path=f"/{market}")
+        client = await authed(host, port, token, path=f"/{market}")
         names = ",".join(f"T.J{index:03d}X{i:05d}" for i in range(per_connection))
         message = text({"action": "subscribe", "params": names})
         await client.send(message)
@@ -324,8 +352,9 @@ async def junk_subscriptions(
         report.bytes_sent += len(message)
         clients.append(client)
     accepted = 0
-    for client in clients:
-        for status in await client.messages(0.5):
+    # Read every connection's answers at once: 0.5 s of quiet in all, not 0.5 s per connection.
+    for answers in await asyncio.gather(*(client.messages(0.5) for client in clients)):
+        for status in answers:
             report.statuses[status.get("status", "?")] = report.statuses.get(status.get("status", "?"), 0) + 1
             if status.get("status") == "success" and str(status.get("message", "")).startswith("subscribed"):
                 accepted += 1
@@ -381,16 +410,20 @@ async def token_guessing(host: str, port: int, attempts: int = 20) -> AttackRepo
     return report
 
 
-ATTACKS = {
-    "frame-flood-text": lambda h, p, d: frame_flood(h, p, "text", d),
-    "frame-flood-binary": lambda h, p, d: frame_flood(h, p, "binary", d),
-    "frame-flood-ping": lambda h, p, d: frame_flood(h, p, "ping", d),
-    "byte-flood": lambda h, p, d: byte_flood(h, p, duration=d),
-    "silent-pings": lambda h, p, d: silent_pings(h, p, d),
-    "history-amplification": lambda h, p, d: history_amplification(h, p, hold=d),
-    "junk-subscriptions": lambda h, p, d: junk_subscriptions(h, p),
-    "nested-json": lambda h, p, d: nested_json(h, p),
-    "token-guessing": lambda h, p, d: token_guessing(h, p),
+# The command line's attacks: (host, port, its arguments) -> the attack. The ones that
+# authenticate use --token (any token will do for a relay without --client-tokens).
+ATTACKS: dict[str, Callable[[str, int, argparse.Namespace], Coroutine[Any, Any, AttackReport]]] = {
+    "frame-flood-text": lambda h, p, a: frame_flood(h, p, "text", a.duration),
+    "frame-flood-binary": lambda h, p, a: frame_flood(h, p, "binary", a.duration),
+    "frame-flood-ping": lambda h, p, a: frame_flood(h, p, "ping", a.duration),
+    "byte-flood": lambda h, p, a: byte_flood(h, p, duration=a.duration, token=a.token),
+    "silent-pings": lambda h, p, a: silent_pings(h, p, a.duration),
+    "history-amplification": lambda h, p, a: history_amplification(
+        h, p, hold=a.duration, token=a.token, symbol=a.symbol
+    ),
+    "junk-subscriptions": lambda h, p, a: junk_subscriptions(h, p, token=a.token),
+    "nested-json": lambda h, p, a: nested_json(h, p),
+    "token-guessing": lambda h, p, a: token_guessing(h, p),
 }
 
 
@@ -400,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--token", default="token", help="the token of the attacks that authenticate")
+    parser.add_argument("--symbol", default="AAPL", help="history-amplification: its A and AM channels")
     args = parser.parse_args(argv)
-    report = asyncio.run(ATTACKS[args.attack](args.host, args.port, args.duration))
+    report = asyncio.run(ATTACKS[args.attack](args.host, args.port, args))
     report.notes.pop("client", None)
     sys.stdout.buffer.write(report.as_json() + b"\n")
     return 0

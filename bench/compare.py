@@ -50,6 +50,7 @@ MEASURES = (
     Measure("handshakes/s", lambda s: float(s["handshakes_per_s"]), True, 0.15, ("idle",)),
     Measure("recovery ms", lambda s: float(s["recovery_ms"]["median"]), False, 1.0, ("reconnect",)),
     Measure("slow dropped", lambda s: float(s["slow_dropped"]), True, 0.0, ("slow",)),
+    Measure("peak RSS MiB", lambda s: float(s["window_peak_rss_mib"]), False, 0.05, ("abuse",)),
 )
 
 
@@ -74,7 +75,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
     common = [k for k in second if k in first]
     only = sorted(set(first) ^ set(second))
     lines.append("")
-    header = f"{'scenario step server':<34}{'measure':<14}{'A':>12}{'B':>12}{'B/A':>8}  flag"
+    width = max([34, *(len(k) + 2 for k in common)])  # abuse's steps are attack classes: long
+    header = f"{'scenario step server':<{width}}{'measure':<14}{'A':>12}{'B':>12}{'B/A':>8}  flag"
     lines += [header, "-" * len(header)]
     regressions = 0
     for key in common:
@@ -100,10 +102,10 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
                     flag += " (saturated: not counted)"
                 elif worse:
                     regressions += 1
-            lines.append(f"{key:<34}{measure.name:<14}{x:>12.4g}{y:>12.4g}{ratio:>8.2f}  {flag}")
+            lines.append(f"{key:<{width}}{measure.name:<14}{x:>12.4g}{y:>12.4g}{ratio:>8.2f}  {flag}")
         busy = max(old.get("others_cpu_max", 0.0), new.get("others_cpu_max", 0.0))
         if busy > 0.15:
-            lines.append(f"{'':<34}(other processes used up to {100 * busy:.0f}% of a core: noisy)")
+            lines.append(f"{'':<{width}}(other processes used up to {100 * busy:.0f}% of a core: noisy)")
     if only:
         lines.append(f"\nin one file only: {', '.join(only)}")
     lines.append(

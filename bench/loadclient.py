@@ -12,7 +12,8 @@ stdin/stdout with one JSON object per line:
     stdin   {"cmd": "stop"} or end of file                 (the parent is done, or gone)
 
 A client's optional third field is its own URL (the scale-out's clients are
-split over its edges); without it the client connects to ``url``.
+split over its edges); without it the client connects to ``url``. The spec's
+``token`` is every client's auth (default ``bench``: a relay in open mode takes any).
 
 The window is defined on the simulator's clock stamp ``sim_ns`` (the send time
 of each event), not on arrival: an event belongs to the window when it was
@@ -275,7 +276,7 @@ class LoadClient(WSListener):
             if event.ev != "status":
                 continue  # data before the last ack: the warm-up absorbs it
             if status == "connected":
-                transport.send(WSMsgType.TEXT, orjson.dumps({"action": "auth", "params": "bench"}))
+                transport.send(WSMsgType.TEXT, orjson.dumps({"action": "auth", "params": self.process.token}))
             elif status == "auth_success":
                 transport.send(WSMsgType.TEXT, orjson.dumps({"action": "subscribe", "params": self.params}))
             elif status == "success":
@@ -349,9 +350,10 @@ class LoadClient(WSListener):
 class Process:
     """This process's clients and the totals of the current window."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str = "bench") -> None:
         self.totals = Totals()
         self.clients: list[LoadClient] = []
+        self.token = token  # every client's auth (a relay in open mode takes any)
 
 
 def _emit(message: dict[str, Any]) -> None:
@@ -530,7 +532,7 @@ async def main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = await _read_json_line(reader)
     grace: float = spec.get("grace", 1.0)
-    process = Process()
+    process = Process(spec.get("token", "bench"))
     ready = await _connect_all(
         process,
         spec["url"],

@@ -222,6 +222,19 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Set a process's VmHWM back to its VmRSS (Linux 4.0+, ``clear_refs``); False where not allowed.
+
+    A peak over an interval: reset at its start, read VmHWM at its end.
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, interrupt) CPU seconds of the whole machine since boot, from /proc/stat.
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 SCENARIO_ORDER = (
-    "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect",
+    "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect", "abuse",
     "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
     "scaleout-sharded", "scaleout-sharded-batched",
 )  # fmt: skip
@@ -86,8 +86,16 @@ def _server_width(summaries: list[dict[str, Any]], least: int = 15) -> int:
     return max([least, *(len(s["server"]) + 1 for s in summaries)])
 
 
+def _is_abuse(summary: dict[str, Any]) -> bool:
+    """An abuse window (attack or baseline): printed in a table of its own, not the main one."""
+    return "attack" in summary
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
-    """The main table: one line per scenario, rate step and server."""
+    """The main table: one line per scenario, rate step and server (the abuse windows apart)."""
+    summaries = [s for s in summaries if not _is_abuse(s)]
+    if not summaries:
+        return ""
     columns: list[Column] = [
         ("scenario", _scenario_width(summaries), lambda s: s["scenario"]),
         ("T ev/s", 6, lambda s: s["step"]),
@@ -241,6 +249,69 @@ def scaleout(summaries: list[dict[str, Any]]) -> str:
         "(edges' /metrics).\n"
         "Below: client deliveries/s per core of edge CPU (both edges), ingest CPU per upstream event,\n"
         "nats-server CPU per message (in + out) and per byte it delivered.\n" + "\n".join(lines)
+    )
+
+
+def _bytes(value: Any) -> str:
+    if not isinstance(value, int | float) or value != value:
+        return "-"
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _answers(attacker: dict[str, Any]) -> str:
+    """The statuses an attacker read, short: handshake ones left out, messages cut at their first ':'."""
+    parts = []
+    for key, count in attacker.get("statuses", {}).items():
+        status, _, message = key.partition(": ")
+        if status in ("connected", "auth_success"):
+            continue
+        parts.append(f"{message.split(':')[0] if message else status} {count}")
+    return "; ".join(parts) or "-"
+
+
+def abuse(summaries: list[dict[str, Any]]) -> str:
+    """The abuse scenario: the normal clients and the relay in each window, and what the attacker got."""
+    rows = [s for s in ordered(summaries) if _is_abuse(s)]
+    if not rows:
+        return ""
+    header = (
+        f"{'class':<22}  deliv %  p50 ms  p99 ms  lost  cpu  peak RSS MiB  +MiB  | close  cut off s"
+        "  ran s        sent    got back  answers"
+    )
+    lines = [header, "-" * len(header)]
+    for s in rows:
+        name = s["step"] + ("" if s["server"] == FASTRELAY else f" {s['server']}")
+        relay = (
+            f"{_fmt(100 * s['delivery_ratio'], '.2f'):>7}  {_fmt(s['latency_ms']['p50'], '.2f'):>6}  "
+            f"{_fmt(s['latency_ms']['p99'], '.2f'):>6}  {s['disconnects_total'] + s['gaps_total']:>4}  "
+            f"{_pct(s['server_cpu']):>4}  {_fmt(s['window_peak_rss_mib'], '.1f'):>12}  "
+            f"{_fmt(s['window_peak_rss_mib'] - s['window_start_rss_mib'], '+.1f'):>5}"
+        )
+        a = s.get("attacker")
+        if isinstance(a, dict):
+            attacker = (
+                f"{_fmt(a['close_code'], '.0f'):>5}  {_fmt(a['closed_after'], '.3f'):>9}  "
+                f"{_fmt(s['attacker_wall_s'], '.1f'):>5}  {_bytes(a['bytes_sent']):>10}  "
+                f"{_bytes(a['bytes_received']):>10}  {_answers(a)}"
+            )
+        elif isinstance(s.get("attack"), str):
+            attacker = f"no report: {s.get('attacker_error', '')[-60:]!r}"
+        else:
+            attacker = "(no attack)"
+        lines.append(f"{name:<22}  {relay}  | {attacker}")
+    window = rows[0]["window_s"]
+    return (
+        f"Abuse ({window:g} s windows): fastrelay, 100 normal clients on T.* at 1k T/s; a window without\n"
+        "attack, then one attacker per class (python -m bench.attacks CLASS, a process of its own, started\n"
+        "at the window's start). Normal clients: deliv %, p50/p99 over the window, lost (disconnects +\n"
+        "gaps). Relay: cpu over the window; peak RSS: VmHWM reset at the window start, read once the\n"
+        "attacker exited; +MiB: that peak over the RSS at the window start. Attacker, from its report:\n"
+        "close code it read (-: none, a reset or no close), cut off s (first byte sent to the close or\n"
+        "reset), ran s (its process, start to exit), bytes sent and got back, statuses it read.\n"
+        + "\n".join(lines)
     )
 
 
@@ -499,14 +570,15 @@ def render(result: dict[str, Any], output: Path | str) -> str:
         f"command: {result.get('command', '')}",
         f"windows of {options['duration']:g} s ({options['warmup']:g} s warm-up, "
         f"{options['settle']:g} s after a rate change), medians of {options['repeats']} run(s)\n",
-        table(summaries),
-        "",
-        LEGEND,
     ]
+    main_table = table(summaries)
+    if main_table:  # empty when only the abuse scenario ran
+        out += [main_table, "", LEGEND]
     blocks = (
         ratios(summaries),
         scaleout(summaries),
         details(summaries),
+        abuse(summaries),
         targets_block(result.get("targets", [])),
     )
     for block in blocks:

@@ -20,6 +20,11 @@ a nats-server, ``fastrelay ingest`` on the simulator and two ``fastrelay edge``
 the clients are split over; CPU, memory and logs are taken per process and
 summed, and nats-server's /varz counts the NATS traffic of the window.
 
+The abuse scenario has no rate ladder: one window without attack, then one
+per attack class of bench/attacks.py, each attacker a process of its own
+started at its window's start (``Run._abuse``), with the relay's peak RSS
+over the window and the attacker's report beside the clients' numbers.
+
 Usage: ``python -m bench.run [--scenarios firehose,sparse] [--servers fastrelay,node] [--quick]``.
 """
 
@@ -32,6 +37,7 @@ import datetime
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -48,6 +54,7 @@ import orjson
 from bench import procs, report
 from bench.procs import Child
 from bench.scenarios import (
+    ABUSE_HISTORY_SYMBOL,
     COMPANIONS,
     DEFAULT_SCENARIOS,
     GROUPS,
@@ -68,6 +75,12 @@ MARKET = "stocks"
 # ends the ladder for that server: the next rates would only be worse.
 SATURATED_DELIVERY = 0.95
 SATURATED_P99_MS = 1000.0
+# The abuse scenario's windows: at least this long (with --quick too), the attacker's
+# --duration ATTACK_TAIL shorter, so the window covers the attack and the relay's answer
+# to it (the byte flood needs about 1.5 s to spend its burst before it is cut off).
+ABUSE_MIN_WINDOW = 3.0
+ATTACK_TAIL = 1.0
+ATTACK_TIMEOUT = 60.0  # an attacker still running this long after its window started is stopped
 
 
 @dataclass(frozen=True)
@@ -324,7 +337,13 @@ class Run:
         """The server under test, ready (``/readyz`` 200 on every process that has one)."""
         if server_spec.kind != "scaleout":
             port = ports.pop()
-            child = await self._spawn("server", server_argv(server_spec, port, sim_port), server=True)
+            argv = server_argv(server_spec, port, sim_port)
+            scenario = self.config.scenario
+            if server_spec.kind == "fastrelay":
+                if scenario.client_token:
+                    argv += ["--client-tokens", scenario.client_token]
+                argv += scenario.server_args
+            child = await self._spawn("server", argv, server=True)
             await procs.wait_http_ok(f"http://127.0.0.1:{port}/readyz", child, timeout=20)
             fastrelay = server_spec.kind == "fastrelay"
             return Deployment(
@@ -428,6 +447,7 @@ class Run:
                     "connect_concurrency": 50 if scenario.clients < 5000 else 25,
                     # A server that cannot keep up may never acknowledge: give up sooner.
                     "settle_timeout": 60.0 if scenario.clients >= 5000 else 20.0,
+                    "token": scenario.client_token or "bench",
                     "slow_drain": 10.0,
                 },
             )
@@ -445,6 +465,8 @@ class Run:
             "failures": sum(r["failures"] for r in ready),
         }
 
+        if scenario.attacks:
+            return await self._abuse(sim, server, sim_url, baseline_memory, ready, connect)
         steps: list[dict[str, Any]] = []
         rates = scenario.t_rates[: options.steps] if options.steps else scenario.t_rates
         for index, t_rate in enumerate(rates):
@@ -462,6 +484,35 @@ class Run:
                 break
         return steps
 
+    async def _abuse(
+        self,
+        sim: Child,
+        server: Deployment,
+        sim_url: str,
+        baseline_memory: dict[str, int],
+        ready: list[dict[str, Any]],
+        connect: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The abuse scenario: a window without attack, then one window per attack class.
+
+        One relay and one set of normal clients throughout, the feed at the
+        scenario's one rate; each attacker (``python -m bench.attacks CLASS``) is a
+        process of its own, started at its window's start (``_attack_start``). The
+        ladder's saturation rule does not apply: what an attack does to the normal
+        clients is the result, so every class runs, unless the relay dies.
+        """
+        scenario = self.config.scenario
+        steps: list[dict[str, Any]] = []
+        for index, attack in enumerate((None, *scenario.attacks)):
+            metrics = await self._step(
+                index, scenario.t_rates[0], sim, server, sim_url, baseline_memory, ready, connect, attack
+            )
+            steps.append(metrics)
+            if not metrics["server_alive"]:
+                _log(f"{self.config.label}: the relay died under {attack or 'no attack'}; stopping here")
+                break
+        return steps
+
     async def _step(
         self,
         index: int,
@@ -472,9 +523,12 @@ class Run:
         baseline_memory: dict[str, int],
         ready: list[dict[str, Any]],
         connect: dict[str, Any],
+        attack: str | None = None,
     ) -> dict[str, Any]:
         options, scenario = self.options, self.config.scenario
         duration = scenario.window or options.duration
+        if scenario.attacks:
+            duration = max(duration, ABUSE_MIN_WINDOW)
         start_ns = time.time_ns() + int((options.warmup if index == 0 else options.settle) * 1e9)
         end_ns = start_ns + int(duration * 1e9)
         for child in self.clients:
@@ -482,6 +536,7 @@ class Run:
         before = server_counters(server)
         await _sleep_until(start_ns)
         first = Sample(server, sim, self.clients, sim_url)
+        watch = await self._attack_start(attack, server, duration) if scenario.attacks else None
         profiler = await self._start_profiler(server.primary, duration, index) if self.profile else None
         drop_ns = None
         if scenario.drop_at is not None:
@@ -527,7 +582,77 @@ class Run:
         metrics["server_log"] = _log_findings(server, scenario)
         if profile_summary is not None:
             metrics["profile"] = profile_summary
+        if watch is not None:
+            metrics.update(await self._attack_end(watch, server, first, last, metrics["others_cpu"]))
         return metrics
+
+    async def _attack_start(self, attack: str | None, server: Deployment, window: float) -> AttackWatch:
+        """At an abuse window's start: the relay's peak RSS reset, then the attacker (if any) started."""
+        pid = server.primary.pid
+        watch = AttackWatch(
+            attack,
+            exact_peak=procs.reset_peak_rss(pid),
+            start_rss_kib=procs.memory_kib(pid).get("VmRSS", 0),
+            children_cpu=_children_cpu(),
+            started=time.monotonic(),
+        )
+        if attack is not None:
+            argv = [
+                sys.executable, "-m", "bench.attacks", attack, "--port", str(server.ports[0]),
+                "--duration", f"{window - ATTACK_TAIL:g}", "--symbol", ABUSE_HISTORY_SYMBOL,
+                "--token", self.config.scenario.client_token or "token",
+            ]  # fmt: skip
+            watch.child = await procs.spawn(
+                f"attack-{attack}", argv, cwd=REPO, log_path=self.workdir / f"{self.tag}-attack-{attack}.log",
+                pipes=True, cpus=self._cpus(False), env=_clean_env(),
+            )  # fmt: skip
+            self.children.append(watch.child)
+            watch.exited = asyncio.ensure_future(watch.child.process.wait())
+            watch.exited.add_done_callback(lambda _: setattr(watch, "ended", time.monotonic()))
+        return watch
+
+    async def _attack_end(
+        self, watch: AttackWatch, server: Deployment, first: Sample, last: Sample, others_cpu: float
+    ) -> dict[str, Any]:
+        """After an abuse window (and its clients' grace): the attacker's report, the relay's peak RSS."""
+        found: dict[str, Any] = {"attack": watch.attack, "attacker": None, "attacker_exit": None}
+        child = watch.child
+        if child is not None and watch.exited is not None:
+            assert child.process.stdout is not None
+            remaining = max(1.0, ATTACK_TIMEOUT - (time.monotonic() - watch.started))
+            try:
+                out = await asyncio.wait_for(child.process.stdout.read(), remaining)
+                found["attacker_exit"] = await asyncio.wait_for(asyncio.shield(watch.exited), 5.0)
+            except TimeoutError:
+                _log(f"{self.config.label}: {watch.attack} still running after {ATTACK_TIMEOUT:g} s; stopped")
+                await procs.stop_all([child])
+                out = b""
+            with contextlib.suppress(orjson.JSONDecodeError):
+                found["attacker"] = orjson.loads(out.splitlines()[-1]) if out.strip() else None
+            if found["attacker"] is None:
+                found["attacker_error"] = child.log_tail(5)
+            # From its start to its exit: an attack that outlives its window shows here.
+            found["attacker_wall_s"] = (watch.ended or time.monotonic()) - watch.started
+            # Reaped children's CPU: only the attacker ended meanwhile (the others run to the end).
+            found["attacker_cpu_s"] = _children_cpu() - watch.children_cpu
+            if child.pid not in last.everyone:
+                # Gone before the window's last sample: its CPU fell in "others"; take it out.
+                wall = max(1e-9, last.wall - first.wall)
+                found["others_cpu"] = max(0.0, others_cpu - found["attacker_cpu_s"] / wall)
+        # VmHWM after the attacker is done: the window, its grace and the attack's tail.
+        peak = procs.memory_kib(server.primary.pid).get("VmHWM", 0)
+        name = watch.attack or "baseline"
+        found.update(
+            {
+                "step": name,
+                "label": f"{self.config.scenario.key} {name} {self.config.server.label}",
+                "window_start_rss_mib": watch.start_rss_kib / 1024,
+                "window_peak_rss_mib": peak / 1024,
+                # False: VmHWM could not be reset, so the peak is the relay's since it started.
+                "window_peak_rss_exact": watch.exact_peak,
+            }
+        )
+        return found
 
     async def _start_profiler(self, server: Child, duration: float, index: int) -> Child | None:
         if self.config.server.kind == "node":
@@ -546,6 +671,25 @@ class Run:
         child = await procs.spawn("py-spy", argv, cwd=REPO, log_path=output.with_suffix(".log"))
         self.children.append(child)
         return child
+
+
+@dataclass
+class AttackWatch:
+    """One abuse window's attacker (None: the baseline window) and what was read at its start."""
+
+    attack: str | None
+    exact_peak: bool  # the relay's VmHWM was reset at the window start
+    start_rss_kib: int
+    children_cpu: float  # this process's reaped children's CPU seconds before the attacker started
+    started: float  # monotonic
+    child: Child | None = None
+    exited: asyncio.Future[int] | None = None  # the attacker's exit code, when it exits
+    ended: float | None = None  # monotonic, at its exit
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _saturated(metrics: dict[str, Any]) -> str | None:
@@ -574,12 +718,15 @@ def _log_findings(server: Deployment, scenario: Scenario, keep: int = 5) -> dict
 def _log_lines(child: Child, scenario: Scenario) -> list[str]:
     if child.log_path is None or not child.log_path.exists():
         return []
-    expected = ["open mode"]  # the bench runs the relay without client tokens
+    expected = ["open mode"]  # the bench runs the relay without client tokens (but in abuse)
     if scenario.slow_clients:
         # Clients that stop reading: picows' backpressure notice and the drop itself.
         expected += ["slow consumer", "high-watermark"]
     if scenario.drop_at is not None:
         expected += ["upstream stocks: lost", "upstream down"]
+    if scenario.attacks:
+        # The relay's answers to the attackers (the abuse table shows them).
+        expected += ["closed a client", "auth failed for a client"]
     # Python's logging, and nats-server's [WRN] and [ERR].
     alarming = ("WARNING", "ERROR", "Traceback", "Exception", "[WRN]", "[ERR]")
     return [

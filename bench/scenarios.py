@@ -33,6 +33,21 @@ GRANULARITIES = ("batch", "event")
 # Edges behind one ingest in the scale-out servers; clients are split evenly over them.
 SCALEOUT_EDGES = 2
 
+# The abuse scenario: one hostile client per class of bench/attacks.py, a window each,
+# in this order. token-guessing comes last: it locks 127.0.0.1 out of new auths (1 s,
+# doubling with each further failure), and every attacker after it (the normal clients
+# too, were they to reconnect) would connect from there.
+ATTACK_CLASSES = (
+    "frame-flood-text", "frame-flood-binary", "frame-flood-ping", "byte-flood", "silent-pings",
+    "history-amplification", "junk-subscriptions", "nested-json", "token-guessing",
+)  # fmt: skip
+# The relay runs with this client token (16+ characters), which the normal clients and
+# the attackers that authenticate use, so that token-guessing has something to guess.
+ABUSE_TOKEN = "bench-abuse-token-0123456789"
+# history-amplification asks for this ticker's A and AM, which the relay keeps
+# (--keep-channels) from its start, so their history exists (the simulator's S0001..).
+ABUSE_HISTORY_SYMBOL = "S0001"
+
 
 @dataclass(frozen=True)
 class Server:
@@ -126,6 +141,10 @@ class Scenario:
     # Servers with several edges (the scale-out): all clients of a channel on one edge, the
     # channels dealt out in turn (disjoint interests), instead of every channel's clients split.
     edge_by_channel: bool = False
+    # One window without attack, then one per attack class (bench/attacks.py), fastrelay only.
+    attacks: tuple[str, ...] = ()
+    client_token: str | None = None  # the relay's --client-tokens, sent by the clients' auth
+    server_args: tuple[str, ...] = ()  # more arguments of fastrelay serve
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
@@ -233,6 +252,14 @@ SCENARIOS: dict[str, Scenario] = {
             window=6.0, max_repeats=2,
             about="100 clients on T.*; the simulator drops the upstream 2 s into the window",
         ),
+        # One hostile client at a time (bench/attacks.py) against fastrelay under a moderate load:
+        # a window without attack, then a window per attack class, on one relay (bench/run.py, Run._abuse).
+        Scenario(
+            "abuse", "abuse", clients=100, symbols=100, t_rates=(1000,), max_repeats=1,
+            attacks=ATTACK_CLASSES, client_token=ABUSE_TOKEN,
+            server_args=("--keep-channels", f"A.{ABUSE_HISTORY_SYMBOL},AM.{ABUSE_HISTORY_SYMBOL}"),
+            about="100 clients on T.* at 1k T/s; a window without attack, then one per attack class",
+        ),
         # The scale-out (1 ingest + 2 edges over a nats-server) beside the single process, both NATS
         # granularities, on the firehose, batched and sparse loads. Batch merges a NATS window's
         # trades into one message, event only one ticker's; 20-event frames and edges with disjoint
@@ -284,7 +311,7 @@ GROUPS = {
     )
 }  # fmt: skip
 # Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 10 minutes).
-DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect")
+DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect", "abuse")
 
 
 @dataclass(frozen=True)
@@ -307,6 +334,8 @@ def plan(
         for server in chosen:
             if not server.routes and not (scenario.wildcard or scenario.quiet):
                 continue  # the ceiling cannot serve per-client channels
+            if scenario.attacks and server.kind != "fastrelay":
+                continue  # the attacks probe fastrelay's limits (tokens, history): the peers have none
             configs.append(Config(scenario, server))
     for repeat in range(repeats):
         for config in configs:
