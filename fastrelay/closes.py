@@ -35,7 +35,7 @@ class CloseReason(enum.Enum):
     PROTOCOL_ERROR = (1002, "protocol")
     # ... or a fragmented message past --max-message-size.
     MESSAGE_TOO_BIG = (1009, "policy")
-    # Over the inbound budget (frames or bytes per second): cut off, not answered.
+    # Over its budget (frames or bytes per second, sent or answered): cut off, not answered.
     FLOOD = (1008, "flood")
     # Too many connections from the client's address: 1013, try again later.
     LIMIT = (1013, "limit")

@@ -88,7 +88,7 @@ class RelayConfig:
     # burst allowed: a page subscribes a handful, a service may send hundreds at start.
     max_messages_per_second: float = 50.0
     message_burst: int = 200
-    # The inbound budget (fastrelay/inbound.py): past it a client is cut off (1008),
+    # The client budget (fastrelay/budget.py): past it a client is cut off (1008),
     # not answered. Every frame counts, pings included; official clients ping
     # every 20-25 s and send a few control messages.
     max_frames_per_second: float = 50.0
@@ -331,7 +331,7 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     Option(
         "max-bytes-per-second",
         _non_negative(int),
-        "bytes per second per client; past it the client is closed (1008)",
+        "bytes per second a client sends or is answered with; past it the client is closed (1008)",
         "max_bytes_per_second",
     ),
     Option("byte-burst", _non_negative(int), "bytes a client may send at once", "byte_burst"),

@@ -82,7 +82,7 @@ class _MarketIndex:
 @dataclass
 class SubscribeResult:
     accepted: list[Channel]
-    errors: list[str]
+    refused: list[tuple[Channel, str]]  # each with why
 
 
 class Hub:
@@ -130,60 +130,56 @@ class Hub:
         self._leave_audience(member)
 
     def subscribe(self, member: Member, channels: Iterable[Channel]) -> SubscribeResult:
-        """Add channels; unknown markets and caps give errors, not exceptions."""
-        accepted: list[Channel] = []
-        errors: list[str] = []
-        new: dict[str, list[Channel]] = {}
+        """Add channels, each on its own: what fits is taken, the rest refused one by one
+        (as Massive answers per channel); never an exception."""
+        result = SubscribeResult([], [])
+        added = False
+        held_capped: dict[str, int] = {}  # market -> capped contracts this member holds
         for channel in dict.fromkeys(channels):
-            if channel.market not in self._index:
-                errors.append(f"market {channel.market!r} is not served by this relay ({channel.name})")
-            elif channel in member.channels:
-                accepted.append(channel)  # idempotent, as Massive acknowledges again
-            else:
-                new.setdefault(channel.market, []).append(channel)
-        room = self.max_channels_per_client - len(member.channels)
-        address = member.address
-        for market, wanted in new.items():
-            refusal = self._refusal(member, market, wanted, room)
-            if refusal is not None:
-                errors.append(refusal)
+            if channel in member.channels:
+                result.accepted.append(channel)  # idempotent, as Massive acknowledges again
                 continue
-            room -= len(wanted)
-            self.subscriptions += len(wanted)
-            if address is not None:
-                address.channels += len(wanted)
-            for channel in wanted:
-                member.channels.add(channel)
-                self.interest.add(channel)
-            accepted.extend(wanted)
-        if new:
+            refusal = self._refusal(member, channel, held_capped)
+            if refusal is not None:
+                result.refused.append((channel, refusal))
+                continue
+            member.channels.add(channel)
+            self.subscriptions += 1
+            if member.address is not None:
+                member.address.channels += 1
+            self.interest.add(channel)
+            result.accepted.append(channel)
+            added = True
+        if added:
             self._move(member)
-        return SubscribeResult(accepted, errors)
+        return result
 
-    def _refusal(self, member: Member, market: str, wanted: list[Channel], room: int) -> str | None:
-        """Why these new channels of one market cannot be added, or None."""
-        if len(wanted) > room:
-            return (
-                f"too many channels: at most {self.max_channels_per_client} per connection "
-                f"({len(wanted)} more requested on {market}, room for {max(room, 0)})"
-            )
+    def _refusal(self, member: Member, channel: Channel, held_capped: dict[str, int]) -> str | None:
+        """Why ``channel`` cannot be added for ``member``, or None."""
+        market = channel.market
+        if market not in self._index:
+            return f"market {market!r} is not served by this relay"
+        if len(member.channels) >= self.max_channels_per_client:
+            return f"too many channels: at most {self.max_channels_per_client} per connection"
         address = member.address
-        if address is not None and address.channels + len(wanted) > address.max_channels:
-            return (
-                f"too many channels: at most {address.max_channels} from one address "
-                f"({address.channels} held by its connections)"
-            )
+        if address is not None and address.channels >= address.max_channels:
+            return f"too many channels: at most {address.max_channels} from one address"
         capped = markets.capped_evs(market)
-        if capped:
-            held = sum(1 for c in member.channels if c.market == market and c.ev in capped)
-            asked = sum(1 for c in wanted if c.ev in capped)
-            if asked and held + asked > self.max_contracts_per_client:
+        if channel.ev in capped:
+            held = held_capped.get(market)
+            if held is None:
+                held = sum(1 for c in member.channels if c.market == market and c.ev in capped)
+            if held >= self.max_contracts_per_client:
                 return (
                     f"too many {market} contracts: at most {self.max_contracts_per_client} "
                     f"{'/'.join(sorted(capped))} per connection, a share of Massive's cap of "
-                    f"{markets.OPTIONS_CONTRACT_CAP} for all clients ({held} held)"
+                    f"{markets.OPTIONS_CONTRACT_CAP} for all clients"
                 )
-        return self.interest.admit(market, [c.name for c in wanted])
+            refusal = self.interest.admit(market, [channel.name])
+            if refusal is None:
+                held_capped[market] = held + 1
+            return refusal
+        return self.interest.admit(market, [channel.name])
 
     def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> None:
         removed = [c for c in dict.fromkeys(channels) if c in member.channels]

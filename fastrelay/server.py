@@ -38,8 +38,8 @@ from picows import (
 
 from fastrelay import markets, protocol
 from fastrelay.addresses import AddressBook, AddressState
+from fastrelay.budget import BudgetLimits, ClientBudget, Reassembly, close_reply
 from fastrelay.closes import CLOSE_LABELS, CloseReason
-from fastrelay.inbound import InboundBudget, InboundLimits, Reassembly, close_reply
 from fastrelay.member import Member
 from fastrelay.origins import OriginPolicy
 from fastrelay.ratelimit import LogThrottle, TokenBucket
@@ -111,7 +111,7 @@ class ClientConnection(WSListener):
         self._address: str | None = None
         self._address_state: AddressState | None = None
         self._close_reason: CloseReason | None = None
-        self._budget: InboundBudget | None = None
+        self._budget: ClientBudget | None = None
         self._fragments: Reassembly | None = None  # a fragmented message being received
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
@@ -163,7 +163,7 @@ class ClientConnection(WSListener):
         now = server.clock()
         budget = self._budget
         if budget is None:  # made at the first frame: idle connections carry none
-            budget = self._budget = InboundBudget(server.inbound_limits, now)
+            budget = self._budget = ClientBudget(server.budget_limits, now)
         if not budget.take(frame.payload_size, now):
             self._flooded()
             return
@@ -233,20 +233,20 @@ class ClientConnection(WSListener):
         self.close(CloseReason.PROTOCOL_ERROR, "protocol error")
 
     def _flooded(self) -> None:
-        """Over the inbound budget: stop reading at once and close; nothing else is answered."""
+        """Over its budget: stop reading at once and close; nothing else is answered."""
         transport = self.transport
         assert transport is not None
         with contextlib.suppress(Exception):  # a transport already closing may refuse
             transport.underlying_transport.pause_reading()
-        limits = self._server.inbound_limits
+        limits = self._server.budget_limits
         self._server.rejections.log(
             logging.WARNING,
-            "closed a client (%s): over the inbound budget (%g frames/s, %d bytes/s)",
+            "closed a client (%s): over its budget (%g frames/s, %d bytes/s)",
             self.describe(),
             limits.frames_per_second,
             int(limits.bytes_per_second),
         )
-        self.close(CloseReason.FLOOD, "over the inbound budget")
+        self.close(CloseReason.FLOOD, "over its budget")
 
     def _deliver(self, reply: Reply) -> None:
         """Carry out what the session answered: frames, a close, a deferred answer."""
@@ -255,6 +255,13 @@ class ClientConnection(WSListener):
         outbox = self._server.relay.outbox
         member = session.member
         outbox.send(member, reply.frames)
+        # Answers cost the wire what messages cost the relay: an unsubscribe of a
+        # thousand channels brings a thousand acknowledgements. They come out of
+        # the same budget (history replies have limits of their own).
+        budget = self._budget
+        if budget is not None and reply.frames and not budget.charge(sum(map(len, reply.frames))):
+            self._flooded()
+            return
         if reply.more is not None:
             for payload in reply.more:
                 if member.closed:  # dropped for its backlog: build no more of it
@@ -492,7 +499,7 @@ class RelayServer:
             ),
         )
         self.connections: set[ClientConnection] = set()
-        self.inbound_limits = InboundLimits(
+        self.budget_limits = BudgetLimits(
             config.max_frames_per_second,
             config.frame_burst,
             config.max_bytes_per_second,

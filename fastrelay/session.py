@@ -218,10 +218,16 @@ class ClientSession:
         # A channel named twice is one channel: its answer is not sent twice.
         names = list(dict.fromkeys(protocol.split_params(params)))
         limit = self._context.hub.max_channels_per_client
-        if len(names) > limit:
-            return [], [f"too many channels in one message: {len(names)} (at most {limit} per connection)"]
         channels: list[Channel] = []
         errors: list[str] = []
+        if len(names) > limit:
+            # No connection holds more: the rest is not even parsed (the work of one
+            # message stays bounded), and is refused in one line.
+            errors.append(
+                f"too many channels in one message: {len(names)}; the {len(names) - limit} "
+                f"after the first {limit} were not taken (at most {limit} per connection)"
+            )
+            names = names[:limit]
         for name in names:
             try:
                 if self.market is None:
@@ -238,7 +244,7 @@ class ClientSession:
         context = self._context
         channels, errors = self._parse(params)
         result = context.hub.subscribe(self.member, channels)
-        errors.extend(result.errors)
+        errors.extend(f"{self._label(c)}: {why}" for c, why in result.refused)
         statuses = [
             protocol.status(protocol.SUCCESS, protocol.subscribed_message(self._label(c)))
             for c in result.accepted

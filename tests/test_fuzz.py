@@ -299,7 +299,7 @@ def subscribed_hub() -> tuple[Core, list[tuple[Member, RecordingSink]]]:
         ({Channel("options", "T", "*"), Channel("options", "Q", "O:X1")}, True),
     ):
         m, sink = core.member(tags_markets=tagged)
-        assert not core.hub.subscribe(m, channels).errors
+        assert not core.hub.subscribe(m, channels).refused
         members.append((m, sink))
     return core, members
 

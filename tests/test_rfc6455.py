@@ -1,12 +1,14 @@
-"""RFC 6455 where picows leaves it to the relay: versions, reserved bits, closes, fragments, pongs."""
+"""RFC 6455 where picows leaves it to the relay (versions, reserved bits, closes, fragments, pongs),
+and the budget that every frame and every answer comes out of."""
 
 from __future__ import annotations
 
 import orjson
 
 from bench.attacks import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient, client_frame, text
-from fastrelay.app import RunningRelay
-from tests.utils import TIMEOUT
+from fastrelay.app import RunningRelay, running_relay
+from fastrelay.sim import Simulator
+from tests.utils import TIMEOUT, fast_relay_config
 
 
 async def connected(relay: RunningRelay, path: str = "/stocks") -> RawClient:
@@ -107,3 +109,20 @@ async def test_pings_are_answered_through_the_relay(relay: RunningRelay) -> None
     assert frame == (PONG, b"are you there")
     assert relay.relay.outbox.stats.frames >= before + 2  # connected, then the pong
     client.close()
+
+
+async def test_answers_come_out_of_the_client_budget(sim: Simulator) -> None:
+    """Unsubscribes of many channels bring as many acknowledgements: a client whose answers pass
+    its byte budget is cut off (1008) instead of being answered at ten times what it sends."""
+    config = fast_relay_config(sim.base_url, "sim-key", max_bytes_per_second=10_000, byte_burst=50_000)
+    async with running_relay(config) as relay:
+        client = await RawClient.connect("127.0.0.1", relay.port)
+        await client.send(text({"action": "auth", "params": "x"}))
+        message = text({"action": "unsubscribe", "params": ",".join(f"T.S{i:05d}" for i in range(500))})
+        assert len(message) < 5_000  # each one sends about 4 KB and is answered with about 20 KB
+        for _ in range(5):
+            await client.send(message)
+        assert await client.wait_closed(TIMEOUT) == 1008 or client.reset
+        assert client.received < 3 * 50_000
+        assert relay.server.stats.closed["flood"] == 1
+        client.close()

@@ -102,14 +102,30 @@ def test_auth_twice_is_an_error() -> None:
     assert s.authenticated
 
 
-def test_huge_subscribe_is_one_error() -> None:
-    """100,000 channels in one message: one error status, nothing subscribed, no per-channel spam."""
+def test_a_subscribe_past_the_channel_limit_takes_what_fits() -> None:
+    """100,000 channels in one message (the limit is 100 here): the first 100 are subscribed and
+    acknowledged, the rest refused in one error, never parsed one by one."""
     s = authed()
     params = ",".join(f"T.S{i}" for i in range(100_000))
     reply = s.receive(orjson.dumps({"action": "subscribe", "params": params}))
     result = statuses(reply.frames[0])
-    assert len(result) == 1 and result[0][0] == "error" and "too many channels" in result[0][1]
-    assert s.member.channels == set()
+    assert [st for st, _ in result].count("success") == 100
+    errors = [m for st, m in result if st == "error"]
+    assert len(errors) == 1 and "99900 after the first 100 were not taken" in errors[0]
+    assert len(s.member.channels) == 100
+
+
+def test_channels_past_the_limit_are_refused_one_by_one() -> None:
+    """Room for two more: two acknowledged, each of the others refused with its own error."""
+    s = authed()
+    s.receive(orjson.dumps({"action": "subscribe", "params": ",".join(f"T.S{i}" for i in range(98))}))
+    reply = s.receive(b'{"action":"subscribe","params":"T.A,T.B,T.C,Q.D"}')
+    assert statuses(reply.frames[0]) == [
+        ("success", "subscribed to: T.A"),
+        ("success", "subscribed to: T.B"),
+        ("error", "T.C: too many channels: at most 100 per connection"),
+        ("error", "Q.D: too many channels: at most 100 per connection"),
+    ]
 
 
 def test_many_bad_channels_are_summarised() -> None:

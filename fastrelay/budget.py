@@ -1,11 +1,13 @@
-"""What a client may send, and how the relay takes it; pure.
+"""What a client may cause, and how the relay takes what it sends; pure.
 
 Every byte and every frame a client sends costs the relay CPU before any rule
-looks at it, so each connection has an inbound budget (``InboundBudget``:
-frames and bytes per second, with a burst, control frames included). A
-connection over budget is closed (``CloseReason.FLOOD``), not answered: an
-answer per excess message is what turns a flood into a denial of service for
-everyone else.
+looks at it, and every answer it provokes costs bytes on the wire, so each
+connection has a budget (``ClientBudget``: frames and bytes per second, with
+a burst): the frames it sends, control frames included, and the bytes it sends
+and is answered with (acknowledgements, errors, last values; its data and its
+history replies have their own limits). A connection over budget is closed
+(``CloseReason.FLOOD``), not answered: an answer per excess message is what
+turns a flood into a denial of service for everyone else.
 
 The rest is RFC 6455 as picows leaves it to the application: fragmented
 messages are reassembled under the message cap (``Reassembly``), and a close
@@ -21,7 +23,7 @@ from fastrelay.closes import CloseReason
 
 
 @dataclass(frozen=True)
-class InboundLimits:
+class BudgetLimits:
     """Per connection. The defaults leave a browser or an official client far inside them:
     they send a handful of control messages and a ping every 20-25 s."""
 
@@ -31,12 +33,12 @@ class InboundLimits:
     byte_burst: float = 1024 * 1024  # four full-size (256 KiB) messages at once
 
 
-class InboundBudget:
+class ClientBudget:
     """Two token buckets (frames, bytes) refilled at their rates; one object per connection."""
 
     __slots__ = ("_bytes", "_frames", "_limits", "_updated")
 
-    def __init__(self, limits: InboundLimits, now: float) -> None:
+    def __init__(self, limits: BudgetLimits, now: float) -> None:
         self._limits = limits
         self._frames = limits.frame_burst
         self._bytes = limits.byte_burst
@@ -53,6 +55,14 @@ class InboundBudget:
         self._frames -= 1
         self._bytes -= size
         return self._frames >= 0 and self._bytes >= 0
+
+    def charge(self, size: int) -> bool:
+        """Charge bytes the relay sends because of this client (its replies); False when over.
+
+        Charged after a ``take`` in the same pass, so no refill is due.
+        """
+        self._bytes -= size
+        return self._bytes >= 0
 
 
 class Reassembly:
