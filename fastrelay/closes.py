@@ -35,6 +35,8 @@ class CloseReason(enum.Enum):
     PROTOCOL_ERROR = (1002, "protocol")
     # ... or a fragmented message past --max-message-size.
     MESSAGE_TOO_BIG = (1009, "policy")
+    # A market path this relay does not serve: connected, an error naming it, 1008.
+    UNSERVED = (1008, "unserved")
     # Over its budget (frames or bytes per second, sent or answered): cut off, not answered.
     FLOOD = (1008, "flood")
     # Too many connections from the client's address: 1013, try again later.

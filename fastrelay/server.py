@@ -54,6 +54,8 @@ log = logging.getLogger("fastrelay.server")
 Routed: TypeAlias = WSListener | WSUpgradeResponseWithListener | None
 
 API_SOCKET_PATH = "/api/socket"
+# The path label of refusals on market paths this relay does not serve.
+OTHER_PATH = "/other"
 # A closed client gets this long to take its last status and the close frame
 # before the socket is aborted (a slow consumer may never read again).
 CLOSE_GRACE = 1.0
@@ -71,7 +73,7 @@ class ServerStatistics:
 
     @classmethod
     def for_markets(cls, served: tuple[str, ...]) -> ServerStatistics:
-        paths = [f"/{m}" for m in served] + [API_SOCKET_PATH]
+        paths = [f"/{m}" for m in served] + [API_SOCKET_PATH, OTHER_PATH]
         return cls(
             dict.fromkeys(paths, 0),
             dict.fromkeys(paths, 0),
@@ -335,6 +337,35 @@ class ClientConnection(WSListener):
             # error): the client broke a rule. Otherwise the peer vanished.
             reason = CloseReason.POLICY if transport.close_handshake is not None else CloseReason.ERROR
         server.stats.count_close(self._path, reason)
+
+
+class UnservedMarket(WSListener):
+    """A client on a market path this relay does not serve: told so in Massive's terms.
+
+    Upgraded, then ``connected``, then an ``error`` status naming the market and
+    the served ones, then a close with 1008, so an official client surfaces
+    the mistake instead of retrying a failed upgrade silently for ever.
+    """
+
+    def __init__(self, server: RelayServer, market: str, forwarded: str | None) -> None:
+        self._server = server
+        self._market = market
+        self._forwarded = forwarded
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        server = self._server
+        served = ", ".join(server.relay.config.markets)
+        peer = transport.underlying_transport.get_extra_info("peername")
+        address = server.addresses.client_address(peer, self._forwarded)
+        server.rejections.log(
+            logging.INFO, "refused a client (%s) on /%s: market not served", address, self._market
+        )
+        server.stats.count_close(OTHER_PATH, CloseReason.UNSERVED)
+        message = f"market {self._market} is not served by this relay (it serves {served})"
+        transport.send(WSMsgType.TEXT, protocol.status_frame(protocol.CONNECTED, "Connected Successfully"))
+        transport.send(WSMsgType.TEXT, protocol.status_frame(protocol.ERROR, message))
+        transport.send_close(WSCloseCode(CloseReason.UNSERVED.code), b"market not served")
+        transport.disconnect(graceful=True)
 
 
 def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
@@ -635,7 +666,8 @@ class RelayServer:
             forwarded = request.headers.get("x-forwarded-for")
             return ClientConnection(self, None if path == API_SOCKET_PATH else market, path, forwarded)
         if markets.is_market(market):
-            return _plain(404, f"market {market} is not served by this relay\n".encode())
+            # Not a 404: Massive's clients hide a failed upgrade and retry it for ever.
+            return UnservedMarket(self, market, request.headers.get("x-forwarded-for"))
         return self._route_client_http(request)
 
     def _refusal(self, request: WSUpgradeRequest) -> tuple[int, bytes] | None:

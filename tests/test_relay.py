@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from base64 import b64encode
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from bench.attacks import text
+from bench.attacks import RawClient, text
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.interest import MarketInterest
 from fastrelay.protocol import Channel
@@ -405,3 +406,21 @@ async def test_kept_channels_are_subscribed_and_recorded_before_any_client() -> 
         await client.close()
         await wait_until(lambda: hub.members == 0, what="client gone")
         assert relay.relay.demand["stocks"].refcount("A.AAPL") == 1
+
+
+async def test_an_unserved_market_is_told_so_in_massive_terms(
+    relay: RunningRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/crypto on a stocks and options relay: upgraded, connected, an error naming the market and
+    the served ones, then 1008 (not a 404, which Massive's clients retry silently for ever)."""
+    with caplog.at_level(logging.INFO, logger="fastrelay"):
+        client = await RawClient.connect("127.0.0.1", relay.port, path="/crypto")
+        assert client.upgraded
+        messages = await client.messages(TIMEOUT)
+        assert [m["status"] for m in messages] == ["connected", "error"]
+        assert (
+            messages[1]["message"] == "market crypto is not served by this relay (it serves stocks, options)"
+        )
+        client.close()
+    assert relay.server.stats.closed["unserved"] == 1
+    assert any("on /crypto: market not served" in r.getMessage() for r in caplog.records)
