@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from fastrelay.app import RunningRelay, running_relay
 from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
+from tests.webtools import RelayProcess, free_port, stopping
 
 JS_DIR = Path(__file__).parent / "js"
 
@@ -127,3 +130,35 @@ def test_python_m_fastrelay_help() -> None:
         [sys.executable, "-m", "fastrelay", "--help"], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     assert all(command in out for command in ("serve", "run", "sim"))
+
+
+async def test_official_python_client_survives_a_relay_restart(sim: Simulator, tmp_path: Path) -> None:
+    """A rolling restart must not end clients: the official Python client, unchanged, gets a close
+    it retries on (1012), reconnects to the relay restarted on the same port, and receives again."""
+    port = free_port()
+    relay = RelayProcess(port, sim.base_url, tmp_path / "relay.log", "--shutdown-timeout", "2")
+    client = WebSocketClient(
+        api_key="any", feed=f"127.0.0.1:{port}", market="stocks", secure=False, subscriptions=["T.*"]
+    )
+    trades: list[Any] = []
+
+    async def handle(messages: list[Any]) -> None:
+        trades.extend(m for m in messages if isinstance(m, EquityTrade))
+
+    with stopping(relay):
+        await relay.start()
+        # Its documented pass-through to websockets.connect: retry the refused port every 0.2 s.
+        task = asyncio.create_task(client.connect(handle, reconnect_delays=lambda: itertools.repeat(0.2)))
+        try:
+            await wait_until(lambda: len(trades) >= 5, what="trades before the restart")
+            assert relay.proc is not None
+            relay.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(relay.proc.wait, TIMEOUT) == 0
+            seen = len(trades)
+            await relay.start()
+            await wait_until(lambda: len(trades) >= seen + 5, timeout=TIMEOUT * 2, what="trades after it")
+            assert not task.done(), task.exception() if task.done() else None
+        finally:
+            await client.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
