@@ -364,6 +364,37 @@ async def junk_subscriptions(
     return report
 
 
+async def heavy_messages(host: str, port: int, messages: int = 60, token: str = "token") -> AttackReport:
+    """Subscribes and unsubscribes of 2,000 made-up channels each, all sent at once: each
+    costs the relay milliseconds of work, within the frame and byte budgets, while the
+    client never holds more than 2,000 channels."""
+    report = AttackReport("heavy-messages", connections=1)
+    client = await authed(host, port, token)
+    chunk = b"".join(
+        text(
+            {
+                "action": "unsubscribe" if m % 2 else "subscribe",
+                "params": ",".join(f"T.H{m // 2:03d}X{i:05d}" for i in range(2000)),
+            }
+        )
+        for m in range(messages)
+    )
+    started = time.monotonic()
+    with contextlib.suppress(ConnectionError, OSError):
+        await client.send(chunk)
+        report.frames_sent += messages
+        report.bytes_sent += len(chunk)
+    for status in await client.messages(5.0):
+        key = str(status.get("status"))
+        report.statuses[key] = report.statuses.get(key, 0) + 1
+    report.close_code = await client.wait_closed(0.2)
+    report.notes["reset"] = client.reset
+    report.duration = time.monotonic() - started
+    report.bytes_received = client.received
+    client.close()
+    return report
+
+
 async def contract_capture(host: str, port: int, contracts: int = 1000) -> AttackReport:
     """One client subscribing the whole options quote cap with contracts nobody trades."""
     report = AttackReport("contract-capture", connections=1)
@@ -421,6 +452,7 @@ ATTACKS: dict[str, Callable[[str, int, argparse.Namespace], Coroutine[Any, Any, 
     "history-amplification": lambda h, p, a: history_amplification(
         h, p, hold=a.duration, token=a.token, symbol=a.symbol
     ),
+    "heavy-messages": lambda h, p, a: heavy_messages(h, p, token=a.token),
     "junk-subscriptions": lambda h, p, a: junk_subscriptions(h, p, token=a.token),
     "nested-json": lambda h, p, a: nested_json(h, p),
     "token-guessing": lambda h, p, a: token_guessing(h, p),

@@ -95,6 +95,9 @@ class RelayConfig:
     frame_burst: int = 200
     max_bytes_per_second: int = 256 * KIB
     byte_burst: int = MIB
+    # Loop time its messages may take (a 10,000-channel subscribe at start: ~0.1 s).
+    max_cpu_ms_per_second: float = 50.0
+    cpu_burst_ms: float = 500.0
     client_handshake_timeout: float = 5.0  # TCP accepted to WebSocket upgraded
     # Connections the kernel queues before the relay accepts them: a reconnect
     # storm brings thousands at once (the kernel caps it at net.core.somaxconn).
@@ -335,6 +338,13 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "max_bytes_per_second",
     ),
     Option("byte-burst", _non_negative(int), "bytes a client may send at once", "byte_burst"),
+    Option(
+        "max-cpu-ms-per-second",
+        _non_negative(float),
+        "ms of the relay's loop a client's messages may take per second; past it: closed (1008)",
+        "max_cpu_ms_per_second",
+    ),
+    Option("cpu-burst-ms", _non_negative(float), "ms of loop a client may use at once", "cpu_burst_ms"),
     Option("listen-backlog", _non_negative(int), "connections queued before accept", "listen_backlog"),
     Option(
         "client-handshake-timeout",

@@ -46,6 +46,9 @@ TIMER_SLACK = 0.001
 class Interest(Protocol):
     """Where the hub reports the references its members take and drop."""
 
+    def headroom(self) -> int:
+        """How many channels may surely be added before a global cap."""
+
     def admit(self, market: str, names: list[str]) -> str | None:
         """Why these new channels cannot be added (a cap), or None."""
 
@@ -135,11 +138,13 @@ class Hub:
         result = SubscribeResult([], [])
         added = False
         held_capped: dict[str, int] = {}  # market -> capped contracts this member holds
+        # Speed: while this many may surely be added, the global cap needs no exact check.
+        headroom = [self.interest.headroom()]
         for channel in dict.fromkeys(channels):
             if channel in member.channels:
                 result.accepted.append(channel)  # idempotent, as Massive acknowledges again
                 continue
-            refusal = self._refusal(member, channel, held_capped)
+            refusal = self._refusal(member, channel, held_capped, headroom)
             if refusal is not None:
                 result.refused.append((channel, refusal))
                 continue
@@ -154,7 +159,9 @@ class Hub:
             self._move(member)
         return result
 
-    def _refusal(self, member: Member, channel: Channel, held_capped: dict[str, int]) -> str | None:
+    def _refusal(
+        self, member: Member, channel: Channel, held_capped: dict[str, int], headroom: list[int]
+    ) -> str | None:
         """Why ``channel`` cannot be added for ``member``, or None."""
         market = channel.market
         if market not in self._index:
@@ -178,7 +185,11 @@ class Hub:
             refusal = self.interest.admit(market, [channel.name])
             if refusal is None:
                 held_capped[market] = held + 1
+                headroom[0] -= 1
             return refusal
+        if headroom[0] > 0:
+            headroom[0] -= 1
+            return None
         return self.interest.admit(market, [channel.name])
 
     def unsubscribe(self, member: Member, channels: Iterable[Channel]) -> None:

@@ -275,6 +275,11 @@ class Demand:
     def __getitem__(self, market: str) -> MarketInterest:
         return self.markets[market]
 
+    def headroom(self) -> int:
+        """Channels that may still be added before the relay's cap (a lower bound: a name
+        already held costs nothing)."""
+        return self.max_channels - sum(i.held_count for i in self.markets.values())
+
     def admit(self, market: str, names: list[str]) -> str | None:
         """Why these channels cannot be added (the relay's channel cap, the contract cap), or None."""
         interest = self.markets[market]
@@ -294,7 +299,8 @@ class Demand:
     def add(self, channel: Channel) -> None:
         if self.markets[channel.market].add(channel.name):
             self._on_first(channel)
-        self._mark(channel.market)
+        if channel.market not in self._changed:
+            self._mark(channel.market)
 
     def remove(self, channel: Channel) -> None:
         if self.markets[channel.market].remove(channel.name):

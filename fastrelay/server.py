@@ -14,6 +14,7 @@ market; ``/api/socket`` serves every market on one socket (README,
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -56,6 +57,10 @@ Routed: TypeAlias = WSListener | WSUpgradeResponseWithListener | None
 API_SOCKET_PATH = "/api/socket"
 # The path label of refusals on market paths this relay does not serve.
 OTHER_PATH = "/other"
+# Loop time one client's messages may take in one pass of the loop before the rest
+# of what it sent waits for the next pass: a burst of heavy messages (a subscribe
+# of 2,000 channels takes about 15 ms) must not hold everyone else up.
+PASS_SHARE = 0.002
 # A closed client gets this long to take its last status and the close frame
 # before the socket is aborted (a slow consumer may never read again).
 CLOSE_GRACE = 1.0
@@ -98,7 +103,9 @@ class ClientConnection(WSListener):
         "_fragments",
         "_market",
         "_path",
+        "_queue",
         "_server",
+        "_spent",
         "heard",
         "pinged",
         "session",
@@ -115,6 +122,8 @@ class ClientConnection(WSListener):
         self._close_reason: CloseReason | None = None
         self._budget: ClientBudget | None = None
         self._fragments: Reassembly | None = None  # a fragmented message being received
+        self._queue: collections.deque[tuple[bool, bytes]] | None = None  # messages waiting their turn
+        self._spent = 0.0  # loop time its messages took in this pass
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
         self.heard = True  # received a frame (any, pongs included) since the last ping sweep
@@ -194,14 +203,59 @@ class ClientConnection(WSListener):
         # A PONG only marks the peer alive (above).
 
     def _message(self, binary: bool, payload: bytes) -> None:
+        """A whole message: handled now, or queued behind the ones this client already has
+        waiting (in order) when it used up its share of this pass of the loop."""
+        queue = self._queue
+        if queue is not None:
+            queue.append((binary, payload))
+            return
+        self._handle(binary, payload)
+
+    def _handle(self, binary: bool, payload: bytes) -> None:
         session = self.session
         assert session is not None
+        started = time.perf_counter()
         if binary:
             self._deliver(session.binary_received())
+        else:
+            self._deliver(session.receive(payload))
+            if session.authenticated:
+                self._server.auth_deadline.discard(self)
+        spent = time.perf_counter() - started
+        budget = self._budget
+        if self._close_reason is not None or budget is None:
             return
-        self._deliver(session.receive(payload))
-        if session.authenticated:
-            self._server.auth_deadline.discard(self)
+        if not budget.charge_cpu(spent):
+            self._flooded("loop time")
+            return
+        if self._spent == 0.0:  # the first message of this pass: count from zero next pass
+            asyncio.get_running_loop().call_soon(self._next_pass)
+        self._spent += spent
+        if self._spent > PASS_SHARE and self._queue is None:
+            # Used up its share of this pass: the rest of what it sent waits for the next
+            # passes (in order), and nothing more is read from it until it is through.
+            self._queue = collections.deque()
+            self._reading(False)
+
+    def _next_pass(self) -> None:
+        self._spent = 0.0
+        queue = self._queue
+        if queue is None:
+            return
+        while queue and self._spent <= PASS_SHARE and self._close_reason is None:
+            self._handle(*queue.popleft())
+        if not queue and self._close_reason is None:
+            self._queue = None
+            self._reading(True)
+
+    def _reading(self, on: bool) -> None:
+        """Resume or pause reading from the socket (a transport already closing may refuse)."""
+        transport = self.transport
+        if transport is None:
+            return
+        raw = transport.underlying_transport
+        with contextlib.suppress(Exception):
+            raw.resume_reading() if on else raw.pause_reading()
 
     def _continuation(self, frame: WSFrame) -> None:
         fragments = self._fragments
@@ -234,19 +288,18 @@ class ClientConnection(WSListener):
         )
         self.close(CloseReason.PROTOCOL_ERROR, "protocol error")
 
-    def _flooded(self) -> None:
+    def _flooded(self, what: str = "frames or bytes") -> None:
         """Over its budget: stop reading at once and close; nothing else is answered."""
-        transport = self.transport
-        assert transport is not None
-        with contextlib.suppress(Exception):  # a transport already closing may refuse
-            transport.underlying_transport.pause_reading()
+        self._reading(False)
         limits = self._server.budget_limits
         self._server.rejections.log(
             logging.WARNING,
-            "closed a client (%s): over its budget (%g frames/s, %d bytes/s)",
+            "closed a client (%s): over its budget of %s (%g frames/s, %d bytes/s, %g ms of loop/s)",
             self.describe(),
+            what,
             limits.frames_per_second,
             int(limits.bytes_per_second),
+            limits.cpu_per_second * 1000,
         )
         self.close(CloseReason.FLOOD, "over its budget")
 
@@ -535,6 +588,8 @@ class RelayServer:
             config.frame_burst,
             config.max_bytes_per_second,
             config.byte_burst,
+            config.max_cpu_ms_per_second / 1000.0,
+            config.cpu_burst_ms / 1000.0,
         )
         self.clock = time.monotonic
         # One line per kind of rejection per interval: an attacker must not be able to flood the log.

@@ -320,3 +320,19 @@ async def test_hidden_files_in_the_web_root_are_not_served(tmp_path: Path) -> No
         assert (await http_get(a.relay.port, "/"))[0] == 200
         for path in ("/.git/config", "/.env", "/.git/"):
             assert (await http_get(a.relay.port, path))[0] == 404, path
+
+
+async def test_heavy_messages_are_paced_and_charged(tmp_path: Path) -> None:
+    """Sixty subscribes and unsubscribes of 2,000 channels each in one burst (inside the frame
+    budget; the byte budget raised so that loop time is what runs out, and the loop-time burst
+    lowered to 200 ms so that it does): the relay works through them one share per pass, others
+    keep their latency, and the client is cut off once its messages have taken its loop time."""
+    async with arena(tmp_path, "--byte-burst", "50000000", "--cpu-burst-ms", "200") as a:
+        before, started = a.observer.count(), time.time_ns()
+        report = await a.attack("heavy-messages")
+        await a.unharmed_during(started, before)
+        assert report["close_code"] == 1008 or report["notes"]["reset"], report
+        assert await a.metric("fastrelay_client_disconnections_total", reason="flood") == 1
+        lines = [r["message"] for r in a.relay.log_lines() if "over its budget" in r.get("message", "")]
+        assert len(lines) == 1 and "over its budget of loop time" in lines[0]
+        assert report["frames_sent"] == 60
