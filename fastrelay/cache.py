@@ -145,21 +145,19 @@ class MarketCache:
         by_ticker[ticker] = deque(merged, maxlen=self.history_size)
 
     def snapshot(
-        self, last: Iterable[str], history: Iterable[str]
+        self, last: Iterable[Channel], history: Iterable[Channel]
     ) -> tuple[dict[str, bytes], dict[str, list[bytes]]]:
         """Last values and history by channel name, for a scale-out edge's new subscribers."""
         found_last: dict[str, bytes] = {}
-        for name in last:
-            ev, _, ticker = name.partition(".")
-            raw = self.last_value(ev, ticker)
+        for channel in last:
+            raw = self.last_value(channel.ev, channel.ticker)
             if raw is not None:
-                found_last[name] = raw
+                found_last[channel.name] = raw
         found_history: dict[str, list[bytes]] = {}
-        for name in history:
-            ev, _, ticker = name.partition(".")
-            events = self.history_of(ev, ticker)
+        for channel in history:
+            events = self.history_of(channel.ev, channel.ticker)
             if events:
-                found_history[name] = events
+                found_history[channel.name] = events
         return found_last, found_history
 
     # --- forgetting ----------------------------------------------------------------------
@@ -167,22 +165,23 @@ class MarketCache:
         """The upstream is lost: every last value is stale from now on."""
         self.last.clear()
 
-    def forget(self, unsubscribed: Iterable[str], wanted: Callable[[str], bool]) -> None:
+    def forget(self, unsubscribed: Iterable[Channel], wanted: Callable[[Channel], bool]) -> None:
         """Drop last values and history of channels no longer subscribed upstream.
 
         Nothing stale is served, and memory follows what clients want.
         ``wanted`` says whether a channel is still wanted upstream.
         """
-        for name in unsubscribed:
-            ev, _, ticker = name.partition(".")
+        market = self.market
+        for channel in unsubscribed:
+            ev, ticker = channel.ev, channel.ticker
             for store in (self.last, self.history):
                 by_ticker: dict[str, Any] | None = store.get(ev)
                 if by_ticker is None:
                     continue
                 if ticker == "*":
-                    for symbol in [s for s in by_ticker if not wanted(f"{ev}.{s}")]:
+                    for symbol in [s for s in by_ticker if not wanted(Channel(market, ev, s))]:
                         del by_ticker[symbol]
-                elif not wanted(f"{ev}.*"):
+                elif not wanted(Channel(market, ev, "*")):
                     by_ticker.pop(ticker, None)
 
 

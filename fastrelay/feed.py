@@ -27,6 +27,19 @@ class DisconnectReason(enum.Enum):
 
 
 MASSIVE_REASONS = tuple(reason.value for reason in DisconnectReason)
+# Kinds of channel refusal (docs/protocol.md, "Refusals"): outside the plan, past a
+# cap, anything else.
+REJECTION_REASONS = ("not_authorized", "limit", "other")
+
+
+def rejection_reason(message: str) -> str:
+    """The kind of a refusal, from Massive's message."""
+    text = message.lower()
+    if "not authorized" in text:
+        return "not_authorized"
+    if "limit" in text:
+        return "limit"
+    return "other"
 
 
 class FeedStatistics:
@@ -41,6 +54,7 @@ class FeedStatistics:
         "last_event_at",
         "latency",
         "reconnects",
+        "rejections",
     )
 
     def __init__(self, reasons: Sequence[str] = MASSIVE_REASONS) -> None:
@@ -50,6 +64,7 @@ class FeedStatistics:
         self.decode_errors = 0
         self.connects = 0
         self.reconnects = dict.fromkeys(reasons, 0)  # connections lost or refused, by reason
+        self.rejections = dict.fromkeys(REJECTION_REASONS, 0)  # channels Massive refused, by kind
         self.last_event_at = 0.0  # wall-clock time of the last data frame (0: none yet)
         # Event timestamp (ms ones) to arrival.
         self.latency = Histogram(FEED_LATENCY_BOUNDS)
@@ -69,6 +84,11 @@ class FeedStatistics:
 
     def lost(self, reason: str) -> None:
         self.reconnects[reason] = self.reconnects.get(reason, 0) + 1
+
+    def rejected(self, message: str) -> None:
+        """Massive refused a channel (counted by the kind of refusal)."""
+        reason = rejection_reason(message)
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
 
 class Feed(Protocol):
@@ -119,3 +139,6 @@ class FeedHandler(Protocol):
 
     def feed_refused(self, feed: Feed) -> None:
         """Massive refused the feed's key or plan (``feed.refused`` says why)."""
+
+    def feed_rejected(self, feed: Feed, refused: list[tuple[str, str]]) -> None:
+        """Massive refused these channels (name, its message) after the relay took them."""

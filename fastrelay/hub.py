@@ -350,6 +350,15 @@ class Hub:
         self.outbox.fan_out(audience.members, events)
 
     # --- beyond the feed ---------------------------------------------------------
+    def members_holding(self, channel: Channel) -> list[Member]:
+        """Every member subscribed to exactly ``channel``."""
+        return [
+            member
+            for audience in self._audiences.values()
+            if channel in audience.channels
+            for member in audience.members
+        ]
+
     def members_on(self, market: str) -> list[Member]:
         """Every member subscribed to something of ``market`` (for outage statuses)."""
         return [

@@ -132,6 +132,14 @@ class MarketInterest:
             return True
         return False
 
+    def drop(self, name: str) -> None:
+        """Forget ``name`` at once: every reference and its linger (Massive refused it)."""
+        self._refs.pop(name, None)
+        present = self._lingering.pop(name, None) is not None
+        self._capped.discard(name)
+        if present or name in self._by_ev.get(_ev(name), ()):
+            self._vanished(name)
+
     def _make_room_for_capped(self) -> None:
         """At the cap, drop the lingering capped channel that expires first."""
         if len(self._capped) < self._contract_cap:
@@ -271,9 +279,16 @@ class Demand:
         self._on_last = on_last
         self._on_changed = on_changed
         self._changed: set[str] = set()
+        self._clock = clock
+        # (market, name) -> (Massive's refusal, until): refused at once, not asked again, for a while.
+        self._refused: dict[tuple[str, str], tuple[str, float]] = {}
 
     def __getitem__(self, market: str) -> MarketInterest:
         return self.markets[market]
+
+    def is_wanted(self, channel: Channel) -> bool:
+        """The upstream should still carry ``channel`` (held or lingering, not covered)."""
+        return self.markets[channel.market].is_wanted(channel.name)
 
     def headroom(self) -> int:
         """Channels that may still be added before the relay's cap (a lower bound: a name
@@ -283,6 +298,14 @@ class Demand:
     def admit(self, market: str, names: list[str]) -> str | None:
         """Why these channels cannot be added (the relay's channel cap, the contract cap), or None."""
         interest = self.markets[market]
+        if self._refused:
+            now = self._clock()
+            for name in names:
+                refused = self._refused.get((market, name))
+                if refused is not None:
+                    if refused[1] > now:
+                        return refused[0]
+                    del self._refused[(market, name)]
         new = sum(1 for n in names if not interest.refcount(n))
         held = sum(i.held_count for i in self.markets.values())
         if new and held + new > self.max_channels:
@@ -320,6 +343,15 @@ class Demand:
             if plan:
                 plans[market] = plan
         return plans
+
+    def refuse(self, channel: Channel, message: str, for_seconds: float) -> None:
+        """Massive refused ``channel``: stop holding it now (no linger: it may hold a cap), and
+        refuse it at once, with Massive's message, for a while."""
+        self.markets[channel.market].drop(channel.name)
+        self._mark(channel.market)
+        self._refused[(channel.market, channel.name)] = (message, self._clock() + for_seconds)
+        if len(self._refused) > 10_000:  # junk from many clients stays bounded
+            self._refused.pop(next(iter(self._refused)))
 
     def lingering_expired(self) -> None:
         """A linger may have run out in any market: look at all of them at the next ``plans``."""

@@ -132,6 +132,70 @@ def infer_market(ev: str, ticker: str) -> str:
     return "stocks"
 
 
+# --- ticker spellings (docs/protocol.md, "Ticker spellings") ---------------------------
+# A subscription may spell a ticker differently from the events that carry it:
+# forex pairs are subscribed EUR-USD or EUR/USD and arrive as EUR/USD (C, CA,
+# CAS) or C:EURUSD (Business FMV, Launchpad LV); crypto pairs are subscribed
+# BTC-USD and Business/Launchpad events carry X:BTC-USD. The relay routes on the
+# event form, and subscribes upstream in the form Massive's own clients use.
+_FOREX_PLAIN = frozenset({"C", "CA", "CAS"})
+_CRYPTO_PLAIN = frozenset({"XT", "XQ", "XA", "XAS", "XL2"})
+
+
+def _pair(ticker: str, prefix: str, three_letters: bool) -> tuple[str, str] | None:
+    """(base, quote) of a pair written BASE/QUOTE, BASE-QUOTE, with or without ``prefix``;
+    also BASEQUOTE where every currency has three letters (forex), else None."""
+    body = ticker[len(prefix) :] if ticker.startswith(prefix) else ticker
+    for separator in ("/", "-"):
+        base, found, quote = body.partition(separator)
+        if found and base and quote:
+            return base, quote
+    if three_letters and len(body) == 6 and body.isalpha():  # EURUSD
+        return body[:3], body[3:]
+    return None
+
+
+def event_ticker(market: str, ev: str, ticker: str) -> str:
+    """The ticker as events of ``market``'s ``ev`` carry it, from the way a client wrote it."""
+    if ticker == "*":
+        return ticker
+    if market == "options":
+        return ticker if ticker.startswith("O:") else f"O:{ticker}"
+    if market == "indices":
+        return ticker if ticker.startswith("I:") else f"I:{ticker}"
+    if market == "forex":
+        pair = _pair(ticker, "C:", three_letters=True)
+        if pair is None:
+            return ticker
+        base, quote = pair
+        if ev in _FOREX_PLAIN:
+            return f"{base}/{quote}"
+        if ev == "AM":  # Launchpad's sample: C:USD-EUR (assumed; docs/protocol.md)
+            return f"C:{base}-{quote}"
+        return f"C:{base}{quote}"  # FMV, LV: C:EURUSD
+    if market == "crypto":
+        # BTCUSD is left alone: crypto symbols vary in length, no split is safe.
+        pair = _pair(ticker, "X:", three_letters=False)
+        if pair is None:
+            return ticker
+        base, quote = pair
+        return f"{base}-{quote}" if ev in _CRYPTO_PLAIN else f"X:{base}-{quote}"
+    return ticker
+
+
+def subscription_ticker(market: str, ev: str, ticker: str) -> str:
+    """What the relay sends upstream for an event-form ticker: the form Massive's clients use
+    (forex BASE/QUOTE, crypto BASE-QUOTE, without the C:/X: of Business and Launchpad events)."""
+    if ticker == "*":
+        return ticker
+    if market == "forex" and ev not in _FOREX_PLAIN:
+        pair = _pair(ticker, "C:", three_letters=True)
+        return f"{pair[0]}/{pair[1]}" if pair is not None else ticker
+    if market == "crypto" and ev not in _CRYPTO_PLAIN and ticker.startswith("X:"):
+        return ticker[2:]
+    return ticker
+
+
 def parse_markets(text: str) -> tuple[str, ...]:
     """Parse a comma-separated market list, rejecting unknown names clearly."""
     names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))

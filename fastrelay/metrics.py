@@ -127,8 +127,15 @@ class RelayCollector(Collector):
             "Event timestamp (ms ones) to arrival at the relay; sampled: first event of each frame.",
             labels=["market"],
         )
+        rejections = CounterMetricFamily(
+            "fastrelay_upstream_rejections",
+            "Channels Massive refused after the relay took them, by kind (clients told, channel let go).",
+            labels=["market", "reason"],
+        )
         for market, source in self._relay.feeds.items():
             stats = source.stats
+            for reason, count in stats.rejections.items():
+                rejections.add_metric([market, reason], count)
             connected.add_metric([market], 1.0 if source.live else 0.0)
             refused.add_metric([market], 0.0 if source.refused is None else 1.0)
             where.add_metric([market, source.where], 1.0)
@@ -143,7 +150,7 @@ class RelayCollector(Collector):
             last_event.add_metric([market], stats.last_event_at)
             feed.add_metric([market], stats.latency.cumulative(), stats.latency.sum)
         yield from (connected, refused, where, reconnects, frames, events, received, errors, channels)
-        yield from (last_event, feed)
+        yield from (last_event, feed, rejections)
 
     def _clients(self) -> Iterator[Metric]:
         server = self._server

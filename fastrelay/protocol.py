@@ -55,8 +55,8 @@ class Channel(NamedTuple):
 
     @property
     def name(self) -> str:
-        """The name Massive uses on the wire, e.g. ``T.BRK.B``."""
-        return f"{self.ev}.{self.ticker}"
+        """The name sent upstream, e.g. ``T.BRK.B``, ``C.EUR/USD`` (``ticker`` is the event form)."""
+        return f"{self.ev}.{markets.subscription_ticker(self.market, self.ev, self.ticker)}"
 
     @property
     def is_wildcard(self) -> bool:
@@ -84,6 +84,7 @@ def parse_channel(text: str, market: str) -> Channel:
         raise ChannelError(
             f"invalid channel {shown!r}: {market} {ev} accepts no wildcard, subscribe contracts one by one"
         )
+    ticker = markets.event_ticker(market, ev, ticker)
     if market == "options" and ticker != "*" and not _OPTIONS_CONTRACT.fullmatch(ticker):
         raise ChannelError(
             f"invalid channel {shown!r}: not an options contract (O:ROOT YYMMDD C|P STRIKE, "

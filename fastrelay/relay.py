@@ -43,10 +43,15 @@ from fastrelay.hub import Hub
 from fastrelay.interest import Demand
 from fastrelay.outbox import Outbox
 from fastrelay.protocol import Channel
+from fastrelay.ratelimit import LogThrottle
 from fastrelay.session import FillSource
 from fastrelay.upstream import UpstreamSession
 
 log = logging.getLogger("fastrelay.relay")
+
+# A channel Massive refused is refused at once (and not asked again) for this long:
+# plans change rarely, and one client must not make the relay ask again and again.
+REFUSAL_MEMORY = 60.0
 
 
 class Tap(Protocol):
@@ -54,6 +59,7 @@ class Tap(Protocol):
 
     def events(self, market: str, heads: list[EventHead], raws: Sequence[RawEvent]) -> None: ...
     def feed_changed(self, market: str) -> None: ...
+    def rejected(self, market: str, name: str, message: str) -> None: ...
 
 
 def massive_feed(market: str, relay: Relay) -> Feed:
@@ -104,6 +110,7 @@ class Relay:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._start_outcomes: dict[str, str] | None = {}  # None once the summary is logged
         self._summary_timer: asyncio.TimerHandle | None = None
+        self._rejections_log = LogThrottle(log, interval=10.0)
         for name in config.keep_channels:  # validated in config.validate
             self.hold(protocol.parse_api_channel(name))
 
@@ -199,6 +206,28 @@ class Relay:
         failed = [m for m in self.feeds if outcomes.get(m) != "live"]
         log.log(logging.WARNING if failed else logging.INFO, "markets: %s", "; ".join(parts))
 
+    def feed_rejected(self, feed: Feed, refused: list[tuple[str, str]]) -> None:
+        """Massive refused channels the relay had taken: each client holding one is told, in
+        Massive's words, within a second of the answer, and the channel is let go (it holds
+        neither the upstream nor a cap), and refused at once for a while."""
+        market = feed.market
+        for name, message in refused:
+            try:
+                channel = protocol.parse_channel(name, market)
+            except protocol.ChannelError:
+                continue  # not a name the relay sends
+            feed.stats.rejected(message)
+            self._rejections_log.log(
+                logging.WARNING, "upstream %s: Massive refused %s: %s", market, name[:80], message[:200]
+            )
+            status = protocol.status_frame(protocol.ERROR, f"{message}: {name}")
+            for member in self.hub.members_holding(channel):
+                self.outbox.send(member, [status])
+                self.hub.unsubscribe(member, [channel])
+            self.demand.refuse(channel, message, REFUSAL_MEMORY)
+            if self.tap is not None:
+                self.tap.rejected(market, name, message)
+
     def feed_down(self, feed: Feed, reason: str) -> None:
         market = feed.market
         log.info("upstream %s: down (%s); clients stay connected", market, reason)
@@ -262,7 +291,8 @@ class Relay:
             log.debug("upstream %s: +%s -%s", market, plan.subscribe, plan.unsubscribe)
             self.feeds[market].send_subscriptions(plan.subscribe, plan.unsubscribe)
             if plan.unsubscribe:
-                self.cache[market].forget(plan.unsubscribe, self.demand[market].is_wanted)
+                gone = [protocol.parse_channel(name, market) for name in plan.unsubscribe]
+                self.cache[market].forget(gone, self.demand.is_wanted)
         self._schedule_linger()
 
     def _schedule_linger(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fastrelay import markets, protocol
+from fastrelay import protocol
 from fastrelay.cache import Cache
 from fastrelay.closes import CloseReason
 from fastrelay.framing import event_array_payloads
@@ -214,11 +214,13 @@ class ClientSession:
         self.authenticated = True
         return Reply([protocol.status_frame(protocol.AUTH_SUCCESS, "authenticated")])
 
-    def _parse(self, params: str) -> tuple[list[Channel], list[str]]:
+    def _parse(self, params: str) -> tuple[dict[Channel, str], list[str]]:
+        """The channels of ``params``, each with the name as the client wrote it (acknowledged
+        in that spelling), and the errors of the names that are not channels."""
         # A channel named twice is one channel: its answer is not sent twice.
         names = list(dict.fromkeys(protocol.split_params(params)))
         limit = self._context.hub.max_channels_per_client
-        channels: list[Channel] = []
+        channels: dict[Channel, str] = {}
         errors: list[str] = []
         if len(names) > limit:
             # No connection holds more: the rest is not even parsed (the work of one
@@ -231,23 +233,24 @@ class ClientSession:
         for name in names:
             try:
                 if self.market is None:
-                    channels.append(protocol.parse_api_channel(name))
+                    channel = protocol.parse_api_channel(name)
                 else:
-                    channels.append(protocol.parse_channel(name, self.market))
+                    channel = protocol.parse_channel(name, self.market)
             except ChannelError as exc:
                 errors.append(str(exc))
+                continue
+            channels.setdefault(channel, name)  # C.EUR-USD and C.EUR/USD are one channel
         if not names:
             errors.append("no channel given: params must list channels, e.g. T.AAPL,Q.MSFT")
         return channels, errors
 
     def _subscribe(self, params: str) -> Reply:
         context = self._context
-        channels, errors = self._parse(params)
-        result = context.hub.subscribe(self.member, channels)
-        errors.extend(f"{self._label(c)}: {why}" for c, why in result.refused)
+        labels, errors = self._parse(params)
+        result = context.hub.subscribe(self.member, labels)
+        errors.extend(f"{labels[c]}: {why}" for c, why in result.refused)
         statuses = [
-            protocol.status(protocol.SUCCESS, protocol.subscribed_message(self._label(c)))
-            for c in result.accepted
+            protocol.status(protocol.SUCCESS, protocol.subscribed_message(labels[c])) for c in result.accepted
         ]
         statuses.extend(_error_statuses(errors))
         reply = Reply([protocol.statuses_frame(statuses)])
@@ -261,10 +264,10 @@ class ClientSession:
         return reply
 
     def _unsubscribe(self, params: str) -> Reply:
-        channels, errors = self._parse(params)
-        self._context.hub.unsubscribe(self.member, channels)
+        labels, errors = self._parse(params)
+        self._context.hub.unsubscribe(self.member, labels)
         statuses = [
-            protocol.status(protocol.SUCCESS, protocol.unsubscribed_message(self._label(c))) for c in channels
+            protocol.status(protocol.SUCCESS, protocol.unsubscribed_message(name)) for name in labels.values()
         ]
         statuses.extend(_error_statuses(errors))
         return Reply([protocol.statuses_frame(statuses)])
@@ -284,24 +287,23 @@ class ClientSession:
             self._history_limiter = TokenBucket(limits.per_minute / 60.0, limits.burst, clock=context.clock)
         if not self._history_limiter.take():
             return _error(f"history: at most {limits.per_minute:g} requests a minute")
-        channels, errors = self._parse(params)
-        if len(channels) > limits.max_channels:
+        labels, errors = self._parse(params)
+        if len(labels) > limits.max_channels:
             return _error(
-                f"history: at most {limits.max_channels} channels per request ({len(channels)} asked)"
+                f"history: at most {limits.max_channels} channels per request ({len(labels)} asked)"
             )
         fills = context.fills
-        pending = [c for c in channels if fills.filling(c)] if fills is not None else []
+        pending = [c for c in labels if fills.filling(c)] if fills is not None else []
         if pending:
             # A scale-out edge is fetching these channels' history from the ingest
             # (scaleout/fills.py): answer when it is in, rather than with a part of it.
-            return Reply(later=Deferred(pending, lambda: Reply(more=self._history_reply(channels, errors))))
-        return Reply(more=self._history_reply(channels, errors))
+            return Reply(later=Deferred(pending, lambda: Reply(more=self._history_reply(labels, errors))))
+        return Reply(more=self._history_reply(labels, errors))
 
-    def _history_reply(self, channels: list[Channel], errors: list[str]) -> Iterator[bytes]:
+    def _history_reply(self, labels: dict[Channel, str], errors: list[str]) -> Iterator[bytes]:
         context = self._context
         budget = context.history.max_bytes
-        for channel in channels:
-            label = self._label(channel)
+        for channel, label in labels.items():
             events = context.cache.history(channel, self.member.tags_markets)
             size = sum(map(len, events)) + len(events)
             if size > budget:
@@ -316,13 +318,6 @@ class ClientSession:
             yield protocol.status_frame(protocol.SUCCESS, f"history: {label} ({len(events)} events)")
         if errors:
             yield protocol.statuses_frame(_error_statuses(errors))
-
-    def _label(self, channel: Channel) -> str:
-        # On /api/socket an explicitly prefixed channel is acknowledged with
-        # its prefix, so the client can match the ack to what it sent.
-        if self.market is None and markets.infer_market(channel.ev, channel.ticker) != channel.market:
-            return channel.label(tagged=True)
-        return channel.name
 
     def leave(self) -> None:
         """The connection ended: release everything this client held."""

@@ -26,9 +26,14 @@ from fastrelay.config import UpstreamTimers
 from fastrelay.events import EventHead, FrameError, decode_frame
 from fastrelay.feed import DisconnectReason, FeedHandler, FeedStatistics
 from fastrelay.ratelimit import LogThrottle
+from fastrelay.rejections import SubscribeTracker
 from fastrelay.upstream_core import Action, UpstreamCore
 
 log = logging.getLogger("fastrelay.upstream")
+
+# Massive's answers to one subscribe come within this long of each other: then the
+# channels it did not take are settled (rejections.py).
+REJECTION_SETTLE = 0.5
 
 
 class _Listener(WSListener):
@@ -81,6 +86,9 @@ class UpstreamSession:
         self._transport: WSTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self._subscribes = SubscribeTracker(REJECTION_SETTLE, clock)
+        self._settle_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         # One line per kind of fault per interval: a broken feed must not
         # turn into a log storm.
@@ -114,9 +122,34 @@ class UpstreamSession:
         if not self.live:
             return
         if subscribe:
-            self._send({"action": "subscribe", "params": ",".join(subscribe)})
+            self._subscribe(subscribe)
         if unsubscribe:
             self._send({"action": "unsubscribe", "params": ",".join(unsubscribe)})
+
+    def _subscribe(self, names: list[str]) -> None:
+        self._send({"action": "subscribe", "params": ",".join(names)})
+        self._subscribes.sent(names)
+        self._settle_later()
+
+    def _settle_later(self) -> None:
+        due = self._subscribes.due()
+        if due is None or self._settle_timer is not None:
+            return
+        delay = max(0.0, due - self._clock())
+        self._settle_timer = asyncio.get_running_loop().call_later(delay, self._settle)
+
+    def _settle(self) -> None:
+        """Channels Massive refused go back to the relay; unmatched errors are narrowed down."""
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        verdict = self._subscribes.poll()
+        if verdict.refused:
+            self._handler.feed_rejected(self, verdict.refused)
+        for name in verdict.retry_singly:
+            if self.live:
+                self._subscribe([name])
+        self._settle_later()
 
     # --- connection loop -----------------------------------------------------------
     async def _run(self) -> None:
@@ -246,6 +279,12 @@ class UpstreamSession:
             self._abort()
         elif status == protocol.ERROR:
             self._throttle.log(logging.WARNING, "upstream %s: error status: %s", self.market, message)
+            self._subscribes.answered(status, message)
+            self._settle()
+        elif status == protocol.SUCCESS and self.live:
+            self._subscribes.answered(status, message)
+            if self._settle_timer is None:
+                self._settle()
         elif status in (protocol.FORCE_DISCONNECT, protocol.SLOW_CONSUMER):
             log.warning("upstream %s: %s: %s", self.market, status, message)
         else:
@@ -255,6 +294,10 @@ class UpstreamSession:
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        self._subscribes.reset()
         reason, was_live = self.core.closed()
         if not self._stopping:
             closed = self.closed_by_peer

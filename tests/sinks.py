@@ -13,6 +13,7 @@ from fastrelay.hub import Hub
 from fastrelay.interest import Demand
 from fastrelay.member import Member
 from fastrelay.outbox import Outbox
+from fastrelay.protocol import parse_channel
 from fastrelay.session import ClientSession, SessionContext, TokenCheck
 
 
@@ -96,7 +97,8 @@ class Core:
         changes = {}
         for market, plan in self.demand.plans().items():
             if plan.unsubscribe:
-                self.cache[market].forget(plan.unsubscribe, self.demand[market].is_wanted)
+                gone = [parse_channel(name, market) for name in plan.unsubscribe]
+                self.cache[market].forget(gone, self.demand.is_wanted)
             changes[market] = plan.subscribe + [f"-{n}" for n in plan.unsubscribe]
         return changes
 

@@ -138,7 +138,9 @@ def test_snapshot_answers_by_channel_name() -> None:
     m, _ = core.member()
     core.hub.subscribe(m, [ch("AM.AAPL")])
     core.route("stocks", frame({"ev": "AM", "sym": "AAPL", "s": 1}, {"ev": "Q", "sym": "MSFT"}))
-    last, history = core.cache["stocks"].snapshot(["AM.AAPL", "Q.MSFT", "Q.TSLA"], ["AM.AAPL", "AM.TSLA"])
+    last, history = core.cache["stocks"].snapshot(
+        [ch("AM.AAPL"), ch("Q.MSFT"), ch("Q.TSLA")], [ch("AM.AAPL"), ch("AM.TSLA")]
+    )
     assert sorted(last) == ["AM.AAPL", "Q.MSFT"]
     assert list(history) == ["AM.AAPL"] and len(history["AM.AAPL"]) == 1
 

@@ -38,7 +38,7 @@ from fastrelay.hub import Hub
 from fastrelay.interest import Demand
 from fastrelay.member import Member
 from fastrelay.outbox import Outbox
-from fastrelay.protocol import Channel
+from fastrelay.protocol import Channel, parse_channel
 from fastrelay.ratelimit import TokenBucket
 from fastrelay.session import ClientSession, SessionContext, TokenCheck
 from tests.sinks import Core, RecordingSink, make_core
@@ -514,7 +514,8 @@ class HubMachine(RuleBasedStateMachine):
         for market, plan in self.demand.plans().items():
             assert not set(plan.subscribe) & set(plan.unsubscribe)
             if plan.unsubscribe:
-                self.cache[market].forget(plan.unsubscribe, self.demand[market].is_wanted)
+                gone = [parse_channel(name, market) for name in plan.unsubscribe]
+                self.cache[market].forget(gone, self.demand.is_wanted)
         for interest in self.demand.markets.values():
             assert interest.subscribed_upstream == interest.wanted()
 

@@ -126,7 +126,8 @@ def test_held_references_count_like_clients_and_keep_history() -> None:
     assert core.sync() == {"stocks": ["AM.AAPL"]}
     candle = b'{"ev":"AM","sym":"AAPL","s":1,"e":2,"q":1}'
     core.route("stocks", b"[" + candle + b"]")
-    last, history = core.cache["stocks"].snapshot(["AM.AAPL", "AM.MSFT"], ["AM.AAPL"])
+    aapl, msft = parse_channel("AM.AAPL", "stocks"), parse_channel("AM.MSFT", "stocks")
+    last, history = core.cache["stocks"].snapshot([aapl, msft], [aapl])
     assert last == {"AM.AAPL": candle} and history == {"AM.AAPL": [candle]}
     core.demand.remove(aapl)
     assert core.sync() == {}

@@ -230,6 +230,11 @@ class Edge:
             self.interest_changed()  # data subjects follow the ingest's granularity
         self.ingest_markets = state.markets
         self._refresh_markets()
+        for market, refused in state.rejected.items():
+            feed = self.feeds.get(market)
+            hits = [(name, message) for name, message in refused.items() if feed and name in feed.subscribed]
+            if feed is not None and hits:
+                self.relay.feed_rejected(feed, hits)
 
     def _tick(self) -> None:
         self._heartbeat = asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self._tick)

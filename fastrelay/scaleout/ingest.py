@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 from fastrelay.config import RelayConfig, redact, tokens_summary, upstreams_summary
 from fastrelay.events import EventHead, RawEvent, ticker_of
 from fastrelay.framing import event_array_payloads
-from fastrelay.protocol import ChannelError, parse_channel
+from fastrelay.protocol import Channel, ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
-from fastrelay.relay import Relay
+from fastrelay.relay import REFUSAL_MEMORY, Relay
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import IngestCollector
@@ -62,6 +62,8 @@ class Ingest:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._throttle = LogThrottle(log, interval=10.0)
         self.refused = 0  # edge channels not taken: bad names, unserved markets, the contract cap
+        # (market, name) -> (Massive's refusal, until): told to the edges in every state
+        self._recent_rejections: dict[tuple[str, str], tuple[str, float]] = {}
         self.link.listen(self.subjects.interest, self._on_interest)
         self.link.listen(self.subjects.snapshot, self._on_snapshot)
         relay.tap = self
@@ -155,6 +157,14 @@ class Ingest:
     def feed_changed(self, market: str) -> None:
         self._publish_state()
 
+    def rejected(self, market: str, name: str, message: str) -> None:
+        """Massive refused a channel edges wanted: the relay has let it go; the edges hear of it
+        in the state (they tell their clients), and their heartbeats offering it again are
+        refused while the relay remembers the refusal."""
+        self.registry.forget_channel((market, name))
+        self._recent_rejections[(market, name)] = (message, self._clock() + REFUSAL_MEMORY)
+        self._publish_state()
+
     async def _publish_loop(self) -> None:
         stats = self.link.stats
         while True:
@@ -215,7 +225,15 @@ class Ingest:
             else feed.refused or self.relay.outages.get(m, "connecting")
             for m, feed in self.relay.feeds.items()
         }
-        return messages.encode(messages.IngestState(self.config.instance_name, self.granularity, markets))
+        now = self._clock()
+        rejected: dict[str, dict[str, str]] = {}
+        for (market, name), (message, until) in list(self._recent_rejections.items()):
+            if until <= now:
+                del self._recent_rejections[(market, name)]
+            else:
+                rejected.setdefault(market, {})[name] = message
+        state = messages.IngestState(self.config.instance_name, self.granularity, markets, rejected)
+        return messages.encode(state)
 
     async def _on_interest(self, msg: Any) -> None:
         interest = received(self.link, msg, messages.EdgeInterest)
@@ -278,11 +296,24 @@ class Ingest:
         cache = self.relay.cache.markets.get(request.market)
         if cache is None:
             return messages.SnapshotReply(error=f"market {request.market!r} is not served by this ingest")
-        last, history = cache.snapshot(request.last, request.history)
+        last, history = cache.snapshot(
+            _channels(request.market, request.last), _channels(request.market, request.history)
+        )
         return messages.SnapshotReply(
             last={k: msgspec.Raw(v) for k, v in last.items()},
             history=_newest_within(history, int(self.link.max_payload * 0.9) - sum(map(len, last.values()))),
         )
+
+
+def _channels(market: str, names: list[str]) -> list[Channel]:
+    """The valid channels among ``names`` (an edge's request; a stranger's may hold junk)."""
+    found = []
+    for name in names:
+        try:
+            found.append(parse_channel(name, market))
+        except ChannelError:
+            continue
+    return found
 
 
 def _newest_within(history: dict[str, list[bytes]], budget: int) -> dict[str, list[msgspec.Raw]]:

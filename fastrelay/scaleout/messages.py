@@ -40,6 +40,9 @@ class IngestState(msgspec.Struct, tag_field="type", tag="state", forbid_unknown_
     ingest: str
     granularity: str
     markets: dict[str, str]  # market -> "live" or the reason its upstream is down
+    # market -> channel name -> Massive's refusal, for channels refused lately: edges
+    # tell their clients and let them go (relay.Relay.feed_rejected).
+    rejected: dict[str, dict[str, str]] = {}
 
 
 class SnapshotRequest(msgspec.Struct, tag_field="type", tag="snapshot", forbid_unknown_fields=False):

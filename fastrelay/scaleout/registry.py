@@ -78,6 +78,12 @@ class EdgeRegistry:
         if known is not None:
             known.channels.difference_update(changes)
 
+    def forget_channel(self, change: Change) -> None:
+        """Massive refused this channel: no edge holds it any more (their next heartbeats
+        offer it again, and the ingest refuses it while it remembers the refusal)."""
+        for known in self._edges.values():
+            known.channels.discard(change)
+
     def remove(self, edge: str) -> Diff:
         """An edge said goodbye (or timed out): all its references go."""
         known = self._edges.pop(edge, None)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from fastrelay import markets
+from fastrelay.markets import OPTIONS_CONTRACT_CAP
 
 # Named apart: SimulatorConfig has a field called "markets".
 _ALL_MARKETS: Final = markets.MARKETS
@@ -43,6 +44,13 @@ class SimulatorConfig:
     slow_consumer_bytes: int = 64 * 1024 * 1024
     # Close unauthenticated connections after this many seconds with auth_timeout (None: never).
     auth_timeout: float | None = None
+    # The account's plan, as Massive enforces it: market -> the evs it may subscribe.
+    # A market left out refuses the key at auth (auth_failed, "Your plan doesn't
+    # include websocket access..."); an ev left out is refused per channel with
+    # "not authorized" and no acknowledgement. None: everything.
+    plan: Mapping[str, frozenset[str]] | None = None
+    # Options quote/FMV contracts per connection (Massive: 1,000); tests lower it.
+    contract_cap: int = OPTIONS_CONTRACT_CAP
 
     def __post_init__(self) -> None:
         self.markets = tuple(self.markets)

@@ -20,6 +20,14 @@ from fastrelay.sim.config import SimulatorConfig
 
 log = logging.getLogger("fastrelay.sim")
 
+# Massive's wording (docs/protocol.md, "Statuses"): a market the plan leaves out, a
+# channel it leaves out (no channel named), a subscribe past the options contract cap.
+PLAN_REFUSAL: Final = (
+    "Your plan doesn't include websocket access. Visit https://massive.com/pricing to upgrade."
+)
+NOT_AUTHORIZED: Final = "not authorized"
+CAP_REFUSAL: Final = "Subscription limit reached for feed. Please remove some subscriptions and try again."
+
 MAX_CONNECTIONS_MESSAGE: Final = (
     "Maximum number of websocket connections exceeded. You have reached the connection limit "
     "for your account. Please contact support at https://massive.com/contact to increase your limit."
@@ -48,6 +56,10 @@ class MarketFeed(Protocol):
     @property
     def max_connections(self) -> bool:
         """The max_connections fault is on: evict after a successful auth."""
+
+    @property
+    def auth_fail_old(self) -> bool:
+        """Refuse auths in the older servers' form (an ``error`` status)."""
 
     def attach(self, conn: Connection) -> None: ...
 
@@ -180,7 +192,16 @@ class Connection(WSListener):
     def _auth(self, key: str) -> None:
         feed = self.feed
         if not feed.count_auth(key == self.server.config.api_key):
-            self._status(protocol.AUTH_FAILED, "authentication failed")
+            if feed.auth_fail_old:
+                self._status(protocol.ERROR, "authentication failed")
+            else:
+                self._status(protocol.AUTH_FAILED, "authentication failed")
+            self.close(WSCloseCode.POLICY_VIOLATION, "authentication failed")
+            return
+        plan = self.server.config.plan
+        if plan is not None and feed.market not in plan:
+            # Massive's wording for a key whose plan leaves the market out.
+            self._status(protocol.AUTH_FAILED, PLAN_REFUSAL)
             self.close(WSCloseCode.POLICY_VIOLATION, "authentication failed")
             return
         if self._timer is not None:
@@ -205,6 +226,16 @@ class Connection(WSListener):
             return
         market = self.feed.market
         capped = markets.capped_evs(market)
+        allowed = (
+            None if self.server.config.plan is None else self.server.config.plan.get(market, frozenset())
+        )
+        if subscribe and capped:
+            # Massive refuses the whole message that would take a connection past the cap.
+            new = {n for n in names if n.partition(".")[0] in capped and n not in self.exact}
+            used = sum(1 for ch in self.exact if ch.partition(".")[0] in capped)
+            if new and used + len(new) > self.server.config.contract_cap:
+                self._status(protocol.ERROR, CAP_REFUSAL)
+                return
         for name in names:
             try:
                 channel = protocol.parse_channel(name, market)
@@ -212,25 +243,22 @@ class Connection(WSListener):
                 self._status(protocol.ERROR, str(exc))
                 continue
             if subscribe:
+                if allowed is not None and channel.ev not in allowed:
+                    # Massive names no channel here, and does not acknowledge it.
+                    self._status(protocol.ERROR, NOT_AUTHORIZED)
+                    continue
                 if channel.is_wildcard:
                     self.wild.add(channel.ev)
                 else:
-                    if channel.ev in capped and channel.name not in self.exact:
-                        used = sum(1 for ch in self.exact if ch.partition(".")[0] in capped)
-                        if used >= markets.OPTIONS_CONTRACT_CAP:
-                            self._status(
-                                protocol.ERROR,
-                                f"{name}: at most {markets.OPTIONS_CONTRACT_CAP} contracts per connection",
-                            )
-                            continue
                     self.exact.add(channel.name)
-                self._status(protocol.SUCCESS, protocol.subscribed_message(channel.name))
+                # Massive acknowledges the channel as the client wrote it.
+                self._status(protocol.SUCCESS, protocol.subscribed_message(name))
             else:
                 if channel.is_wildcard:
                     self.wild.discard(channel.ev)
                 else:
                     self.exact.discard(channel.name)
-                self._status(protocol.SUCCESS, protocol.unsubscribed_message(channel.name))
+                self._status(protocol.SUCCESS, protocol.unsubscribed_message(name))
         self.feed.refresh()
         self.server.connections_changed()
 

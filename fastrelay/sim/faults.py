@@ -27,6 +27,7 @@ FAULTS: Final = (
     "unknown_ev",
     "huge",
     "auth_fail",
+    "auth_fail_old",
     "auth_ok",
     "max_connections",
     "slow",
@@ -188,10 +189,19 @@ def auth_fail(feeds: Sequence[Feed]) -> int:
     return len(feeds)
 
 
+def auth_fail_old(feeds: Sequence[Feed]) -> int:
+    """As ``auth_fail``, in the older servers' form: an ``error`` status "authentication failed"."""
+    for feed in feeds:
+        feed.auth_fail = True
+        feed.auth_fail_old = True
+    return len(feeds)
+
+
 def auth_ok(feeds: Sequence[Feed]) -> int:
-    """End ``auth_fail`` and ``max_connections``."""
+    """End ``auth_fail`` (either form) and ``max_connections``."""
     for feed in feeds:
         feed.auth_fail = False
+        feed.auth_fail_old = False
         feed.max_connections = False
     return len(feeds)
 

@@ -129,6 +129,7 @@ class Feed:
         self.exact: frozenset[str] = frozenset()
         # Faults.
         self.auth_fail = False
+        self.auth_fail_old = False  # answer a refused auth in the older servers' form
         self.max_connections = False
         self.slow = False
         self.slow_factor = 1.0

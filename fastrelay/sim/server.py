@@ -283,6 +283,9 @@ class Simulator:
     def auth_fail(self, market: str | None = None) -> int:
         return faults.auth_fail(self._targets(market))
 
+    def auth_fail_old(self, market: str | None = None) -> int:
+        return faults.auth_fail_old(self._targets(market))
+
     def auth_ok(self, market: str | None = None) -> int:
         return faults.auth_ok(self._targets(market))
 
