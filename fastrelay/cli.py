@@ -103,6 +103,9 @@ def _run_sim(flags: SimConfigFlags) -> int:
         symbol_count=flags.symbol_count,
         stamp_ns=flags.stamp,
         markets=flags.markets,
+        feed=flags.feed,
+        plan=flags.plan,
+        contract_cap=flags.contract_cap,
     )
     from fastrelay.app import serve_until_signal
 

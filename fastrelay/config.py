@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastrelay import markets, protocol
+from fastrelay.markets import OPTIONS_CONTRACT_CAP
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -161,6 +162,9 @@ class SimConfigFlags:
     symbol_count: int = 0
     stamp: bool = False
     markets: tuple[str, ...] = markets.MARKETS  # markets that generate data (all paths answer)
+    feed: str = "socket"
+    plan: dict[str, frozenset[str]] | None = None
+    contract_cap: int = OPTIONS_CONTRACT_CAP
     log_format: str = "text"
     log_level: str = "info"
 
@@ -499,6 +503,15 @@ SIM_OPTIONS: tuple[Option, ...] = (
     ),
     Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
     Option("markets", markets.parse_markets, "markets that generate data (default: all)", "markets"),
+    Option("feed", markets.parse_feed, "the Massive feed to play: socket, delayed, launchpad, ...", "feed"),
+    Option(
+        "plan",
+        markets.parse_plan,
+        "the account's plan, as stocks=T,A,AM;crypto=*: a market left out is refused at auth, "
+        "an ev left out per channel (default: everything)",
+        "plan",
+    ),
+    Option("contract-cap", _non_negative(int), "capped options contracts per connection", "contract_cap"),
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )

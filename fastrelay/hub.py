@@ -52,6 +52,12 @@ class Interest(Protocol):
     def admit(self, market: str, names: list[str]) -> str | None:
         """Why these new channels cannot be added (a cap), or None."""
 
+    def refusal(self, market: str, name: str) -> str | None:
+        """Massive's message if it refused this channel lately (cheap), or None."""
+
+    def capped_evs(self, market: str) -> frozenset[str]:
+        """The evs ``market``'s feed caps per connection (no wildcard, the contract cap)."""
+
     def add(self, channel: Channel) -> None:
         """A member took a reference on ``channel``."""
 
@@ -171,8 +177,15 @@ class Hub:
         address = member.address
         if address is not None and address.channels >= address.max_channels:
             return f"too many channels: at most {address.max_channels} from one address"
-        capped = markets.capped_evs(market)
+        remembered = self.interest.refusal(market, channel.name)
+        if remembered is not None:
+            return remembered
+        capped = self.interest.capped_evs(market)
         if channel.ev in capped:
+            if channel.is_wildcard:  # the parser knows the real-time feed's; this, the configured one's
+                return (
+                    f"{market} {channel.ev} accepts no wildcard on this feed, subscribe contracts one by one"
+                )
             held = held_capped.get(market)
             if held is None:
                 held = sum(1 for c in member.channels if c.market == market and c.ev in capped)

@@ -25,7 +25,7 @@ contracts, so the cap applies to their union (``CapReached``).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fastrelay import markets
@@ -68,11 +68,12 @@ class MarketInterest:
         linger: float,
         clock: Callable[[], float],
         contract_cap: int = markets.OPTIONS_CONTRACT_CAP,
+        capped_evs: frozenset[str] | None = None,
     ) -> None:
         self.market = market
         self.linger = linger
         self._clock = clock
-        self._capped_evs = markets.capped_evs(market)
+        self.capped_evs = markets.capped_evs(market) if capped_evs is None else capped_evs
         self._contract_cap = contract_cap
         self._refs: dict[str, int] = {}
         self._lingering: dict[str, float] = {}  # name -> expiry (clock time)
@@ -91,7 +92,7 @@ class MarketInterest:
             self._refs[name] = count + 1
             return False
         lingered = self._lingering.pop(name, None) is not None
-        if not lingered and _ev(name) in self._capped_evs:
+        if not lingered and _ev(name) in self.capped_evs:
             self._make_room_for_capped()
             self._capped.add(name)
         self._refs[name] = 1
@@ -101,13 +102,13 @@ class MarketInterest:
 
     def check_cap(self, names: list[str]) -> None:
         """Raise ``CapReached`` if adding these names would pass the cap."""
-        if not self._capped_evs:
+        if not self.capped_evs:
             return
-        new = {n for n in names if _ev(n) in self._capped_evs and n not in self._refs}
+        new = {n for n in names if _ev(n) in self.capped_evs and n not in self._refs}
         live = sum(1 for n in self._capped if n in self._refs)
         if new and live + len(new) > self._contract_cap:
             raise CapReached(
-                f"{self.market} {'/'.join(sorted(self._capped_evs))} cap of {self._contract_cap} "
+                f"{self.market} {'/'.join(sorted(self.capped_evs))} cap of {self._contract_cap} "
                 f"contracts per upstream connection reached ({live} in use by all clients)"
             )
 
@@ -270,8 +271,13 @@ class Demand:
         on_changed: Callable[[], None] = lambda: None,
         contract_cap: int = markets.OPTIONS_CONTRACT_CAP,
         max_channels: int = 1 << 62,
+        capped_evs: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
-        self.markets = {m: MarketInterest(m, linger, clock, contract_cap) for m in markets_served}
+        # capped_evs: per market, the evs its feed caps (markets.capped_evs); default socket's.
+        capped = capped_evs or {}
+        self.markets = {
+            m: MarketInterest(m, linger, clock, contract_cap, capped.get(m)) for m in markets_served
+        }
         # Channels held upstream over every market (referenced or lingering): junk
         # subscriptions must not grow the upstream and the relay's memory without bound.
         self.max_channels = max_channels
@@ -286,6 +292,10 @@ class Demand:
     def __getitem__(self, market: str) -> MarketInterest:
         return self.markets[market]
 
+    def capped_evs(self, market: str) -> frozenset[str]:
+        """The evs ``market``'s feed caps per connection (no wildcard, the contract cap)."""
+        return self.markets[market].capped_evs
+
     def is_wanted(self, channel: Channel) -> bool:
         """The upstream should still carry ``channel`` (held or lingering, not covered)."""
         return self.markets[channel.market].is_wanted(channel.name)
@@ -299,13 +309,10 @@ class Demand:
         """Why these channels cannot be added (the relay's channel cap, the contract cap), or None."""
         interest = self.markets[market]
         if self._refused:
-            now = self._clock()
             for name in names:
-                refused = self._refused.get((market, name))
-                if refused is not None:
-                    if refused[1] > now:
-                        return refused[0]
-                    del self._refused[(market, name)]
+                refusal = self.refusal(market, name)
+                if refusal is not None:
+                    return refusal
         new = sum(1 for n in names if not interest.refcount(n))
         held = sum(i.held_count for i in self.markets.values())
         if new and held + new > self.max_channels:
@@ -343,6 +350,29 @@ class Demand:
             if plan:
                 plans[market] = plan
         return plans
+
+    def refusal(self, market: str, name: str) -> str | None:
+        """Massive's message if it refused this channel lately, else None."""
+        if not self._refused:
+            return None
+        refused = self._refused.get((market, name))
+        if refused is None:
+            return None
+        if refused[1] > self._clock():
+            return refused[0]
+        del self._refused[(market, name)]
+        return None
+
+    def refusals(self) -> dict[str, dict[str, str]]:
+        """Every refusal still remembered: market -> channel name -> Massive's message."""
+        now = self._clock()
+        remembered: dict[str, dict[str, str]] = {}
+        for (market, name), (message, until) in list(self._refused.items()):
+            if until <= now:
+                del self._refused[(market, name)]
+            else:
+                remembered.setdefault(market, {})[name] = message
+        return remembered
 
     def refuse(self, channel: Channel, message: str, for_seconds: float) -> None:
         """Massive refused ``channel``: stop holding it now (no linger: it may hold a cap), and

@@ -6,6 +6,7 @@ Pure data: no I/O. See docs/protocol.md, "Endpoints" and "Events by market".
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import urlsplit
 
 # Each path is a separate Massive cluster and gets its own upstream socket.
 MARKETS: Final = (
@@ -59,11 +60,33 @@ HISTORY_EVS: Final[dict[str, frozenset[str]]] = {
     "crypto": frozenset({"XA", "XAS", "AM"}),
 }
 
-# Massive caps these per connection and accepts no wildcard for them
-# (docs/protocol.md, "Channels": "Options quotes and FMV accept no wildcard and at most 1,000
-# contracts per connection").
-CAPPED_EVS: Final[dict[str, frozenset[str]]] = {"options": frozenset({"Q", "FMV"})}
+# Massive caps these per connection and accepts no wildcard for them (docs/protocol.md,
+# "Caps"): options quotes (real-time feed), FMV (Business feed) and LV (Launchpad's only);
+# AM only on the Launchpad feed: on the others options AM takes a wildcard.
+CAPPED_EVS: Final[dict[str, frozenset[str]]] = {"options": frozenset({"Q", "FMV", "LV"})}
+_LAUNCHPAD_CAPPED_EVS: Final[dict[str, frozenset[str]]] = {"options": frozenset({"AM"})}
 OPTIONS_CONTRACT_CAP: Final = 1000
+# The official clients' Feed list: the first label of each Massive host (socket.massive.com ...).
+FEEDS: Final = (
+    "socket",
+    "delayed",
+    "nasdaqfeed",
+    "polyfeed",
+    "polyfeedplus",
+    "starterfeed",
+    "launchpad",
+    "business",
+    "edgx-business",
+    "iex-business",
+    "delayed-business",
+    "delayed-edgx-business",
+    "delayed-nasdaq-last-sale-business",
+    "delayed-nasdaq-basic-business",
+    "delayed-fullmarket-business",
+    "fullmarket-business",
+    "nasdaq-last-sale-business",
+    "nasdaq-basic-business",
+)
 
 # ev codes that exist in exactly one market, so a channel on /api/socket
 # needs no market prefix for them.
@@ -102,8 +125,23 @@ def history_evs(market: str) -> frozenset[str]:
     return HISTORY_EVS.get(market, frozenset())
 
 
-def capped_evs(market: str) -> frozenset[str]:
-    return CAPPED_EVS.get(market, frozenset())
+def feed_of(url: str) -> str:
+    """The Massive feed a base URL names (``wss://delayed.massive.com`` -> ``delayed``); a
+    host that is not Massive's (the simulator, a proxy) counts as the real-time ``socket``."""
+    host = urlsplit(url).hostname or ""
+    label, _, domain = host.partition(".")
+    return label if domain in _MASSIVE_DOMAINS and label in FEEDS else "socket"
+
+
+_MASSIVE_DOMAINS: Final = ("massive.com", "polygon.io")
+
+
+def capped_evs(market: str, feed: str = "socket") -> frozenset[str]:
+    """The evs Massive caps per connection on ``market`` served by ``feed``."""
+    capped = CAPPED_EVS.get(market, frozenset())
+    if feed == "launchpad":
+        capped |= _LAUNCHPAD_CAPPED_EVS.get(market, frozenset())
+    return capped
 
 
 def is_ambiguous(market: str) -> bool:
@@ -205,3 +243,33 @@ def parse_markets(text: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown market(s) {', '.join(unknown)}; known: {', '.join(MARKETS)}")
     return names
+
+
+def parse_feed(text: str) -> str:
+    """One of the official clients' feeds, by its host's first label."""
+    name = text.strip().lower()
+    if name not in FEEDS:
+        raise ValueError(f"unknown feed {text!r}; known: {', '.join(FEEDS)}")
+    return name
+
+
+def parse_plan(text: str) -> dict[str, frozenset[str]]:
+    """A plan, as ``stocks=T,A,AM;crypto=*``: per market, the evs it allows (``*``: all of
+    them); a market left out is outside the plan."""
+    plan: dict[str, frozenset[str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        market, found, evs_text = part.partition("=")
+        market = market.strip().lower()
+        if not found or market not in MARKETS:
+            raise ValueError(f"bad plan entry {part!r}: expected MARKET=EV,EV,... with a known market")
+        allowed = {ev.strip().upper() for ev in evs_text.split(",") if ev.strip()}
+        if allowed == {"*"}:
+            plan[market] = evs(market)
+            continue
+        unknown = allowed - evs(market)
+        if unknown or not allowed:
+            raise ValueError(f"bad plan entry {part!r}: {market} has evs {','.join(sorted(evs(market)))}")
+        plan[market] = frozenset(allowed)
+    if not plan:
+        raise ValueError("empty plan: give MARKET=EV,... entries separated by ';'")
+    return plan

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from fastrelay import protocol
+from fastrelay import markets, protocol
 from fastrelay.cache import Cache
 from fastrelay.config import RelayConfig, api_key_of, upstream_of
 from fastrelay.events import EventHead, RawEvent
@@ -93,6 +93,9 @@ class Relay:
             on_last=self.cache.unwatch,
             on_changed=self.interest_changed,
             max_channels=config.max_upstream_channels,
+            capped_evs={
+                m: markets.capped_evs(m, markets.feed_of(upstream_of(config, m))) for m in config.markets
+            },
         )
         self.outbox = Outbox(config.max_frame_size, config.max_client_buffer)
         self.hub = Hub(
@@ -220,7 +223,7 @@ class Relay:
             self._rejections_log.log(
                 logging.WARNING, "upstream %s: Massive refused %s: %s", market, name[:80], message[:200]
             )
-            status = protocol.status_frame(protocol.ERROR, f"{message}: {name}")
+            status = protocol.status_frame(protocol.ERROR, f"{name}: {message}")
             for member in self.hub.members_holding(channel):
                 self.outbox.send(member, [status])
                 self.hub.unsubscribe(member, [channel])

@@ -9,6 +9,7 @@ import orjson
 from fastrelay.cache import Cache
 from fastrelay.closes import CloseReason
 from fastrelay.events import decode_frame
+from fastrelay.feed import FeedStatistics
 from fastrelay.hub import Hub
 from fastrelay.interest import Demand
 from fastrelay.member import Member
@@ -127,3 +128,24 @@ def make_core(
     demand = Demand(markets, linger, lambda: 0.0, on_first=cache.watch, on_last=cache.unwatch)
     outbox = Outbox(max_frame_payload, max_client_buffer)
     return Core(Hub(markets, outbox, demand, max_channels), cache, demand, outbox)
+
+
+class RecordingFeed:
+    """A Massive feed stand-in: live on demand, records the plans it is given."""
+
+    def __init__(self, market: str) -> None:
+        self.market = market
+        self.stats = FeedStatistics()
+        self.sent: list[tuple[list[str], list[str]]] = []
+        self.live = True
+        self.where = "recording"
+        self.refused: str | None = None
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None:
+        self.sent.append((subscribe, unsubscribe))

@@ -177,3 +177,13 @@ def test_large_batch_is_split_across_frames_in_order() -> None:
     hub.flush()
     assert len(sink.writes) > 1
     assert [e["q"] for e in sink.events()] == list(range(200))
+
+
+def test_a_channel_massive_refused_is_refused_to_the_next_client_at_once() -> None:
+    """Far below every cap (the hub's fast path), a remembered refusal still applies."""
+    core = make_core(markets=("stocks",), max_channels=100)
+    core.demand.refuse(ch("Q.AAPL"), "not authorized", for_seconds=60.0)
+    m, _ = core.member()
+    result = core.hub.subscribe(m, [ch("T.AAPL"), ch("Q.AAPL")])
+    assert result.accepted == [ch("T.AAPL")]
+    assert result.refused == [(ch("Q.AAPL"), "not authorized")]

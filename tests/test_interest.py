@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fastrelay.interest import CapReached, MarketInterest
+from fastrelay.interest import CapReached, Demand, MarketInterest
+from fastrelay.protocol import Channel
 
 
 class FakeClock:
@@ -101,3 +102,33 @@ def test_refcounts_never_go_negative(clock: FakeClock) -> None:
     interest.remove("T.AAPL")
     assert interest.refcount("T.AAPL") == 0
     assert interest.wanted() == set()
+
+
+def test_a_refused_channel_is_dropped_at_once_and_refused_for_a_while(clock: FakeClock) -> None:
+    """Massive refused Q.AAPL: no linger keeps it (nor its cap slot), the next plan
+    unsubscribes it, and admitting it again gives Massive's message until the memory runs out."""
+    demand = Demand(["stocks"], linger=5.0, clock=clock)
+    q_aapl = Channel("stocks", "Q", "AAPL")
+    demand.add(q_aapl)
+    assert demand.plans()["stocks"].subscribe == ["Q.AAPL"]
+    demand.remove(q_aapl)  # the holders let go: lingering
+    demand.refuse(q_aapl, "not authorized", for_seconds=60.0)
+    assert demand["stocks"].held_count == 0
+    assert demand.plans()["stocks"].unsubscribe == ["Q.AAPL"]
+    assert demand.refusal("stocks", "Q.AAPL") == "not authorized"
+    assert demand.admit("stocks", ["T.AAPL", "Q.AAPL"]) == "not authorized"
+    assert demand.refusal("stocks", "T.AAPL") is None
+    clock.now = 60.0
+    assert demand.refusal("stocks", "Q.AAPL") is None
+    assert demand.admit("stocks", ["Q.AAPL"]) is None
+
+
+def test_a_refused_wildcard_uncovers_nothing_it_never_had(clock: FakeClock) -> None:
+    """Q.* refused while Q.AAPL is held: Q.AAPL goes upstream on its own again."""
+    demand = Demand(["stocks"], linger=0.0, clock=clock)
+    demand.add(Channel("stocks", "Q", "AAPL"))
+    demand.add(Channel("stocks", "Q", "*"))
+    assert demand.plans()["stocks"].subscribe == ["Q.*"]
+    demand.refuse(Channel("stocks", "Q", "*"), "not authorized", for_seconds=60.0)
+    plan = demand.plans()["stocks"]
+    assert (plan.subscribe, plan.unsubscribe) == (["Q.AAPL"], ["Q.*"])

@@ -13,7 +13,6 @@ import pytest
 
 from fastrelay.closes import CloseReason
 from fastrelay.events import decode_frame
-from fastrelay.feed import FeedStatistics
 from fastrelay.member import Member
 from fastrelay.protocol import Channel
 from fastrelay.scaleout import messages
@@ -22,7 +21,7 @@ from fastrelay.scaleout.ingest import Ingest
 from fastrelay.scaleout.subjects import seal
 from fastrelay.session import ClientSession, SessionContext, TokenCheck
 from tests.fakelink import FakeLink
-from tests.sinks import RecordingSink
+from tests.sinks import RecordingFeed, RecordingSink
 from tests.utils import TIMEOUT, fast_relay_config, wait_until
 
 
@@ -32,27 +31,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RecordingFeed:
-    """A Massive feed stand-in: live on demand, records the plans it is given."""
-
-    def __init__(self, market: str) -> None:
-        self.market = market
-        self.stats = FeedStatistics()
-        self.sent: list[tuple[list[str], list[str]]] = []
-        self.live = True
-        self.where = "recording"
-        self.refused: str | None = None
-
-    def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None:
-        self.sent.append((subscribe, unsubscribe))
 
 
 def config(role: str) -> Any:
@@ -296,3 +274,44 @@ async def test_edge_drops_fills_that_arrive_during_an_outage(edge: Any) -> None:
 
 def _raw(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(data)
+
+
+async def test_ingest_tells_the_edges_what_massive_refused_and_refuses_it_again(ingest: Any) -> None:
+    """Massive refuses Q.AAPL: the ingest lets it go, names it in its state for the edges,
+    and an edge heartbeat offering it again is refused, not asked of Massive again."""
+    role, link, _ = ingest
+    await link.deliver("fastrelay.interest", interest("a", {"stocks": ["T.AAPL", "Q.AAPL"]}))
+    await settle()
+    feed = role.relay.feeds["stocks"]
+    role.relay.feed_rejected(feed, [("Q.AAPL", "not authorized")])
+    state = messages.decode(role._state())
+    assert isinstance(state, messages.IngestState)
+    assert state.rejected == {"stocks": {"Q.AAPL": "not authorized"}}
+    assert role.relay.demand["stocks"].refcount("Q.AAPL") == 0
+    refused_before = role.refused
+    await link.deliver("fastrelay.interest", interest("a", {"stocks": ["T.AAPL", "Q.AAPL"]}))
+    await settle()
+    assert role.relay.demand["stocks"].refcount("Q.AAPL") == 0
+    assert role.refused == refused_before + 1
+    assert role.relay.demand["stocks"].refcount("T.AAPL") == 1
+    assert all("Q.AAPL" not in subscribe for subscribe, _ in feed.sent[1:])
+
+
+async def test_edge_clients_hear_of_a_refusal_in_the_ingest_state(edge: Any) -> None:
+    """The ingest's state names Q.AAPL as refused: the edge's client holding it is told
+    in Massive's words, the edge lets it go, and the next client is refused at once."""
+    role, link, _ = edge
+    await link.deliver("fastrelay.ingest", ingest_state({"stocks": "live", "options": "live"}))
+    session, sink = client(role.relay)
+    session.receive(b'{"action":"subscribe","params":"T.AAPL,Q.AAPL"}')
+    await wait_until(lambda: "fastrelay.data.stocks.Q" in link.subscribed, what="subscribed")
+    state = messages.IngestState("ingest-1", "batch", {"stocks": "live", "options": "live"})
+    state.rejected = {"stocks": {"Q.AAPL": "not authorized", "Q.MSFT": "not authorized"}}
+    await link.deliver("fastrelay.ingest", messages.encode(state))
+    assert ("error", "Q.AAPL: not authorized") in sink.statuses()
+    assert not any("Q.MSFT" in str(message) for _, message in sink.statuses())  # held by nobody here
+    await wait_until(lambda: "fastrelay.data.stocks.Q" not in link.subscribed, what="let go")
+    other, _ = client(role.relay)
+    reply = other.receive(b'{"action":"subscribe","params":"Q.AAPL"}')
+    answers = [(m["status"], m["message"]) for frame in reply.frames for m in orjson.loads(frame)]
+    assert answers == [("error", "Q.AAPL: not authorized")]

@@ -26,7 +26,7 @@ from fastrelay.events import EventHead, RawEvent, ticker_of
 from fastrelay.framing import event_array_payloads
 from fastrelay.protocol import Channel, ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
-from fastrelay.relay import REFUSAL_MEMORY, Relay
+from fastrelay.relay import Relay
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import IngestCollector
@@ -62,8 +62,6 @@ class Ingest:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._throttle = LogThrottle(log, interval=10.0)
         self.refused = 0  # edge channels not taken: bad names, unserved markets, the contract cap
-        # (market, name) -> (Massive's refusal, until): told to the edges in every state
-        self._recent_rejections: dict[tuple[str, str], tuple[str, float]] = {}
         self.link.listen(self.subjects.interest, self._on_interest)
         self.link.listen(self.subjects.snapshot, self._on_snapshot)
         relay.tap = self
@@ -162,7 +160,6 @@ class Ingest:
         in the state (they tell their clients), and their heartbeats offering it again are
         refused while the relay remembers the refusal."""
         self.registry.forget_channel((market, name))
-        self._recent_rejections[(market, name)] = (message, self._clock() + REFUSAL_MEMORY)
         self._publish_state()
 
     async def _publish_loop(self) -> None:
@@ -225,13 +222,7 @@ class Ingest:
             else feed.refused or self.relay.outages.get(m, "connecting")
             for m, feed in self.relay.feeds.items()
         }
-        now = self._clock()
-        rejected: dict[str, dict[str, str]] = {}
-        for (market, name), (message, until) in list(self._recent_rejections.items()):
-            if until <= now:
-                del self._recent_rejections[(market, name)]
-            else:
-                rejected.setdefault(market, {})[name] = message
+        rejected = self.relay.demand.refusals()  # the edges' clients are told and let go
         state = messages.IngestState(self.config.instance_name, self.granularity, markets, rejected)
         return messages.encode(state)
 

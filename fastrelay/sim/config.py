@@ -49,14 +49,18 @@ class SimulatorConfig:
     # include websocket access..."); an ev left out is refused per channel with
     # "not authorized" and no acknowledgement. None: everything.
     plan: Mapping[str, frozenset[str]] | None = None
-    # Options quote/FMV contracts per connection (Massive: 1,000); tests lower it.
+    # Capped contracts per connection (Massive: 1,000 options Q/FMV/LV); tests lower it.
     contract_cap: int = OPTIONS_CONTRACT_CAP
+    # The Massive feed played (markets.FEEDS): "launchpad" caps options AM too.
+    feed: str = "socket"
 
     def __post_init__(self) -> None:
         self.markets = tuple(self.markets)
         unknown = [name for name in (*self.markets, *self.symbols) if not markets.is_market(name)]
         if unknown:
             raise ValueError(f"unknown market(s) {', '.join(unknown)}; known: {', '.join(markets.MARKETS)}")
+        if self.feed not in markets.FEEDS:
+            raise ValueError(f"unknown feed {self.feed!r}; known: {', '.join(markets.FEEDS)}")
         if self.rate <= 0:
             raise ValueError("rate must be > 0")
         if self.events_per_frame < 1:

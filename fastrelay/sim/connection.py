@@ -71,6 +71,9 @@ class MarketFeed(Protocol):
     def count_auth(self, key_ok: bool) -> bool:
         """Count an auth attempt; whether it succeeds (a right key and no auth_fail fault)."""
 
+    def count_subscribe(self, asked: int, refused: int) -> None:
+        """Count the channels a subscribe asked for and how many were refused."""
+
 
 class Connection(WSListener):
     """One client of one market path."""
@@ -225,17 +228,17 @@ class Connection(WSListener):
             self._status(protocol.ERROR, "no channels given")
             return
         market = self.feed.market
-        capped = markets.capped_evs(market)
+        capped = markets.capped_evs(market, self.server.config.feed)
         allowed = (
             None if self.server.config.plan is None else self.server.config.plan.get(market, frozenset())
         )
-        if subscribe and capped:
+        if subscribe:
+            self.feed.count_subscribe(len(names), 0)
+        if subscribe and capped and self._past_cap(names, capped):
             # Massive refuses the whole message that would take a connection past the cap.
-            new = {n for n in names if n.partition(".")[0] in capped and n not in self.exact}
-            used = sum(1 for ch in self.exact if ch.partition(".")[0] in capped)
-            if new and used + len(new) > self.server.config.contract_cap:
-                self._status(protocol.ERROR, CAP_REFUSAL)
-                return
+            self.feed.count_subscribe(0, len(names))
+            self._status(protocol.ERROR, CAP_REFUSAL)
+            return
         for name in names:
             try:
                 channel = protocol.parse_channel(name, market)
@@ -245,7 +248,13 @@ class Connection(WSListener):
             if subscribe:
                 if allowed is not None and channel.ev not in allowed:
                     # Massive names no channel here, and does not acknowledge it.
+                    self.feed.count_subscribe(0, 1)
                     self._status(protocol.ERROR, NOT_AUTHORIZED)
+                    continue
+                if channel.is_wildcard and channel.ev in capped:
+                    # The parser refuses the real-time feed's capped wildcards; this, another feed's.
+                    self.feed.count_subscribe(0, 1)
+                    self._status(protocol.ERROR, f"{name}: wildcard not allowed for this feed")
                     continue
                 if channel.is_wildcard:
                     self.wild.add(channel.ev)
@@ -261,6 +270,19 @@ class Connection(WSListener):
                 self._status(protocol.SUCCESS, protocol.unsubscribed_message(name))
         self.feed.refresh()
         self.server.connections_changed()
+
+    def _past_cap(self, names: list[str], capped: frozenset[str]) -> bool:
+        """Taking the new capped contracts among ``names`` would pass the connection's cap."""
+        new: set[str] = set()
+        for name in names:
+            try:
+                channel = protocol.parse_channel(name, self.feed.market)
+            except protocol.ChannelError:
+                continue
+            if channel.ev in capped and not channel.is_wildcard and channel.name not in self.exact:
+                new.add(channel.name)
+        used = sum(1 for name in self.exact if name.partition(".")[0] in capped)
+        return bool(new) and used + len(new) > self.server.config.contract_cap
 
     # --- ending ---
 

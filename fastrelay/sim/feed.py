@@ -140,6 +140,8 @@ class Feed:
         self.auth_attempts = 0
         self.auth_failures = 0
         self.auth_times: deque[int] = deque(maxlen=_AUTH_TIMES_KEPT)
+        self.channels_asked = 0  # channel names in subscribe messages, refused ones too
+        self.channels_refused = 0  # "not authorized" and cap refusals sent
         self.events_generated = 0
         self.events_sent = 0
         self.frames_sent = 0
@@ -162,6 +164,10 @@ class Feed:
             self.auth_failures += 1
             return False
         return True
+
+    def count_subscribe(self, asked: int, refused: int) -> None:
+        self.channels_asked += asked
+        self.channels_refused += refused
 
     def refresh(self) -> None:
         """Recompute the live receivers and the union of their interest (after any change)."""
@@ -517,6 +523,8 @@ class Feed:
             "subscriptions": self.subscriptions(),
             "connects": self.connects,
             "auth_attempts": self.auth_attempts,
+            "channels_asked": self.channels_asked,
+            "channels_refused": self.channels_refused,
             "auth_failures": self.auth_failures,
             "auth_attempt_times_ms": list(self.auth_times),
             "events_generated": self.events_generated,
