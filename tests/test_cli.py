@@ -149,3 +149,14 @@ def test_edges_need_no_key_and_check_config_says_their_role(capsys: pytest.Captu
     assert main(["check-config", "--role", "edge", "--nats", "nats://u:hunter2@h:4222"]) == 0
     out = capsys.readouterr().out
     assert "edge " in out and "nats://***@h:4222" in out and "hunter2" not in out
+
+
+def test_check_config_shows_each_markets_host_and_never_a_key(capsys: pytest.CaptureFixture[str]) -> None:
+    """Delayed stocks plus crypto on another account (docs/operations.md, "Readiness")."""
+    argv = ["check-config", "--api-key", "stocks-secret-1", "--markets", "stocks,crypto"]
+    argv += ["--upstream-for", "stocks=wss://delayed.massive.com", "--api-key-for", "crypto=crypto-secret-2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "stocks from wss://delayed.massive.com" in out, out
+    assert "crypto from wss://socket.massive.com" in out and "crypto: its own" in out, out
+    assert "secret" not in out, out
