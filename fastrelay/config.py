@@ -146,7 +146,17 @@ class RelayConfig:
     # (0: per pass of the loop); edges add their own --flush-interval after it.
     nats_window: float = 1.0
     heartbeat_interval: float = 1.0  # ingest state and edge interest, seconds
-    peer_timeout: float = 5.0  # an edge (at the ingest) or the ingest (at an edge) silent this long is gone
+    peer_timeout: float = 5.0  # an edge silent this long is gone (at the ingests)
+    # The leader ingest silent this long is gone (at the edges); it sends its state
+    # four times as often, so a dead leader is noticed within this bound.
+    ingest_timeout: float = 1.0
+    # The leader's lease on NATS (docs/scaleout.md, "High availability"): a dead
+    # leader is replaced within about this long; all ingests follow the bucket's.
+    lease_ttl: float = 1.5
+    lease_replicas: int = 1  # JetStream replicas of the lease bucket: 3 on a NATS cluster
+    # Edges drop data older than this, counted from the ingest's receipt of it
+    # (clocks of ingest and edges must agree to well within it: NTP).
+    max_event_age: float = 2.0
     instance_name: str = field(default_factory=lambda: f"{platform.node()}-{os.getpid()}")
 
 
@@ -178,6 +188,17 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         value = kind(text)
         if value < 0:
             raise ValueError(f"must not be negative: {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(f"must be positive: {text}")
         return value
 
     parse.__name__ = kind.__name__
@@ -484,7 +505,28 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "heartbeat_interval",
     ),
     Option(
-        "peer-timeout", _non_negative(float), "an edge or ingest silent this long is gone, s", "peer_timeout"
+        "peer-timeout", _non_negative(float), "ingest: an edge silent this long is gone, s", "peer_timeout"
+    ),
+    Option(
+        "ingest-timeout",
+        _positive(float),
+        "edge: the leader ingest silent this long is gone, s (it reports 4 times as often)",
+        "ingest_timeout",
+    ),
+    Option(
+        "lease-ttl",
+        _positive(float),
+        "ingest: the leader's lease on NATS, s; a dead leader is replaced within about this",
+        "lease_ttl",
+    ),
+    Option(
+        "lease-replicas", _positive(int), "ingest: JetStream replicas of the lease bucket", "lease_replicas"
+    ),
+    Option(
+        "max-event-age",
+        _positive(float),
+        "edge: drop data older than this (since the ingest read it), s",
+        "max_event_age",
     ),
     Option("instance-name", str, "this process's name on NATS (default: HOST-PID)", "instance_name"),
 )

@@ -118,13 +118,27 @@ class Relay:
             self.hold(protocol.parse_api_channel(name))
 
     # --- lifecycle --------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, feeds: bool = True) -> None:
+        """Start serving; ``feeds=False`` leaves the upstreams for ``start_feeds`` (a
+        standby ingest connects to Massive only once it leads)."""
+        if feeds:
+            self.start_feeds()
+
+    def start_feeds(self) -> None:
         for feed in self.feeds.values():
             feed.start()
-        # The start-up summary waits for every market's first outcome, or this long.
-        self._summary_timer = self.loop.call_later(
-            self.config.upstream_timers.handshake_timeout, self._log_start_summary
-        )
+        if self._start_outcomes is not None and self._summary_timer is None:
+            # The start-up summary waits for every market's first outcome, or this long.
+            self._summary_timer = self.loop.call_later(
+                self.config.upstream_timers.handshake_timeout, self._log_start_summary
+            )
+
+    async def stop_feeds(self, reason: str) -> None:
+        """Close every upstream (a deposed ingest); live markets go down for ``reason``."""
+        live = [feed for feed in self.feeds.values() if feed.live]
+        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
+        for feed in live:
+            self.feed_down(feed, reason)
 
     async def stop(self) -> None:
         for timer in (self._flush_timer, self._linger_timer, self._summary_timer):

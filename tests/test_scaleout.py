@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -251,9 +252,14 @@ async def test_bad_nats_messages_are_counted_and_skipped(deployment: Deployment)
     prefix = deployment.ingest.relay.config.nats_prefix
     stranger = await nats.connect(deployment.nats.url)
     try:
-        for data in (b"short", b"12345678 not json", seal(b'{"not": "an array"}', 0.0)):
+        term = ingest.election.term
+        for data in (b"short", b"12345678 not json", seal(b'[{"not": "an event"', time.time(), term)):
             await stranger.publish(f"{prefix}.data.stocks.T", data)
             await stranger.publish(f"{prefix}.data.stocks.T.AAPL", data)
+        # A claim of a newer term in data alone: dropped, counted; the leader is not deposed.
+        claim = seal(b'[{"ev":"T","sym":"AAPL","q":1}]', time.time(), term + 1000)
+        await stranger.publish(f"{prefix}.data.stocks.T", claim)
+        await stranger.publish(f"{prefix}.data.stocks.T.AAPL", claim)
         await stranger.publish(f"{prefix}.ingest", b"\xff garbage")
         await stranger.publish(f"{prefix}.interest", b"[1, 2, 3]")
         bad_names = messages.EdgeInterest("stranger", {"stocks": ["T.AA PL", "nonsense"], "nowhere": ["T.X"]})
@@ -266,6 +272,7 @@ async def test_bad_nats_messages_are_counted_and_skipped(deployment: Deployment)
     await wait_until(
         lambda: (
             edge.link.stats.bad_messages == 3 + 1
+            and edge.early == 1
             and ingest.link.stats.bad_messages == 2
             and ingest.refused == 3
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +19,7 @@ from fastrelay.protocol import Channel
 from fastrelay.scaleout import messages
 from fastrelay.scaleout.edge import INGEST_SILENT, NATS_DOWN, Edge
 from fastrelay.scaleout.ingest import Ingest
-from fastrelay.scaleout.subjects import seal
+from fastrelay.scaleout.subjects import open_envelope, seal
 from fastrelay.session import ClientSession, SessionContext, TokenCheck
 from tests.fakelink import FakeLink
 from tests.sinks import RecordingFeed, RecordingSink
@@ -51,6 +52,7 @@ async def ingest() -> AsyncIterator[tuple[Ingest, FakeLink, Clock]]:
     for market in role.relay.feeds:
         role.relay.feeds[market] = RecordingFeed(market)  # type: ignore[assignment]
     await link.connect()
+    await wait_until(lambda: role.leading, what="the lease")
     yield role, link, clock
     await role.stop()
 
@@ -101,17 +103,33 @@ async def test_ingest_expires_silent_edges_except_while_it_was_cut_off(ingest: A
     role, link, clock = ingest
     await link.deliver("fastrelay.interest", interest("a", {"stocks": ["T.AAPL"]}))
     link.disconnect()
-    clock.now += 60.0
-    role.expire_silent_edges()
+    ticks(role, clock, 60)
     assert role.relay.demand["stocks"].refcount("T.AAPL") == 1
     await link.connect()  # grace: every edge's clock restarts
-    clock.now += 4.0
-    role.expire_silent_edges()
+    ticks(role, clock, 4)
     assert role.relay.demand["stocks"].refcount("T.AAPL") == 1
-    clock.now += 2.0
-    role.expire_silent_edges()
+    ticks(role, clock, 2)
     assert role.relay.demand["stocks"].refcount("T.AAPL") == 0
-    assert role.registry.expired_total == 1
+    assert role.registry.expired_total == 1 and role.stalls == 0
+
+
+def ticks(role: Ingest, clock: Clock, seconds: int) -> None:
+    """The ingest's once-a-second check, ``seconds`` times, as its running loop does it."""
+    for _ in range(seconds):
+        clock.now += 1.0
+        role.expire_silent_edges()
+
+
+async def test_ingest_frozen_past_the_peer_timeout_keeps_its_edges(ingest: Any) -> None:
+    """Bug: a SIGSTOPped ingest dropped every edge when it resumed. Its own freeze is not
+    the edges' silence: their clocks restart, and only a silence after it counts."""
+    role, link, clock = ingest
+    await link.deliver("fastrelay.interest", interest("a", {"stocks": ["T.AAPL"]}))
+    clock.now += 10.0  # no tick ran: the loop was frozen
+    role.expire_silent_edges()
+    assert role.relay.demand["stocks"].refcount("T.AAPL") == 1 and role.stalls == 1
+    ticks(role, clock, 6)  # then a real silence
+    assert role.relay.demand["stocks"].refcount("T.AAPL") == 0
 
 
 async def test_ingest_publishes_one_message_per_subject_per_window(ingest: Any) -> None:
@@ -123,7 +141,8 @@ async def test_ingest_publishes_one_message_per_subject_per_window(ingest: Any) 
     role.events("stocks", *decode_frame(orjson.dumps([{"ev": "Q", "sym": "AAPL", "q": 0}])))
     await wait_until(lambda: len(link.sent_on("fastrelay.data.stocks.Q")) == 1, what="a publishing pass")
     [trades] = link.sent_on("fastrelay.data.stocks.T")
-    assert [e["q"] for e in orjson.loads(trades[8:])] == [0, 1, 2]
+    term, _, body = open_envelope(trades)
+    assert [e["q"] for e in orjson.loads(bytes(body))] == [0, 1, 2] and term == role.election.term > 0
     assert link.stats.published == 2
 
 
@@ -157,8 +176,19 @@ async def edge() -> AsyncIterator[tuple[Edge, FakeLink, Clock]]:
     await role.stop()
 
 
-def ingest_state(markets: dict[str, str], granularity: str = "batch", name: str = "ingest-1") -> bytes:
-    return messages.encode(messages.IngestState(name, granularity, markets))
+def ingest_state(
+    markets: dict[str, str], granularity: str = "batch", name: str = "ingest-1", term: int = 0
+) -> bytes:
+    version = messages.VERSION if term else 1
+    return messages.encode(messages.IngestState(name, granularity, markets, {}, term, version))
+
+
+def looks(role: Edge, clock: Clock, seconds: float) -> None:
+    """The edge's looks at the ingest, four per --ingest-timeout, for ``seconds``."""
+    step = role.config.ingest_timeout / 4
+    for _ in range(round(seconds / step)):
+        clock.now += step
+        role.check_ingest()
 
 
 def client(relay: Any, market: str = "stocks") -> tuple[ClientSession, RecordingSink]:
@@ -184,8 +214,7 @@ async def test_edge_markets_follow_the_ingest_nats_and_silence(edge: Any) -> Non
     assert role.readiness_notes() == ["options: refused by Massive (auth_failed)"]
     await link.deliver("fastrelay.ingest", ingest_state({"stocks": "live", "options": "live"}))
     assert role.not_ready_reason() is None
-    clock.now += 6.0
-    role.check_ingest()
+    looks(role, clock, 1.25)  # --ingest-timeout 1 s of silence, looked at 4 times a second
     assert role.relay.outages == {"stocks": INGEST_SILENT, "options": INGEST_SILENT}
     await link.deliver("fastrelay.ingest", ingest_state({"stocks": "live", "options": "live"}))
     assert role.relay.outages == {}
@@ -218,10 +247,10 @@ async def test_edge_routes_data_messages_and_counts_bad_ones(edge: Any) -> None:
     session.receive(b'{"action":"subscribe","params":"T.AAPL"}')
     await wait_until(lambda: "fastrelay.data.stocks.T" in link.subscribed, what="subscribed")
     trade = b'{"ev":"T","sym":"AAPL","q":1}'
-    await link.deliver("fastrelay.data.stocks.T", seal(b"[" + trade + b"]", 0.0))
+    await link.deliver("fastrelay.data.stocks.T", seal(b"[" + trade + b"]", time.time(), 0))
     await wait_until(lambda: any(e.get("q") == 1 for e in sink.events()), what="the trade")
     await link.deliver("fastrelay.data.stocks.T", b"short")
-    await link.deliver("fastrelay.data.stocks.T", seal(b"[{not json", 0.0))
+    await link.deliver("fastrelay.data.stocks.T", seal(b"[{not json", time.time(), 0))
     assert link.stats.bad_messages == 2
     assert role.feeds["stocks"].stats.events == 1
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from fastrelay.scaleout.subjects import (
     EVENT,
     NO_TICKER,
     Subjects,
+    VersionError,
     escape_token,
     open_envelope,
     seal,
@@ -62,12 +65,21 @@ def test_bad_prefixes_are_refused(prefix: str) -> None:
         Subjects(prefix)
 
 
-def test_envelope_round_trip_and_short_messages() -> None:
-    sent_at, body = open_envelope(seal(b'[{"ev":"T"}]', 1700000000.25))
-    assert sent_at == 1700000000.25
-    assert bytes(body) == b'[{"ev":"T"}]'
-    with pytest.raises(ValueError, match="shorter than its envelope"):
-        open_envelope(b"12345678")
+def test_envelope_round_trip_short_messages_and_versions() -> None:
+    """The term and the read time travel with the events; version 1 (no term) is still read,
+    as term 0; a version this process does not know is a VersionError."""
+    term, read_at, body = open_envelope(seal(b'[{"ev":"T"}]', 1700000000.25, 42))
+    assert (term, read_at, bytes(body)) == (42, 1700000000.25, b'[{"ev":"T"}]')
+    old = struct.pack("<d", 1700000000.5) + b'[{"ev":"Q"}]'
+    term, read_at, body = open_envelope(old)
+    assert (term, read_at, bytes(body)) == (0, 1700000000.5, b'[{"ev":"Q"}]')
+    newer = bytearray(seal(b"[]", 1.0, 7))
+    newer[1] = messages.VERSION + 1
+    with pytest.raises(VersionError, match=f"version {messages.VERSION + 1}"):
+        open_envelope(bytes(newer))
+    for torn in (b"12345678", b"short", seal(b'{"not":"an array"}', 1.0, 1)):
+        with pytest.raises(ValueError, match="not an envelope"):
+            open_envelope(torn)
 
 
 def test_control_messages_round_trip_and_reject_garbage() -> None:

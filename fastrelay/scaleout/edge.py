@@ -6,10 +6,19 @@ limits, outage statuses) is unchanged. What the edge's clients want
 (``MarketInterest``, with its linger) becomes NATS subscriptions on the data
 subjects and, in heartbeats, the edge's interest at the ingest.
 
-A market is live on an edge while NATS is connected, the ingest has been
-heard within ``--peer-timeout`` and it reports that market's upstream live;
-otherwise the edge's clients get the usual ``feed interrupted`` status, with
-the reason (``nats``, ``ingest`` or the ingest's own upstream reason).
+A market is live on an edge while NATS is connected, the leader ingest has
+been heard within ``--ingest-timeout`` and it reports that market's upstream
+live; otherwise the edge's clients get the usual ``feed interrupted`` status,
+with the reason (``nats``, ``ingest``, ``stale`` or the ingest's own upstream
+reason). Data only reaches clients while its market is live, so the
+``restored`` status always comes before the data, as in one process.
+
+Fencing: the edge follows the ingest with the highest term (election.py) and
+drops data and states of older terms; data of a newer term than the state it
+follows means the leader changed: the markets go down until that leader's
+state arrives. Data read by the ingest more than ``--max-event-age`` ago is
+dropped too (a frozen ingest's backlog), and the market is reported down
+until fresh data comes.
 
 What a new subscriber should see at once (last values, history) and this edge
 lacks comes from the ingest: ``fills.Fills``.
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -37,13 +47,14 @@ from fastrelay.scaleout import messages
 from fastrelay.scaleout.fills import Fills
 from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import LAG_BOUNDS, EdgeCollector
-from fastrelay.scaleout.subjects import Subjects, open_envelope
+from fastrelay.scaleout.subjects import Subjects, VersionError, open_envelope
 
 log = logging.getLogger("fastrelay.edge")
 
 # Why a market is down on an edge, beyond the ingest's own upstream reasons.
 NATS_DOWN = "nats"
 INGEST_SILENT = "ingest"
+STALE = "stale"  # the ingest's data arrives older than --max-event-age
 
 
 class EdgeFeed:
@@ -56,9 +67,10 @@ class EdgeFeed:
     def __init__(self, market: str, edge: Edge) -> None:
         self.market = market
         self._edge = edge
-        self.stats = FeedStatistics((*MASSIVE_REASONS, NATS_DOWN, INGEST_SILENT))
+        self.stats = FeedStatistics((*MASSIVE_REASONS, NATS_DOWN, INGEST_SILENT, STALE))
         self.subscribed: set[str] = set()
         self.is_live = False
+        self.stale = False  # the last data message was older than --max-event-age
 
     @property
     def live(self) -> bool:
@@ -118,13 +130,22 @@ class Edge:
         self.ingest: str | None = None
         self.granularity: str | None = None
         self.ingest_markets: dict[str, str] = {}
-        self._ingest_heard = 0.0
+        self._ingest_heard = -math.inf
+        self._last_check = clock()
+        # The leader's term this edge follows (the highest seen; 0: a version-1 ingest).
+        self.term = 0
+        self.leader_changes = 0
+        self.fenced = 0  # data and state messages of an older term, dropped
+        self.early = 0  # data of a newer term than the state followed, dropped
+        self.not_live = 0  # events dropped because their market was not live (yet)
+        self.stale_dropped = 0  # events older than --max-event-age, dropped
         self._data_subscriptions: dict[str, Any] = {}
         self._sync_task: asyncio.Task[None] | None = None
         self._sync_wanted = False
         self._seq = 0
         self._incarnation = secrets.token_hex(6)
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.TimerHandle | None = None
         self._throttle = LogThrottle(log, interval=10.0)
 
     def _make_feed(self, market: str, relay: Relay) -> EdgeFeed:
@@ -135,11 +156,13 @@ class Edge:
     def start(self) -> None:
         self.link.start()
         self._tick()
+        self._watch()
         self.relay.start()
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for timer in (self._heartbeat, self._watcher):
+            if timer is not None:
+                timer.cancel()
         # Goodbye: the ingest lets go of our channels now, not after the timeout.
         await self.link.say_goodbye(self.subjects.interest, self._interest_message(goodbye=True))
         self.fills.stop()
@@ -156,7 +179,9 @@ class Edge:
         """
         if not self.link.connected:
             return f"NATS {self.link.shown} not connected"
-        if self.ingest is None:
+        if self.ingest is None and self._clock() - self._ingest_heard > self.config.peer_timeout:
+            # Not during a failover (the next leader is seconds away): clients wait for
+            # `restored` here as they would in one process.
             return "no ingest heard on NATS"
         return None
 
@@ -207,12 +232,30 @@ class Edge:
             self._ingest_said(state)
 
     def _ingest_said(self, state: messages.IngestState) -> None:
+        if state.version > messages.VERSION:
+            self.link.skip_bad(
+                f"the state of ingest {state.ingest}",
+                VersionError(
+                    f"version {state.version}; this edge reads {messages.VERSION} and "
+                    f"{messages.VERSION - 1}: upgrade edges before ingests"
+                ),
+            )
+            return
         now = self._clock()
-        said_goodbye = all(v == messages.STOPPED for v in self.ingest_markets.values())
-        recently = now - self._ingest_heard < 2 * self.config.heartbeat_interval
-        if self.ingest is not None and state.ingest != self.ingest and recently and not said_goodbye:
-            # Two ingests on one prefix: with one key Massive evicts one of them, and
-            # each publishes what it gets: clients would see every event twice.
+        if state.term < self.term and self.ingest is not None:
+            # A deposed leader's late word (or a version-1 ingest beside a leader): not ours.
+            self.fenced += 1
+            self._throttle.log(
+                logging.WARNING,
+                "ingest %s speaks for term %d, the leader's is %d: ignored",
+                state.ingest,
+                state.term,
+                self.term,
+            )
+            return
+        if state.term == self.term and self.ingest is not None and state.ingest != self.ingest:
+            # Two ingests in one term: version-1 ingests (no election) side by side;
+            # each publishes what it gets, so clients would see every event twice.
             self._throttle.log(
                 logging.ERROR,
                 "two ingests on %s.*: %s and %s",
@@ -221,14 +264,24 @@ class Edge:
                 state.ingest,
             )
         self._ingest_heard = now
-        if state.ingest != self.ingest:
-            log.info("ingest %s heard (granularity %s)", state.ingest, state.granularity)
+        if state.term > self.term and self.ingest is not None:
+            # A new leader while the old one seemed alive (a handover faster than our
+            # timeout): what fell between them is a gap, so say so around it.
+            self.ingest = None
+            self._refresh_markets()
+        if state.term != self.term or state.ingest != self.ingest:
+            if self.term and state.term != self.term:
+                self.leader_changes += 1
+            log.info("ingest %s heard, term %d (granularity %s)", state.ingest, state.term, state.granularity)
             self.ingest = state.ingest
+            self.term = state.term
             self._publish_interest()  # a new ingest learns our interest now
         if state.granularity != self.granularity:
             self.granularity = state.granularity
             self.interest_changed()  # data subjects follow the ingest's granularity
         self.ingest_markets = state.markets
+        for each in self.feeds.values():
+            each.stale = False  # the ingest speaks now: what it sends next is fresh
         self._refresh_markets()
         for market, refused in state.rejected.items():
             feed = self.feeds.get(market)
@@ -238,13 +291,24 @@ class Edge:
 
     def _tick(self) -> None:
         self._heartbeat = asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self._tick)
-        self.check_ingest()
         self._publish_interest()
 
+    def _watch(self) -> None:
+        """Four looks per --ingest-timeout: a dead leader is noticed within it."""
+        self._watcher = asyncio.get_running_loop().call_later(self.config.ingest_timeout / 4, self._watch)
+        self.check_ingest()
+
     def check_ingest(self) -> None:
-        """An ingest silent past --peer-timeout is gone: its markets go down."""
-        if self.ingest is not None and self._clock() - self._ingest_heard > self.config.peer_timeout:
-            log.warning("ingest %s silent for %.1f s", self.ingest, self.config.peer_timeout)
+        """An ingest silent past --ingest-timeout is gone: its markets go down."""
+        now = self._clock()
+        timeout = self.config.ingest_timeout
+        if now - self._last_check > timeout:
+            # This loop did not run for a while (a freeze): the ingest's states wait
+            # unread, so its silence is ours. Listen for one more timeout.
+            self._ingest_heard = max(self._ingest_heard, now - timeout / 2)
+        self._last_check = now
+        if self.ingest is not None and now - self._ingest_heard > timeout:
+            log.warning("ingest %s silent for %.1f s", self.ingest, timeout)
             self.ingest = None
         self._refresh_markets()
 
@@ -254,7 +318,9 @@ class Edge:
         if self.ingest is None:
             return INGEST_SILENT
         state = self.ingest_markets.get(market, INGEST_SILENT)
-        return None if state == messages.LIVE else state
+        if state != messages.LIVE:
+            return state
+        return STALE if self.feeds[market].stale else None
 
     def _refresh_markets(self) -> None:
         for market, feed in self.feeds.items():
@@ -309,7 +375,9 @@ class Edge:
     def _interest_message(self, goodbye: bool = False) -> bytes:
         self._seq += 1
         channels = {} if goodbye else self._wanted_channels()
-        interest = messages.EdgeInterest(self.config.instance_name, channels, self._seq, self._incarnation)
+        interest = messages.EdgeInterest(
+            self.config.instance_name, channels, self._seq, self._incarnation, messages.VERSION
+        )
         return messages.encode(interest)
 
     def _publish_interest(self) -> None:
@@ -335,15 +403,54 @@ class Edge:
         stats.received += 1
         stats.received_bytes += len(data)
         try:
-            sent_at, body = open_envelope(data)
-            heads, raws = decode_frame(body)
-        except (ValueError, FrameError) as exc:
+            term, read_at, body = open_envelope(data)
+        except ValueError as exc:  # VersionError included
             self.link.skip_bad(f"a data message on {msg.subject}", exc)
             return
+        if term != self.term:
+            self._other_term(term)
+            return
         feed = self.feeds.get(self.subjects.market_of(msg.subject))
-        if feed is None or not heads:
+        if feed is None:
             return
         now = time.time()
-        self.lag.observe(max(0.0, now - sent_at))
+        age = now - read_at
+        if age > self.config.max_event_age:
+            # A frozen ingest's backlog: the market is down until fresh data comes.
+            self.stale_dropped += _count_events(body)
+            if not feed.stale:
+                feed.stale = True
+                self._throttle.log(logging.WARNING, "%s: data %.1f s old dropped", feed.market, age)
+                self._refresh_markets()
+            return
+        if feed.stale:
+            feed.stale = False
+            self._refresh_markets()  # restored first, then this data
+        if not feed.is_live:
+            # Before `restored` (its state comes at the next beat): clients never see
+            # data before the status, as in one process.
+            self.not_live += _count_events(body)
+            return
+        try:
+            heads, raws = decode_frame(body)
+        except FrameError as exc:
+            self.link.skip_bad(f"a data message on {msg.subject}", exc)
+            return
+        if not heads:
+            return
+        self.lag.observe(max(0.0, age))
         feed.stats.received(heads, len(body), now)
         self.relay.feed_events(feed.market, heads, raws, arrival, True)
+
+    def _other_term(self, term: int) -> None:
+        if term < self.term:
+            self.fenced += 1  # a deposed leader's last messages
+        else:
+            # A new leader's data before its state (which decides, on the control
+            # subject: data alone cannot depose the leader followed).
+            self.early += 1
+
+
+def _count_events(body: memoryview) -> int:
+    """Events in a JSON array of objects, without decoding it (dropped data is counted)."""
+    return max(1, bytes(body).count(b'"ev"'))

@@ -7,6 +7,10 @@ received is published to NATS (``Tap.events``). Publishing is never awaited in
 the upstream reader: events wait in one list per subject, and a publisher task
 sends each list as one message (split under NATS' max_payload) once per
 ``--nats-window``: nats-py's cost is per message and per write, not per event.
+
+Any number of ingests may run: they elect one leader on NATS (``election.py``),
+which alone connects to Massive and publishes; the others are standbys that
+follow the edges' interest and take over when the leader is gone.
 """
 
 from __future__ import annotations
@@ -27,13 +31,18 @@ from fastrelay.framing import event_array_payloads
 from fastrelay.protocol import Channel, ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
-from fastrelay.scaleout import messages
+from fastrelay.scaleout import election, messages
+from fastrelay.scaleout.election import Election
 from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import IngestCollector
 from fastrelay.scaleout.registry import Change, Diff, EdgeRegistry
 from fastrelay.scaleout.subjects import BATCH, ENVELOPE_HEADER, Subjects, seal
 
 log = logging.getLogger("fastrelay.ingest")
+
+# The loop beats this often at least; a frame read later than STALL after the
+# last beat may have waited in the socket since then (``Ingest.events``).
+STALL = 0.1
 
 
 class Ingest:
@@ -60,8 +69,24 @@ class Ingest:
         self._wake = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._beat: asyncio.TimerHandle | None = None
+        self._last_tick = clock()
         self._throttle = LogThrottle(log, interval=10.0)
         self.refused = 0  # edge channels not taken: bad names, unserved markets, the contract cap
+        self.fenced = 0  # events not published: the lease ran out before they could go
+        self.stalls = 0  # times the loop was found frozen for longer than --peer-timeout / 2
+        self.election = Election(
+            messages.encode_identity(config.instance_name),
+            config.lease_ttl,
+            clock,
+            self._elected,
+            self._deposed,
+        )
+        # The loop's last sign of life (wall clock): data read after a freeze is stamped
+        # with it, the earliest it can have arrived, so edges can tell it is stale.
+        self._alive_at = self._read_at = time.time()
+        self._last_term = 0  # the term of the last state sent (a goodbye repeats it)
+        self._state_sent_at = 0.0
         self.link.listen(self.subjects.interest, self._on_interest)
         self.link.listen(self.subjects.snapshot, self._on_snapshot)
         relay.tap = self
@@ -71,13 +96,17 @@ class Ingest:
         self.link.start()
         self._publisher = asyncio.get_running_loop().create_task(self._publish_loop(), name="nats-publisher")
         self._tick()
-        self.relay.start()
+        self._pulse()
+        # The upstreams wait for the lease (_elected): a standby holds no Massive connection.
+        self.relay.start(feeds=False)
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        # Goodbye: edges tell their clients now, not after --peer-timeout of silence.
-        await self.link.say_goodbye(self.subjects.ingest, self._state(stopping=True))
+        for timer in (self._heartbeat, self._beat):
+            if timer is not None:
+                timer.cancel()
+        # A leader closes its upstreams, says goodbye (edges tell their clients now)
+        # and frees the lease: a standby takes over at once.
+        await self.election.resign()
         if self._publisher is not None:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,13 +114,21 @@ class Ingest:
         await self.link.stop()
         await self.relay.stop()
 
+    @property
+    def leading(self) -> bool:
+        return self.election.leading()
+
     def not_ready_reason(self) -> str | None:
         if not self.link.connected:
             return f"NATS {self.link.shown} not connected"
+        if not self.leading:
+            return None  # a standby is ready as a standby: it has nothing else to wait for
         return self.relay.market_readiness()[0]
 
     def readiness_notes(self) -> list[str]:
-        return self.relay.market_readiness()[1]
+        if not self.leading:
+            return ["standby: another ingest leads"]
+        return [f"leader (term {self.election.term})", *self.relay.market_readiness()[1]]
 
     def refusal(self) -> str | None:
         return None  # no clients connect to an ingest (the server answers them 404)
@@ -113,7 +150,31 @@ class Ingest:
     async def _link_up(self) -> None:
         # Silence while we were cut off says nothing about the edges.
         self.registry.grace(self._clock())
+        self.election.attach(
+            self.link.lease_store(
+                election.bucket_name(self.subjects.prefix), self.config.lease_ttl, self.config.lease_replicas
+            )
+        )
         self._publish_state()
+
+    # --- leadership ------------------------------------------------------------------------
+    def _elected(self, term: int) -> None:
+        """The lease is ours: connect to Massive (the edges' interest is already held)."""
+        self.relay.start_feeds()
+        self._publish_state()
+
+    async def _deposed(self, reason: str) -> None:
+        """No longer leader: nothing more goes out (``events`` and the publisher ask the
+        lease), and the Massive connections close so the next leader's are the only ones."""
+        self.fenced += sum(map(len, self._pending.values()))
+        self._pending.clear()
+        if reason == election.RESIGNED:
+            # Goodbye while the term is still the edges' newest: they report the markets
+            # down now, and the next leader's state restores them.
+            await self.link.say_goodbye(
+                self.subjects.ingest, self._state(stopping=True, term=self._last_term)
+            )
+        await self.relay.stop_feeds("standby")
 
     def _link_down(self) -> None:
         self.link.stats.publish_dropped_down += sum(map(len, self._pending.values()))
@@ -123,6 +184,9 @@ class Ingest:
     def events(self, market: str, heads: list[EventHead], raws: Sequence[RawEvent]) -> None:
         if not self.link.connected:
             self.link.stats.publish_dropped_down += len(heads)
+            return
+        if not self.election.leading():
+            self.fenced += len(heads)
             return
         pending = self._pending
         subjects = self.subjects
@@ -147,6 +211,9 @@ class Ingest:
             # One publishing pass per window, not per frame: nats-py's cost is per
             # message and per write (docs/scaleout.md, "Subjects and granularity").
             self._armed = True
+            now = time.time()
+            # Read after a freeze of the loop: it may have waited since the loop last ran.
+            self._read_at = now if now - self._alive_at < STALL else self._alive_at
             if self._window > 0:
                 asyncio.get_running_loop().call_later(self._window, self._wake.set)
             else:
@@ -172,13 +239,16 @@ class Ingest:
             if not self.link.connected:
                 stats.publish_dropped_down += sum(map(len, pending.values()))
                 continue
-            sent_at = time.time()
+            read_at, term = self._read_at, self.election.term
             # A window of a busy feed (or one huge upstream frame) may pass NATS'
             # max_payload: split, in order, never cutting an event.
             limit = self.link.max_payload - ENVELOPE_HEADER
             for subject, events in pending.items():
+                if not self.election.leading():  # fencing: the lease may end mid-window
+                    self.fenced += len(events)
+                    continue
                 for payload in event_array_payloads(events, limit):
-                    data = seal(payload, sent_at)
+                    data = seal(payload, read_at, term)
                     try:
                         await self.link.publish(subject, data)
                     except Exception as exc:
@@ -193,11 +263,29 @@ class Ingest:
     # --- control: heartbeats, edges' interest, snapshots ----------------------------------
     def _tick(self) -> None:
         self._heartbeat = asyncio.get_running_loop().call_later(self.config.heartbeat_interval, self._tick)
-        self._publish_state()
         self.expire_silent_edges()
+
+    def _pulse(self) -> None:
+        """The loop's sign of life for the read stamps, and the leader's state four times
+        per --ingest-timeout (edges notice a dead leader within it)."""
+        self._beat = asyncio.get_running_loop().call_later(STALL / 2, self._pulse)
+        now = time.time()
+        self._alive_at = now
+        if now - self._state_sent_at >= self.config.ingest_timeout / 4:
+            self._publish_state()
 
     def expire_silent_edges(self) -> None:
         """Edges silent past --peer-timeout are presumed dead: their references go."""
+        now = self._clock()
+        frozen = now - self._last_tick > self.config.heartbeat_interval + self.config.peer_timeout / 2
+        self._last_tick = now
+        if frozen:
+            # This loop did not run (SIGSTOP, a VM pause, a long GC): the edges'
+            # heartbeats are waiting unread, so their silence is ours, not theirs.
+            self.stalls += 1
+            log.warning("ingest loop was frozen: not holding the edges' silence against them")
+            self.registry.grace(now)
+            return
         if not self.link.connected:
             return  # we hear nobody: that says nothing about the edges (registry.grace)
         for edge, diff in self.registry.expire(self._clock()).items():
@@ -210,9 +298,12 @@ class Ingest:
             self._apply(diff)
 
     def _publish_state(self) -> None:
-        self.link.publish_soon(self.subjects.ingest, self._state())
+        if self.election.leading():  # standbys are silent: edges follow one ingest
+            self._last_term = self.election.term
+            self._state_sent_at = time.time()
+            self.link.publish_soon(self.subjects.ingest, self._state(term=self._last_term))
 
-    def _state(self, stopping: bool = False) -> bytes:
+    def _state(self, stopping: bool = False, term: int = 0) -> bytes:
         """Each market "live", or why not (edges pass the reason on to their clients)."""
         markets = {
             m: messages.STOPPED
@@ -223,13 +314,25 @@ class Ingest:
             for m, feed in self.relay.feeds.items()
         }
         rejected = self.relay.demand.refusals()  # the edges' clients are told and let go
-        state = messages.IngestState(self.config.instance_name, self.granularity, markets, rejected)
+        state = messages.IngestState(
+            self.config.instance_name, self.granularity, markets, rejected, term, messages.VERSION
+        )
         return messages.encode(state)
 
     async def _on_interest(self, msg: Any) -> None:
         interest = received(self.link, msg, messages.EdgeInterest)
-        if interest is not None:
-            self._edge_wants(interest)
+        if interest is None:
+            return
+        if interest.version > messages.VERSION + 1:
+            # Edges are upgraded first, so an ingest reads interest one version ahead.
+            self.link.skip_bad(
+                f"interest of edge {interest.edge}",
+                messages.MessageError(
+                    f"version {interest.version}; this ingest reads up to {messages.VERSION + 1}"
+                ),
+            )
+            return
+        self._edge_wants(interest)
 
     def _edge_wants(self, interest: messages.EdgeInterest) -> None:
         wanted: set[Change] = set()
@@ -273,6 +376,8 @@ class Ingest:
             self.registry.reject(edge, rejected)
 
     async def _on_snapshot(self, msg: Any) -> None:
+        if not self.election.leading():
+            return  # the leader answers: a standby has no last values
         request = received(self.link, msg, messages.SnapshotRequest)
         reply = (
             self.snapshot(request)

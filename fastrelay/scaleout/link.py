@@ -24,6 +24,7 @@ from fastrelay.backoff import Backoff
 from fastrelay.config import redact
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.scaleout import messages
+from fastrelay.scaleout.election import JetStreamLeaseStore, LeaseStore
 
 log = logging.getLogger("fastrelay.nats")
 
@@ -84,6 +85,7 @@ class Link(Protocol):
     async def subscribe(self, subject: str, handler: Handler) -> Any: ...
     async def say_goodbye(self, subject: str, data: bytes) -> None: ...
     def skip_bad(self, what: str, exc: Exception) -> None: ...
+    def lease_store(self, bucket: str, ttl: float, replicas: int) -> LeaseStore: ...
 
 
 async def _nothing() -> None:
@@ -207,6 +209,12 @@ class NatsLink:
         with contextlib.suppress(Exception):  # best effort: heartbeats' timeouts cover the rest
             await client.publish(subject, data)
             await asyncio.wait_for(client.flush(), 1.0)
+
+    def lease_store(self, bucket: str, ttl: float, replicas: int) -> LeaseStore:
+        """The leader's lease on this connection's JetStream (election.py)."""
+        if self.client is None:
+            raise ConnectionError("NATS not connected")
+        return JetStreamLeaseStore(self.client, bucket, ttl, replicas)
 
     def skip_bad(self, what: str, exc: Exception) -> None:
         """A message that does not decode: counted, logged once per 10 s, skipped."""

@@ -14,6 +14,10 @@ from typing import Final, TypeVar
 
 import msgspec
 
+# The version of the scale-out messages this process writes. A reader takes its own
+# version and the one before (docs/scaleout.md, "Versions"); 2 added the leader's term.
+VERSION: Final = 2
+
 LIVE: Final = "live"
 STOPPED: Final = "ingest_stopped"  # every market's state in an ingest's goodbye
 
@@ -28,6 +32,7 @@ class EdgeInterest(msgspec.Struct, tag_field="type", tag="interest", forbid_unkn
     # two sets of references (not one set flapping between them), and a restarted
     # edge is a new one.
     incarnation: str = ""
+    version: int = 1  # absent in version 1
 
     @property
     def key(self) -> str:
@@ -43,6 +48,9 @@ class IngestState(msgspec.Struct, tag_field="type", tag="state", forbid_unknown_
     # market -> channel name -> Massive's refusal, for channels refused lately: edges
     # tell their clients and let them go (relay.Relay.feed_rejected).
     rejected: dict[str, dict[str, str]] = {}
+    # The leader's term (election.py): edges follow the highest and drop the rest.
+    term: int = 0
+    version: int = 1  # absent in version 1
 
 
 class SnapshotRequest(msgspec.Struct, tag_field="type", tag="snapshot", forbid_unknown_fields=False):
@@ -59,6 +67,13 @@ class SnapshotReply(msgspec.Struct, tag_field="type", tag="snapshot_reply", forb
     error: str = ""
 
 
+class LeaseHolder(msgspec.Struct, forbid_unknown_fields=False):
+    """The value of the lease key (election.py): who leads, for operators reading the bucket."""
+
+    ingest: str
+    version: int = VERSION
+
+
 # Every control message, told apart by its "type": one decoder, and handlers
 # dispatch with ``match``.
 ControlMessage = EdgeInterest | IngestState | SnapshotRequest | SnapshotReply
@@ -69,6 +84,10 @@ _decoder: Final = msgspec.json.Decoder(ControlMessage)
 
 class MessageError(ValueError):
     """A control message that does not decode; the sender is another fastrelay or a stranger."""
+
+
+def encode_identity(ingest: str) -> bytes:
+    return _encoder.encode(LeaseHolder(ingest))
 
 
 def encode(message: ControlMessage) -> bytes:

@@ -17,9 +17,12 @@ printable ASCII: ``BRK.B`` travels as ``BRK%2EB``. Evs come from the upstream
 and get the same treatment. An event without a ticker travels under ``%``,
 which no escaped ticker can be.
 
-Every data message is an envelope: 8 bytes of the ingest's wall clock at
-publish (little-endian float64 seconds, for the ingest-to-edge lag metric),
-then a JSON array of events exactly as the upstream sent them.
+Every data message is an envelope: a header of 18 bytes (a marker byte 0xFA,
+the message version, the leader's term as a little-endian uint64 and the time
+the ingest read the frame, a little-endian float64 of Unix seconds), then a
+JSON array of events exactly as the upstream sent them. Version 1 (before
+leader election) had only the 8-byte time: edges still read it, as term 0, so
+edges can be upgraded before ingests (docs/scaleout.md, "Versions").
 """
 
 from __future__ import annotations
@@ -29,13 +32,18 @@ import struct
 from typing import Final
 from urllib.parse import unquote
 
+from fastrelay.scaleout.messages import VERSION
+
 BATCH: Final = "batch"
 EVENT: Final = "event"
 
 NO_TICKER: Final = "%"
 _UNSAFE: Final = re.compile(r"[^\x21-\x7e]|[.*>%]")
-_STAMP: Final = struct.Struct("<d")
-ENVELOPE_HEADER: Final = _STAMP.size
+_MARKER: Final = 0xFA
+_HEADER: Final = struct.Struct("<BBQd")  # marker, version, term, time read
+_V1_HEADER: Final = struct.Struct("<d")
+ENVELOPE_HEADER: Final = _HEADER.size
+_ARRAY: Final = ord("[")
 
 
 def _percent(match: re.Match[str]) -> str:
@@ -90,13 +98,24 @@ class Subjects:
         return subject.split(".", self._market_token + 1)[self._market_token]
 
 
-def seal(payload: bytes, sent_at: float) -> bytes:
-    """A data message: the publish time, then the JSON array."""
-    return _STAMP.pack(sent_at) + payload
+class VersionError(ValueError):
+    """A message of a version this process does not read (a newer peer: upgrade order)."""
 
 
-def open_envelope(data: bytes) -> tuple[float, memoryview]:
-    """(publish time, the JSON array) of a data message; ValueError if too short."""
-    if len(data) <= ENVELOPE_HEADER:
-        raise ValueError(f"data message of {len(data)} bytes: shorter than its envelope")
-    return _STAMP.unpack_from(data)[0], memoryview(data)[ENVELOPE_HEADER:]
+def seal(payload: bytes, read_at: float, term: int) -> bytes:
+    """A data message: the header, then the JSON array."""
+    return _HEADER.pack(_MARKER, VERSION, term, read_at) + payload
+
+
+def open_envelope(data: bytes) -> tuple[int, float, memoryview]:
+    """(term, time read, the JSON array) of a data message; ValueError if it is not one,
+    VersionError if it is one of a version this edge does not read."""
+    size = len(data)
+    if size > ENVELOPE_HEADER and data[0] == _MARKER and data[ENVELOPE_HEADER] == _ARRAY:
+        _, version, term, read_at = _HEADER.unpack_from(data)
+        if version != VERSION:
+            raise VersionError(f"a data message of version {version}; this process reads {VERSION} and 1")
+        return term, read_at, memoryview(data)[ENVELOPE_HEADER:]
+    if size > _V1_HEADER.size and data[_V1_HEADER.size] == _ARRAY:
+        return 0, _V1_HEADER.unpack_from(data)[0], memoryview(data)[_V1_HEADER.size :]
+    raise ValueError(f"data message of {size} bytes: not an envelope and a JSON array")
