@@ -1,8 +1,8 @@
 """Metrics of the scale-out roles, read from plain counters at scrape time.
 
 Same rule as ``fastrelay.metrics``: nothing is counted through Prometheus on
-the hot path. Both roles export the NATS link; the ingest adds its edges, an
-edge its ingest-to-edge lag and last-value fills.
+the hot path. Both roles export the NATS link; the ingest adds its edges and its
+leadership, an edge its ingest-to-edge lag, last-value fills and fencing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from fastrelay.histogram import Histogram
+from fastrelay.scaleout.election import CHANGE_REASONS, Election
 from fastrelay.scaleout.fills import Fills
 from fastrelay.scaleout.link import Link
 from fastrelay.scaleout.registry import EdgeRegistry
@@ -28,6 +29,9 @@ class IngestView(Protocol):
     link: Link
     registry: EdgeRegistry
     refused: int
+    election: Election
+    fenced: int
+    stalls: int
 
 
 class EdgeView(Protocol):
@@ -36,6 +40,12 @@ class EdgeView(Protocol):
     link: Link
     lag: Histogram
     fills: Fills
+    term: int
+    leader_changes: int
+    fenced: int
+    early: int
+    not_live: int
+    stale_dropped: int
 
     @property
     def ingest_heard(self) -> bool: ...
@@ -107,6 +117,40 @@ class IngestCollector(Collector):
             "Edge channels not taken: bad names, unserved markets, the options contract cap.",
             value=ingest.refused,
         )
+        election = ingest.election
+        yield GaugeMetricFamily(
+            "fastrelay_ingest_leader",
+            "1 while this ingest holds the lease: it alone connects to Massive and publishes.",
+            value=int(election.leading()),
+        )
+        yield GaugeMetricFamily(
+            "fastrelay_ingest_term", "The term of this ingest's lease (0: standby).", value=election.term
+        )
+        changes = CounterMetricFamily(
+            "fastrelay_ingest_leader_changes",
+            "This ingest's leadership changes: elected, lease_expired (renewals failed until the "
+            "deadline: NATS trouble or a frozen loop), lease_taken (another ingest holds the key), "
+            "resigned (a graceful stop).",
+            labels=["reason"],
+        )
+        for reason in CHANGE_REASONS:
+            changes.add_metric([reason], election.changes[reason])
+        yield changes
+        yield CounterMetricFamily(
+            "fastrelay_ingest_lease_renewals_failed",
+            "Lease renewals that did not get through (the lease runs out after a few).",
+            value=election.renewals_failed,
+        )
+        yield CounterMetricFamily(
+            "fastrelay_ingest_fenced_events",
+            "Events not published because this ingest's lease had run out.",
+            value=ingest.fenced,
+        )
+        yield CounterMetricFamily(
+            "fastrelay_ingest_stalls",
+            "Times this ingest's loop was found frozen (SIGSTOP, a VM pause, a long GC).",
+            value=ingest.stalls,
+        )
 
 
 class EdgeCollector(Collector):
@@ -141,6 +185,27 @@ class EdgeCollector(Collector):
         yield fills
         yield GaugeMetricFamily(
             "fastrelay_edge_ingest_heard",
-            "1 while the ingest is heard within --peer-timeout.",
+            "1 while the leader ingest is heard within --ingest-timeout.",
             value=int(edge.ingest_heard),
         )
+        yield GaugeMetricFamily(
+            "fastrelay_edge_leader_term", "The term of the leader ingest this edge follows.", value=edge.term
+        )
+        yield CounterMetricFamily(
+            "fastrelay_edge_leader_changes",
+            "Times this edge followed a new leader ingest.",
+            value=edge.leader_changes,
+        )
+        dropped = CounterMetricFamily(
+            "fastrelay_edge_dropped",
+            "Data dropped at this edge: fenced (messages of a deposed leader's older term), early "
+            "(messages of a newer term before its state), not_live (events of a market not live "
+            "yet: clients get `restored` first), stale (events read by the ingest more than "
+            "--max-event-age ago).",
+            labels=["reason"],
+        )
+        dropped.add_metric(["fenced"], edge.fenced)
+        dropped.add_metric(["early"], edge.early)
+        dropped.add_metric(["not_live"], edge.not_live)
+        dropped.add_metric(["stale"], edge.stale_dropped)
+        yield dropped
