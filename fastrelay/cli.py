@@ -106,6 +106,7 @@ def _run_sim(flags: SimConfigFlags) -> int:
         feed=flags.feed,
         plan=flags.plan,
         contract_cap=flags.contract_cap,
+        one_connection_per_key=flags.one_connection_per_key,
     )
     from fastrelay.app import serve_until_signal
 

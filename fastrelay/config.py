@@ -175,6 +175,7 @@ class SimConfigFlags:
     feed: str = "socket"
     plan: dict[str, frozenset[str]] | None = None
     contract_cap: int = OPTIONS_CONTRACT_CAP
+    one_connection_per_key: bool = False
     log_format: str = "text"
     log_level: str = "info"
 
@@ -554,6 +555,12 @@ SIM_OPTIONS: tuple[Option, ...] = (
         "plan",
     ),
     Option("contract-cap", _non_negative(int), "capped options contracts per connection", "contract_cap"),
+    Option(
+        "one-connection-per-key",
+        _bool,
+        "as Massive: a second connection of a key on a market evicts the older (max_connections)",
+        "one_connection_per_key",
+    ),
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
 )

@@ -424,6 +424,25 @@ async def test_auth_fail_until_auth_ok() -> None:
         assert len(stats["auth_attempt_times_ms"]) == 2
 
 
+async def test_one_connection_per_key_evicts_the_older_as_massive_does() -> None:
+    """Massive's rule played: a second connection of the key that authenticates evicts the first
+    (max_connections, 1008); the new one is served; other markets are not affected."""
+    async with running(make_config(markets=("stocks", "crypto"), one_connection_per_key=True)) as sim:
+        first = await connect(sim)
+        other_market = await connect(sim, "crypto")
+        second = await connect(sim)
+        [evicted] = await recv_frame(first)
+        assert evicted["status"] == "max_connections"
+        closed = await until_closed(first)
+        assert closed.rcvd is not None and closed.rcvd.code == 1008
+        await send_action(second, "subscribe", "T.*")
+        assert await collect(second, count("T", n=2))
+        await send_action(other_market, "subscribe", "XT.*")
+        assert await collect(other_market, count("XT", n=1))
+        await second.close()
+        await other_market.close()
+
+
 async def test_max_connections_evicts_current_and_following_auths() -> None:
     async with running(make_config()) as sim:
         current = await connect(sim)

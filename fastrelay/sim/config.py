@@ -53,6 +53,11 @@ class SimulatorConfig:
     contract_cap: int = OPTIONS_CONTRACT_CAP
     # The Massive feed played (markets.FEEDS): "launchpad" caps options AM too.
     feed: str = "socket"
+    # One connection per market per key, as Massive allows: a second one that
+    # authenticates evicts the older (max_connections, close 1008), as seen on
+    # Massive's stocks cluster. Off by default: tests and benches run several
+    # relays on one simulator.
+    one_connection_per_key: bool = False
 
     def __post_init__(self) -> None:
         self.markets = tuple(self.markets)

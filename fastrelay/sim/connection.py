@@ -65,6 +65,9 @@ class MarketFeed(Protocol):
 
     def detach(self, conn: Connection) -> None: ...
 
+    def connections(self) -> list[Connection]:
+        """Every open connection of this market path."""
+
     def refresh(self) -> None:
         """Recompute who receives what, after a change of state or subscriptions."""
 
@@ -216,6 +219,11 @@ class Connection(WSListener):
             # Massive completes the auth, then evicts: clients must handle both in a row.
             self.evict()
             return
+        if self.server.config.one_connection_per_key:
+            for older in [
+                c for c in feed.connections() if c is not self and c.authenticated and not c.closing
+            ]:
+                older.evict()
         feed.refresh()
         self.server.connections_changed()
 

@@ -156,6 +156,9 @@ class Feed:
         self.conns.pop(conn, None)
         self.refresh()
 
+    def connections(self) -> list[Connection]:
+        return list(self.conns)
+
     def count_auth(self, key_ok: bool) -> bool:
         """Count an auth attempt; whether it succeeds (a right key and no auth_fail fault)."""
         self.auth_attempts += 1
