@@ -228,6 +228,7 @@ class Election:
         self._task: asyncio.Task[None] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deposing: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self.renewals_failed = 0
         self.changes: dict[str, int] = dict.fromkeys(CHANGE_REASONS, 0)
 
@@ -249,8 +250,10 @@ class Election:
         return self.lease.term
 
     def attach(self, store: LeaseStore) -> None:
-        """Campaign on ``store`` (called when NATS is up)."""
-        self._store = store
+        """Campaign on ``store`` (called when NATS is up, again after each reconnection)."""
+        previous, self._store = self._store, store
+        if previous is not None and previous is not store:
+            self._closing = asyncio.get_running_loop().create_task(previous.close())
         self.lease.ttl = store.ttl
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._campaign(), name="election")
@@ -260,16 +263,16 @@ class Election:
         self._wake.set()
 
     async def _campaign(self) -> None:
-        watching = False
+        watched: LeaseStore | None = None  # a new store after a NATS reconnection is watched anew
         while True:
             store = self._store
             if store is None:
                 return
             try:
-                if not watching:
+                if store is not watched:
                     await store.watch(self.gone)
                     self.lease.ttl = store.ttl  # the bucket's, if it differs
-                    watching = True
+                    watched = store
                 if self.lease.term:
                     await self._renew(store)
                 else:
