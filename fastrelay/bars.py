@@ -177,7 +177,7 @@ class Bars:
         self._clock = clock
         self._wall_ms = wall_ms
         self._paused_until = 0.0
-        self._inflight: dict[BarQuery, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._inflight: dict[BarQuery, asyncio.Task[list[dict[str, Any]]]] = {}
         self._throttle = LogThrottle(log, interval=10.0)
 
     async def fetch(self, query: BarQuery) -> list[dict[str, Any]]:
@@ -192,23 +192,24 @@ class Bars:
             return await asyncio.shield(pending)
         self._admit()
         self.stats.results[MISS] += 1
-        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._inflight[query] = future
+        # The call runs on its own: a client that leaves (its request cancelled) does not
+        # cancel it for the others waiting, and the cache gets the answer anyway.
+        task = asyncio.get_running_loop().create_task(self._fetch_counted(query))
+        self._inflight[query] = task
+        task.add_done_callback(lambda done: self._landed(query, done))
+        return await asyncio.shield(task)
+
+    def _landed(self, query: BarQuery, task: asyncio.Task[list[dict[str, Any]]]) -> None:
+        self._inflight.pop(query, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: an error nobody waited for is counted, not warned about
+
+    async def _fetch_counted(self, query: BarQuery) -> list[dict[str, Any]]:
         try:
-            bars = await self._fetch_pages(query)
+            return await self._fetch_pages(query)
         except BarsError as error:
             self.stats.errors[error.reason] += 1
-            future.set_exception(error)
-            future.exception()  # retrieved: the waiters get it; none waiting is fine too
             raise
-        except asyncio.CancelledError:  # the asking client left: its waiters ask again
-            future.set_exception(BarsError("unavailable", "history: the request was abandoned"))
-            future.exception()
-            raise
-        finally:
-            self._inflight.pop(query, None)
-        future.set_result(bars)
-        return bars
 
     def _admit(self) -> None:
         now = self._clock()
