@@ -57,6 +57,15 @@ class QueryError(ValueError):
     """A bars query that cannot be served: the message is for the client."""
 
 
+class BarsError(Exception):
+    """A bars request that failed (bars.py); ``reason`` is a metric label, the text is for
+    the client."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class BarQuery:
     """One REST aggregates request, normalised (also the cache key)."""
@@ -200,6 +209,40 @@ def span_of(query: BarQuery, bar_start: int, next_start: int | None) -> int:
     if span is not None:
         return span * query.multiplier
     return (next_start - bar_start) if next_start is not None else 86_400_000
+
+
+_PAIR_KEYED: Final = frozenset({"CA", "CAS", "XA", "XAS"})
+
+
+def bar_events(
+    ev: str, ticker: str, query: BarQuery, bars: list[dict[str, Any]], market_tag: str | None = None
+) -> list[tuple[int, bytes]]:
+    """(window start, event) of each REST bar, as a live ``ev`` event of ``ticker`` carries it
+    (``market_tag``: the extra first key of futures events on /api/socket)."""
+    key = "pair" if ev in _PAIR_KEYED else "sym"
+    out = []
+    starts = [int(bar["t"]) for bar in bars if isinstance(bar, dict) and "t" in bar]
+    usable = [bar for bar in bars if isinstance(bar, dict) and "t" in bar]
+    for index, bar in enumerate(usable):
+        following = starts[index + 1] if index + 1 < len(starts) else None
+        event = bar_event(ev, key, ticker, bar, span_of(query, starts[index], following))
+        if market_tag is not None:
+            event = b'{"market":"' + market_tag.encode() + b'",' + event[1:]
+        out.append((starts[index], event))
+    return out
+
+
+def starts(events: list[bytes]) -> list[tuple[int, bytes]]:
+    """(window start ``s``, event) of kept live aggregate events; those without one are left out."""
+    out = []
+    for event in events:
+        try:
+            start = orjson.loads(event).get("s")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(start, int):
+            out.append((start, event))
+    return out
 
 
 def join(rest: list[tuple[int, bytes]], live: list[tuple[int, bytes]]) -> list[bytes]:

@@ -108,6 +108,7 @@ async def run_with_simulator(config: RelayConfig) -> None:
         relay_config = replace(
             config,
             upstream=f"ws://127.0.0.1:{sim.port}",
+            rest_url=f"http://127.0.0.1:{sim.port}",
             api_key=sim_config.api_key,
             upstream_for={},
             api_key_for={},

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from fastrelay.aggs import BarQuery
+from fastrelay.aggs import BarQuery, BarsError
 from fastrelay.histogram import Histogram
 from fastrelay.ratelimit import LogThrottle, TokenBucket
 
@@ -51,14 +51,6 @@ ERROR_REASONS: Final = (
 )
 LATENCY_BOUNDS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_PAGES: Final = 100  # 50,000 bars a page: far past any limit a query may ask
-
-
-class BarsError(Exception):
-    """A bars request that failed; ``reason`` is a metric label, the text is for the client."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class Source(Protocol):
@@ -278,3 +270,51 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
     return [(k, v) for k, v in parse_qsl(query) if k.lower() != "apikey"]
+
+
+class AccountBars:
+    """One ``Bars`` per account (key): markets on another account (--api-key-for) are asked
+    with their own key and counted against their own budget."""
+
+    def __init__(self, per_key: dict[str, Bars], key_of: Callable[[str], str]) -> None:
+        self._per_key = per_key
+        self._key_of = key_of
+
+    @classmethod
+    def from_config(cls, config: Any) -> AccountBars | None:
+        """The REST source of a relay with a key (None: --rest-url '' or no key)."""
+        from fastrelay.config import api_key_of
+
+        if not config.rest_url:
+            return None
+        keys = {api_key_of(config, market) for market in config.markets}
+        keys.discard("")
+        for key in [k for k in keys if not (k.isascii() and k.isprintable())]:
+            # It cannot travel in an HTTP header (and the error would quote it): no REST.
+            markets = [m for m in config.markets if api_key_of(config, m) == key]
+            log.warning("the API key of %s is not printable ASCII: no REST history", ",".join(markets))
+            keys.discard(key)
+        if not keys:
+            return None
+        per_key = {
+            key: Bars(
+                RestSource(config.rest_url, key, config.rest_ca),
+                per_minute=config.rest_per_minute,
+                max_bytes=config.rest_cache_bytes,
+            )
+            for key in keys
+        }
+        return cls(per_key, lambda market: api_key_of(config, market))
+
+    async def fetch(self, market: str, query: BarQuery) -> list[dict[str, Any]]:
+        bars = self._per_key.get(self._key_of(market))
+        if bars is None:
+            raise BarsError("unavailable", "history: no REST source for this market")
+        return await bars.fetch(query)
+
+    def accounts(self) -> list[Bars]:
+        return list(self._per_key.values())
+
+    async def close(self) -> None:
+        for bars in self._per_key.values():
+            await bars.close()

@@ -57,6 +57,12 @@ class RelayConfig:
     # refuses for the account's plan or key, which is reported but not waited for).
     required_markets: tuple[str, ...] = ()
     upstream_ca: str | None = None
+    # Massive's REST API, for chart history (bars.py): '' turns it off; the key is the
+    # market's (--api-key-for, else --api-key), sent in a header, never shown.
+    rest_url: str = "https://api.massive.com"
+    rest_ca: str | None = None
+    rest_per_minute: float = 300.0  # REST calls per minute for the whole account
+    rest_cache_bytes: int = 64 * 1024 * 1024
     client_tokens: list[str] = field(default_factory=list, repr=False)
     # Coalescing window in ms. Browsers paint at 60 Hz (16.7 ms), so a few ms
     # are invisible on a chart, and they multiply the events per write under a
@@ -281,6 +287,14 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"
+    ),
+    Option("rest-url", str, "Massive's REST API for chart history ('' to turn it off)", "rest_url"),
+    Option("rest-ca", str, "CA bundle to trust for the REST API's TLS (default: system store)", "rest_ca"),
+    Option(
+        "rest-per-minute", _positive(float), "REST calls per minute for the whole account", "rest_per_minute"
+    ),
+    Option(
+        "rest-cache-bytes", _non_negative(int), "bytes of REST answers kept in memory", "rest_cache_bytes"
     ),
     Option(
         "client-tokens",
@@ -683,6 +697,10 @@ def validate(config: RelayConfig) -> None:
         raise ConfigError("--max-frame-size must be at least 1024 bytes")
     if config.upstream_ca and not os.path.isfile(config.upstream_ca):
         raise ConfigError(f"--upstream-ca={config.upstream_ca!r}: no such file")
+    if config.rest_ca and not os.path.isfile(config.rest_ca):
+        raise ConfigError(f"--rest-ca={config.rest_ca!r}: no such file")
+    if config.rest_url and not config.rest_url.startswith(("https://", "http://")):
+        raise ConfigError(f"--rest-url={config.rest_url!r}: expected an http(s):// URL")
     for name in config.keep_channels:
         try:
             channel = protocol.parse_api_channel(name)

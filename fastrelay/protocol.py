@@ -129,10 +129,28 @@ class Unsubscribe(msgspec.Struct, tag_field="action", tag="unsubscribe", frozen=
     params: str = ""
 
 
-class History(msgspec.Struct, tag_field="action", tag="history", frozen=True):
-    """fastrelay's extension (README, "history"): kept aggregates of exact channels."""
+class History(msgspec.Struct, tag_field="action", tag="history", frozen=True, omit_defaults=True):
+    """fastrelay's extension (docs/protocol.md, "history"): the aggregates of exact channels,
+    the relay's own and, with a REST source, Massive's; the optional fields choose the bars
+    (validated in aggs.py)."""
 
     params: str = ""
+    timespan: str | None = None
+    multiplier: int | None = None
+    start: int | str | None = msgspec.field(default=None, name="from")
+    end: int | str | None = msgspec.field(default=None, name="to")
+    limit: int | None = None
+
+    def options(self) -> dict[str, object]:
+        """The optional fields given, by their wire names."""
+        found = {
+            "timespan": self.timespan,
+            "multiplier": self.multiplier,
+            "from": self.start,
+            "to": self.end,
+            "limit": self.limit,
+        }
+        return {name: value for name, value in found.items() if value is not None}
 
 
 ClientAction = Auth | Subscribe | Unsubscribe | History

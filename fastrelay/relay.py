@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from fastrelay import markets, protocol
+from fastrelay.bars import AccountBars
 from fastrelay.cache import Cache
 from fastrelay.config import RelayConfig, api_key_of, upstream_of
 from fastrelay.events import EventHead, RawEvent
@@ -106,6 +107,8 @@ class Relay:
         self.feeds: dict[str, Feed] = {m: make_feed(m, self) for m in config.markets}
         self.tap: Tap | None = None
         self.fills: FillSource | None = None  # a scale-out edge's (scaleout/fills.py)
+        # Massive's REST aggregates for chart history; an edge holds no key, so none.
+        self.bars = AccountBars.from_config(config) if config.role != "edge" else None
         self._flush_interval = config.flush_interval / 1000.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_due = 0.0  # perf_counter() time the flush timer is set for
@@ -145,6 +148,8 @@ class Relay:
             if timer is not None:
                 timer.cancel()
         await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
+        if self.bars is not None:
+            await self.bars.close()
 
     def feeds_down(self) -> list[str]:
         return [m for m, feed in self.feeds.items() if not feed.live]

@@ -45,7 +45,7 @@ from fastrelay.member import Member
 from fastrelay.origins import OriginPolicy
 from fastrelay.ratelimit import LogThrottle, TokenBucket
 from fastrelay.roles import Role
-from fastrelay.session import ClientSession, HistoryLimits, Reply, SessionContext, TokenCheck
+from fastrelay.session import ClientSession, Deferred, HistoryLimits, Reply, SessionContext, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
 
 log = logging.getLogger("fastrelay.server")
@@ -329,9 +329,24 @@ class ClientConnection(WSListener):
             self.close(reason, message)
         later = reply.later
         if later is not None:
-            fills = self._server.session_context.fills
-            assert fills is not None  # only a session with fills defers
-            fills.when_filled(later.channels, lambda: self._deliver(later.build()))
+            if later.wait is not None:
+                self._server.track(asyncio.get_running_loop().create_task(self._after(later)))
+            else:
+                self._when_filled(later)
+
+    async def _after(self, later: Deferred) -> None:
+        """REST bars first (their own task: a client that leaves cancels only its wait)."""
+        assert later.wait is not None
+        await later.wait()
+        if self.session is not None and not self.session.member.closed:
+            self._when_filled(later)
+
+    def _when_filled(self, later: Deferred) -> None:
+        fills = self._server.session_context.fills
+        if fills is None or not later.channels:
+            self._deliver(later.build())
+            return
+        fills.when_filled(later.channels, lambda: self._deliver(later.build()))
 
     def close(self, reason: CloseReason, message: str, grace: float = CLOSE_GRACE) -> None:
         """Close with ``reason``'s code; abort if the peer has not taken it within ``grace``."""
@@ -581,8 +596,10 @@ class RelayServer:
             history=HistoryLimits(
                 config.history_max_channels, config.history_max_bytes, config.history_per_minute
             ),
+            bars=relay.bars,
         )
         self.connections: set[ClientConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # deferred answers waiting for REST bars
         self.budget_limits = BudgetLimits(
             config.max_frames_per_second,
             config.frame_burst,
@@ -683,7 +700,14 @@ class RelayServer:
         for connection in batch:
             connection.close(CloseReason.SHUTDOWN, "server shutting down", grace=0.5)
 
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Hold a task until it ends (the loop keeps only weak references), cancelled at stop."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self.pings.stop()
         self.auth_deadline.stop()
         if self._metrics_server is not None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hmac
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from fastrelay import protocol
+from fastrelay import aggs, markets, protocol
+from fastrelay.aggs import BarQuery, BarsError
 from fastrelay.cache import Cache
 from fastrelay.closes import CloseReason
 from fastrelay.framing import event_array_payloads
@@ -102,14 +103,24 @@ class SessionContext:
     fills: FillSource | None = None  # a scale-out edge's
     history: HistoryLimits = field(default_factory=HistoryLimits)
     clock: Callable[[], float] = time.monotonic
+    bars: BarSource | None = None  # Massive's REST aggregates, when the relay has a key
+    wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+
+
+class BarSource(Protocol):
+    """Bars from Massive's REST API, cached and coalesced (``bars.Bars``)."""
+
+    async def fetch(self, market: str, query: BarQuery) -> list[dict[str, Any]]: ...
 
 
 @dataclass
 class Deferred:
-    """An answer that can only be built once these channels' fetches are in."""
+    """An answer that can only be built once these channels' fetches are in (a scale-out
+    edge's fills) and ``wait`` has run (REST bars); the shell awaits, the session builds."""
 
     channels: list[Channel]
     build: Callable[[], Reply]
+    wait: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -186,8 +197,8 @@ class ClientSession:
                 return self._subscribe(params)
             case Unsubscribe(params=params):
                 return self._unsubscribe(params)
-            case History(params=params):
-                return self._history(params)
+            case History(params=params) as history:
+                return self._history(params, history.options())
         raise AssertionError(f"unhandled action {message!r}")  # pragma: no cover - the union is closed
 
     def binary_received(self) -> Reply:
@@ -272,12 +283,15 @@ class ClientSession:
         statuses.extend(_error_statuses(errors))
         return Reply([protocol.statuses_frame(statuses)])
 
-    def _history(self, params: str) -> Reply:
-        """fastrelay's extension: the recent aggregates of exact channels (README, "history").
+    def _history(self, params: str, options: dict[str, Any]) -> Reply:
+        """fastrelay's extension: the aggregates of exact channels (docs/protocol.md, "history").
 
-        For each channel, its kept events (oldest first, the same event shapes
-        as live data) and then a ``success`` status saying how many, so the
-        client knows the history of that channel is complete. A request may
+        For each channel, its bars (oldest first, the same event shapes as live
+        data) and then a ``success`` status saying how many, so the client knows
+        the history of that channel is complete. With a REST source the bars are
+        Massive's for the range asked (``options``: timespan, multiplier, from,
+        to, limit; by default the last day of the channel's own bars) joined with
+        the ones the relay saw live; without one, the ones it kept. A request may
         name ``HistoryLimits.max_channels`` channels, its reply may take
         ``max_bytes``, and a client may ask ``per_minute`` times a minute.
         """
@@ -292,19 +306,67 @@ class ClientSession:
             return _error(
                 f"history: at most {limits.max_channels} channels per request ({len(labels)} asked)"
             )
+        queries: dict[Channel, BarQuery] = {}
+        if context.bars is not None or options:
+            now = context.wall_ms()
+            for channel in list(labels):
+                if channel.ticker == "*" or channel.ev not in aggs.NATIVE_SPAN:
+                    if options:
+                        errors.append(f"history: {labels.pop(channel)} has no bars to ask for")
+                    continue
+                try:
+                    queries[channel] = aggs.history_query(
+                        channel.market, channel.ev, channel.ticker, options, now
+                    )
+                except aggs.QueryError as exc:
+                    return _error(str(exc))
+            if options and context.bars is None:
+                return _error("history: this relay has no REST source for ranges (no Massive key)")
+        fetched: dict[Channel, list[dict[str, Any]] | str] = {}
         fills = context.fills
         pending = [c for c in labels if fills.filling(c)] if fills is not None else []
-        if pending:
+        wait = self._bars_fetcher(queries, fetched) if queries else None
+        if pending or wait is not None:
             # A scale-out edge is fetching these channels' history from the ingest
-            # (scaleout/fills.py): answer when it is in, rather than with a part of it.
-            return Reply(later=Deferred(pending, lambda: Reply(more=self._history_reply(labels, errors))))
-        return Reply(more=self._history_reply(labels, errors))
+            # (scaleout/fills.py), or Massive's REST bars are on their way: answer when
+            # they are in, rather than with a part of them.
+            return Reply(
+                later=Deferred(
+                    pending,
+                    lambda: Reply(more=self._history_reply(labels, errors, queries, fetched)),
+                    wait,
+                )
+            )
+        return Reply(more=self._history_reply(labels, errors, queries, fetched))
 
-    def _history_reply(self, labels: dict[Channel, str], errors: list[str]) -> Iterator[bytes]:
+    def _bars_fetcher(
+        self, queries: dict[Channel, BarQuery], fetched: dict[Channel, list[dict[str, Any]] | str]
+    ) -> Callable[[], Awaitable[None]]:
+        bars = self._context.bars
+        assert bars is not None
+
+        async def fetch_all() -> None:
+            for channel, query in queries.items():
+                try:
+                    fetched[channel] = await bars.fetch(channel.market, query)
+                except BarsError as exc:
+                    fetched[channel] = str(exc)
+
+        return fetch_all
+
+    def _history_reply(
+        self,
+        labels: dict[Channel, str],
+        errors: list[str],
+        queries: dict[Channel, BarQuery],
+        fetched: dict[Channel, list[dict[str, Any]] | str],
+    ) -> Iterator[bytes]:
         context = self._context
         budget = context.history.max_bytes
         for channel, label in labels.items():
-            events = context.cache.history(channel, self.member.tags_markets)
+            events, problem = self._bars_of(channel, queries.get(channel), fetched.get(channel))
+            if problem is not None:
+                yield protocol.status_frame(protocol.ERROR, f"{problem} ({label})")
             size = sum(map(len, events)) + len(events)
             if size > budget:
                 yield protocol.status_frame(
@@ -318,6 +380,23 @@ class ClientSession:
             yield protocol.status_frame(protocol.SUCCESS, f"history: {label} ({len(events)} events)")
         if errors:
             yield protocol.statuses_frame(_error_statuses(errors))
+
+    def _bars_of(
+        self, channel: Channel, query: BarQuery | None, fetched: list[dict[str, Any]] | str | None
+    ) -> tuple[list[bytes], str | None]:
+        """A channel's bars: REST's joined with the kept live ones; why REST gave none."""
+        tags = self.member.tags_markets
+        kept = self._context.cache.history(channel, tags)
+        if query is None:
+            return kept, None
+        if isinstance(fetched, str) or fetched is None:
+            return kept, fetched  # what the relay has, and why Massive's are missing
+        native = aggs.NATIVE_SPAN[channel.ev]
+        tag = channel.market if tags and markets.is_ambiguous(channel.market) else None
+        rest = aggs.bar_events(channel.ev, channel.ticker, query, fetched, tag)
+        if (query.multiplier, query.timespan) != native[:2]:
+            return [event for _, event in rest], None  # other bars than the live ones
+        return aggs.join(rest, aggs.starts(kept)), None
 
     def leave(self) -> None:
         """The connection ended: release everything this client held."""

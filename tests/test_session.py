@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from typing import Any
 
 import orjson
 import pytest
 
+from fastrelay.aggs import BarsError
 from fastrelay.ratelimit import TokenBucket
 from fastrelay.session import ClientSession, HistoryLimits, Reply, TokenCheck
 from tests.sinks import Core, make_core
@@ -237,3 +240,108 @@ def test_over_the_message_rate_one_error_per_second_then_silence() -> None:
     assert "rate limit" in statuses(answers[2].frames[0])[0][1]
     now[0] += 1.0
     assert "rate limit" not in statuses(s.receive(b'{"action":"dance"}').frames[0])[0][1]  # a token again
+
+
+class FakeBars:
+    """Massive's REST bars, as ``bars.AccountBars`` hands them out: a minute apart from ``start``."""
+
+    def __init__(self, count: int = 3, start: int = 60_000, error: str | None = None) -> None:
+        self.count, self.start, self.error = count, start, error
+        self.asked: list[tuple[str, Any]] = []
+
+    async def fetch(self, market: str, query: Any) -> list[dict[str, Any]]:
+        self.asked.append((market, query))
+        if self.error is not None:
+            raise BarsError("upstream_429", self.error)
+        return [
+            {"t": self.start + i * 60_000, "o": 1, "h": 2, "l": 0.5, "c": 1.5, "v": 10, "n": 3}
+            for i in range(self.count)
+        ]
+
+
+def deferred_history(s: ClientSession, message: dict[str, Any]) -> list[bytes]:
+    """Send a history request, run the REST wait it defers, and build the answer."""
+    reply = s.receive(orjson.dumps({"action": "history", **message}))
+    assert reply.later is not None and reply.later.wait is not None
+    asyncio.run(reply.later.wait())
+    return sent(reply.later.build())
+
+
+def with_bars(rig: Core, bars: FakeBars) -> ClientSession:
+    member, _ = rig.member()
+    context = replace(rig.context(), bars=bars, wall_ms=lambda: 1_000_000_000)
+    s = ClientSession(context, member, "stocks")
+    s.receive(b'{"action":"auth","params":"x"}')
+    return s
+
+
+def test_history_joins_massives_rest_bars_with_the_live_ones() -> None:
+    """REST has minutes 1-3, the relay kept minutes 3-4 live: 1, 2 from REST, 3, 4 live."""
+    rig = core()
+    keeper = rig.session()
+    keeper.receive(b'{"action":"auth","params":"x"}')
+    keeper.receive(b'{"action":"subscribe","params":"AM.AAPL"}')
+    rig.route(
+        "stocks",
+        b'[{"ev":"AM","sym":"AAPL","s":180000,"live":1},{"ev":"AM","sym":"AAPL","s":240000,"live":1}]',
+    )
+    bars = FakeBars(count=3)
+    frames = deferred_history(with_bars(rig, bars), {"params": "AM.AAPL"})
+    events = orjson.loads(frames[0])
+    assert [(e["s"], e.get("live")) for e in events] == [
+        (60000, None),
+        (120000, None),
+        (180000, 1),
+        (240000, 1),
+    ]
+    assert events[0] == {
+        "ev": "AM", "sym": "AAPL", "v": 10, "o": 1, "c": 1.5, "h": 2, "l": 0.5, "z": 3,
+        "s": 60000, "e": 120000,
+    }  # fmt: skip
+    assert statuses(frames[1]) == [("success", "history: AM.AAPL (4 events)")]
+    [(market, query)] = bars.asked
+    assert (market, query.ticker, query.timespan, query.multiplier) == ("stocks", "AAPL", "minute", 1)
+
+
+def test_history_options_choose_the_bars_and_bad_ones_are_refused() -> None:
+    rig = core()
+    bars = FakeBars(count=2, start=0)
+    s = with_bars(rig, bars)
+    frames = deferred_history(
+        s, {"params": "AM.AAPL", "timespan": "hour", "from": "2025-01-01", "to": "2025-01-02"}
+    )
+    events = orjson.loads(frames[0])
+    assert [e["e"] - e["s"] for e in events] == [3_600_000, 3_600_000]  # hour bars, not joined
+    assert bars.asked[0][1].path() == "/v2/aggs/ticker/AAPL/range/1/hour/2025-01-01/2025-01-02"
+    refused = s.receive(b'{"action":"history","params":"AM.AAPL","timespan":"fortnight"}')
+    [(kind, text)] = statuses(refused.frames[0])
+    assert kind == "error" and "timespan must be one of" in text
+    trades = s.receive(b'{"action":"history","params":"T.AAPL","timespan":"minute"}')
+    assert any("T.AAPL has no bars" in m for f in sent(trades) for _, m in statuses(f))
+
+
+def test_a_rest_failure_is_said_and_the_kept_bars_still_come() -> None:
+    rig = core()
+    kept_history(rig, "AAPL", 2)
+    rig_keeper = rig.session()
+    rig_keeper.receive(b'{"action":"auth","params":"x"}')
+    rig_keeper.receive(b'{"action":"subscribe","params":"AM.AAPL"}')
+    rig.route("stocks", b'[{"ev":"AM","sym":"AAPL","s":60000}]')
+    frames = deferred_history(
+        with_bars(rig, FakeBars(error="history: Massive's rate limit reached")), {"params": "AM.AAPL"}
+    )
+    told = [st for f in frames for st in statuses(f)]
+    assert told == [
+        ("error", "history: Massive's rate limit reached (AM.AAPL)"),
+        ("success", "history: AM.AAPL (1 events)"),
+    ]
+
+
+def test_without_a_rest_source_ranges_are_refused_and_bare_history_is_the_kept_one() -> None:
+    s = authed()
+    refused = s.receive(b'{"action":"history","params":"AM.AAPL","from":"2025-01-01"}')
+    assert statuses(refused.frames[0]) == [
+        ("error", "history: this relay has no REST source for ranges (no Massive key)")
+    ]
+    bare = s.receive(b'{"action":"history","params":"AM.AAPL"}')
+    assert bare.later is None and statuses(sent(bare)[0]) == [("success", "history: AM.AAPL (0 events)")]

@@ -43,6 +43,7 @@ def fast_relay_config(upstream: str, api_key: str, **overrides: Any) -> RelayCon
         linger=0.2,
         flush_interval=1.0,
         upstream_timers=timers,
+        rest_url="",  # no REST history unless a test asks for it (no internet here)
     )
     return replace(config, **overrides)
 
