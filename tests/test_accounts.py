@@ -69,7 +69,8 @@ async def test_no_market_live_is_never_ready_and_a_drop_is_503_at_once() -> None
     async with Simulator(sim_config()) as sim:
         sim.auth_fail("options")
         sim.auth_fail("stocks")
-        async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
+        config = fast_relay_config(sim.base_url, "sim-key", required_markets=("stocks",))
+        async with running_relay(config) as relay:
             await wait_until(
                 lambda: all(f.refused is not None for f in relay.relay.feeds.values()), what="both refused"
             )
