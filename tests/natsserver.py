@@ -26,20 +26,39 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, log: Path, *args: str) -> None:
+    """``args`` are nats-server's flags (e.g. ``--user U --pass P``); ``config`` the text of a
+    configuration file (TLS, authorization, cluster...), written beside the log. Flags win over
+    the file: the address, port and store directory are always this helper's."""
+
+    def __init__(self, log: Path, *args: str, config: str | None = None, scheme: str = "nats") -> None:
         self.port = free_port()
         self.log = log
-        self.args = args  # e.g. --user U --pass P
+        self.args = args
+        self.config = config
+        self.scheme = scheme  # "tls" for a server that requires TLS
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.log.with_suffix(".js")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     async def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        config: list[str] = []
+        if self.config is not None:
+            path = self.log.with_suffix(".conf")
+            path.write_text(self.config)
+            config = ["-c", str(path)]
         command = [
             nats_server_binary(),
+            *config,
             "-a",
             "127.0.0.1",
             "-p",
@@ -47,7 +66,7 @@ class NatsServer:
             "--no_advertise",
             "--jetstream",
             "--store_dir",
-            str(self.log.with_suffix(".js")),
+            str(self.store_dir),
             *self.args,
         ]
         with self.log.open("ab") as out:
@@ -60,8 +79,10 @@ class NatsServer:
 
 
 @contextlib.asynccontextmanager
-async def running_nats(log: Path, *args: str) -> AsyncIterator[NatsServer]:
-    server = NatsServer(log, *args)
+async def running_nats(
+    log: Path, *args: str, config: str | None = None, scheme: str = "nats"
+) -> AsyncIterator[NatsServer]:
+    server = NatsServer(log, *args, config=config, scheme=scheme)
     await server.start()
     try:
         yield server
