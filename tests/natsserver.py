@@ -88,3 +88,65 @@ async def running_nats(
         yield server
     finally:
         server.stop()
+
+
+# docs/scaleout.md, "A three-machine deployment": the nats-server config of nats-1, run by the
+# tests as written, with only addresses, file paths and the roles' public keys substituted.
+SCALEOUT_DOC = Path(__file__).resolve().parent.parent / "docs" / "scaleout.md"
+
+
+def documented_config() -> str:
+    """The documented nats-server.conf (the code block that starts with ``server_name: nats-1``)."""
+    blocks: list[list[str]] = []
+    inside = False
+    for line in SCALEOUT_DOC.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            inside = not inside
+            if inside:
+                blocks.append([])
+        elif inside:
+            blocks[-1].append(line)
+    found = ["\n".join(block) + "\n" for block in blocks if block[:1] == ["server_name: nats-1"]]
+    assert len(found) == 1, "docs/scaleout.md: no nats-server config starting with server_name: nats-1"
+    return found[0]
+
+
+def documented_authorization(ingest_key: str, edge_key: str) -> str:
+    """The config's ``authorization { ... }`` block, with the roles' NKeys (public keys) in it."""
+    text = documented_config()
+    start = text.index("authorization {")
+    depth, end = 0, start
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0 and text[end] == "}":
+            break
+    return with_keys(text[start : end + 1], ingest_key, edge_key)
+
+
+def with_keys(text: str, ingest_key: str, edge_key: str) -> str:
+    for placeholder, key in (("UINGEST_PUBLIC_KEY", ingest_key), ("UEDGE_PUBLIC_KEY", edge_key)):
+        assert placeholder in text, placeholder
+        text = text.replace(placeholder, key)
+    return text
+
+
+def documented_cluster_config(
+    number: int, route_ports: list[int], tls_dir: Path, store_dir: Path, ingest_key: str, edge_key: str
+) -> str:
+    """The config of server ``number`` (1-3) of the documented cluster, on 127.0.0.1: its routes
+    on ``route_ports``, certificates from ``tls_dir``. Client address and port: NatsServer's flags."""
+    text = with_keys(documented_config(), ingest_key, edge_key)
+    substitutions = {
+        "server_name: nats-1": f"server_name: nats-{number}",
+        'store_dir: "/var/lib/nats"': f'store_dir: "{store_dir}"',
+        "listen: 0.0.0.0:6222": f"listen: 127.0.0.1:{route_ports[number - 1]}",
+        "/etc/nats/tls/": f"{tls_dir}/",
+        **{
+            f"nats-route://nats-{n}.internal:6222": f"nats-route://127.0.0.1:{p}"
+            for n, p in enumerate(route_ports, 1)
+        },
+    }
+    for old, new in substitutions.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text

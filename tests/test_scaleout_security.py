@@ -13,15 +13,18 @@ refused and says why in its log, and no secret (seed, private key) shows in any 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import ssl
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import nats
 import nkeys
 import pytest
 import trustme
@@ -32,7 +35,7 @@ from fastrelay.scaleout.validation import validate_scaleout
 from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.natskeys import NKey, Operator
-from tests.natsserver import running_nats
+from tests.natsserver import documented_authorization, running_nats
 from tests.test_secrets import assert_secret_free
 from tests.utils import TIMEOUT, Client, wait_until
 from tests.webtools import REPO, RelayProcess, free_port, http_request, stopping
@@ -332,3 +335,101 @@ async def test_creds_file_connects_in_operator_mode_and_a_foreign_one_is_refused
         assert f"creds {creds}" in edge.log.read_text()
     for what, data in [*seen, *logs(ingest, edge, outsider_edge)]:
         assert_secret_free(what, data, user.seed, outsider.seed)
+
+
+async def metric(process: RelayProcess, sample: str) -> float:
+    """The value of one sample (``name{labels}`` as rendered) of ``process``'s /metrics."""
+    text = (await http_request(process.port, "/metrics")).body.decode()
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, f"{sample} not in /metrics"
+    return float(found.group(1))
+
+
+async def test_documented_permissions_carry_the_roles_and_keep_each_to_its_subjects(tmp_path: Path) -> None:
+    """The per-role permissions of docs/scaleout.md ("A three-machine deployment"), cut from
+    its config as written: two ingests (a leader that resigns, a standby that takes over) and
+    two edges under the two users carry data, snapshot requests and the lease without a single
+    permissions violation; the edge's user cannot publish market data, write the lease or
+    read the edges' interest, and the ingest's cannot publish interest."""
+    ingest_key, edge_key = NKey.new(), NKey.new()
+    ingest_seed = ingest_key.write_seed(tmp_path / "ingest.nk")
+    edge_seed = edge_key.write_seed(tmp_path / "edge.nk")
+    authorization = documented_authorization(ingest_key.public, edge_key.public)
+    async with (
+        running_nats(tmp_path / "nats.log", config=authorization) as server,
+        Simulator(sim_config()) as sim,
+    ):
+        fast = ["--nats", server.url, "--metrics-interval", "0.1", "--lease-ttl", "1"]
+        ingest_flags = [*COMMON, *fast, "--nats-nkey-seed", str(ingest_seed)]
+        leader = RelayProcess(free_port(), sim.base_url, tmp_path / "a.log", *ingest_flags, command="ingest")
+        standby = RelayProcess(free_port(), sim.base_url, tmp_path / "b.log", *ingest_flags, command="ingest")
+        edge = edge_process(tmp_path, "edge", *fast, "--nats-nkey-seed", str(edge_seed))
+        second_edge = edge_process(tmp_path, "edge-2", *fast, "--nats-nkey-seed", str(edge_seed))
+        with stopping(leader, standby, edge, second_edge):
+            await leader.start()
+            await standby.start()  # a standby is ready once on NATS, watching the lease
+            await edge.start()
+            client = await Client.connect(f"ws://127.0.0.1:{edge.port}/stocks")
+            await client.subscribe("T.AAPL,Q.MSFT,AM.AAPL")
+            await client.wait_events(10)
+            assert await metric(leader, "fastrelay_ingest_leader") == 1
+            assert await metric(standby, "fastrelay_ingest_leader") == 0
+            # A fresh edge asks the ingest for the values it lacks (snapshot request and reply).
+            await second_edge.start()
+            late = await Client.connect(f"ws://127.0.0.1:{second_edge.port}/stocks")
+            await late.subscribe("Q.MSFT,AM.AAPL")
+            await late.wait_events(3)
+            requested = 'fastrelay_edge_last_value_fills_total{result="requested"}'
+            await wait_metric(second_edge, requested, lambda n: n >= 1)
+            # The leader resigns (deletes the key); the standby's watch sees it and takes over.
+            leader.stop()
+            await wait_metric(standby, "fastrelay_ingest_leader", lambda n: n == 1, timeout=TIMEOUT * 2)
+            seen = len(client.events)
+            await client.wait_events(seen + 10, timeout=TIMEOUT * 2)
+            failed = 'fastrelay_edge_last_value_fills_total{result="failed"}'
+            assert await metric(second_edge, failed) == 0
+            await client.close()
+            await late.close()
+        violations = [line for line in server.log_text().splitlines() if " Violation - " in line]
+        assert violations == [], violations[:5]
+
+        # From the other side: what each user must not do, nats-server refuses and logs.
+        as_edge = await nats.connect(server.url, nkeys_seed=str(edge_seed), error_cb=ignore)
+        as_ingest = await nats.connect(server.url, nkeys_seed=str(ingest_seed), error_cb=ignore)
+        try:
+            for subject in ("fastrelay.data.stocks.T", "$KV.fastrelay_leader.leader"):
+                await as_edge.publish(subject, b"[]")
+            await as_edge.subscribe("fastrelay.interest")
+            await as_ingest.publish("fastrelay.interest", b"{}")
+            for connection in (as_edge, as_ingest):
+                await connection.flush(timeout=TIMEOUT)
+            refusals = {
+                f'"$G/nkey:{edge_key.public}" - Publish Violation - Subject "fastrelay.data.stocks.T"',
+                f'"$G/nkey:{edge_key.public}" - Publish Violation - Subject "$KV.fastrelay_leader.leader"',
+                f'"$G/nkey:{edge_key.public}" - Subscription Violation - Subject "fastrelay.interest"',
+                f'"$G/nkey:{ingest_key.public}" - Publish Violation - Subject "fastrelay.interest"',
+            }
+            await wait_until(
+                lambda: all(refusal in server.log_text() for refusal in refusals),
+                what=f"nats-server to log {refusals}",
+            )
+        finally:
+            await as_edge.close()
+            await as_ingest.close()
+    for what, data in logs(leader, standby, edge, second_edge):
+        assert_secret_free(what, data, ingest_key.seed, edge_key.seed)
+
+
+async def ignore(exc: Exception) -> None:
+    """nats-py's error callback: the violations are read from nats-server's log instead."""
+
+
+async def wait_metric(
+    process: RelayProcess, sample: str, condition: Callable[[float], bool], timeout: float = TIMEOUT
+) -> float:
+    """Poll ``sample`` of ``process``'s /metrics (bounded) until ``condition`` holds of it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition(value := await metric(process, sample)):
+        assert asyncio.get_running_loop().time() < deadline, f"{process.log.name}: {sample} stayed {value}"
+        await asyncio.sleep(0.05)
+    return value
