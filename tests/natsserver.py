@@ -28,7 +28,8 @@ def nats_server_binary() -> str:
 class NatsServer:
     """``args`` are nats-server's flags (e.g. ``--user U --pass P``); ``config`` the text of a
     configuration file (TLS, authorization, cluster...), written beside the log. Flags win over
-    the file: the address, port and store directory are always this helper's."""
+    the file: the address and port are always this helper's; a config with a ``jetstream``
+    block sets the store directory itself (``store_dir`` is the one to use)."""
 
     def __init__(self, log: Path, *args: str, config: str | None = None, scheme: str = "nats") -> None:
         self.port = free_port()
@@ -52,10 +53,15 @@ class NatsServer:
     async def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         config: list[str] = []
+        # JetStream storing in store_dir, unless the config has its own jetstream block
+        # (nats-server refuses the setting twice).
+        jetstream = ["--jetstream", "--store_dir", str(self.store_dir)]
         if self.config is not None:
             path = self.log.with_suffix(".conf")
             path.write_text(self.config)
             config = ["-c", str(path)]
+            if "jetstream {" in self.config:
+                jetstream = []
         command = [
             nats_server_binary(),
             *config,
@@ -64,9 +70,7 @@ class NatsServer:
             "-p",
             str(self.port),
             "--no_advertise",
-            "--jetstream",
-            "--store_dir",
-            str(self.store_dir),
+            *jetstream,
             *self.args,
         ]
         with self.log.open("ab") as out:
