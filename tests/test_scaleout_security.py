@@ -164,13 +164,14 @@ def test_bad_settings_are_refused_at_start_naming_the_flag_never_the_contents(tm
         assert_secret_free(message, message.encode(), user.seed, *certs.secrets)
 
 
-def check_config(*flags: str) -> subprocess.CompletedProcess[str]:
+def check_config(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fastrelay", "check-config", "--role", "edge", *flags],
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 6,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         check=False,
     )
 
@@ -181,11 +182,24 @@ def test_check_config_shows_paths_never_secrets(tmp_path: Path) -> None:
     seed = user.write_seed(tmp_path / "user.nk")
     tls = ["--nats", "tls://127.0.0.1:4222", "--nats-tls-ca", str(certs.ca), *certs.client_flags]
     good = check_config(*tls, "--nats-nkey-seed", str(seed))
-    assert good.returncode == 0, good.stderr
-    assert f"TLS (CA {certs.ca}, client cert {certs.client_cert}), NKey seed {seed}" in good.stdout
+    summary = f"TLS (CA {certs.ca}, client cert {certs.client_cert}), NKey seed {seed}"
+    assert good.returncode == 0 and summary in good.stdout, good
     bad = check_config(*tls, "--nats-nkey-seed", str(certs.client_key))  # the key as a seed
     assert bad.returncode == 2 and f"--nats-nkey-seed={str(certs.client_key)!r}" in bad.stderr
-    for result in (good, bad):
+    # The environment twins, as an env file under systemd gives them.
+    twins = {
+        "FASTRELAY_NATS": "tls://127.0.0.1:4222",
+        "FASTRELAY_NATS_TLS_CA": str(certs.ca),
+        "FASTRELAY_NATS_TLS_CERT": str(certs.client_cert),
+        "FASTRELAY_NATS_TLS_KEY": str(certs.client_key),
+        "FASTRELAY_NATS_NKEY_SEED": str(seed),
+    }
+    from_env = check_config(env=twins)
+    assert from_env.returncode == 0 and summary in from_env.stdout, from_env
+    creds = Operator.new().creds(user, "edge", tmp_path / "edge.creds")
+    both = check_config(env={**twins, "FASTRELAY_NATS_CREDS": str(creds)})
+    assert both.returncode == 2 and "--nats-creds and --nats-nkey-seed" in both.stderr
+    for result in (good, bad, from_env, both):
         output = (result.stdout + result.stderr).encode()
         assert_secret_free("check-config", output, user.seed, *certs.secrets)
 
