@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-import pytest
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.sim import Simulator, SimulatorConfig
@@ -246,9 +245,11 @@ async def test_websocket_history_joins_rest_and_live_bars() -> None:
         await client.close()
 
 
-@pytest.mark.parametrize("path", ["/v2/aggs/ticker/AAPL/range/1/minute/2025-12-03/2025-12-03"])
-async def test_without_a_key_source_rest_is_unavailable(path: str) -> None:
-    async with Simulator(SimulatorConfig(api_key=KEY, markets=("stocks",))) as sim:
-        async with running_relay(fast_relay_config(sim.base_url, KEY, markets=("stocks",))) as relay:
-            status, _, body = await asyncio.to_thread(get, relay.port, path)
-            assert status == 503 and b"no REST source" in body
+async def test_without_a_rest_source_rest_is_unavailable() -> None:
+    path = "/v2/aggs/ticker/AAPL/range/1/minute/2025-12-03/2025-12-03"
+    async with (
+        Simulator(SimulatorConfig(api_key=KEY, markets=("stocks",))) as sim,
+        running_relay(fast_relay_config(sim.base_url, KEY, markets=("stocks",))) as relay,
+    ):
+        status, _, body = await asyncio.to_thread(get, relay.port, path)
+        assert status == 503 and b"no REST source" in body
