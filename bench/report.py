@@ -364,17 +364,18 @@ def failover(summaries: list[dict[str, Any]]) -> str:
         )
     first = rows[0]
     return (
-        f"Failover ({first['server']}: nats-server + 2 ingests, a leader and its standby, + 2 edges; "
-        f"{first['clients']} clients on T.* at {first['t_rate']:,.0f} T/s; the leader\n"
-        "stopped 1 s into each window, by kill -9 or SIGTERM). Per client, from the signal, pooled over all\n"
-        "runs (p50 / p99 / max): to data = the first event the simulator sent after the client's `feed\n"
-        "interrupted` arrived (the old leader had stopped relaying before: that event came through the new\n"
-        "one); to restored / interrupted = the first `feed restored` / `feed interrupted` status. exit\n"
-        "ms: signal to the old leader's exit (median); no data: clients without data by the window's end;\n"
-        "dup q: a q not above the highest of its channel (must be 0); gaps in / out: q missing across an\n"
-        "interrupted status / with none (must be 0); new / old data in outage: events between interrupted\n"
-        "and restored sent after / before the interrupted status (new must be 0; old: events the edge\n"
-        "held in its flush window and wrote after the status).\n" + "\n".join(lines + runs_lines)
+        f"Failover ({first['server']}: nats-server + 2 ingests, a leader and its standby, + 2 edges;\n"
+        f"{first['clients']:.0f} clients on T.* at {first['t_rate']:,.0f} T/s; the leader stopped 1 s into "
+        f"each {first['window_s']:g} s window, by kill -9 or SIGTERM).\n"
+        "Per client, from the signal, pooled over all runs (p50 / p99 / max): to data = the first event\n"
+        "the simulator sent after the client's `feed interrupted` arrived (the old leader had stopped\n"
+        "relaying before: that event came through the new one); to restored / interrupted = the first\n"
+        "`feed restored` / `feed interrupted` status. exit ms: signal to the old leader's exit (median);\n"
+        "no data: clients without data by the window's end; dup q: a q not above the highest of its\n"
+        "channel (must be 0); gaps in / out: q missing across an outage / outside one (must be 0);\n"
+        "new / old data in outage: events between interrupted and restored sent after / before the\n"
+        "interrupted status (new must be 0; old: events the edge held in its flush window and wrote\n"
+        "after the status).\n" + "\n".join(lines + runs_lines)
     )
 
 

@@ -98,7 +98,7 @@ def test_failover_figures_count_from_the_signal() -> None:
     assert nearest_rank([float(v) for v in range(1, 101)], 0.99) == 99.0
 
     summary = {"scenario": "scaleout-failover", "step": "kill-9", "server": "scaleout", "t_rate": 1000.0}
-    summary |= {"clients": 20, "failover": pooled}
+    summary |= {"clients": 20, "window_s": 8.0, "failover": pooled}
     block = report.failover([summary])
     assert "kill -9" in block and "1950 / 3000 / 3000" in block
     (target,) = report.targets([summary])
