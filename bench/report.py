@@ -650,14 +650,21 @@ def render(result: dict[str, Any], output: Path | str) -> str:
     machine = result["machine"]
     summaries = result["summary"]
     options = result["options"]
+    # --repeats, or each scenario's own number (bench/scenarios.py, repeats_of).
+    counts = sorted({int(s["repeats"]) for s in summaries if "repeats" in s})
+    if options["repeats"]:
+        repeats = str(options["repeats"])
+    elif counts:
+        repeats = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    else:
+        repeats = "-"
     out = [
         f"\nfastrelay bench {result['date']}  commit {result['git']['commit'][:10]}"
         f"{' (dirty tree)' if result['git']['dirty'] else ''}  {machine['nproc']} CPUs {machine['cpu_model']}"
         f"  {machine['kernel']}  python {result['python']}  node {result.get('node') or '-'}",
         f"command: {result.get('command', '')}",
         f"windows of {options['duration']:g} s ({options['warmup']:g} s warm-up, "
-        f"{options['settle']:g} s after a rate change), medians of "
-        f"{options['repeats'] or 'the default number of'} run(s)\n",
+        f"{options['settle']:g} s after a rate change), medians of {repeats} run(s)\n",
     ]
     main_table = table(summaries)
     if main_table:  # empty when only the abuse scenario ran
