@@ -71,12 +71,13 @@ class RestService:
         served: tuple[str, ...],
         fetch: Fetch | None,
         allow: Callable[[str], bool],
+        responses: dict[int, int] | None = None,
     ) -> None:
         self.accepts = accepts
         self.served = served
         self.fetch = fetch
         self.allow = allow  # an address's REST requests within its budget
-        self.requests: dict[int, int] = {}  # HTTP status -> count
+        self.requests: dict[int, int] = {} if responses is None else responses  # by HTTP status
         self.tasks: set[asyncio.Task[None]] = set()
 
     def count(self, status: int) -> None:

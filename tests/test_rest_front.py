@@ -10,12 +10,15 @@ import asyncio
 import contextlib
 import datetime
 import http.client
+import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+from prometheus_client import generate_latest
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.sim import Simulator, SimulatorConfig
@@ -166,12 +169,30 @@ async def test_the_official_rest_client_pages_through_the_relay() -> None:
 
 async def test_many_identical_requests_cost_one_upstream_call() -> None:
     async with MassiveRest(delay=0.2) as rest, relay_with_rest(rest) as (relay, _):
-        answers = await asyncio.gather(*(asyncio.to_thread(get, relay.port, AAPL_DAY) for _ in range(40)))
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=40) as pool:  # 40 clients at once, not a pool's 6
+            answers = await asyncio.gather(
+                *(loop.run_in_executor(pool, get, relay.port, AAPL_DAY) for _ in range(40))
+            )
         assert {status for status, _, _ in answers} == {200}
         assert len(rest.calls) == 1
         assert relay.relay.bars is not None
         [account] = relay.relay.bars.accounts()
         assert account.stats.results["miss"] == 1 and account.stats.upstream_requests == 1
+        page = generate_latest(relay.metrics.registry).decode()
+        assert 'fastrelay_rest_requests_total{result="miss"} 1.0' in page
+        coalesced = re.search(
+            r'^fastrelay_rest_requests_total\{result="coalesced"\} (\S+)$', page, re.MULTILINE
+        )
+        hits = re.search(r'^fastrelay_rest_requests_total\{result="hit"\} (\S+)$', page, re.MULTILINE)
+        assert coalesced and hits and float(coalesced.group(1)) + float(hits.group(1)) == 39
+        assert float(coalesced.group(1)) >= 10  # most of them waited for the one call
+        assert 'fastrelay_rest_responses_total{status="200"} 40.0' in page
+        assert "fastrelay_rest_upstream_requests_total 1.0" in page
+        assert "fastrelay_rest_latency_seconds_count 1.0" in page
+        cache = re.search(r"^fastrelay_rest_cache_bytes (\S+)$", page, re.MULTILINE)
+        assert cache is not None and float(cache.group(1)) > 0
+        assert KEY not in page
 
 
 async def test_tokens_are_the_rest_keys_and_other_paths_say_what_is_served() -> None:
