@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import http.client
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+import pytest
 from prometheus_client import generate_latest
 
 from fastrelay.app import RunningRelay, running_relay
@@ -274,3 +276,35 @@ async def test_without_a_rest_source_rest_is_unavailable() -> None:
     ):
         status, _, body = await asyncio.to_thread(get, relay.port, path)
         assert status == 503 and b"no REST source" in body
+
+
+async def test_the_key_never_leaves_on_rest_paths(caplog: pytest.LogCaptureFixture) -> None:
+    """Answers, WebSocket history, errors (Massive down, refusing), logs at debug and metrics:
+    the relay's key appears in none of them (it goes to Massive in a header, and only there)."""
+    caplog.set_level(logging.DEBUG)
+    seen: list[bytes] = []
+    async with MassiveRest() as rest, relay_with_rest(rest) as (relay, _):
+        for path in (
+            AAPL_DAY,
+            "/v2/aggs/ticker/AAPL/range/1/minute/x/y",
+            "/v3/trades/AAPL",
+            AAPL_DAY + "?apiKey=z",
+        ):
+            seen.append((await asyncio.to_thread(get, relay.port, path))[2])
+        client = await Client.connect(f"ws://127.0.0.1:{relay.port}/stocks")
+        await client.send(
+            {"action": "history", "params": "AM.AAPL", "from": "2025-12-03", "to": "2025-12-03"}
+        )
+        await client.wait_status("success")
+        seen.append(orjson.dumps([*client.statuses, *client.events]))
+        await client.close()
+        await rest.__aexit__()  # Massive gone: the next miss fails
+        seen.append(
+            (await asyncio.to_thread(get, relay.port, AAPL_DAY.replace("03/2025-12-03", "04/2025-12-04")))[2]
+        )
+        seen.append(generate_latest(relay.metrics.registry))
+    assert any(b"unreachable" in body for body in seen)
+    for body in seen:
+        assert KEY.encode() not in body
+    for record in caplog.records:
+        assert KEY not in record.getMessage()
