@@ -132,6 +132,11 @@ class FrontProtocol(asyncio.Protocol):
         assert transport is not None
         protocol = self._make_picows()
         transport.set_protocol(protocol)
+        # uvloop chose its read callbacks when reading started (a plain protocol's, with a
+        # copy into data_received): restart reading so picows reads into its own buffer,
+        # exactly as on a connection it accepted itself.
+        transport.pause_reading()
+        transport.resume_reading()
         protocol.connection_made(transport)
         data = memoryview(bytes(self._buffer))
         self._buffer.clear()
