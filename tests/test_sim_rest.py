@@ -14,6 +14,7 @@ import datetime
 import itertools
 import json
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
+import trustme
 import urllib3
 from massive import RESTClient
 from massive.exceptions import BadResponse
@@ -28,7 +30,7 @@ from massive.rest.models import Agg
 
 from fastrelay.sim import FAULTS, Simulator, SimulatorConfig
 from fastrelay.sim.bars import Buckets
-from fastrelay.sim.feed import now_ms
+from fastrelay.sim.feed import LiveBars, Window, now_ms
 from fastrelay.sim.rest import RestApi
 from tests.test_simulator import collect, connect, send_action
 from tests.utils import wait_until
@@ -306,6 +308,31 @@ async def test_next_url_is_on_the_same_host_carries_a_cursor_and_no_key() -> Non
         assert empty["resultsCount"] == 0 and "results" not in empty and "next_url" not in empty
 
 
+async def test_rest_over_tls_pages_on_https() -> None:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with Simulator(make_config(), ssl_context=server) as sim:
+        end = history_end(sim)
+        assert sim.rest_url == f"https://127.0.0.1:{sim.port}"
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port, ssl=trusted)
+        path = aggs_path("AAPL", 1, "minute", end - 10 * MINUTE, end - 1, limit=5)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        page = json.loads(body)
+        assert page["resultsCount"] == 5
+        assert page["next_url"].startswith(
+            f"https://127.0.0.1:{sim.port}/v2/aggs/ticker/AAPL/range/1/minute/"
+        )
+
+
 # --- the history is the live stream's ----------------------------------------------------------
 
 
@@ -457,6 +484,7 @@ async def test_keys_errors_and_not_found_as_massive_answers_them() -> None:
             (aggs_path("AAPL", 1, "day", "2024-01-02", "2024-01-10", sort="up"), {}, 400, "'sort'"),
             (aggs_path("AAPL", 1, "day", "2024-01-02", "2024-01-10", limit="x"), {}, 400, "'limit'"),
             (aggs_path("AAPL", 1, "day", "2024-01-02", "2024-01-10", cursor="!!"), {}, 400, "cursor"),
+            (aggs_path("AAPL", 1, "day", "99999999999999999", "2024-01-10"), {}, 400, "out of range"),
             (aggs_path("ZZZZ", 1, "day", "2024-01-02", "2024-01-10"), {}, 404, "Ticker not found: ZZZZ"),
             (f"/v3/reference/tickers?apiKey={KEY}", {}, 404, "Not found"),
         ]:
@@ -472,9 +500,9 @@ async def test_keys_errors_and_not_found_as_massive_answers_them() -> None:
             else:
                 assert body["status"] == "ERROR" and text in body["error"], body
         stats = sim.stats()["rest"]
-        assert stats["requests"] == 14
-        assert stats["by_status"] == {"401": 3, "200": 2, "400": 7, "404": 2}
-        assert stats["by_kind"] == {"aggs": 12, "aggs_page": 1, "other": 1}
+        assert stats["requests"] == 15
+        assert stats["by_status"] == {"401": 3, "200": 2, "400": 8, "404": 2}
+        assert stats["by_kind"] == {"aggs": 13, "aggs_page": 1, "other": 1}
 
         # The official client: an error it raises, without the key in it.
         with pytest.raises(BadResponse) as refused:
@@ -622,3 +650,34 @@ def test_a_week_of_minutes_answers_quickly() -> None:
     assert json.loads(first.body)["resultsCount"] == 7 * 1440
     # Well under 100 ms on an idle machine (about 50 ms cold, 20 ms warm); loose for a busy one.
     assert cold < 0.5 and warm < 0.25, (cold, warm)
+
+
+def test_live_minutes_that_age_out_are_kept_as_days() -> None:
+    """Past its cap, a symbol's oldest live minutes fold into days: day bars still count every trade."""
+    sim = Simulator(make_config())
+    feed = sim._feeds["stocks"]
+    sym = feed.by_name["AAPL"]
+    sym.live = LiveBars(NY, seconds=60, minutes=60)
+    start = midnight(datetime.date(2024, 5, 15)) + 12 * 3_600_000  # noon
+    api = RestApi(sim.config, sim._feeds)
+    api.started(start)
+    price, volume = 228.0, 0.0
+    highs: list[float] = []
+    for k in range(3 * 3600):  # three hours of one print a second
+        window = Window(start + k * 1000, price)
+        window.add(price, 100)
+        sym.live.close_second(window)
+        volume += 100
+        highs.append(price)
+        price = round(price + (0.01 if k % 7 < 4 else -0.01), 2)
+    assert len(sym.live.seconds) <= 60 * 9 // 8 and len(sym.live.minutes) <= 60 * 9 // 8
+    assert len(sym.live.days) == 1
+    day = midnight(datetime.date(2024, 5, 15))
+    [bar] = api.base_rows(feed, sym, "day", day, day + DAY)
+    before = api.history(feed, sym).days().t[-1], api.history(feed, sym).days().v[-1]
+    assert before[0] == day
+    # The day is its generated morning and every live second, the minutes kept and those folded.
+    assert bar[5] == before[1] + volume
+    assert bar[4] == highs[-1] and bar[2] >= max(highs)
+    minutes = list(api.base_rows(feed, sym, "minute", start, start + DAY))
+    assert len(minutes) <= 60 * 9 // 8 + 1 and minutes[-1][0] == start + 3 * 3_600_000 - MINUTE

@@ -131,7 +131,8 @@ class FrontDoor(asyncio.Protocol):
             reply = await self._answer(method, target, headers, origin)
             payload = response(reply.status, b"" if method == "HEAD" else reply.body, reply.content_type)
         except Exception:
-            log.exception("simulator: REST %s %s failed", method, target)
+            # The path only: the query may hold the API key.
+            log.exception("simulator: REST %s %s failed", method, target.partition("?")[0])
             payload = response(500, b'{"status":"ERROR","error":"internal error"}')
         transport = self._transport
         if transport is not None and not transport.is_closing():

@@ -476,11 +476,12 @@ class RestApi:
         split = urlsplit(target)
         params = {key: values[-1] for key, values in parse_qs(split.query, keep_blank_values=True).items()}
         match = _AGGS.fullmatch(split.path)
-        ticker = _normal_ticker(unquote(match.group(1))) if match else ""
+        asked = unquote(match.group(1)) if match else ""
+        ticker = _normal_ticker(asked)
         found = self.tickers.get(ticker)
         feed = found[0] if found else self.feeds[_market_of_form(ticker)]
         kind = "other" if match is None else "aggs_page" if "cursor" in params else "aggs"
-        answer = self._answer(method, match, ticker, found, feed, params, headers, origin)
+        answer = self._answer(method, match, asked, found, feed, params, headers, origin)
         if feed.rest_malformed:
             answer.body = answer.body[: max(1, len(answer.body) // 2)]
         answer.delay = feed.rest_delay
@@ -563,8 +564,11 @@ class RestApi:
         """One page of bars, with ``next_url`` when the window holds more than ``limit`` base bars."""
         zone = zone_of(feed.kind)
         buckets = Buckets(query.timespan, query.multiplier, zone)
-        lo = buckets(_instant(query.from_text, "from", zone, last=False))[0]
-        hi = buckets(_instant(query.to_text, "to", zone, last=True))[1]
+        try:
+            lo = buckets(_instant(query.from_text, "from", zone, last=False))[0]
+            hi = buckets(_instant(query.to_text, "to", zone, last=True))[1]
+        except (OverflowError, OSError, ValueError):
+            raise BadRequest("The time window is out of range") from None
         base = BASE[query.timespan]
         rows = self.base_rows(feed, sym, base, lo, hi) if lo < hi else iter(())
         bars: list[Bar]
