@@ -674,10 +674,10 @@ def test_live_minutes_that_age_out_are_kept_as_days() -> None:
     assert len(sym.live.days) == 1
     day = midnight(datetime.date(2024, 5, 15))
     [bar] = api.base_rows(feed, sym, "day", day, day + DAY)
-    before = api.history(feed, sym).days().t[-1], api.history(feed, sym).days().v[-1]
-    assert before[0] == day
+    morning = api.history(feed, sym).days().row(-1)
+    assert morning[0] == day
     # The day is its generated morning and every live second, the minutes kept and those folded.
-    assert bar[5] == before[1] + volume
+    assert bar[5] == morning[5] + volume
     assert bar[4] == highs[-1] and bar[2] >= max(highs)
     minutes = list(api.base_rows(feed, sym, "minute", start, start + DAY))
     assert len(minutes) <= 60 * 9 // 8 + 1 and minutes[-1][0] == start + 3 * 3_600_000 - MINUTE

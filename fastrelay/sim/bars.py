@@ -2,8 +2,8 @@
 
 A bar is ``(t, o, h, l, c, v, pv, n)``: the start of its window in Unix ms, open,
 high, low, close, volume, price x volume (so merged bars keep an exact VWAP) and
-the number of prints. ``Bars`` keeps them in eight ``array('d')`` columns, 64
-bytes a bar, sorted by ``t``. The live feed records its bars here (feed.py) and
+the number of prints. ``Bars`` keeps them in an ``array('d')``, 64 bytes a
+bar, sorted by ``t``. The live feed records its bars here (feed.py) and
 the REST stand-in generates and serves its history from here (rest.py).
 
 Days, weeks, months... are those of Massive's aggregates: Eastern Time for
@@ -15,11 +15,12 @@ from __future__ import annotations
 import datetime
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Final, cast
 from zoneinfo import ZoneInfo
 
 Bar = tuple[float, float, float, float, float, float, float, float]
+WIDTH: Final = 8  # numbers in a bar
 
 SECOND_MS: Final = 1000
 MINUTE_MS: Final = 60_000
@@ -36,67 +37,66 @@ def zone_of(kind: str) -> datetime.tzinfo:
 
 
 class Bars:
-    """Bars sorted by start time, in columns; with ``cap``, only about the last ``cap`` are kept."""
+    """Bars sorted by start time, interleaved in one ``array('d')``; with ``cap``, about the last ``cap``.
 
-    __slots__ = ("c", "cap", "h", "l", "n", "o", "pv", "t", "v")
+    One array, not eight columns: recording a live bar is one ``extend``, and
+    reading a range back is a slice zipped eight by eight, both in C.
+    """
+
+    __slots__ = ("cap", "data")
 
     def __init__(self, cap: int = 0) -> None:
         self.cap = cap
-        self.t = array("d")
-        self.o = array("d")
-        self.h = array("d")
-        self.l = array("d")
-        self.c = array("d")
-        self.v = array("d")
-        self.pv = array("d")
-        self.n = array("d")
+        self.data = array("d")
 
     def __len__(self) -> int:
-        return len(self.t)
+        return len(self.data) // WIDTH
 
-    def columns(self) -> tuple[array[float], ...]:
-        return (self.t, self.o, self.h, self.l, self.c, self.v, self.pv, self.n)
+    @classmethod
+    def of_columns(cls, columns: Sequence[Sequence[float]]) -> Bars:
+        """Bars of eight equally long columns: t, o, h, l, c, v, pv, n."""
+        bars = cls()
+        count = len(columns[0])
+        bars.data = array("d", bytes(8 * WIDTH * count))
+        for k, column in enumerate(columns):
+            bars.data[k::WIDTH] = array("d", column)
+        return bars
 
-    def append(self, t: float, o: float, h: float, l: float, c: float, v: float, pv: float, n: float) -> None:  # noqa: E741
-        self.t.append(t)
-        self.o.append(o)
-        self.h.append(h)
-        self.l.append(l)
-        self.c.append(c)
-        self.v.append(v)
-        self.pv.append(pv)
-        self.n.append(n)
+    def add(self, row: Bar) -> None:
+        self.data.extend(row)
 
     def extend(self, rows: Iterable[Bar]) -> None:
         for row in rows:
-            self.append(*row)
+            self.data.extend(row)
+
+    def row(self, i: int) -> Bar:
+        i %= len(self)
+        return cast(Bar, tuple(self.data[i * WIDTH : (i + 1) * WIDTH]))
 
     def put(self, row: Bar) -> None:
         """Append ``row``, or merge it into the last bar when that one has the same start."""
-        if self.t and self.t[-1] == row[0]:
-            last = merge(next(self.rows(len(self.t) - 1)), row)
-            for column, value in zip(self.columns(), last, strict=True):
-                column[-1] = value
+        if self.data and self.data[-WIDTH] == row[0]:
+            self.data[-WIDTH:] = array("d", merge(self.row(-1), row))
         else:
-            self.append(*row)
+            self.data.extend(row)
 
     def trim(self, collect: bool = False) -> list[Bar]:
         """Past an eighth over ``cap``, drop the oldest down to ``cap``; with ``collect``, return them."""
-        excess = len(self.t) - self.cap
+        excess = len(self) - self.cap
         if not self.cap or excess <= self.cap // 8:
             return []
         dropped = list(self.rows(0, excess)) if collect else []
-        for column in self.columns():
-            del column[:excess]
+        del self.data[: excess * WIDTH]
         return dropped
 
     def span(self, lo: float, hi: float) -> tuple[int, int]:
         """Indexes of the bars that start in ``[lo, hi)``."""
-        return bisect_left(self.t, lo), bisect_left(self.t, hi)
+        with memoryview(self.data) as view, view[::WIDTH] as starts:
+            return bisect_left(starts, lo), bisect_left(starts, hi)
 
     def rows(self, i: int = 0, j: int | None = None) -> Iterator[Bar]:
-        j = len(self.t) if j is None else j
-        return zip(*(column[i:j] for column in self.columns()), strict=True)
+        values = iter(self.data[i * WIDTH : None if j is None else j * WIDTH])
+        return cast(Iterator[Bar], zip(*(values,) * WIDTH, strict=True))
 
     def between(self, lo: float, hi: float) -> Iterator[Bar]:
         return self.rows(*self.span(lo, hi))

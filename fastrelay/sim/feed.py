@@ -19,11 +19,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
-from fastrelay.sim.bars import MINUTE_MS, Bars, Buckets, group, zone_of
+from fastrelay.sim.bars import MINUTE_MS, Bar, Bars, Buckets, group, zone_of
 from fastrelay.sim.config import SimulatorConfig
 from fastrelay.sim.connection import Connection
 from fastrelay.sim.symbols import Spec, market_kind, symbol_specs
@@ -86,7 +86,7 @@ class LiveBars:
 
     def close_second(self, w: Window) -> None:
         s = w.start
-        self.seconds.append(s, w.o, w.h, w.l, w.c, w.v, w.pv, w.n)
+        self.seconds.add((s, w.o, w.h, w.l, w.c, w.v, w.pv, w.n))
         self.seconds.trim()
         minute = s - s % MINUTE_MS
         cur = self.current
@@ -101,7 +101,7 @@ class LiveBars:
             cur[7] += w.n
             return
         if cur is not None:
-            self.minutes.append(*cur)
+            self.minutes.add(cast(Bar, tuple(cur)))
             for day, _end, _count in group(self.minutes.trim(collect=True), self.day_buckets):
                 self.days.put(day)
         self.current = [minute, w.o, w.h, w.l, w.c, w.v, w.pv, w.n]

@@ -178,10 +178,7 @@ def walk_back(
         cs[k] = c
         ns[k] = n
         kc = ko
-    bars = Bars()
-    for column, values in zip(bars.columns(), (ts, os_, hs, ls, cs, vs, pvs, ns), strict=True):
-        column.extend(values)
-    return bars
+    return Bars.of_columns((ts, os_, hs, ls, cs, vs, pvs, ns))
 
 
 class History:
@@ -223,13 +220,13 @@ class History:
     def minutes(self) -> Bars:
         if self._minutes is None:
             seconds = self.seconds()
-            first = int(seconds.t[0])
+            first = int(seconds.row(0)[0])
             begin = Buckets("day", 1, self.zone).day_start(
                 local_date(self.end, self.zone) - datetime.timedelta(days=HISTORY_DAYS_OF_MINUTES)
             )
             minutes = walk_back(
                 self._rng("minute"), self.spec, self.style,
-                close=seconds.o[0], start=begin, count=(first - begin) // MINUTE_MS, step=MINUTE_MS,
+                close=seconds.row(0)[1], start=begin, count=(first - begin) // MINUTE_MS, step=MINUTE_MS,
                 sigma=self._minute_sigma,
             )  # fmt: skip
             minutes.extend(
@@ -242,11 +239,11 @@ class History:
         if self._days is None:
             minutes = self.minutes()
             buckets = Buckets("day", 1, self.zone)
-            first = local_date(int(minutes.t[0]), self.zone)
+            first = local_date(int(minutes.row(0)[0]), self.zone)
             dates = [first - datetime.timedelta(days=HISTORY_DAYS - k) for k in range(HISTORY_DAYS)]
             days = walk_back(
                 self._rng("day"), self.spec, self.style,
-                close=minutes.o[0], start=0, count=HISTORY_DAYS, step=DAY_MS,
+                close=minutes.row(0)[1], start=0, count=HISTORY_DAYS, step=DAY_MS,
                 sigma=self.style.daily_vol, pull=_DAILY_PULL, starts=[buckets.day_start(d) for d in dates],
             )  # fmt: skip
             days.extend(bar for bar, _end, _count in group(minutes.rows(), buckets))
