@@ -12,7 +12,6 @@ answer late.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -187,9 +186,3 @@ class FrontDoor(asyncio.Protocol):
             self._task.cancel()
         self._doors.discard(self)
         self._transport = None
-
-    async def wait_closed(self) -> None:
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task

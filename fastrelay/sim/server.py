@@ -196,7 +196,7 @@ class Simulator:
 
     @property
     def rest_url(self) -> str:
-        """``http://127.0.0.1:PORT``: the base of the REST aggregates (Massive's ``https://api.massive.com``)."""
+        """``http(s)://127.0.0.1:PORT``: the REST base (Massive's is ``https://api.massive.com``)."""
         return self.http_url("")
 
     def symbols(self, market: str) -> tuple[str, ...]:
