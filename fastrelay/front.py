@@ -1,16 +1,20 @@
-"""The client port's front door: REST requests to the relay, everything else to picows.
+"""A port's front door: REST requests are answered here, everything else goes to picows.
 
 picows answers plain HTTP itself, synchronously, one request per connection:
-right for the page, probes and upgrades, but a REST answer may wait for
-Massive. So the listening socket's protocol first reads the request line. A
-request for a REST path (``restapi.is_rest``) stays here and is served with
-h11 (keep-alive, one request at a time, bounded in size and time); anything
+right for pages, probes and upgrades, but a REST answer may have to wait (for
+Massive, or for the simulator's ``rest_slow`` fault). So the listening socket's
+protocol first reads the request line. A request for a REST path (``/v1/``,
+``/v2/``, ``/v3/``, ``/vX/``) stays here and is served with h11 (keep-alive, one
+request at a time, bounded in size and time) by an async *answerer*; anything
 else is handed, bytes included, to a picows ``WSProtocol`` built exactly as
 ``picows.ws_create_server`` builds it, and from then on picows alone reads the
 socket (no cost per frame).
 
-That constructor is picows' internal API (pyproject pins picows below 2.4;
-``tests/test_rest_front.py`` fails loudly if it changes).
+The relay (``server.py``: Massive's aggregates, restapi.py) and the simulator
+(``sim/server.py``: its REST stand-in, sim/rest.py) both listen through it.
+``WSProtocol``'s constructor is picows' internal API: pyproject pins picows below
+2.4, and ``picows_protocol_factory`` is called once at start-up so a change fails
+there, clearly.
 """
 
 from __future__ import annotations
@@ -18,26 +22,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Final
 
 import h11
 from picows import WSAutoPingStrategy
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
-from fastrelay import restapi
-from fastrelay.aggs import BarsError
+from fastrelay.restapi import Answer
 
 log = logging.getLogger("fastrelay.front")
 
 MAX_REQUEST_LINE: Final = 8192  # longer: not ours; picows answers it (400)
 MAX_REQUEST: Final = 16 * 1024
 IDLE_TIMEOUT: Final = 30.0  # a kept-alive REST connection with nothing to ask is closed
+REST_PREFIXES: Final = (b"/v1/", b"/v2/", b"/v3/", b"/vX/")
+_REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
 
-Fetch = Callable[[str, Any], Awaitable[list[dict[str, Any]]]]
+
+# (method, target, headers with lower-case names, scheme://host asked, peer address) -> answer
+Answerer = Callable[[str, str, dict[str, str], str, str], Awaitable[Answer]]
+
+
+def is_rest(target: bytes) -> bool:
+    return target.startswith(REST_PREFIXES)
 
 
 def picows_protocol_factory(listener_factory: Any, **options: Any) -> Callable[[], Any]:
-    """``WSProtocol``s as ``ws_create_server`` makes them (picows 2.3's arguments)."""
+    """``WSProtocol``s as ``ws_create_server`` makes them (picows 2.3's arguments); raises
+    TypeError now if this picows builds them differently."""
     logger = logging.getLogger(f"picows.{options.get('logger_name', 'server')}")
 
     def make() -> Any:
@@ -48,61 +61,48 @@ def picows_protocol_factory(listener_factory: Any, **options: Any) -> Callable[[
             listener_factory,
             logger,
             True,  # disconnect_on_exception
-            options["websocket_handshake_timeout"],
-            options["enable_auto_ping"],
+            options.get("websocket_handshake_timeout", 5.0),
+            options.get("enable_auto_ping", False),
             20.0,  # auto ping idle timeout (unused: auto ping off)
             20.0,  # auto ping reply timeout
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            options["enable_auto_pong"],
-            options["max_frame_size"],
+            options.get("enable_auto_pong", True),
+            options.get("max_frame_size", 10 * 1024 * 1024),
             None,  # extra headers
-            options["read_buffer_init_size"],
+            options.get("read_buffer_init_size", 16 * 1024),
         )
 
+    make()  # fail at start-up, not at the first connection
     return make
 
 
-class RestService:
-    """What the front door needs to answer REST: tokens, markets, bars, a per-address limit."""
+class FrontDoor(asyncio.Protocol):
+    """Reads the request line, then serves REST here or hands the connection to picows."""
 
     def __init__(
         self,
-        accepts: Callable[[str], bool],
-        served: tuple[str, ...],
-        fetch: Fetch | None,
-        allow: Callable[[str], bool],
-        responses: dict[int, int] | None = None,
+        make_picows: Callable[[], Any],
+        answer: Answerer,
+        handshake_timeout: float,
+        scheme: str = "http",
+        open_rest: set[RestConnection] | None = None,
     ) -> None:
-        self.accepts = accepts
-        self.served = served
-        self.fetch = fetch
-        self.allow = allow  # an address's REST requests within its budget
-        self.requests: dict[int, int] = {} if responses is None else responses  # by HTTP status
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def count(self, status: int) -> None:
-        self.requests[status] = self.requests.get(status, 0) + 1
-
-
-class FrontProtocol(asyncio.Protocol):
-    """Reads the request line, then serves REST here or hands the connection to picows."""
-
-    def __init__(self, make_picows: Callable[[], Any], rest: RestService, handshake_timeout: float) -> None:
         self._make_picows = make_picows
-        self._rest = rest
+        self._answer = answer
         self._timeout = handshake_timeout
+        self._scheme = scheme
+        self._open_rest = open_rest
         self._buffer = bytearray()
-        self._transport: asyncio.Transport | None = None
+        self._transport: Any = None  # uvloop's TCPTransport is not an asyncio.Transport subclass
         self._timer: asyncio.TimerHandle | None = None
         self._http: RestConnection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport
+        self._transport = transport
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expired)
 
     def _expired(self) -> None:
-        # No request line in time (slowloris): picows' own handshake timeout would say
-        # the same; nothing to answer.
+        # No request line in time (slowloris): nothing to answer.
         if self._transport is not None and self._http is None:
             self._transport.abort()
 
@@ -118,9 +118,8 @@ class FrontProtocol(asyncio.Protocol):
         target = rest.partition(b" ")[0]
         if self._timer is not None:
             self._timer.cancel()
-        if end >= 0 and restapi.is_rest(target):
-            assert self._transport is not None
-            self._http = RestConnection(self._transport, self._rest)
+        if end >= 0 and is_rest(target):
+            self._http = RestConnection(self._transport, self._answer, self._scheme, self._open_rest)
             self._http.received(bytes(self._buffer))
             self._buffer.clear()
         else:
@@ -129,7 +128,6 @@ class FrontProtocol(asyncio.Protocol):
     def _hand_over(self) -> None:
         """From now on picows reads this socket, starting with what came already."""
         transport = self._transport
-        assert transport is not None
         protocol = self._make_picows()
         transport.set_protocol(protocol)
         # uvloop chose its read callbacks when reading started (a plain protocol's, with a
@@ -140,8 +138,8 @@ class FrontProtocol(asyncio.Protocol):
         protocol.connection_made(transport)
         data = memoryview(bytes(self._buffer))
         self._buffer.clear()
-        while data:
-            buffer = protocol.get_buffer(len(data))
+        while data and not transport.is_closing():
+            buffer = memoryview(protocol.get_buffer(len(data)))
             size = min(len(buffer), len(data))
             buffer[:size] = data[:size]
             protocol.buffer_updated(size)
@@ -157,15 +155,22 @@ class FrontProtocol(asyncio.Protocol):
 class RestConnection:
     """One keep-alive HTTP/1.1 connection of REST requests (h11), one request at a time."""
 
-    def __init__(self, transport: asyncio.Transport, rest: RestService) -> None:
+    def __init__(
+        self, transport: Any, answer: Answerer, scheme: str, open_rest: set[RestConnection] | None
+    ) -> None:
         self._transport = transport
-        self._rest = rest
+        self._answer = answer
+        self._scheme = scheme
+        self._open = open_rest
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
         self._request: h11.Request | None = None
         self._busy = False
         self._idle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
         peer = transport.get_extra_info("peername")
         self._address = str(peer[0]) if peer else "?"
+        if open_rest is not None:
+            open_rest.add(self)
 
     def received(self, data: bytes) -> None:
         self._h11.receive_data(data)
@@ -177,7 +182,7 @@ class RestConnection:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError:
-                self._send_answer(restapi.error(400, "malformed HTTP request"), close=True)
+                self._send(Answer(400, b'{"status":"ERROR","error":"malformed HTTP request"}'), close=True)
                 return
             if event is h11.NEED_DATA:
                 self._arm_idle()
@@ -193,69 +198,70 @@ class RestConnection:
     def _arm_idle(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._transport.close)
+        self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self.close)
 
     def _serve(self, request: h11.Request) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        rest = self._rest
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in request.headers}
-        if not rest.allow(self._address):
-            self._send_answer(restapi.error(429, "too many requests from your address: slow down"))
-            return
-        routed = restapi.route(
-            request.method.decode("latin-1"),
-            request.target.decode("latin-1"),
-            headers,
-            rest.accepts,
-            rest.served,
-        )
-        if isinstance(routed, restapi.Answer):
-            self._send_answer(routed)
-            return
-        if rest.fetch is None:
-            self._send_answer(restapi.error(503, "this relay has no REST source (no Massive key)"))
-            return
-        task = asyncio.get_running_loop().create_task(self._fetch(routed, rest.fetch))
-        rest.tasks.add(task)
-        task.add_done_callback(rest.tasks.discard)
+        origin = f"{self._scheme}://{headers.get('host') or 'localhost'}"
+        method, target = request.method.decode("latin-1"), request.target.decode("latin-1")
+        self._task = asyncio.get_running_loop().create_task(self._reply(method, target, headers, origin))
 
-    async def _fetch(self, routed: restapi.BarsRequest, fetch: Fetch) -> None:
+    async def _reply(self, method: str, target: str, headers: dict[str, str], origin: str) -> None:
         try:
-            bars = await fetch(routed.market, routed.query)
-        except BarsError as exc:
-            status = {"rate_limited": 429, "upstream_429": 429, "not_found": 404}.get(exc.reason, 502)
-            self._send_answer(restapi.error(status, str(exc).removeprefix("history: ")))
-            return
-        self._send_answer(restapi.bars_answer(routed, bars))
+            answer = await self._answer(method, target, headers, origin, self._address)
+        except Exception:
+            # The path only: the query may hold a key.
+            log.exception("REST %s %s failed", method, target.partition("?")[0])
+            answer = Answer(500, b'{"status":"ERROR","error":"internal error"}')
+        self._send(answer, head=method == "HEAD")
 
-    def _send_answer(self, answer: restapi.Answer, close: bool = False) -> None:
-        self._rest.count(answer.status)
+    def _send(self, answer: Answer, close: bool = False, head: bool = False) -> None:
         if self._transport.is_closing():
             return
-        headers = [*restapi.JSON_HEADERS, ("Content-Length", str(len(answer.body)))]
+        headers = [
+            ("Content-Type", answer.content_type),
+            ("Content-Length", str(len(answer.body))),
+            ("Cache-Control", "no-store"),
+        ]
         if close:
             headers.append(("Connection", "close"))
         try:
-            out = self._h11.send(h11.Response(status_code=answer.status, headers=headers))
-            out += self._h11.send(h11.Data(data=answer.body)) or b""
+            reason = _REASONS.get(answer.status, b"")
+            out = (
+                self._h11.send(h11.Response(status_code=answer.status, headers=headers, reason=reason)) or b""
+            )
+            if not head:
+                out += self._h11.send(h11.Data(data=answer.body)) or b""
             out += self._h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
-            self._transport.close()
+            self.close()
             return
-        self._transport.write(out or b"")
+        self._transport.write(out)
         if close or self._h11.our_state is h11.MUST_CLOSE:
-            self._transport.close()
+            self.close()
             return
         self._busy = False
         self._request = None
         try:
             self._h11.start_next_cycle()
         except h11.LocalProtocolError:
-            self._transport.close()
+            self.close()
             return
         self._next()
+
+    def close(self) -> None:
+        """Close (idle, a protocol error, the server stopping); a pending answer is dropped."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if not self._transport.is_closing():
+            self._transport.close()
 
     def lost(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._open is not None:
+            self._open.discard(self)

@@ -16,22 +16,23 @@ otherwise.
 
 ``route`` turns a request into either an answer now (``Answer``) or a bars
 query to fetch (``BarsRequest``); ``bars_answer`` builds the answer from the
-bars. The HTTP side is ``front.py``.
+bars; ``RestEndpoint`` puts them together with the fetch and the per-address
+limit. The HTTP side is ``front.py``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import orjson
 
-from fastrelay.aggs import BarQuery, QueryError, make_query
+from fastrelay.aggs import BarQuery, BarsError, QueryError, make_query
 
-REST_PREFIXES: Final = (b"/v1/", b"/v2/", b"/v3/", b"/vX/")
 _AGGS: Final = re.compile(
     r"^/v2/aggs/ticker/(?P<ticker>[^/]+)/range/(?P<multiplier>[^/]+)/(?P<timespan>[^/]+)"
     r"/(?P<start>[^/]+)/(?P<end>[^/]+)/?$"
@@ -41,8 +42,11 @@ JSON_HEADERS: Final = (("Content-Type", "application/json"), ("Cache-Control", "
 
 @dataclass(frozen=True)
 class Answer:
+    """An HTTP answer (front.py writes it)."""
+
     status: int
     body: bytes
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,6 @@ class BarsRequest:
     market: str
     query: BarQuery
     base: str  # scheme://host the client reached, for next_url
-
-
-def is_rest(target: bytes) -> bool:
-    return target.startswith(REST_PREFIXES)
 
 
 def request_id() -> str:
@@ -78,7 +78,7 @@ def client_key(params: dict[str, str], headers: dict[str, str]) -> str | None:
 
 
 def route(
-    method: str, target: str, headers: dict[str, str], accepts: Any, served: tuple[str, ...]
+    method: str, target: str, headers: dict[str, str], accepts: Any, served: tuple[str, ...], origin: str = ""
 ) -> Answer | BarsRequest:
     """What to do with one REST request; ``accepts(key)`` checks a client token."""
     if method != "GET":
@@ -109,9 +109,9 @@ def route(
         )
     except QueryError as exc:
         return error(400, str(exc).removeprefix("history: "))
-    proto = headers.get("x-forwarded-proto", "http")
-    host = headers.get("host", "127.0.0.1")
-    return BarsRequest(market, query, f"{'https' if proto == 'https' else 'http'}://{host}")
+    if headers.get("x-forwarded-proto") == "https":  # behind nginx's TLS
+        origin = "https://" + origin.partition("://")[2]
+    return BarsRequest(market, query, origin or f"http://{headers.get('host', '127.0.0.1')}")
 
 
 def bars_answer(request: BarsRequest, bars: list[dict[str, Any]]) -> Answer:
@@ -143,3 +143,48 @@ def bars_answer(request: BarsRequest, bars: list[dict[str, Any]]) -> Answer:
             f"&sort={query.sort}&limit={query.limit}"
         )
     return Answer(200, orjson.dumps(body))
+
+
+Fetch = Callable[[str, BarQuery], Awaitable[list[dict[str, Any]]]]
+
+
+class RestEndpoint:
+    """The relay's REST answers: tokens, served markets, bars, a per-address limit, counts."""
+
+    def __init__(
+        self,
+        accepts: Callable[[str], bool],
+        served: tuple[str, ...],
+        fetch: Fetch | None,
+        allow: Callable[[str], bool],
+        responses: dict[int, int],
+    ) -> None:
+        self.accepts = accepts
+        self.served = served
+        self.fetch = fetch
+        self.allow = allow  # an address's REST requests within its budget
+        self.responses = responses  # by HTTP status
+
+    async def answer(
+        self, method: str, target: str, headers: dict[str, str], origin: str, peer: str
+    ) -> Answer:
+        answer = await self._answer(method, target, headers, origin, peer)
+        self.responses[answer.status] = self.responses.get(answer.status, 0) + 1
+        return answer
+
+    async def _answer(
+        self, method: str, target: str, headers: dict[str, str], origin: str, peer: str
+    ) -> Answer:
+        if not self.allow(peer):
+            return error(429, "too many requests from your address: slow down")
+        routed = route(method, target, headers, self.accepts, self.served, origin)
+        if isinstance(routed, Answer):
+            return routed
+        if self.fetch is None:
+            return error(503, "this relay has no REST source (no Massive key)")
+        try:
+            bars = await self.fetch(routed.market, routed.query)
+        except BarsError as exc:
+            status = {"rate_limited": 429, "upstream_429": 429, "not_found": 404}.get(exc.reason, 502)
+            return error(status, str(exc).removeprefix("history: "))
+        return bars_answer(routed, bars)

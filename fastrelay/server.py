@@ -41,10 +41,11 @@ from fastrelay import markets, protocol
 from fastrelay.addresses import AddressBook, AddressState
 from fastrelay.budget import BudgetLimits, ClientBudget, Reassembly, close_reply
 from fastrelay.closes import CLOSE_LABELS, CloseReason
-from fastrelay.front import FrontProtocol, RestService, picows_protocol_factory
+from fastrelay.front import FrontDoor, RestConnection, picows_protocol_factory
 from fastrelay.member import Member
 from fastrelay.origins import OriginPolicy
 from fastrelay.ratelimit import LogThrottle, TokenBucket
+from fastrelay.restapi import RestEndpoint
 from fastrelay.roles import Role
 from fastrelay.session import ClientSession, Deferred, HistoryLimits, Reply, SessionContext, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
@@ -615,13 +616,14 @@ class RelayServer:
                 bucket = per_address[address] = TokenBucket(rate, max(1.0, config.history_per_minute / 3))
             return bucket.take()
 
-        self.rest = RestService(
+        self.rest = RestEndpoint(
             self.tokens.accepts,
             config.markets,
             relay.bars.fetch if relay.bars else None,
             allow,
             self.stats.rest_responses,
         )
+        self.open_rest: set[RestConnection] = set()
         self.budget_limits = BudgetLimits(
             config.max_frames_per_second,
             config.frame_burst,
@@ -671,7 +673,7 @@ class RelayServer:
         # The front door (front.py): REST paths are served here, the rest is picows'.
         timeout = config.client_handshake_timeout
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FrontProtocol(make_picows, self.rest, timeout),
+            lambda: FrontDoor(make_picows, self.rest.answer, timeout, open_rest=self.open_rest),
             config.host,
             config.port,
             # Sized for reconnect storms: every browser of a restarted relay comes
@@ -732,8 +734,10 @@ class RelayServer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self.rest.tasks]:
+        for task in self._tasks:
             task.cancel()
+        for rest in list(self.open_rest):
+            rest.close()
         self.pings.stop()
         self.auth_deadline.stop()
         if self._metrics_server is not None:

@@ -91,11 +91,12 @@ class Reply:
 
 
 async def rest_get(sim: Simulator, path: str, headers: dict[str, str] | None = None) -> Reply:
-    """One raw HTTP GET on the simulator's port (the connection closes after it)."""
+    """One raw HTTP GET on the simulator's port, asking it to close the connection after."""
     reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
     try:
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\n{extra}\r\n".encode())
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\nConnection: close\r\n{extra}\r\n"
+        writer.write(head.encode())
         data = await asyncio.wait_for(reader.read(), TIMEOUT)
     finally:
         writer.close()
@@ -319,7 +320,9 @@ async def test_rest_over_tls_pages_on_https() -> None:
         assert sim.rest_url == f"https://127.0.0.1:{sim.port}"
         reader, writer = await asyncio.open_connection("127.0.0.1", sim.port, ssl=trusted)
         path = aggs_path("AAPL", 1, "minute", end - 10 * MINUTE, end - 1, limit=5)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\n\r\n".encode())
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{sim.port}\r\nConnection: close\r\n\r\n".encode()
+        )
         data = await asyncio.wait_for(reader.read(), TIMEOUT)
         writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError):

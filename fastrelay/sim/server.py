@@ -23,22 +23,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from picows import (
-    WSAutoPingStrategy,
     WSCloseCode,
     WSListener,
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 import fastrelay.sim.faults as faults
 from fastrelay import markets
+from fastrelay.front import FrontDoor, RestConnection, picows_protocol_factory
+from fastrelay.restapi import Answer as HttpAnswer
 from fastrelay.sim.config import SimulatorConfig
 from fastrelay.sim.connection import CLOSE_TIMEOUT, Connection
 from fastrelay.sim.feed import Feed, now_ms
-from fastrelay.sim.front import FrontDoor
-from fastrelay.sim.rest import Answer, RestApi
+from fastrelay.sim.rest import RestApi
 
 log = logging.getLogger("fastrelay.sim")
 
@@ -48,7 +47,8 @@ _MIN_TICK: Final = 0.001
 _MAX_TICK: Final = 0.05
 # Massive's own limit on client messages is small; a subscribe of thousands of channels still fits.
 _MAX_FRAME: Final = 4 * 1024 * 1024
-_PICOWS_LOG: Final = logging.getLogger("picows.server")
+# A connection's request line must come this soon (a slow head is dropped, as picows would).
+HEAD_TIMEOUT: Final = 5.0
 
 
 class Simulator:
@@ -75,7 +75,7 @@ class Simulator:
             for market in markets.MARKETS
         }
         self.rest = RestApi(self.config, self._feeds)
-        self._doors: set[FrontDoor] = set()
+        self._doors: set[RestConnection] = set()  # REST connections open, closed at stop
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -97,12 +97,17 @@ class Simulator:
                 return
             raise RuntimeError(f"simulator already listening on {self._host}:{self._port}")
         try:
-            self._websocket_protocol()
+            websocket = picows_protocol_factory(
+                self._route,
+                logger_name="sim",
+                enable_auto_pong=False,  # Connection answers pings itself (and not while stalled)
+                max_frame_size=_MAX_FRAME,
+            )
         except TypeError as exc:  # picows's constructor is not public API
-            raise RuntimeError(f"this picows cannot be driven by the simulator's front door: {exc}") from exc
+            raise RuntimeError(f"this picows cannot be driven by the front door: {exc}") from exc
         scheme = "https" if ssl_context is not None else "http"
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FrontDoor(self._answer_rest, self._websocket_protocol, self._doors, scheme),
+            lambda: FrontDoor(websocket, self._answer_rest, HEAD_TIMEOUT, scheme, self._doors),
             host,
             port,
             ssl=ssl_context,
@@ -131,8 +136,8 @@ class Simulator:
         if server is None:
             return
         server.close()
-        for door in list(self._doors):
-            door.close()
+        for rest in list(self._doors):
+            rest.close()
         conns = [conn for feed in self._feeds.values() for conn in feed.conns]
         if conns:
             self._all_gone = asyncio.get_running_loop().create_future()
@@ -232,32 +237,13 @@ class Simulator:
         except KeyError:
             raise ValueError(f"unknown market {market!r}; known: {', '.join(markets.MARKETS)}") from None
 
-    def _websocket_protocol(self) -> asyncio.BaseProtocol:
-        """A picows server protocol routed by ``_route``, as ``picows.ws_create_server`` makes them."""
-        protocol: asyncio.BaseProtocol = WSProtocol(
-            None,  # host and port: a server's
-            None,  # path: a server's
-            False,  # client side
-            self._route,
-            _PICOWS_LOG,
-            True,  # disconnect on an exception of a listener
-            5.0,  # WebSocket handshake timeout
-            False,  # auto ping
-            20.0,
-            20.0,
-            WSAutoPingStrategy.PING_WHEN_IDLE,
-            False,  # auto pong: Connection answers pings itself (and not while stalled)
-            _MAX_FRAME,
-            None,  # extra headers
-            16 * 1024,  # initial read buffer
-        )
-        return protocol
-
-    async def _answer_rest(self, method: str, target: str, headers: Mapping[str, str], origin: str) -> Answer:
+    async def _answer_rest(
+        self, method: str, target: str, headers: dict[str, str], origin: str, peer: str
+    ) -> HttpAnswer:
         answer = self.rest.answer(method, target, headers, origin)
         if answer.delay > 0:
             await asyncio.sleep(answer.delay)
-        return answer
+        return HttpAnswer(answer.status, answer.body, answer.content_type)
 
     def _route(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener | None:
         target = urlsplit(request.path.decode("latin-1"))
