@@ -147,6 +147,13 @@ class RelayConfig:
     role: str = "single"
     nats: str = "nats://127.0.0.1:4222"  # comma-separated servers; may carry credentials
     nats_prefix: str = "fastrelay"  # subjects' first tokens: one deployment per prefix
+    # How the NATS connection is secured (fastrelay/scaleout/natsauth.py): files, read at
+    # start-up; their paths are shown, their contents never.
+    nats_tls_ca: str | None = None  # trust this CA for tls:// servers (default: system store)
+    nats_tls_cert: str | None = None  # a client certificate, with nats_tls_key
+    nats_tls_key: str | None = None
+    nats_nkey_seed: str | None = None  # an NKey user seed (SU...)
+    nats_creds: str | None = None  # a .creds file: user JWT + NKey seed (operator mode)
     nats_granularity: str = "batch"  # ingest: "batch" (per frame and ev) or "event" (README)
     # ingest: what arrives within this many ms goes out as one message per subject
     # (0: per pass of the loop); edges add their own --flush-interval after it.
@@ -501,6 +508,13 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option("nats", str, "NATS servers of the ingest and edges, comma-separated", "nats"),
     Option("nats-prefix", str, "first tokens of every NATS subject of this deployment", "nats_prefix"),
+    Option(
+        "nats-tls-ca", str, "CA file to trust for tls:// NATS servers (default: system store)", "nats_tls_ca"
+    ),
+    Option("nats-tls-cert", str, "client certificate file for NATS (with --nats-tls-key)", "nats_tls_cert"),
+    Option("nats-tls-key", str, "private key file of --nats-tls-cert", "nats_tls_key"),
+    Option("nats-nkey-seed", str, "NKey user seed file (SU...) to authenticate to NATS", "nats_nkey_seed"),
+    Option("nats-creds", str, "NATS .creds file (user JWT + NKey seed) to authenticate with", "nats_creds"),
     Option(
         "nats-granularity",
         _one_of("batch", "event"),

@@ -41,6 +41,7 @@ from fastrelay import markets, protocol
 from fastrelay.addresses import AddressBook, AddressState
 from fastrelay.budget import BudgetLimits, ClientBudget, Reassembly, close_reply
 from fastrelay.closes import CLOSE_LABELS, CloseReason
+from fastrelay.front import FrontProtocol, RestService, picows_protocol_factory
 from fastrelay.member import Member
 from fastrelay.origins import OriginPolicy
 from fastrelay.ratelimit import LogThrottle, TokenBucket
@@ -600,6 +601,22 @@ class RelayServer:
         )
         self.connections: set[ClientConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # deferred answers waiting for REST bars
+        # REST aggregates at the client port (restapi.py): tokens as for WebSocket clients,
+        # and each address within the history rate.
+        per_address: dict[str, TokenBucket] = {}
+
+        def allow(address: str) -> bool:
+            bucket = per_address.get(address)
+            if bucket is None:
+                if len(per_address) > 10_000:
+                    per_address.clear()  # bounded: a flood of addresses forgets, not grows
+                rate = config.history_per_minute / 60.0
+                bucket = per_address[address] = TokenBucket(rate, max(1.0, config.history_per_minute / 3))
+            return bucket.take()
+
+        self.rest = RestService(
+            self.tokens.accepts, config.markets, relay.bars.fetch if relay.bars else None, allow
+        )
         self.budget_limits = BudgetLimits(
             config.max_frames_per_second,
             config.frame_burst,
@@ -635,10 +652,8 @@ class RelayServer:
 
     async def start(self) -> None:
         config = self.relay.config
-        self._server = await ws_create_server(
+        make_picows = picows_protocol_factory(
             self._route,
-            config.host,
-            config.port,
             websocket_handshake_timeout=config.client_handshake_timeout,
             logger_name="server",
             enable_auto_ping=False,  # PingSweeper does it with one timer
@@ -647,7 +662,13 @@ class RelayServer:
             # Memory per idle connection (docs/performance.md, "idle"): uvloop's own transport
             # and the smallest read buffer picows allows.
             read_buffer_init_size=1024,
-            use_aiofastnet=False,
+        )
+        # The front door (front.py): REST paths are served here, the rest is picows'.
+        timeout = config.client_handshake_timeout
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: FrontProtocol(make_picows, self.rest, timeout),
+            config.host,
+            config.port,
             # Sized for reconnect storms: every browser of a restarted relay comes
             # back within seconds (the kernel caps it at net.core.somaxconn).
             backlog=config.listen_backlog,
@@ -706,7 +727,7 @@ class RelayServer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self.rest.tasks]:
             task.cancel()
         self.pings.stop()
         self.auth_deadline.stop()

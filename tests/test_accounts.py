@@ -65,16 +65,18 @@ async def test_required_markets_are_waited_for_even_when_refused() -> None:
 
 
 async def test_no_market_live_is_never_ready_and_a_drop_is_503_at_once() -> None:
-    """Every market refused: not ready. A required market that drops: 503 at the next probe."""
+    """A required market refused: not ready. Once accepted and dropped: 503 at the next probe,
+    refused again or not."""
     async with Simulator(sim_config()) as sim:
         sim.auth_fail("options")
         sim.auth_fail("stocks")
-        async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
+        config = fast_relay_config(sim.base_url, "sim-key", required_markets=("stocks",))
+        async with running_relay(config) as relay:
             await wait_until(
                 lambda: all(f.refused is not None for f in relay.relay.feeds.values()), what="both refused"
             )
             status, body = await http_get(relay.port, "/readyz")
-            assert status == 503 and b"no market live" in body
+            assert status == 503 and b"upstream down: stocks" in body  # required, refused or not
             sim.auth_ok("options")
             sim.auth_ok("stocks")
             await wait_until(lambda: relay.ready, timeout=TIMEOUT * 2, what="ready once accepted")
@@ -267,3 +269,16 @@ def test_the_simulator_plays_a_plan_from_its_command_line() -> None:
     for bad in ("stocks=T,ZZ", "moon=T", "stocks", ""):
         with pytest.raises(ValueError):
             markets.parse_plan(bad)
+
+
+async def test_every_market_refused_is_never_ready() -> None:
+    """Refused markets are not waited for, but a relay with no market live at all is not ready."""
+    async with Simulator(sim_config()) as sim:
+        sim.auth_fail("options")
+        sim.auth_fail("stocks")
+        async with running_relay(fast_relay_config(sim.base_url, "sim-key")) as relay:
+            await wait_until(
+                lambda: all(f.refused is not None for f in relay.relay.feeds.values()), what="both refused"
+            )
+            status, body = await http_get(relay.port, "/readyz")
+            assert status == 503 and b"no market live" in body

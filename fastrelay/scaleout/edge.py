@@ -43,7 +43,7 @@ from fastrelay.feed import MASSIVE_REASONS, FeedStatistics
 from fastrelay.histogram import Histogram
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
-from fastrelay.scaleout import messages
+from fastrelay.scaleout import messages, natsauth
 from fastrelay.scaleout.fills import Fills
 from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import LAG_BOUNDS, EdgeCollector
@@ -114,7 +114,11 @@ class Edge:
         self.subjects = Subjects(config.nats_prefix)
         self.feeds: dict[str, EdgeFeed] = {}
         self.relay = Relay(config, make_feed=self._make_feed)
-        self.link = link or NatsLink(config.nats, f"fastrelay-edge-{config.instance_name}")
+        self.link = link or NatsLink(
+            config.nats,
+            f"fastrelay-edge-{config.instance_name}",
+            security=natsauth.connect_options(config),
+        )
         self.link.on_change(self._link_up, self._link_down)
         self.fills = Fills(
             self.relay.cache,
@@ -209,7 +213,8 @@ class Edge:
     def describe_config(config: RelayConfig) -> str:
         return (
             f"edge {config.instance_name}: listen {config.host}:{config.port}, markets "
-            f"{','.join(config.markets)}, NATS {redact(config.nats)} ({config.nats_prefix}), "
+            f"{','.join(config.markets)}, NATS {redact(config.nats)} "
+            f"({config.nats_prefix}, {natsauth.summary(config)}), "
             f"{tokens_summary(config)}"
         )
 

@@ -31,7 +31,7 @@ from fastrelay.framing import event_array_payloads
 from fastrelay.protocol import Channel, ChannelError, parse_channel
 from fastrelay.ratelimit import LogThrottle
 from fastrelay.relay import Relay
-from fastrelay.scaleout import election, messages
+from fastrelay.scaleout import election, messages, natsauth
 from fastrelay.scaleout.election import Election
 from fastrelay.scaleout.link import Link, NatsLink, received
 from fastrelay.scaleout.metrics import IngestCollector
@@ -60,7 +60,11 @@ class Ingest:
         self.subjects = Subjects(config.nats_prefix)
         self.granularity = config.nats_granularity
         self.registry = EdgeRegistry(config.peer_timeout)
-        self.link = link or NatsLink(config.nats, f"fastrelay-ingest-{config.instance_name}")
+        self.link = link or NatsLink(
+            config.nats,
+            f"fastrelay-ingest-{config.instance_name}",
+            security=natsauth.connect_options(config),
+        )
         self.link.on_change(self._link_up, self._link_down)
         # subject -> events waiting for the next publishing pass (in arrival order)
         self._pending: dict[str, list[RawEvent]] = {}
@@ -143,7 +147,8 @@ class Ingest:
     def describe_config(config: RelayConfig) -> str:
         return (
             f"ingest {config.instance_name} to NATS {redact(config.nats)} "
-            f"({config.nats_prefix}, {config.nats_granularity}), listen {config.host}:{config.port}, "
+            f"({config.nats_prefix}, {config.nats_granularity}, {natsauth.summary(config)}), "
+            f"listen {config.host}:{config.port}, "
             f"markets {','.join(config.markets)}, {upstreams_summary(config)}, {tokens_summary(config)}"
         )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -93,8 +93,12 @@ async def _nothing() -> None:
 
 
 class NatsLink:
-    def __init__(self, servers: str, name: str, ping_interval: float = 5.0) -> None:
+    def __init__(
+        self, servers: str, name: str, ping_interval: float = 5.0, security: Mapping[str, Any] | None = None
+    ) -> None:
         self.servers = [s.strip() for s in servers.split(",") if s.strip()]
+        # TLS context, NKey seed or .creds file: nats.connect's arguments (natsauth.connect_options).
+        self._security = dict(security or {})
         self.name = name
         self.client: Client | None = None
         self.stats = LinkStatistics()
@@ -148,6 +152,7 @@ class NatsLink:
                     closed_cb=self._closed,
                     # Our subjects are built from escaped tokens (subjects.py): valid by construction.
                     skip_subject_validation=True,
+                    **self._security,
                 )
             except Exception as exc:
                 delay = backoff.next_delay()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastrelay.config import ConfigError, RelayConfig, redact
+from fastrelay.scaleout import natsauth
 from fastrelay.scaleout.subjects import Subjects
 
 
@@ -10,6 +11,7 @@ def validate_scaleout(config: RelayConfig) -> None:
     for server in config.nats.split(","):
         if server.strip().split("://", 1)[0] not in ("nats", "tls") or "://" not in server:
             raise ConfigError(f"--nats={redact(config.nats)!r}: expected nats://HOST:PORT (comma-separated)")
+    natsauth.check(config)  # TLS, NKey and creds files: read now, not at the first connection
     try:
         Subjects(config.nats_prefix)
     except ValueError as exc:
