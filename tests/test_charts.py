@@ -10,6 +10,7 @@ Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,15 @@ from playwright.async_api import Browser, Page
 from fastrelay.sim import Simulator, SimulatorConfig
 from tests.test_browser import browser, new_page  # noqa: F401 - the Chromium fixture, shared
 from tests.utils import TIMEOUT
-from tests.webtools import ARTIFACTS, WEB_ROOT, RelayProcess, free_port, running_nginx, stopping, vendor_installed
+from tests.webtools import (
+    ARTIFACTS,
+    WEB_ROOT,
+    RelayProcess,
+    free_port,
+    running_nginx,
+    stopping,
+    vendor_installed,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +43,18 @@ LEGEND = re.compile(r"O [\d.]+ +H [\d.]+ +L [\d.]+ +C [\d.]+ +V [\d,]+")
 def relay_for(sim: Simulator, tmp_path: Path, *flags: str) -> RelayProcess:
     """A relay on the simulator, its REST history from the simulator's stand-in (as `fastrelay run`)."""
     rest = ["--rest-url", sim.http_url("")]
-    return RelayProcess(free_port(), sim.base_url, tmp_path / "relay.log", "--client-tokens", TOKEN, *rest, *flags)
+    return RelayProcess(
+        free_port(), sim.base_url, tmp_path / "relay.log", "--client-tokens", TOKEN, *rest, *flags
+    )
 
 
 async def chart_state(page: Page) -> dict[str, Any]:
     state: dict[str, Any] = await page.evaluate(
-        """() => { const d = window.dashboard, last = d.chart.lastBar();
-        return {count: d.chart.barCount(), last: last, tf: d.timeframe, symbol: d.symbol,
+        """() => { const d = window.dashboard, legend = document.getElementById('chart-legend');
+        return {count: d.chart.barCount(), last: d.chart.lastBar(), tf: d.timeframe, symbol: d.symbol,
                 requests: d.history.requests, loads: d.history.loads, inflight: !!d.loading.inflight,
-                starts: d.chart.bars().map(b => b.s), legend: document.getElementById('chart-legend').textContent,
-                hovered: document.getElementById('chart-legend').dataset.hovered}; }"""
+                starts: d.chart.bars().map(b => b.s), legend: legend.textContent,
+                hovered: legend.dataset.hovered}; }"""
     )
     return state
 
@@ -66,7 +77,7 @@ def assert_series(state: dict[str, Any], span: int | None) -> None:
     starts = state["starts"]
     assert starts == sorted(set(starts)), "candles out of order or a window twice"
     if span is not None:
-        assert all((b - a) % span == 0 for a, b in zip(starts, starts[1:], strict=False)), "off the grid"
+        assert all((b - a) % span == 0 for a, b in itertools.pairwise(starts)), "off the grid"
 
 
 async def test_chart_opens_full_with_history_then_goes_live(browser: Browser, tmp_path: Path) -> None:  # noqa: F811
@@ -114,7 +125,9 @@ async def test_chart_opens_full_with_history_then_goes_live(browser: Browser, tm
                 assert legends[0] != legends[1]
                 await page.screenshot(path=ARTIFACTS / "chart-crosshair.png")
                 await page.mouse.move(box["x"] + box["width"] / 2, box["y"] - 40)  # off the chart
-                await page.wait_for_function("document.getElementById('chart-legend').dataset.hovered === 'false'")
+                await page.wait_for_function(
+                    "document.getElementById('chart-legend').dataset.hovered === 'false'"
+                )
 
                 # Per-second candles: history again, then live bars keep coming after it.
                 before = state["requests"]

@@ -71,7 +71,9 @@ def nginx_binary() -> str:
 def vendor_installed() -> None:
     """Fail at once, saying what to run, when the chart library is not in the web root."""
     if not (WEB_ROOT / "vendor" / VENDOR_SCRIPT).is_file():
-        pytest.fail(f"{WEB_ROOT}/vendor/{VENDOR_SCRIPT} is missing: `make web-vendor` (or `make test`) installs it")
+        pytest.fail(
+            f"{WEB_ROOT}/vendor/{VENDOR_SCRIPT} is missing: `make web-vendor` (or `make test`) installs it"
+        )
 
 
 def chromium_binary() -> str:
