@@ -218,7 +218,8 @@ async def test_symbol_search_switches_the_chart_and_shows_refusals(browser: Brow
 
 async def test_candle_book_builds_live_candles_and_keeps_the_seam(browser: Browser) -> None:  # noqa: F811
     """candles.js alone: native bars replace or append, older ones are ignored; derived
-    candles (5m) start from the last history candle and take the live minute bars."""
+    candles (5m) start from the last history candle and take the live minute bars; with the
+    minutes of the last window, that candle is rebuilt and a minute is never counted twice."""
     page = await browser.new_page()
     await page.add_script_tag(path=str(WEB_ROOT / "candles.js"))
     result = await page.evaluate(
@@ -244,8 +245,18 @@ async def test_candle_book_builds_live_candles_and_keeps_the_seam(browser: Brows
             const b = Object.assign({}, five.live(bar('AM', 8*M, 9*M, 13, 13, 8, 9, 4)));
             const next = Object.assign({}, five.live(bar('AM', 10*M, 11*M, 9, 10, 8, 10, 3)));
             const stale = five.live(bar('AM', 9*M, 10*M, 1, 1, 1, 1, 1));
+
+            // With the minutes of the last window: they rebuild it; a live minute that REST had
+            // while it was forming replaces that partial minute instead of adding to it.
+            const seam = new CandleBook(TIMEFRAMES['5m']);
+            seam.load(history, [bar('AM', 4*M, 5*M, 9, 9, 9, 9, 7),   // before the window: left out
+                                bar('AM', 5*M, 6*M, 11, 14, 10, 13, 20),
+                                bar('AM', 6*M, 7*M, 13, 13, 12, 12, 3)]);  // partial, as REST had it
+            const rebuilt = Object.assign({}, seam.bars[1]);
+            const completed = Object.assign({}, seam.live(bar('AM', 6*M, 7*M, 13, 15, 12, 15, 8)));
             return {nativeLoaded, replaced, older, appended, count: native.bars.length,
-                    kinds, a, again, b, next, stale, starts: five.bars.map(x => x.s)};
+                    kinds, a, again, b, next, stale, starts: five.bars.map(x => x.s),
+                    rebuilt, completed, seamStarts: seam.bars.map(x => x.s)};
         }"""
     )
     minute = 60_000
@@ -259,6 +270,9 @@ async def test_candle_book_builds_live_candles_and_keeps_the_seam(browser: Brows
     assert result["b"] == {"s": 5 * minute, "o": 11, "h": 16, "l": 8, "c": 9, "v": 60}
     assert result["next"] == {"s": 10 * minute, "o": 9, "h": 10, "l": 8, "c": 10, "v": 3}
     assert result["stale"] is None and result["starts"] == [0, 5 * minute, 10 * minute]
+    assert result["rebuilt"] == {"s": 5 * minute, "o": 11, "h": 14, "l": 10, "c": 12, "v": 23}
+    assert result["completed"] == {"s": 5 * minute, "o": 11, "h": 15, "l": 10, "c": 15, "v": 28}
+    assert result["seamStarts"] == [0, 5 * minute]
     await page.close()
 
 

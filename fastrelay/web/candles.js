@@ -5,10 +5,11 @@
  *   1s  A   native: the relay's per-second aggregates are the candles, history and live alike
  *   1m  AM  native: the per-minute aggregates are the candles
  *   5m, 1h, 1D  derived: the history is Massive's bars of that length (the relay's `history`
- *       with timespan/multiplier on the AM channel, from REST); the LIVE candles are built
- *       here, in CandleBook.live(), from the live per-minute bars (AM): each minute bar is put
- *       into the candle of its window (open of the first minute, high/low over all, close of
- *       the last, volumes summed), the last history candle being the base of the one forming.
+ *       with timespan/multiplier on the AM channel, from REST), then the minute bars of the
+ *       last candle's window (a second `history`, timespan minute, from its start); the LIVE
+ *       candles are built here, in CandleBook.live(), from the live per-minute bars (AM): each
+ *       minute bar is put into the candle of its window (open of the first minute, high/low
+ *       over all, close of the last, volumes summed; a minute sent again replaces itself).
  *
  * A bar is {s, o, h, l, c, v}: s the window start in Unix ms. A bar for the window of the last
  * candle replaces it (native) or updates it (derived); one for a later window appends; one for
@@ -89,8 +90,12 @@
       return ev.ev === this.tf.ev && (span === null || span < this.tf.span / 2);
     }
 
-    /** Replace everything with history (any order; a window given twice: the later wins). */
-    load(events) {
+    /** Replace everything with history: ``events`` the candles (any order; a window given
+     * twice: the later wins) and, for a derived timeframe, ``minutes``: the minute bars from the
+     * last candle's start on (REST's, joined by the relay with its live ones). Those rebuild the
+     * last candle exactly, and the live minutes after them replace theirs by start: a minute
+     * REST had while it was still forming is counted once, in its final form. */
+    load(events, minutes) {
       const byStart = new Map();
       for (const ev of events) if (usable(ev)) byStart.set(ev.s, toBar(ev));
       this.bars = Array.from(byStart.values()).sort((a, b) => a.s - b.s);
@@ -98,6 +103,13 @@
       this._anchor = last ? last.s : 0;
       this._base = last ? Object.assign({}, last) : null;
       this._minutes = new Map();
+      if (!this.tf.native && minutes && minutes.length) {
+        const byMinute = new Map();
+        for (const m of minutes) if (usable(m)) byMinute.set(m.s, m);
+        const sorted = Array.from(byMinute.values()).sort((a, b) => a.s - b.s);
+        if (last && sorted.some((m) => this.windowOf(m.s) === last.s)) this._base = null;
+        for (const m of sorted) if (!last || this.windowOf(m.s) >= last.s) this.live(m);
+      }
       return this.bars;
     }
 

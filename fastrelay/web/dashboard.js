@@ -135,12 +135,22 @@
   // "history: CHANNEL (N events)" status, and two requests of one channel (AM.X for 1m, then
   // for 5m) would be told apart by nothing. A switch while one is out marks it stale and asks
   // again once its answer is in. While a request is out, the bars of the chart's channel are
-  // collected (native timeframes: history and live alike, de-duplicated by start; derived:
-  // the REST bars, and the live minute bars are left out, REST's candles hold them already);
-  // the answer replaces the series, and from then on each live bar updates it (candles.js).
+  // collected: native timeframes (1s, 1m) take history and live bars alike, de-duplicated by
+  // start. Derived ones (5m, 1h, 1D) ask twice: their candles (REST), then the minute bars
+  // from the last candle's start, which rebuild that candle exactly (candles.js); minute bars
+  // arriving during the first request are left out (the second answer has them). The answer
+  // replaces the series; from then on each live bar updates it (CandleBook.live).
 
   const loading = { inflight: null, again: false };
   const historyStats = { loads: [], firstFullAt: null, requests: 0 };
+
+  function sendHistory(request, options) {
+    if (!client.history(request.label, options)) return false;
+    historyStats.requests += 1;
+    clearTimeout(request.timer);
+    request.timer = setTimeout(() => finishHistory(request, "no history answer from the relay"), HISTORY_TIMEOUT);
+    return true;
+  }
 
   function requestHistory() {
     if (client.state !== "live") return;
@@ -149,15 +159,24 @@
       return;
     }
     const tf = TIMEFRAMES[chartTf];
-    const label = `${tf.ev}.${chartSymbol}`;
+    const request = { label: `${tf.ev}.${chartSymbol}`, tf: chartTf, symbol: chartSymbol, phase: "candles" };
+    Object.assign(request, { events: [], minutes: [], problem: null, timer: 0, sentAt: performance.now() });
     const options = tf.native ? undefined : { timespan: tf.timespan, multiplier: tf.multiplier };
-    if (!client.history(label, options)) return;
-    historyStats.requests += 1;
-    const request = { label: label, tf: chartTf, symbol: chartSymbol, events: [], problem: null };
-    request.sentAt = performance.now();
-    request.timer = setTimeout(() => finishHistory(request, "no history answer from the relay"), HISTORY_TIMEOUT);
+    if (!sendHistory(request, options)) return;
     loading.inflight = request;
-    $("chart-status").textContent = `loading ${label}${options ? ` ${tf.key}` : ""} history…`;
+    $("chart-status").textContent = `loading ${request.label} ${tf.key} history…`;
+  }
+
+  /** The answer's status is in: load it (derived timeframes: after the minutes of the last
+   * candle, asked now). */
+  function answered(request) {
+    if (request.phase === "candles" && !request.stale && !book.tf.native) {
+      const last = request.events.reduce((s, ev) => (ev.s > s ? ev.s : s), -Infinity);
+      const from = last > -Infinity ? last : Date.now() - book.tf.span;
+      request.phase = "minutes";
+      if (sendHistory(request, { timespan: "minute", multiplier: 1, from: Math.max(0, Math.floor(from)) })) return;
+    }
+    finishHistory(request, request.problem);
   }
 
   function finishHistory(request, problem) {
@@ -165,7 +184,7 @@
     clearTimeout(request.timer);
     loading.inflight = null;
     if (!request.stale) {
-      book.load(request.events);
+      book.load(request.events, request.minutes);
       chart.setBars(book.bars);
       const n = chart.barCount();
       if (n <= VIEW_CANDLES) chart.fit();
@@ -196,7 +215,9 @@
     if (ev.sym !== chartSymbol) return;
     const request = loading.inflight;
     if (request) {
-      if (!request.stale && book.isCandle(ev)) request.events.push(ev);
+      if (request.stale) return;
+      if (request.phase === "candles" && book.isCandle(ev)) request.events.push(ev);
+      else if (request.phase === "minutes" && book.isLiveBar(ev)) request.minutes.push(ev);
       return;
     }
     if (!book.isLiveBar(ev)) return;
@@ -213,7 +234,7 @@
     if (status.status === "success") {
       const m = /^history: (\S+) \((\d+) events\)/.exec(message);
       if (!m || m[1] !== request.label) return "";
-      finishHistory(request, request.problem);
+      answered(request);
       return "done";
     }
     if (status.status !== "error") return "";
@@ -221,7 +242,8 @@
       request.problem = message.replace(/ \([^)]*\)$/, "");
       return "problem";
     }
-    if (message.startsWith("history") || message.includes(request.label)) {
+    // Refused as a whole: no bars and no success status follow.
+    if (message.startsWith("history") || (message.startsWith("invalid channel") && message.includes(request.label))) {
       finishHistory(request, message);
       return "refused";
     }
@@ -258,8 +280,9 @@
     } else if (status.status === "success" && up && feedsDown.delete(up[1])) {
       renderConnDetail(null);
     } else if (status.status === "error") {
-      // A channel of the chart's symbol refused (a market this relay does not serve, ...).
-      if (message.includes(`.${chartSymbol}`)) showSymbolError(message, true);
+      // A channel of the chart's symbol refused (a market this relay does not serve, ...);
+      // a history answer's problems are the chart's (shown under it).
+      if (message.includes(`.${chartSymbol}`) && !message.startsWith("history")) showSymbolError(message, true);
       else console.warn("fastrelay:", message);
     }
   });
@@ -408,7 +431,8 @@
     const legend = $("chart-legend");
     legend.dataset.hovered = String(!!hovered);
     if (!bar) {
-      legend.textContent = "";
+      legend.textContent = loading.inflight ? "loading…" : "no candles yet";
+      legend.classList.remove("up", "down");
       return;
     }
     const change = previous ? bar.c - previous.c : bar.c - bar.o;
