@@ -324,9 +324,10 @@
   function onAggregate(ev) {
     lastEventAt = Date.now();
     onChartAggregate(ev);
-    // The cards take the live aggregates (and their last values); longer bars are the chart's
-    // history (5m, 1h, 1D), whose window may end in the future.
+    // The cards take the live aggregates (and their last values), not the chart's history:
+    // while a history request of that symbol is out its bars are the answer's.
     if (!TICKERS.includes(ev.sym) && ev.sym !== UNDERLYING) return;
+    if (loading.inflight && loading.inflight.symbol === ev.sym) return;
     if (typeof ev.e === "number" && ev.e - ev.s > 60000) return;
     const q = stock(ev.sym);
     if (typeof ev.op === "number") q.open = ev.op;
