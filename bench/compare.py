@@ -51,6 +51,20 @@ MEASURES = (
     Measure("recovery ms", lambda s: float(s["recovery_ms"]["median"]), False, 1.0, ("reconnect",)),
     Measure("slow dropped", lambda s: float(s["slow_dropped"]), True, 0.0, ("slow",)),
     Measure("peak RSS MiB", lambda s: float(s["window_peak_rss_mib"]), False, 0.05, ("abuse",)),
+    Measure(
+        "failover ms p50",
+        lambda s: float(s["failover"]["time_to_data_ms"]["p50"]),
+        False,
+        0.25,
+        ("scaleout-failover",),
+    ),
+    Measure(
+        "failover ms p99",
+        lambda s: float(s["failover"]["time_to_data_ms"]["p99"]),
+        False,
+        0.5,
+        ("scaleout-failover",),
+    ),
 )
 
 
@@ -86,6 +100,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
         for measure in MEASURES:
             if measure.scenarios and old["scenario"] not in measure.scenarios:
                 continue
+            if "failover" in old and not measure.scenarios:
+                continue  # a failover window's rates and CPU follow its outage: only its own measures
             try:
                 x, y = measure.read(old), measure.read(new)
             except (KeyError, TypeError, ValueError):

@@ -6,7 +6,9 @@ stdin/stdout with one JSON object per line:
     stdin   {"url": ..., "clients": [["T.*", "probe"], ["T.*", "count", url], ...], ...}   (the spec)
     stdout  {"type": "ready", ...}                        (all subscribed, or given up)
     stdin   {"cmd": "window", "start_ns": ..., "end_ns": ...}   (a measured window)
-    stdin   {"cmd": "mark", "ns": ...}                     (optional, inside a window: an upstream drop)
+    stdin   {"cmd": "mark", "ns": ...}                     (optional, inside a window: an upstream drop,
+                                                          or a leader ingest's death: events sent from
+                                                          then on came through the next leader)
     stdout  {"type": "result", ...}                       (after end_ns + grace)
     ...     more windows (a rising-rate ladder runs several on one set of connections)
     stdin   {"cmd": "stop"} or end of file                 (the parent is done, or gone)
@@ -36,6 +38,19 @@ Client modes, so that the load generator is never the bottleneck:
 * ``slow``: subscribes, then stops reading at the window start (and shrinks
   its receive buffer so the backlog builds in the server, not in the kernel);
   reads again at the window end, to see whether the server dropped it.
+
+Around an outage (the scale-out's failover scenario) the probes also keep, per client, every
+``feed interrupted`` and ``feed restored`` status with its arrival time, and the arrival of the
+first event the simulator sent after an ``interrupted`` status arrived (``data``: the relay's
+source had stopped before it said so, so that event came through its next source), and check
+the order of each channel's ``q``: a ``q`` not above the highest seen is a duplicate
+(``dup_q``); a gap is explained (``gaps_in_outage``) when an outage ended (a ``restored``
+status) between the channel's previous event and this one, else it is a loss
+(``gaps_unexplained``).
+An event received between an ``interrupted`` and its ``restored`` is either sent after the
+``interrupted`` (``data_in_outage``: data before ``restored``, which relays must not do) or
+before it (``old_after_interrupted``: events the relay held, e.g. in its flush window, and
+wrote after the status).
 """
 
 from __future__ import annotations
@@ -118,6 +133,12 @@ class Totals:
     # any probe client here: the parent's union of these gives what was sent.
     ranges: dict[str, list[int]] = field(default_factory=dict)
     mark_ns: int = 0  # the upstream drop, if any (0: none)
+    # Order of each channel's q around outages (probes, in-window events).
+    dup_q: int = 0  # a q not above the highest seen on its channel (a duplicate, or older)
+    gaps_in_outage: int = 0  # missing q across an outage (a restored status since the channel's last event)
+    gaps_unexplained: int = 0  # missing q with no outage between
+    data_in_outage: int = 0  # events sent after an interrupted status, received before its restored
+    old_after_interrupted: int = 0  # events sent before an interrupted status, received after it
 
 
 class LoadClient(WSListener):
@@ -129,15 +150,21 @@ class LoadClient(WSListener):
         "expected_acks",
         "failed",
         "last_q",
+        "max_q",
         "mode",
+        "outage_since",
         "params",
         "process",
         "received",
         "recovered_ns",
+        "restorations",
+        "restored_at",
         "seen_after_mark",
+        "statuses",
         "stopping",
         "subscribed",
         "transport",
+        "waiting_since",
     )
 
     def __init__(self, process: Process, params: str, mode: str, on_settled: Any) -> None:
@@ -153,6 +180,15 @@ class LoadClient(WSListener):
         self.last_q: dict[str, int] = {}
         self.recovered_ns = 0  # arrival of the first event sent after the mark
         self.seen_after_mark: set[str] = set()
+        # Outages as the client sees them: feed interrupted / feed restored statuses, and the
+        # first event sent after an interrupted status: ("interrupted" | "restored" | "data",
+        # arrival ns), this window.
+        self.statuses: list[tuple[str, int]] = []
+        self.restorations = 0  # restored statuses since the start (outages ended)
+        self.outage_since = 0  # arrival of the interrupted status not yet followed by restored (0: none)
+        self.waiting_since = 0  # arrival of an interrupted status no event sent after it has followed
+        self.max_q: dict[str, int] = {}  # the highest q seen per channel
+        self.restored_at: dict[str, int] = {}  # self.restorations when the channel's last event came
         self.transport: WSTransport | None = None
         self._on_settled = on_settled  # called once, when subscribed or failed
 
@@ -181,7 +217,7 @@ class LoadClient(WSListener):
             if not payload.startswith(_FRAME_HEAD):
                 for event in _decode(payload):
                     if event.ev == "status":
-                        self._status(event)
+                        self._status(event, now)
             return
         totals = self.process.totals
         start, end = totals.window
@@ -219,7 +255,7 @@ class LoadClient(WSListener):
             sent = event.sim_ns
             if sent is None:
                 if event.ev == "status":
-                    self._status(event)
+                    self._status(event, now)
                 else:
                     totals.unstamped += 1
                 continue
@@ -238,7 +274,12 @@ class LoadClient(WSListener):
                 continue
             previous = last_q.get(sym)
             last_q[sym] = q
-            if start <= sent < end:
+            inside = start <= sent < end
+            if self.waiting_since and sent >= self.waiting_since:
+                self.waiting_since = 0
+                self.statuses.append(("data", now))
+            self._order(sym, q, sent, inside)
+            if inside:
                 counted += 1
                 us = (now - sent) // 1000
                 key = latency_bucket(us)
@@ -268,6 +309,29 @@ class LoadClient(WSListener):
             if record:
                 totals.probe_received += counted
 
+    def _order(self, sym: str, q: int, sent: int, inside: bool) -> None:
+        """Duplicates, gaps inside or outside an outage (the statuses), data between interrupted
+        and restored; counted for events sent inside the window (``inside``), followed for all."""
+        totals = self.process.totals
+        top = self.max_q.get(sym)
+        if inside:
+            if self.outage_since:
+                if sent >= self.outage_since:
+                    totals.data_in_outage += 1
+                else:
+                    totals.old_after_interrupted += 1
+            if top is not None:
+                if q <= top:
+                    totals.dup_q += 1
+                elif q > top + 1:
+                    if self.restorations > self.restored_at.get(sym, 0):
+                        totals.gaps_in_outage += q - top - 1
+                    else:
+                        totals.gaps_unexplained += q - top - 1
+        if top is None or q > top:
+            self.max_q[sym] = q
+        self.restored_at[sym] = self.restorations
+
     def _handshake(self, events: list[_Event]) -> None:
         transport = self.transport
         assert transport is not None
@@ -285,13 +349,22 @@ class LoadClient(WSListener):
                     self.subscribed = True
                     self._on_settled()
             else:
-                self._status(event)
+                self._status(event, time.time_ns())
                 self.failed = f"{status}: {event.message}"
                 self._on_settled()
                 return
 
-    def _status(self, event: _Event) -> None:
+    def _status(self, event: _Event, now: int) -> None:
         totals = self.process.totals
+        message = event.message or ""
+        if " feed interrupted" in message:
+            self.outage_since = self.outage_since or now
+            self.waiting_since = self.waiting_since or now
+            self.statuses.append(("interrupted", now))
+        elif " feed restored" in message:
+            self.outage_since = 0
+            self.restorations += 1
+            self.statuses.append(("restored", now))
         if event.status == "slow_consumer":
             totals.slow_consumer += 1
         if event.status != "success" and len(totals.errors) < 10:
@@ -446,6 +519,7 @@ async def _measure(
         client.received = 0
         client.recovered_ns = 0
         client.seen_after_mark = set()
+        client.statuses = []
     slow = [c for c in process.clients if c.mode == "slow" and c.subscribed]
 
     def pause_all() -> None:
@@ -521,6 +595,18 @@ async def _measure(
             "ranges": totals.ranges,
             "recovered_ns": recovered,
             "not_recovered": sum(1 for c in measured if totals.mark_ns and not c.recovered_ns),
+            "dup_q": totals.dup_q,
+            "gaps_in_outage": totals.gaps_in_outage,
+            "gaps_unexplained": totals.gaps_unexplained,
+            "data_in_outage": totals.data_in_outage,
+            "old_after_interrupted": totals.old_after_interrupted,
+            # Per measured client: the first event sent after the mark (arrival, 0: none), and
+            # its outage statuses in this window, [kind, arrival ns].
+            "clients": [
+                {"recovered_at_ns": c.recovered_ns, "statuses": c.statuses}
+                for c in measured
+                if c.mode == "probe"
+            ],
         }
     )
 

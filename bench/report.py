@@ -19,7 +19,7 @@ import orjson
 SCENARIO_ORDER = (
     "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect", "abuse",
     "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
-    "scaleout-sharded", "scaleout-sharded-batched",
+    "scaleout-sharded", "scaleout-sharded-batched", "scaleout-failover",
 )  # fmt: skip
 SERVER_ORDER = ("fastrelay", "scaleout", "websockets", "node-ws", "ceiling")
 FASTRELAY = "fastrelay"  # the relay with its default settings: what the targets are about
@@ -32,6 +32,9 @@ SPARSE_CPU_RATIO = 1 / 2
 IDLE_KIB_PER_CONNECTION = 10.0
 IDLE_CONNECTIONS = 10_000
 SLOW_P99_RATIO = 2.0
+# Failover: time from the leader's signal to the clients' first data through the next leader, p99.
+FAILOVER_P99_MS = {"kill-9": 3000.0, "sigterm": 1000.0}
+FAILOVER_NAMES = {"kill-9": "kill -9", "sigterm": "SIGTERM"}
 
 
 def _sort_key(summary: dict[str, Any]) -> tuple[int, float, int, str]:
@@ -91,9 +94,14 @@ def _is_abuse(summary: dict[str, Any]) -> bool:
     return "attack" in summary
 
 
+def _is_failover(summary: dict[str, Any]) -> bool:
+    """A failover window (the leader ingest stopped in it): printed in a table of its own."""
+    return "failover" in summary
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
     """The main table: one line per scenario, rate step and server (the abuse windows apart)."""
-    summaries = [s for s in summaries if not _is_abuse(s)]
+    summaries = [s for s in summaries if not _is_abuse(s) and not _is_failover(s)]
     if not summaries:
         return ""
     columns: list[Column] = [
@@ -196,7 +204,7 @@ def scaleout(summaries: list[dict[str, Any]]) -> str:
 
     Every (scenario, step) that has a scale-out server, with every server run on it.
     """
-    groups = _by(ordered(summaries))
+    groups = _by(ordered(s for s in summaries if not _is_failover(s)))
     chosen = [
         s
         for servers in groups.values()
@@ -312,6 +320,62 @@ def abuse(summaries: list[dict[str, Any]]) -> str:
         "close code it read (-: none, a reset or no close), cut off s (first byte sent to the close or\n"
         "reset), ran s (its process, start to exit), bytes sent and got back, statuses it read.\n"
         + "\n".join(lines)
+    )
+
+
+def _ms3(found: dict[str, Any]) -> str:
+    """p50 / p99 / max of pooled times, ms."""
+    return " / ".join(_fmt(found[k], ".0f") for k in ("p50", "p99", "max"))
+
+
+def failover(summaries: list[dict[str, Any]]) -> str:
+    """The failover scenario: per way of stopping the leader, the clients' times to the next
+    leader's data and to `feed restored`, pooled over every client of every run, and the checks."""
+    rows = [s for s in ordered(summaries) if _is_failover(s)]
+    if not rows:
+        return ""
+    header = (
+        f"{'stopped by':<10}  {'server':<9}  runs  {'time to data ms':>17}  {'to restored ms':>17}  "
+        f"{'to interrupted ms':>17}  exit ms  no data  dup q  gaps in / out  new / old data in outage"
+    )
+    lines = [header, "-" * len(header)]
+    runs_lines = []
+    for s in rows:
+        f = s["failover"]
+        name = FAILOVER_NAMES.get(f["mode"], f["mode"])
+        lines.append(
+            f"{name:<10}  {s['server']:<9}  {f['runs']:>4}  {_ms3(f['time_to_data_ms']):>17}  "
+            f"{_ms3(f['time_to_restored_ms']):>17}  {_ms3(f['time_to_interrupted_ms']):>17}  "
+            f"{_fmt(f['exit_ms']['median'], '.0f'):>7}  {f['not_recovered']:>7}  {f['dup_q']:>5}  "
+            f"{f['gaps_in_outage']:>6} / {f['gaps_unexplained']:<4}  "
+            f"{f['data_in_outage']:>10} / {f['old_after_interrupted']:<4}"
+        )
+        slowest = " ".join(_fmt(v, ".0f") for v in f["time_to_data_ms"]["per_run_max"])
+        edges = f["edges"]
+        drops = ", ".join(
+            f"{k.removeprefix('dropped_')} {v:.0f}"
+            for k, v in sorted(edges.items())
+            if k.startswith("dropped_")
+        )
+        runs_lines.append(
+            f"  {name}: slowest client per run (ms) {slowest}; edges dropped {drops or '-'}; "
+            f"leader changes the edges followed {edges.get('leader_changes', 0):.0f}; interrupted "
+            f"statuses {f['interruptions']} for {f['clients']} clients"
+        )
+    first = rows[0]
+    return (
+        f"Failover ({first['server']}: nats-server + 2 ingests, a leader and its standby, + 2 edges;\n"
+        f"{first['clients']:.0f} clients on T.* at {first['t_rate']:,.0f} T/s; the leader stopped 1 s into "
+        f"each {first['window_s']:g} s window, by kill -9 or SIGTERM).\n"
+        "Per client, from the signal, pooled over all runs (p50 / p99 / max): to data = the first event\n"
+        "the simulator sent after the client's `feed interrupted` arrived (the old leader had stopped\n"
+        "relaying before: that event came through the new one); to restored / interrupted = the first\n"
+        "`feed restored` / `feed interrupted` status. exit ms: signal to the old leader's exit (median);\n"
+        "no data: clients without data by the window's end; dup q: a q not above the highest of its\n"
+        "channel (must be 0); gaps in / out: q missing across an outage / outside one (must be 0);\n"
+        "new / old data in outage: events between interrupted and restored sent after / before the\n"
+        "interrupted status (new must be 0; old: events the edge held in its flush window and wrote\n"
+        "after the status).\n" + "\n".join(lines + runs_lines)
     )
 
 
@@ -495,6 +559,29 @@ def targets(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 SLOW_P99_RATIO,
             )
         )
+    # 6. failover: time to the next leader's data, p99 over every client of every run.
+    for s in summaries:
+        if not _is_failover(s):
+            continue
+        f = s["failover"]
+        limit = FAILOVER_P99_MS.get(f["mode"])
+        if limit is None:
+            continue
+        p99 = f["time_to_data_ms"]["p99"]
+        how = FAILOVER_NAMES.get(f["mode"], f["mode"])
+        clean = f["not_recovered"] == 0 and f["dup_q"] == 0 and f["gaps_unexplained"] == 0
+        clean = clean and f["data_in_outage"] == 0
+        found.append(
+            _target(
+                f"failover, {how}: time to data p99 < {limit / 1000:g} s",
+                p99 < limit and clean,
+                f"p99 {p99:.0f} ms ({_margin(p99, limit)}), max {f['time_to_data_ms']['max']:.0f} ms over "
+                f"{f['time_to_data_ms']['samples']} clients x runs; {f['not_recovered']} without data, "
+                f"{f['dup_q']} duplicate q, {f['gaps_unexplained']} q missing outside an outage",
+                p99,
+                limit,
+            )
+        )
     return found
 
 
@@ -563,13 +650,21 @@ def render(result: dict[str, Any], output: Path | str) -> str:
     machine = result["machine"]
     summaries = result["summary"]
     options = result["options"]
+    # --repeats, or each scenario's own number (bench/scenarios.py, repeats_of).
+    counts = sorted({int(s["repeats"]) for s in summaries if "repeats" in s})
+    if options["repeats"]:
+        repeats = str(options["repeats"])
+    elif counts:
+        repeats = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    else:
+        repeats = "-"
     out = [
         f"\nfastrelay bench {result['date']}  commit {result['git']['commit'][:10]}"
         f"{' (dirty tree)' if result['git']['dirty'] else ''}  {machine['nproc']} CPUs {machine['cpu_model']}"
         f"  {machine['kernel']}  python {result['python']}  node {result.get('node') or '-'}",
         f"command: {result.get('command', '')}",
         f"windows of {options['duration']:g} s ({options['warmup']:g} s warm-up, "
-        f"{options['settle']:g} s after a rate change), medians of {options['repeats']} run(s)\n",
+        f"{options['settle']:g} s after a rate change), medians of {repeats} run(s)\n",
     ]
     main_table = table(summaries)
     if main_table:  # empty when only the abuse scenario ran
@@ -577,6 +672,7 @@ def render(result: dict[str, Any], output: Path | str) -> str:
     blocks = (
         ratios(summaries),
         scaleout(summaries),
+        failover(summaries),
         details(summaries),
         abuse(summaries),
         targets_block(result.get("targets", [])),

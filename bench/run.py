@@ -20,6 +20,16 @@ a nats-server, ``fastrelay ingest`` on the simulator and two ``fastrelay edge``
 the clients are split over; CPU, memory and logs are taken per process and
 summed, and nats-server's /varz counts the NATS traffic of the window.
 
+The failover scenario (``scaleout-failover``) runs two ingests, a leader and its
+hot standby, and has no rate ladder: one window per way of stopping the leader
+(kill -9, then SIGTERM; ``Run._failover``). FAILOVER_AT s into each window the
+bench finds the leader (``fastrelay_ingest_leader`` on each ingest's /metrics),
+stops it, waits for its exit and tells the clients; they time the first event
+the simulator sent after that exit (it can only have come through the new
+leader) and their ``feed interrupted`` / ``feed restored`` statuses, and check
+each channel's ``q`` (no duplicate; gaps only across an interruption). Between
+windows the stopped ingest is started again, as the new standby.
+
 The abuse scenario has no rate ladder: one window without attack, then one
 per attack class of bench/attacks.py, each attacker a process of its own
 started at its window's start (``Run._abuse``), with the relay's peak RSS
@@ -35,6 +45,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import math
 import os
 import re
 import resource
@@ -45,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +67,9 @@ from bench.procs import Child
 from bench.scenarios import (
     ABUSE_HISTORY_SYMBOL,
     COMPANIONS,
+    DEFAULT_REPEATS,
     DEFAULT_SCENARIOS,
+    FAILOVER_AT,
     GROUPS,
     SCENARIOS,
     Config,
@@ -82,6 +95,10 @@ SATURATED_P99_MS = 1000.0
 ABUSE_MIN_WINDOW = 3.0
 ATTACK_TAIL = 1.0
 ATTACK_TIMEOUT = 60.0  # an attacker still running this long after its window started is stopped
+# The failover scenario: how long the stopped leader may take to exit, and the leader, the
+# edges following it and the market live (before each window) to settle.
+FAILOVER_EXIT_TIMEOUT = 15.0
+FAILOVER_SETTLE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -189,7 +206,7 @@ def nats_varz(url: str | None) -> dict[str, int]:
 
 @dataclass
 class Deployment:
-    """The server under test as processes: one (fastrelay, a peer), or the scale-out's four."""
+    """The server under test as processes: one (fastrelay, a peer), or the scale-out's four (or more)."""
 
     parts: dict[str, Child]  # name -> process (CPU, memory, logs are taken per part)
     ports: list[int]  # the listeners the clients are split over (the scale-out's edges)
@@ -197,6 +214,9 @@ class Deployment:
     primary: Child  # the process --profile records
     fastrelay: bool  # fastrelay's processes (/metrics), not a peer (/stats)
     nats_monitor: str | None = None  # nats-server's monitoring URL
+    ingests: tuple[str, ...] = ()  # the scale-out's ingest parts
+    argv: dict[str, list[str]] = field(default_factory=dict)  # part -> its command (a restart)
+    retired: list[Child] = field(default_factory=list)  # stopped parts (their logs still count)
 
     @property
     def running(self) -> bool:
@@ -310,6 +330,7 @@ class Run:
         self.children: list[Child] = []
         self.clients: list[Child] = []
         self.cpus = len(os.sched_getaffinity(0))
+        self.temp_dirs: list[str] = []  # removed once every process is stopped (JetStream's store)
 
     def _cpus(self, server: bool) -> set[int] | None:
         # With --pin the server gets core 0 alone and everything else shares the rest.
@@ -333,6 +354,8 @@ class Run:
             last = [c for c in self.children if c.name == "nats"]
             await procs.stop_all([c for c in self.children if c not in last])
             await procs.stop_all(last)
+            for path in self.temp_dirs:
+                shutil.rmtree(path, ignore_errors=True)
 
     async def _start_server(self, server_spec: Server, sim_port: int, ports: list[int]) -> Deployment:
         """The server under test, ready (``/readyz`` 200 on every process that has one)."""
@@ -356,14 +379,20 @@ class Run:
         binary = nats_server()
         if binary is None:
             raise RuntimeError("nats-server is not installed")
-        nats_port, monitor_port, ingest_port = ports.pop(), ports.pop(), ports.pop()
+        count = self.config.scenario.ingests
+        nats_port, monitor_port = ports.pop(), ports.pop()
+        # One ingest is "ingest"; several (a leader and standbys) "ingest1", "ingest2", ...
+        ingests = {("ingest" if count == 1 else f"ingest{n}"): ports.pop() for n in range(1, count + 1)}
         edge_ports = [ports.pop() for _ in range(server_spec.edges)]
         nats_url = f"nats://127.0.0.1:{nats_port}"
         monitor = f"http://127.0.0.1:{monitor_port}"
+        # JetStream (the ingests' leader lease) keeps its store in a directory of this run.
+        store = tempfile.mkdtemp(prefix="fastrelay-bench-js-")
+        self.temp_dirs.append(store)
         nats = await self._spawn(
             "nats",
             [binary, "-a", "127.0.0.1", "-p", str(nats_port), "-m", str(monitor_port), "--jetstream",
-             "--store_dir", tempfile.mkdtemp(prefix="fastrelay-bench-js-")],
+             "--store_dir", store],
             server=True,
         )  # fmt: skip
         await procs.wait_http_ok(f"{monitor}/healthz", nats, timeout=15)
@@ -371,36 +400,33 @@ class Run:
         window = [] if server_spec.nats_window is None else ["--nats-window", f"{server_spec.nats_window:g}"]
         if server_spec.flush is not None:
             common += ["--flush-interval", f"{server_spec.flush:g}"]
-        ingest = await self._spawn(
-            "ingest",
-            [
-                *_fastrelay(), "ingest", *common, "--port", str(ingest_port), "--instance-name", "ingest",
+        parts: dict[str, Child] = {}
+        http_ports: dict[str, int] = {}
+        argv: dict[str, list[str]] = {}
+        for name, port in ingests.items():
+            argv[name] = [
+                *_fastrelay(), "ingest", *common, "--port", str(port), "--instance-name", name,
                 "--upstream", f"ws://127.0.0.1:{sim_port}", "--api-key", SIM_KEY,
                 "--nats-granularity", server_spec.granularity or "batch",
                 *window,
-            ],
-            server=True,
-        )  # fmt: skip
-        parts = {"ingest": ingest}
-        http_ports = {"ingest": ingest_port}
+            ]  # fmt: skip
         for number, port in enumerate(edge_ports, 1):
             name = f"edge{number}"
-            parts[name] = await self._spawn(
-                name,
-                [*_fastrelay(), "edge", *common, "--port", str(port), "--instance-name", name],
-                server=True,
-            )
+            argv[name] = [*_fastrelay(), "edge", *common, "--port", str(port), "--instance-name", name]
+        for name, port in [*ingests.items(), *((f"edge{n}", p) for n, p in enumerate(edge_ports, 1))]:
+            parts[name] = await self._spawn(name, argv[name], server=True)
             http_ports[name] = port
         for name, port in http_ports.items():
             await procs.wait_http_ok(f"http://127.0.0.1:{port}/readyz", parts[name], timeout=30)
         parts["nats"] = nats
-        return Deployment(parts, edge_ports, http_ports, parts["edge1"], True, monitor)
+        return Deployment(parts, edge_ports, http_ports, parts["edge1"], True, monitor, tuple(ingests), argv)
 
     async def _execute(self) -> list[dict[str, Any]]:
         scenario, server_spec = self.config.scenario, self.config.server
         options = self.options
         ports: list[int] = []
-        while len(ports) < 7:  # the simulator, then the server's (the scale-out needs six)
+        # The simulator, then the server's (the scale-out needs six, one more per extra ingest).
+        while len(ports) < 7 + max(0, scenario.ingests - 1):
             port = procs.free_port()
             if port not in ports:
                 ports.append(port)
@@ -471,6 +497,8 @@ class Run:
 
         if scenario.attacks:
             return await self._abuse(sim, server, sim_url, baseline_memory, ready, connect)
+        if scenario.failovers:
+            return await self._failover(sim, server, sim_url, baseline_memory, ready, connect)
         steps: list[dict[str, Any]] = []
         rates = scenario.t_rates[: options.steps] if options.steps else scenario.t_rates
         for index, t_rate in enumerate(rates):
@@ -528,6 +556,7 @@ class Run:
         ready: list[dict[str, Any]],
         connect: dict[str, Any],
         attack: str | None = None,
+        failover: str | None = None,
     ) -> dict[str, Any]:
         options, scenario = self.options, self.config.scenario
         duration = scenario.window or options.duration
@@ -543,6 +572,7 @@ class Run:
         watch = await self._attack_start(attack, server, duration) if scenario.attacks else None
         profiler = await self._start_profiler(server.primary, duration, index) if self.profile else None
         drop_ns = None
+        stop: LeaderStop | None = None
         if scenario.drop_at is not None:
             await _sleep_until(start_ns + int(scenario.drop_at * 1e9))
             _sim_get(sim_url, f"/sim/fault/drop?market={MARKET}")
@@ -551,8 +581,18 @@ class Run:
             drop_ns = time.time_ns()
             for child in self.clients:
                 await _send_line(child, {"cmd": "mark", "ns": drop_ns})
+        elif failover is not None:
+            ha_before = ha_counters(server)
+            await _sleep_until(start_ns + int(FAILOVER_AT * 1e9))
+            stop = await self._stop_leader(server, failover)
+            # The old leader is gone: an event the simulator sent from now on came through
+            # the next one (time_to_data counts from the signal, kill_ns).
+            for child in self.clients:
+                await _send_line(child, {"cmd": "mark", "ns": stop.dead_ns})
         await _sleep_until(end_ns)
         last = Sample(server, sim, self.clients, sim_url)
+        if stop is not None:
+            last.part_cpu[stop.leader] = stop.final_cpu  # its CPU up to the signal, not 0
         results = [await _read_line(c, timeout=options.grace + 30) for c in self.clients]
         # fastrelay renders /metrics once a second: by now (end + grace) it covers the window.
         after = server_counters(server)
@@ -583,12 +623,103 @@ class Run:
             lag = after.get("nats_lag_sum", 0.0) - before.get("nats_lag_sum", 0.0)
             metrics["nats_lag_ms_mean"] = 1000 * lag / lag_count
         metrics["drop_ns"] = drop_ns
+        if stop is not None:
+            metrics["step"] = failover
+            metrics["label"] = f"{scenario.key} {failover} {self.config.server.label}"
+            # The stopped leader is down by design until it is started again.
+            metrics["server_alive"] = all(c.running for n, c in server.parts.items() if n != stop.leader)
+            metrics["failover"] = failover_metrics(stop, results, ha_before, ha_counters(server))
         metrics["server_log"] = _log_findings(server, scenario)
         if profile_summary is not None:
             metrics["profile"] = profile_summary
         if watch is not None:
             metrics.update(await self._attack_end(watch, server, first, last, metrics["others_cpu"]))
         return metrics
+
+    async def _failover(
+        self,
+        sim: Child,
+        server: Deployment,
+        sim_url: str,
+        baseline_memory: dict[str, int],
+        ready: list[dict[str, Any]],
+        connect: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The failover scenario: one window per way of stopping the leader (``failovers``).
+
+        Before each window: exactly one ingest leads, every edge follows its term and is
+        ready (its market live). FAILOVER_AT s into the window the leader is stopped
+        (``_stop_leader``); after the window it is started again, as the new standby.
+        """
+        scenario = self.config.scenario
+        steps: list[dict[str, Any]] = []
+        for index, mode in enumerate(scenario.failovers):
+            await self._settle_leader(server)
+            metrics = await self._step(
+                index, scenario.t_rates[0], sim, server, sim_url, baseline_memory, ready, connect,
+                failover=mode,
+            )  # fmt: skip
+            steps.append(metrics)
+            failed = metrics["failover"]
+            if failed["not_recovered"] == failed["clients"]:
+                _log(f"{self.config.label}: no client got data after the leader was stopped ({mode})")
+            await self._restart_part(server, failed["stopped"])
+        return steps
+
+    async def _settle_leader(self, server: Deployment) -> tuple[str, int]:
+        """Wait until one ingest leads, the others stand by, and every edge follows its term
+        with its market live (/readyz 200); the leader and its term."""
+        deadline = time.monotonic() + FAILOVER_SETTLE_TIMEOUT
+        seen: Any = None
+        while True:
+            states = {name: ingest_state(server, name) for name in server.ingests}
+            leaders = [(name, term) for name, (leading, term) in states.items() if leading]
+            if len(leaders) == 1 and all(s is not None for s in states.values()):
+                leader, term = leaders[0]
+                edges = [n for n in server.http_ports if n.startswith("edge")]
+                terms = {n: _metric(server, n, "fastrelay_edge_leader_term") for n in edges}
+                ready = all(
+                    procs.http_get(f"http://127.0.0.1:{server.http_ports[n]}/readyz")[0] == 200 for n in edges
+                )
+                if ready and all(t == term for t in terms.values()):
+                    return leader, term
+                seen = {"leader": leader, "term": term, "edge terms": terms, "edges ready": ready}
+            else:
+                seen = states
+            for name, child in server.parts.items():
+                if not child.running:
+                    raise RuntimeError(f"{name} exited ({child.process.returncode}):\n{child.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no settled leader after {FAILOVER_SETTLE_TIMEOUT:g} s: {seen}")
+            await asyncio.sleep(0.1)
+
+    async def _stop_leader(self, server: Deployment, mode: str) -> LeaderStop:
+        """Find the leader ingest (its /metrics), signal it (SIGKILL or SIGTERM), wait for its exit."""
+        leaders = [name for name in server.ingests if (ingest_state(server, name) or (False, 0))[0]]
+        if len(leaders) != 1:
+            raise RuntimeError(f"{mode}: expected one leader ingest, found {leaders}")
+        leader = leaders[0]
+        child = server.parts[leader]
+        term = int(_metric(server, leader, "fastrelay_ingest_term") or 0)
+        final_cpu = procs.cpu_seconds(child.pid)
+        sig = signal.SIGKILL if mode == "kill-9" else signal.SIGTERM
+        kill_ns = time.time_ns()
+        os.kill(child.pid, sig)
+        try:
+            code = await asyncio.wait_for(child.process.wait(), FAILOVER_EXIT_TIMEOUT)
+        except TimeoutError:
+            _log(f"{leader} still running {FAILOVER_EXIT_TIMEOUT:g} s after {mode}: killed")
+            os.kill(child.pid, signal.SIGKILL)
+            code = await child.process.wait()
+        dead_ns = time.time_ns()
+        return LeaderStop(mode, leader, term, kill_ns, dead_ns, code, final_cpu)
+
+    async def _restart_part(self, server: Deployment, name: str) -> None:
+        """Start a stopped part again with its command (an ingest comes back as a standby)."""
+        server.retired.append(server.parts[name])
+        child = await self._spawn(f"{name}-{len(server.retired)}", server.argv[name], server=True)
+        server.parts[name] = child
+        await procs.wait_http_ok(f"http://127.0.0.1:{server.http_ports[name]}/readyz", child, timeout=30)
 
     async def _attack_start(self, attack: str | None, server: Deployment, window: float) -> AttackWatch:
         """At an abuse window's start: the relay's peak RSS reset, then the attacker (if any) started."""
@@ -696,6 +827,172 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# --- the failover scenario ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaderStop:
+    """How and when the leader ingest was stopped in a failover window."""
+
+    mode: str  # kill-9 or sigterm
+    leader: str  # its part name
+    term: int  # its term
+    kill_ns: int  # wall clock just before the signal
+    dead_ns: int  # wall clock once it had exited (reaped)
+    exit_code: int
+    final_cpu: float  # its CPU seconds just before the signal
+
+
+_SAMPLE = re.compile(rb"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$", re.MULTILINE)
+
+
+def _samples(server: Deployment, name: str) -> list[tuple[str, str, float]] | None:
+    """(metric, labels text, value) of a part's /metrics; None when it does not answer."""
+    status, body = procs.http_get(f"http://127.0.0.1:{server.http_ports[name]}/metrics")
+    if status != 200:
+        return None
+    return [(m.decode(), (labels or b"").decode(), float(v)) for m, labels, v in _SAMPLE.findall(body)]
+
+
+def _metric(server: Deployment, name: str, metric: str) -> float | None:
+    for found, _labels, value in _samples(server, name) or ():
+        if found == metric:
+            return value
+    return None
+
+
+def ingest_state(server: Deployment, name: str) -> tuple[bool, int] | None:
+    """(leading, term) of an ingest from its /metrics (rendered every second); None: no answer."""
+    leading = term = None
+    for metric, _labels, value in _samples(server, name) or ():
+        if metric == "fastrelay_ingest_leader":
+            leading = value == 1
+        elif metric == "fastrelay_ingest_term":
+            term = int(value)
+    return None if leading is None or term is None else (leading, term)
+
+
+def ha_counters(server: Deployment) -> dict[str, float]:
+    """The edges' fencing counters summed: drops by reason, leader changes followed."""
+    found: dict[str, float] = {}
+    for name in server.http_ports:
+        if not name.startswith("edge"):
+            continue
+        for metric, labels, value in _samples(server, name) or ():
+            if metric == "fastrelay_edge_dropped_total":
+                key = "dropped_" + labels.partition('reason="')[2].rstrip('"')
+            elif metric == "fastrelay_edge_leader_changes_total":
+                key = "leader_changes"
+            else:
+                continue
+            found[key] = found.get(key, 0.0) + value
+    return found
+
+
+def failover_metrics(
+    stop: LeaderStop, results: list[dict[str, Any]], before: dict[str, float], after: dict[str, float]
+) -> dict[str, Any]:
+    """Per client, from the leader's signal: its first `feed interrupted`, `feed restored`, and
+    data through the next leader; q order over all clients; the edges' counters.
+
+    Data through the next leader: the first event the simulator sent after the client's
+    `feed interrupted` arrived. The old leader had stopped relaying before that status was
+    sent (it was dead, or, stopping, it had given up its lease before saying goodbye), so that
+    event came through the new one. Cross-check (JSON only): the first event sent after the old
+    leader's exit (``time_to_data_after_exit_ms``), later by up to the exit's duration.
+    """
+    clients = [c for r in results for c in r["clients"]]
+    to_data: list[float] = []
+    to_restored: list[float] = []
+    to_interrupted: list[float] = []
+    after_exit: list[float] = []
+    interruptions = 0
+    for client in clients:
+        if client["recovered_at_ns"]:
+            after_exit.append((client["recovered_at_ns"] - stop.kill_ns) / 1e6)
+        seen = [(kind, ns) for kind, ns in client["statuses"] if ns >= stop.kill_ns]
+        interruptions += sum(1 for kind, _ in seen if kind == "interrupted")
+        first = next((i for i, (kind, _) in enumerate(seen) if kind == "interrupted"), None)
+        if first is None:
+            continue
+        to_interrupted.append((seen[first][1] - stop.kill_ns) / 1e6)
+        restored = next((ns for kind, ns in seen[first:] if kind == "restored"), None)
+        data = next((ns for kind, ns in seen[first:] if kind == "data"), None)
+        if restored is not None:
+            to_restored.append((restored - stop.kill_ns) / 1e6)
+        if data is not None:
+            to_data.append((data - stop.kill_ns) / 1e6)
+
+    def total(key: str) -> int:
+        return sum(int(r[key]) for r in results)
+
+    return {
+        "mode": stop.mode,
+        "stopped": stop.leader,
+        "term_before": stop.term,
+        "exit_ms": (stop.dead_ns - stop.kill_ns) / 1e6,
+        "exit_code": stop.exit_code,
+        "clients": len(clients),
+        "time_to_data_ms": sorted(to_data),
+        "time_to_restored_ms": sorted(to_restored),
+        "time_to_interrupted_ms": sorted(to_interrupted),
+        "time_to_data_after_exit_ms": sorted(after_exit),
+        "not_recovered": len(clients) - len(to_data),
+        "not_restored": len(clients) - len(to_restored),
+        "not_interrupted": len(clients) - len(to_interrupted),
+        "interruptions": interruptions,  # interrupted statuses after the signal (1 per client expected)
+        "dup_q": total("dup_q"),
+        "gaps_in_outage": total("gaps_in_outage"),
+        "gaps_unexplained": total("gaps_unexplained"),
+        "data_in_outage": total("data_in_outage"),
+        "old_after_interrupted": total("old_after_interrupted"),
+        "edges": {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted({*before, *after})},
+    }
+
+
+def nearest_rank(values: list[float], fraction: float) -> float:
+    """The value under which ``fraction`` of ``values`` fall (nearest rank); NaN if empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def pool_failovers(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The failovers of one mode over all repeats: every client's times pooled (p50, p99, max),
+    each run's slowest client, and the counts summed."""
+    pooled: dict[str, Any] = {"mode": found[0]["mode"], "runs": len(found)}
+    for key in (
+        "time_to_data_ms",
+        "time_to_restored_ms",
+        "time_to_interrupted_ms",
+        "time_to_data_after_exit_ms",
+    ):
+        values = [v for f in found for v in f[key]]
+        pooled[key] = {
+            "p50": nearest_rank(values, 0.5),
+            "p99": nearest_rank(values, 0.99),
+            "max": max(values, default=float("nan")),
+            "samples": len(values),
+            "per_run_max": [max(f[key], default=float("nan")) for f in found],
+        }
+    pooled["exit_ms"] = {
+        "median": statistics.median(f["exit_ms"] for f in found),
+        "max": max(f["exit_ms"] for f in found),
+    }
+    for key in (
+        "clients", "not_recovered", "not_restored", "not_interrupted", "interruptions", "dup_q",
+        "gaps_in_outage", "gaps_unexplained", "data_in_outage", "old_after_interrupted",
+    ):  # fmt: skip
+        pooled[key] = sum(f[key] for f in found)
+    edges: dict[str, float] = {}
+    for f in found:
+        for k, v in f["edges"].items():
+            edges[k] = edges.get(k, 0.0) + v
+    pooled["edges"] = edges
+    return pooled
+
+
 def _saturated(metrics: dict[str, Any]) -> str | None:
     if not metrics["server_alive"]:
         return "the server died"
@@ -713,7 +1010,7 @@ def _saturated(metrics: dict[str, Any]) -> str | None:
 def _log_findings(server: Deployment, scenario: Scenario, keep: int = 5) -> dict[str, Any]:
     """Warnings and errors the server's processes logged during the run (a relay that complains is news)."""
     lines: list[str] = []
-    for name, child in server.parts.items():
+    for name, child in [*server.parts.items(), *((c.name, c) for c in server.retired)]:
         prefix = f"{name}: " if len(server.parts) > 1 else ""
         lines += [prefix + line for line in _log_lines(child, scenario)]
     return {"warnings": len(lines), "samples": lines[:keep]}
@@ -731,6 +1028,9 @@ def _log_lines(child: Child, scenario: Scenario) -> list[str]:
     if scenario.attacks:
         # The relay's answers to the attackers (the abuse table shows them).
         expected += ["closed a client", "auth failed for a client"]
+    if scenario.failovers:
+        # The edges' word on a leader killed with -9 (its silence ends their feed).
+        expected += ["silent for"]
     # Python's logging, and nats-server's [WRN] and [ERR].
     alarming = ("WARNING", "ERROR", "Traceback", "Exception", "[WRN]", "[ERR]")
     return [
@@ -905,6 +1205,7 @@ def _scaleout_metrics(
     found: dict[str, Any] = dict(rates)
     cpu = {name: (last.part_cpu[name] - value) for name, value in first.part_cpu.items()}
     edges = sum(v for k, v in cpu.items() if k.startswith("edge"))
+    ingests = sum(v for k, v in cpu.items() if k.startswith("ingest"))  # ingest, or ingest1, ingest2...
     messages = rates.get("nats_in_msgs_per_s", 0.0) + rates.get("nats_out_msgs_per_s", 0.0)
     out_bytes = rates.get("nats_out_bytes_per_s", 0.0)
     nan = float("nan")
@@ -912,7 +1213,7 @@ def _scaleout_metrics(
         {
             # Client deliveries per second per core of edge CPU (both edges together).
             "edge_deliveries_per_core_s": received / edges if edges else nan,
-            "ingest_us_per_upstream_event": cpu["ingest"] * 1e6 / upstream_events if upstream_events else nan,
+            "ingest_us_per_upstream_event": ingests * 1e6 / upstream_events if upstream_events else nan,
             # nats-server's CPU per message through it (in + out), and per byte it delivered.
             "nats_us_per_msg": cpu["nats"] / wall * 1e6 / messages if messages else nan,
             "nats_ns_per_out_byte": cpu["nats"] / wall * 1e9 / out_bytes if out_bytes else nan,
@@ -951,6 +1252,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["missing_by_q_max"] = max(r["missing_by_q"] for r in runs)
     summary["saturated"] = next((r["saturated"] for r in runs if r.get("saturated")), None)
     summary["server_alive"] = all(r["server_alive"] for r in runs)
+    if "failover" in runs[0]:
+        summary["failover"] = pool_failovers([r["failover"] for r in runs])
     return summary
 
 
@@ -995,7 +1298,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=4.0, help="measured window per step, s")
     parser.add_argument("--warmup", type=float, default=1.0, help="traffic before the first window, s")
     parser.add_argument("--settle", type=float, default=0.5, help="after a rate change, before its window, s")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians reported)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"runs per configuration (medians reported); default {DEFAULT_REPEATS}, "
+        "or the scenario's own (scaleout-failover: 5)",
+    )
     parser.add_argument("--client-procs", type=int, default=None, help="load-generator processes")
     parser.add_argument("--pin", action="store_true", help="server alone on CPU 0, the rest on the others")
     parser.add_argument("--profile", action="store_true", help="one extra run per config under py-spy")

@@ -7,9 +7,11 @@ fault with a factor above 1, a plain rate multiplier), one measured window
 per step. A *server* is fastrelay or one of the peer relays of bench/peers.
 The *scale-out* servers are fastrelay split in its roles: one ingest (the
 upstream), two edges (the clients, split evenly) and a nats-server between
-them; the ``scaleout`` scenarios put them beside the single process. A
-*config* is one scenario on one server; the plan alternates configs
-(a b c a b c) so a drift of the shared machine spreads over all of them.
+them; the ``scaleout`` scenarios put them beside the single process. The
+failover scenario runs two ingests (a leader and a hot standby) and stops the
+leader in each window. A *config* is one scenario on one server; the plan
+alternates configs (a b c a b c) so a drift of the shared machine spreads over
+all of them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ PROBE_BUDGET = 120_000
 GRANULARITIES = ("batch", "event")
 # Edges behind one ingest in the scale-out servers; clients are split evenly over them.
 SCALEOUT_EDGES = 2
+# Runs per configuration when --repeats is not given (a scenario may ask for more or fewer).
+DEFAULT_REPEATS = 3
+
+# The failover scenario: how the leader ingest is stopped, one window each, in this order:
+# kill -9 (the lease runs out on the server: a standby wins after --lease-ttl) and SIGTERM
+# (the leader resigns and frees the lease: a standby wins at once).
+FAILOVER_MODES = ("kill-9", "sigterm")
+FAILOVER_AT = 1.0  # seconds into the window: the leader is stopped
 
 # The abuse scenario: one hostile client per class of bench/attacks.py, a window each,
 # in this order. token-guessing comes last: it locks 127.0.0.1 out of new auths (1 s,
@@ -145,6 +155,12 @@ class Scenario:
     attacks: tuple[str, ...] = ()
     client_token: str | None = None  # the relay's --client-tokens, sent by the clients' auth
     server_args: tuple[str, ...] = ()  # more arguments of fastrelay serve
+    # Scale-out only: ingests started (one leads, the others are hot standbys), and, per window
+    # in this order, how the leader is stopped FAILOVER_AT s into it (FAILOVER_MODES; bench/run.py,
+    # Run._failover): a window per mode instead of the rate ladder.
+    ingests: int = 1
+    failovers: tuple[str, ...] = ()
+    default_repeats: int | None = None  # runs without --repeats (None: DEFAULT_REPEATS)
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
@@ -298,6 +314,14 @@ SCENARIOS: dict[str, Scenario] = {
             servers=(FASTRELAY, *SCALEOUT),
             about="sparse, each ticker's clients on one edge (50 tickers each); 20-event frames",
         ),
+        # High availability: two ingests (a leader and its hot standby) and 2 edges; in each window
+        # the leader is stopped, kill -9 then SIGTERM, and the clients time the new leader's data.
+        # Cheap (two 8 s windows per run): 5 runs unless --repeats says otherwise.
+        Scenario(
+            "scaleout-failover", "scale-out: failover", clients=20, symbols=100, t_rates=(1000,),
+            window=8.0, servers=(SCALEOUT[0],), ingests=2, failovers=FAILOVER_MODES, default_repeats=5,
+            about="20 clients on T.* at 1k T/s, 2 ingests + 2 edges; the leader killed (-9), then TERM",
+        ),
     )
 }  # fmt: skip
 
@@ -307,7 +331,7 @@ COMPANIONS = {"slow": ("slow-base",)}
 GROUPS = {
     "scaleout": (
         "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
-        "scaleout-sharded", "scaleout-sharded-batched",
+        "scaleout-sharded", "scaleout-sharded-batched", "scaleout-failover",
     )
 }  # fmt: skip
 # Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 10 minutes).
@@ -324,10 +348,19 @@ class Config:
         return f"{self.scenario.key} {self.server.label}"
 
 
+def repeats_of(scenario: Scenario, repeats: int | None) -> int:
+    """Runs of each of the scenario's configs: ``repeats`` (--repeats) if given, else the
+    scenario's default, never more than its ``max_repeats``."""
+    count = repeats if repeats is not None else scenario.default_repeats or DEFAULT_REPEATS
+    return count if scenario.max_repeats is None else min(count, scenario.max_repeats)
+
+
 def plan(
-    scenarios: list[Scenario], servers: list[Server] | None, repeats: int
+    scenarios: list[Scenario], servers: list[Server] | None, repeats: int | None
 ) -> Iterator[tuple[int, Config]]:
-    """(repeat, config) in run order: every config once per repeat, alternating."""
+    """(repeat, config) in run order: every config once per repeat, alternating.
+
+    ``repeats``: --repeats (None: each scenario's default, see ``repeats_of``)."""
     configs: list[Config] = []
     for scenario in scenarios:
         chosen = scenario.servers if servers is None else tuple(servers)
@@ -336,8 +369,11 @@ def plan(
                 continue  # the ceiling cannot serve per-client channels
             if scenario.attacks and server.kind != "fastrelay":
                 continue  # the attacks probe fastrelay's limits (tokens, history): the peers have none
+            if scenario.failovers and server.kind != "scaleout":
+                continue  # a failover needs several ingests
             configs.append(Config(scenario, server))
-    for repeat in range(repeats):
-        for config in configs:
-            if config.scenario.max_repeats is None or repeat < config.scenario.max_repeats:
+    counts = [repeats_of(config.scenario, repeats) for config in configs]
+    for repeat in range(max(counts, default=0)):
+        for config, count in zip(configs, counts, strict=True):
+            if repeat < count:
                 yield repeat, config

@@ -71,12 +71,13 @@ class RestService:
         served: tuple[str, ...],
         fetch: Fetch | None,
         allow: Callable[[str], bool],
+        responses: dict[int, int] | None = None,
     ) -> None:
         self.accepts = accepts
         self.served = served
         self.fetch = fetch
         self.allow = allow  # an address's REST requests within its budget
-        self.requests: dict[int, int] = {}  # HTTP status -> count
+        self.requests: dict[int, int] = {} if responses is None else responses  # by HTTP status
         self.tasks: set[asyncio.Task[None]] = set()
 
     def count(self, status: int) -> None:
@@ -131,6 +132,11 @@ class FrontProtocol(asyncio.Protocol):
         assert transport is not None
         protocol = self._make_picows()
         transport.set_protocol(protocol)
+        # uvloop chose its read callbacks when reading started (a plain protocol's, with a
+        # copy into data_received): restart reading so picows reads into its own buffer,
+        # exactly as on a connection it accepted itself.
+        transport.pause_reading()
+        transport.resume_reading()
         protocol.connection_made(transport)
         data = memoryview(bytes(self._buffer))
         self._buffer.clear()

@@ -24,6 +24,12 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s observations (same bounds): one family from several sources."""
+        assert other.bounds == self.bounds
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+
     @property
     def count(self) -> int:
         return sum(self.counts)

@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from fastrelay import __version__
+from fastrelay.bars import ERROR_REASONS, LATENCY_BOUNDS, RESULTS
 from fastrelay.histogram import LOOP_LAG_BOUNDS, Histogram
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._upstream()
         yield from self._clients()
+        yield from self._rest()
         relay = self._relay
         yield _histogram(
             "fastrelay_relay_latency_seconds",
@@ -202,6 +204,56 @@ class RelayCollector(Collector):
         )
         yield GaugeMetricFamily(
             "fastrelay_audiences", "Groups of clients sharing a channel set.", value=hub.audience_count()
+        )
+
+    def _rest(self) -> Iterator[Metric]:
+        """Massive's REST aggregates (bars.py) and the relay's own REST answers (front.py)."""
+        responses = CounterMetricFamily(
+            "fastrelay_rest_responses",
+            "REST answers the relay gave its clients at /v2/aggs/..., by HTTP status.",
+            labels=["status"],
+        )
+        for status, count in sorted(self._server.rest_responses.items()):
+            responses.add_metric([str(status)], count)
+        yield responses
+        bars = self._relay.bars
+        if bars is None:
+            return
+        accounts = bars.accounts()
+        requests = CounterMetricFamily(
+            "fastrelay_rest_requests",
+            "Bars requests (history and REST) by result: hit (the cache), miss (asked Massive), "
+            "coalesced (waited for the same query already on its way), error.",
+            labels=["result"],
+        )
+        for result in RESULTS:
+            requests.add_metric([result], sum(a.stats.results[result] for a in accounts))
+        requests.add_metric(["error"], sum(sum(a.stats.errors.values()) for a in accounts))
+        yield requests
+        errors = CounterMetricFamily(
+            "fastrelay_rest_errors",
+            "Bars requests that failed, by reason: rate_limited (the relay's --rest-per-minute), "
+            "upstream_429 (Massive's rate limit), upstream_error, not_found, bad_answer, unavailable.",
+            labels=["reason"],
+        )
+        for reason in ERROR_REASONS:
+            errors.add_metric([reason], sum(a.stats.errors[reason] for a in accounts))
+        yield errors
+        yield CounterMetricFamily(
+            "fastrelay_rest_upstream_requests",
+            "HTTP requests sent to Massive's REST API (pages included).",
+            value=sum(a.stats.upstream_requests for a in accounts),
+        )
+        latency = Histogram(LATENCY_BOUNDS)
+        for account in accounts:
+            latency.merge(account.stats.latency)
+        yield _histogram(
+            "fastrelay_rest_latency_seconds", "Fetching a query's bars from Massive (all pages).", latency
+        )
+        yield GaugeMetricFamily(
+            "fastrelay_rest_cache_bytes",
+            "Bytes of Massive's answers kept in the bars cache.",
+            value=sum(a.cache.bytes for a in accounts),
         )
 
 

@@ -257,6 +257,9 @@ class Relay:
         # stale data (Massive does not replay): the next live event refills it.
         self.cache[market].forget_market()
         if market not in self.outages:
+            # Events still in the coalescing window came before the outage: out first,
+            # so nothing of the feed follows `interrupted` until `restored`.
+            self.hub.flush()
             # Clients that subscribe during the outage are told too (ClientSession).
             self.outages[market] = reason
             self.outbox.broadcast(

@@ -76,6 +76,7 @@ class ServerStatistics:
     accepted: dict[str, int]  # by path
     closed_by_path: dict[str, dict[str, int]]  # by path, then reason
     closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_LABELS, 0))  # by reason
+    rest_responses: dict[int, int] = field(default_factory=dict)  # REST answers by HTTP status
 
     @classmethod
     def for_markets(cls, served: tuple[str, ...]) -> ServerStatistics:
@@ -615,7 +616,11 @@ class RelayServer:
             return bucket.take()
 
         self.rest = RestService(
-            self.tokens.accepts, config.markets, relay.bars.fetch if relay.bars else None, allow
+            self.tokens.accepts,
+            config.markets,
+            relay.bars.fetch if relay.bars else None,
+            allow,
+            self.stats.rest_responses,
         )
         self.budget_limits = BudgetLimits(
             config.max_frames_per_second,

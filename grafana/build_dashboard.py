@@ -136,9 +136,14 @@ def big(title: str, description: str, unit: str, target: prometheus.Dataquery) -
 
 
 def states(
-    title: str, description: str, down: str, up: str, target: prometheus.Dataquery
+    title: str,
+    description: str,
+    down: str,
+    up: str,
+    target: prometheus.Dataquery,
+    down_color: str = "red",
 ) -> statetimeline.Panel:
-    """A 0/1 gauge per series as a red/green band."""
+    """A 0/1 gauge per series as a band: ``down_color`` (red) for 0, green for 1."""
     return (
         statetimeline.Panel()
         .title(title)
@@ -153,13 +158,13 @@ def states(
             [
                 ValueMap(
                     {
-                        "0": ValueMappingResult(text=down, color="red", index=0),
+                        "0": ValueMappingResult(text=down, color=down_color, index=0),
                         "1": ValueMappingResult(text=up, color="green", index=1),
                     }
                 )
             ]
         )
-        .thresholds(thresholds((None, "red"), (1, "green")))
+        .thresholds(thresholds((None, down_color), (1, "green")))
         .with_target(target)
     )
 
@@ -232,7 +237,8 @@ def overview() -> list[stat.Panel | statetimeline.Panel]:
             "Instances by role",
             "Processes reporting fastrelay_build_info, by role: single (one process does "
             "everything), ingest (Massive to NATS) and edge (NATS to clients). In scale-out mode "
-            "expect exactly one ingest per deployment.",
+            "expect your number of ingests per deployment (one leads, the others are hot "
+            "standbys: see Leader per ingest) and of edges.",
             units.Short,
             q(f"count by (role) ({INFO})", "{{role}}"),
         )
@@ -263,7 +269,8 @@ def upstream() -> list[timeseries.Panel | statetimeline.Panel]:
             "cool-down while red); on an edge it is its feed from the ingest (down while NATS is "
             "down, the ingest is not heard, or the ingest's own upstream is down). Clients stay "
             "connected through an outage but receive nothing for that market; events of the "
-            "outage are lost (Massive does not replay).",
+            "outage are lost (Massive does not replay). A standby ingest (see Leader per ingest) "
+            "holds no Massive connection: red is its normal state.",
             "down",
             "connected",
             q(
@@ -534,7 +541,7 @@ def performance() -> list[timeseries.Panel]:
 
 
 def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
-    """The NATS link between the ingest and the edges (empty for single relays)."""
+    """The NATS link between the ingests and the edges, and the leader (empty for single relays)."""
     return [
         states(
             "NATS connection per instance",
@@ -548,9 +555,10 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
         ),
         states(
             "Edges hearing the ingest",
-            "fastrelay_edge_ingest_heard per edge: green while the ingest's heartbeat arrived "
-            "within --peer-timeout. Red with NATS connected: the ingest is down or hung, or it "
-            "uses another NATS cluster or --nats-prefix (FastrelayEdgeIngestNotHeard).",
+            "fastrelay_edge_ingest_heard per edge: green while the leader ingest's state arrived "
+            "within --ingest-timeout. Red with NATS connected: no ingest leads (Leader per "
+            "ingest), the leader is down or hung, or it uses another NATS cluster or "
+            "--nats-prefix (FastrelayEdgeIngestNotHeard). A failover shows as a short red.",
             "ingest not heard",
             "hears the ingest",
             q(labelled(f"fastrelay_edge_ingest_heard{{{SEL}}}"), "{{instance}}"),
@@ -703,6 +711,97 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
                 "{{result}}",
             ),
         ),
+        *high_availability(),
+    ]
+
+
+def high_availability() -> list[timeseries.Panel | statetimeline.Panel]:
+    """Which ingest leads (the lease on NATS JetStream) and how the edges follow it."""
+    return [
+        states(
+            "Leader per ingest",
+            "fastrelay_ingest_leader per ingest: green while it holds the leader's lease (it alone "
+            "connects to Massive and publishes), blue while it is a hot standby. Exactly one "
+            "ingest per deployment should be green: none for more than a few seconds is "
+            "FastrelayNoLeaderIngest (every client without data), two for more than a scrape "
+            "interval FastrelayMultipleLeaderIngests (ingests that do not share a lease). A "
+            "failover shows as the green band moving to another ingest.",
+            "standby",
+            "leader",
+            q(labelled(f"fastrelay_ingest_leader{{{SEL}}}"), "{{instance}}"),
+            down_color="blue",
+        ),
+        graph(
+            "Leader term: ingests and edges",
+            "The term of the lease: on an ingest fastrelay_ingest_term (its term while it leads, "
+            "0 as a standby), on an edge fastrelay_edge_leader_term (the term of the leader it "
+            "follows). Every election gives a higher term; edges drop messages of older terms. "
+            "Normal: every edge's line on the leader's. An edge left on an older term does not "
+            "hear the new leader (see Edges hearing the ingest).",
+            units.Short,
+            q(labelled(f"fastrelay_ingest_term{{{SEL}}}"), "ingest {{instance}}"),
+            q(labelled(f"fastrelay_edge_leader_term{{{SEL}}}"), "edge {{instance}}", "B"),
+        ),
+        graph(
+            "Leader changes / min by reason",
+            "Per minute, each ingest's leadership changes by reason: elected (it won the lease), "
+            "lease_expired (its renewals failed until the deadline: NATS trouble or a frozen "
+            "loop), lease_taken (another ingest held the key), resigned (a graceful stop); and "
+            "how often the edges followed a new leader, summed. A failover is one elected on the "
+            "new leader, with lease_expired or resigned on the old one if it survived; repeated "
+            "elections: FastrelayLeaderFlapping.",
+            units.CountsPerMinute,
+            q(
+                labelled(f"rate(fastrelay_ingest_leader_changes_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "{{reason}} {{instance}}",
+            ),
+            q(
+                "sum("
+                + only(f"rate(fastrelay_edge_leader_changes_total{{{SEL}}}[$__rate_interval])")
+                + ") * 60",
+                "edges following a new leader",
+                "B",
+            ),
+        ),
+        graph(
+            "Lease renewals failed, loop stalls and fenced events / min",
+            "Per minute and ingest: lease renewals that did not get through (the leader rewrites "
+            "the key every --lease-ttl / 3; a few failures in a row end its lease), times its "
+            "event loop was found frozen (SIGSTOP, a paused VM, a long GC), and events it did not "
+            "publish because its lease had run out (fencing at the sender). All 0 normally; "
+            "renewals failing: NATS or JetStream slow or unreachable; stalls: CPU starvation.",
+            units.CountsPerMinute,
+            q(
+                labelled(
+                    f"rate(fastrelay_ingest_lease_renewals_failed_total{{{SEL}}}[$__rate_interval]) * 60"
+                ),
+                "renewals failed {{instance}}",
+            ),
+            q(
+                labelled(f"rate(fastrelay_ingest_stalls_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "stalls {{instance}}",
+                "B",
+            ),
+            q(
+                labelled(f"rate(fastrelay_ingest_fenced_events_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "fenced events {{instance}}",
+                "C",
+            ),
+        ).span(12),
+        graph(
+            "Edge drops / min by reason",
+            "Data each edge dropped per minute, by reason: fenced (messages of a deposed leader's "
+            "older term; a few right after a failover, steady: FastrelayEdgeFencedData), early "
+            "(messages of a new leader before its state; a few per failover), not_live (events of "
+            "a market not live yet: its clients get feed restored first), stale (events the "
+            "ingest read more than --max-event-age ago: a frozen ingest, or clocks apart; "
+            "steady: FastrelayEdgeStaleData). fenced and early count messages, the others events.",
+            units.CountsPerMinute,
+            q(
+                labelled(f"rate(fastrelay_edge_dropped_total{{{SEL}}}[$__rate_interval]) * 60"),
+                "{{reason}} {{instance}}",
+            ),
+        ).span(12),
     ]
 
 
@@ -713,7 +812,7 @@ def build() -> dash.Dashboard:
         .description(
             "fastrelay, the Massive.com market-data relay: upstream connections per market, clients, "
             "deliveries, latency and the process, for single relays and for scale-out deployments "
-            "(one ingest and its edges over NATS). Generated by grafana/build_dashboard.py."
+            "(ingests, one of them leading, and edges over NATS). Generated by grafana/build_dashboard.py."
         )
         .tags(["fastrelay", "massive", "generated"])
         .refresh("30s")

@@ -350,3 +350,17 @@ async def test_a_frozen_edge_does_not_blame_the_ingest(edge: Any) -> None:
         await asyncio.sleep(role.config.ingest_timeout / 4)
         role.check_ingest()
     assert role.ingest is None
+
+
+async def test_clocks_apart_keep_the_market_down_without_flapping(edge: Any) -> None:
+    """Every message stale (the ingest's clock behind by more than --max-event-age): the market
+    stays down across the leader's states, instead of restored/interrupted four times a second."""
+    role, link, sink = edge
+    await link.deliver("fastrelay.ingest", state(5))
+    await wait_until(lambda: "fastrelay.data.stocks.T" in link.subscribed, what="subscribed")
+    for q in range(1, 6):
+        await delivered(link, data(5, q, read_at=time.time() - 10))
+        await link.deliver("fastrelay.ingest", state(5))
+    statuses = [m for m in seen(sink) if isinstance(m, str)]
+    assert len(statuses) == 1 and statuses[0].startswith("stocks feed interrupted (stale)")
+    assert role.stale_dropped == 5

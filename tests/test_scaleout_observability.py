@@ -1,10 +1,11 @@
 """The dashboard's Scale-out (NATS) row and the NATS alerts against a real Prometheus and a real
 scale-out deployment.
 
-One deployment per module, all on 127.0.0.1: Debian's nats-server, the simulator, one ingest and
-two edges, run in this process on a uvloop of their own (a thread), with clients subscribed on
-both edges (different channel sets, one exact state channel to cause a last-value fill), and
-Debian's prometheus scraping the three /metrics every second with grafana/alerts.yml loaded.
+One deployment per module, all on 127.0.0.1: nats-server with JetStream, the simulator, two
+ingests (the first leads, the second is its hot standby) and two edges, run in this process on a
+uvloop of their own (a thread), with clients subscribed on both edges (different channel sets,
+one exact state channel to cause a last-value fill), and Debian's prometheus scraping the four
+/metrics every second with grafana/alerts.yml loaded.
 The helpers are test_observability's. Every wait polls the condition it needs, bounded by a
 timeout; everything started is stopped at the end.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import uvloop
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay.app import running_relay
@@ -29,6 +31,7 @@ from fastrelay.sim import Simulator
 from tests.conftest import sim_config
 from tests.natsserver import NatsServer, running_nats
 from tests.test_observability import (
+    ALERTS,
     SCALEOUT_ROW,
     Proc,
     ProcessDied,
@@ -54,9 +57,10 @@ from tests.utils import TIMEOUT, fast_relay_config, wait_until
 
 pytestmark = pytest.mark.slow
 
-ROLES = {"ingest": "ingest", "e1": "edge", "e2": "edge"}
+ROLES = {"ingest": "ingest", "standby": "ingest", "e1": "edge", "e2": "edge"}
+LEADER, STANDBY = "ingest", "standby"  # the first ingest takes the lease, the second waits
 EDGES = frozenset({"e1", "e2"})
-INGEST = frozenset({"ingest"})
+INGEST = frozenset({LEADER, STANDBY})
 EVERYONE = frozenset(ROLES)
 # (panel title, refId) of each Scale-out query -> the processes it must return one series each
 # for; None: an aggregate without an instance label.
@@ -78,6 +82,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("Edge expiries and refused channels / min", "A"): INGEST,
     ("Edge expiries and refused channels / min", "B"): INGEST,
     ("Last-value fills / min by result", "A"): None,
+    ("Leader per ingest", "A"): INGEST,
+    ("Leader term: ingests and edges", "A"): INGEST,
+    ("Leader term: ingests and edges", "B"): EDGES,
+    ("Leader changes / min by reason", "A"): INGEST,
+    ("Leader changes / min by reason", "B"): None,
+    ("Lease renewals failed, loop stalls and fenced events / min", "A"): INGEST,
+    ("Lease renewals failed, loop stalls and fenced events / min", "B"): INGEST,
+    ("Lease renewals failed, loop stalls and fenced events / min", "C"): INGEST,
+    ("Edge drops / min by reason", "A"): EDGES,
 }
 NATS_ALERTS = (
     "FastrelayNatsDisconnected",
@@ -86,6 +99,11 @@ NATS_ALERTS = (
     "FastrelayNatsLagHigh",
     "FastrelayNatsPublishDrops",
     "FastrelayNatsBadMessages",
+    "FastrelayNoLeaderIngest",
+    "FastrelayMultipleLeaderIngests",
+    "FastrelayLeaderFlapping",
+    "FastrelayEdgeStaleData",
+    "FastrelayEdgeFencedData",
 )
 
 
@@ -144,12 +162,15 @@ class Deployment(PrometheusApi):
                 peer_timeout=1.0,
                 metrics_interval=0.25,
             )
-            relays = {
-                name: await stack.enter_async_context(
+            relays = {}
+            for name, role in ROLES.items():
+                relays[name] = await stack.enter_async_context(
                     running_relay(replace(base, role=role, instance_name=name))
                 )
-                for name, role in ROLES.items()
-            }
+                if name == LEADER:  # the standby starts once the leader holds the lease
+                    await wait_until(
+                        lambda: relays[LEADER].role.leading, TIMEOUT * 2, "the first ingest leads"
+                    )
             await wait_until(
                 lambda: all(r.ready for r in relays.values()), TIMEOUT * 2, "ingest and edges ready"
             )
@@ -276,8 +297,13 @@ def test_scaleout_row_returns_data_for_the_right_instances(deployment: Deploymen
         if problems:
             raise AssertionError("\n".join(problems))
         results = {(title, ref): by_title[title, expr] for title, ref, expr in queries}
-        # Data flowed through NATS to both edges within the rate window.
-        for sample in results["NATS receive per edge", "A"] + results["NATS publish (ingest)", "A"]:
+        # Data flowed through NATS from the leader to both edges within the rate window.
+        published = [
+            s
+            for s in results["NATS publish (ingest)", "A"]
+            if deployment.name_of(s["metric"]["instance"]) == LEADER
+        ]
+        for sample in results["NATS receive per edge", "A"] + published:
             if not float(sample["value"][1]) > 0:
                 return None
         return results
@@ -290,7 +316,8 @@ def test_scaleout_row_returns_data_for_the_right_instances(deployment: Deploymen
             if any("instance" in s["metric"] for s in samples):
                 problems.append(f"{key}: an aggregate with instances: {samples}")
             continue
-        # One series per instance (and per reason, where the metric has one: publish drops).
+        # One series per instance (and per reason, where the metric has one: publish drops,
+        # leader changes, edge drops).
         seen = [(deployment.name_of(s["metric"]["instance"]), s["metric"].get("reason")) for s in samples]
         names = sorted({name for name, _ in seen})
         if names != sorted(expected) or len(seen) != len(set(seen)):
@@ -304,14 +331,30 @@ def test_scaleout_row_returns_data_for_the_right_instances(deployment: Deploymen
     def values(title: str, ref: str = "A") -> list[float]:
         return [float(s["value"][1]) for s in results[title, ref]]
 
-    assert values("NATS connection per instance") == [1.0] * 3
+    def by_name(title: str, ref: str = "A") -> dict[str, float]:
+        return {
+            deployment.name_of(s["metric"]["instance"]): float(s["value"][1]) for s in results[title, ref]
+        }
+
+    assert values("NATS connection per instance") == [1.0] * 4
     assert values("Edges hearing the ingest") == [1.0] * 2
-    assert values("Edges heard by the ingest", "A") == [2.0]
+    # Both ingests hear both edges: the standby keeps their interest, ready to lead.
+    assert values("Edges heard by the ingest", "A") == [2.0, 2.0]
     assert values("Edges heard by the ingest", "B") == [2.0]
     assert values("Edges heard by the ingest", "C") == [2.0]
     for ref in ("A", "B"):
         assert all(0 <= v < 1.0 for v in values("Ingest-to-edge lag p50 / p99 per edge", ref))
     assert all(v == 0 for v in values("NATS drops, bad messages and disconnects / min", "A"))
+    # One leader and its standby; the edges follow the leader's term; the standby publishes nothing.
+    assert by_name("Leader per ingest") == {LEADER: 1.0, STANDBY: 0.0}
+    terms = by_name("Leader term: ingests and edges")
+    assert terms[LEADER] >= 1 and terms[STANDBY] == 0, terms
+    assert by_name("Leader term: ingests and edges", "B") == {"e1": terms[LEADER], "e2": terms[LEADER]}
+    assert by_name("NATS publish (ingest)")[STANDBY] == 0
+    drops = {s["metric"]["reason"] for s in results["Edge drops / min by reason", "A"]}
+    assert drops == {"fenced", "early", "not_live", "stale"}, drops
+    changes = {s["metric"]["reason"] for s in results["Leader changes / min by reason", "A"]}
+    assert changes == {"elected", "lease_expired", "lease_taken", "resigned"}, changes
     fills = {s["metric"]["result"] for s in results["Last-value fills / min by result", "A"]}
     assert fills == {"requested", "failed", "delivered"}
     # e2 asked the ingest for the last Q.AAPL when its client subscribed.
@@ -344,6 +387,7 @@ def test_whole_dashboard_with_several_instances(deployment: Deployment) -> None:
         ("edge", "edge"),
         ("edge", "edge"),
         ("ingest", "ingest"),
+        ("ingest", "ingest"),
     ]
 
 
@@ -359,11 +403,42 @@ def test_nats_alerts_evaluate_and_stay_quiet_when_healthy(deployment: Deployment
     rules = eventually(evaluated, "the scale-out rules evaluated")
     assert {rule["name"] for rule in rules} == set(NATS_ALERTS)
     assert all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
-    # The ingest hears both edges: what FastrelayIngestMissingEdges compares, seen as Prometheus sees it.
+    # Each ingest hears both edges: what FastrelayIngestMissingEdges compares, as Prometheus sees it.
     heard = deployment.query('fastrelay_ingest_edges{job="fastrelay"}')
-    assert [float(s["value"][1]) for s in heard] == [2.0], heard
+    assert [float(s["value"][1]) for s in heard] == [2.0, 2.0], heard
     active = {name: deployment.alerts(name) for name in NATS_ALERTS}
     assert not any(active.values()), active
+
+
+def test_a_standby_ingest_is_not_an_upstream_outage(deployment: Deployment) -> None:
+    """Bug: a hot standby ingest holds no Massive connection (fastrelay_upstream_connected 0), and
+    FastrelayUpstreamDown went pending for it, to page a minute later. It leaves standbys out; the
+    leader's upstream is up, so no alert at all is about either ingest, and none of the HA alerts is
+    active with one leader."""
+    standby, leader = deployment.instance(STANDBY), deployment.instance(LEADER)
+    eventually(
+        lambda: deployment.query(f'fastrelay_upstream_connected{{instance="{standby}"}} == 0'),
+        "the standby's upstream seen down by Prometheus",
+    )
+    (rule,) = [
+        r
+        for g in yaml.safe_load(ALERTS.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "FastrelayUpstreamDown"
+    ]
+    assert deployment.query(rule["expr"]) == []
+    # Evaluated since: the rules run every second (the query above has seen the standby's 0).
+    deployment.assert_running()
+    before = deployment.api("/api/v1/rules")["groups"]
+    eventually(lambda: deployment.api("/api/v1/rules")["groups"] != before, "the rules evaluated again")
+    about_ingests = [
+        a
+        for a in deployment.api("/api/v1/alerts")["alerts"]
+        if a["labels"].get("instance") in (standby, leader)
+    ]
+    assert not about_ingests, about_ingests
+    for name in ("FastrelayNoLeaderIngest", "FastrelayMultipleLeaderIngests", "FastrelayLeaderFlapping"):
+        assert not deployment.alerts(name), name
 
 
 def test_nats_down_makes_the_disconnected_alert_pending_for_every_role(deployment: Deployment) -> None:
@@ -373,21 +448,21 @@ def test_nats_down_makes_the_disconnected_alert_pending_for_every_role(deploymen
 
     def pending() -> list[dict[str, Any]] | None:
         alerts = deployment.alerts("FastrelayNatsDisconnected")
-        return alerts if len(alerts) == 3 and all(a["state"] == "pending" for a in alerts) else None
+        return alerts if len(alerts) == 4 and all(a["state"] == "pending" for a in alerts) else None
 
     deployment.nats.stop()
     try:
         alerts = eventually(
-            pending, "FastrelayNatsDisconnected pending for the three processes", timeout=TIMEOUT * 3
+            pending, "FastrelayNatsDisconnected pending for the four processes", timeout=TIMEOUT * 3
         )
         found = sorted((deployment.name_of(a["labels"]["instance"]), a["labels"]["role"]) for a in alerts)
-        assert found == [("e1", "edge"), ("e2", "edge"), ("ingest", "ingest")], alerts
+        assert found == [("e1", "edge"), ("e2", "edge"), ("ingest", "ingest"), ("standby", "ingest")], alerts
         ingest = [a for a in alerts if a["labels"]["role"] == "ingest"]
         assert "ingest" in ingest[0]["annotations"]["summary"], ingest
     finally:
         deployment.in_loop(deployment.nats.start())
     eventually(
-        lambda: len(deployment.query('fastrelay_nats_connected{job="fastrelay"} == 1')) == 3,
+        lambda: len(deployment.query('fastrelay_nats_connected{job="fastrelay"} == 1')) == 4,
         "every process back on NATS",
         timeout=TIMEOUT * 3,
     )

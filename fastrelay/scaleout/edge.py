@@ -71,6 +71,7 @@ class EdgeFeed:
         self.subscribed: set[str] = set()
         self.is_live = False
         self.stale = False  # the last data message was older than --max-event-age
+        self.stale_at = -math.inf  # when stale data last came (monotonic)
 
     @property
     def live(self) -> bool:
@@ -286,7 +287,11 @@ class Edge:
             self.interest_changed()  # data subjects follow the ingest's granularity
         self.ingest_markets = state.markets
         for each in self.feeds.values():
-            each.stale = False  # the ingest speaks now: what it sends next is fresh
+            # The ingest speaks now: what it sends next is fresh, unless stale data kept
+            # coming all along (clocks apart by more than --max-event-age: stay down,
+            # rather than flap with every state).
+            if each.stale and now - each.stale_at > self.config.max_event_age:
+                each.stale = False
         self._refresh_markets()
         for market, refused in state.rejected.items():
             feed = self.feeds.get(market)
@@ -423,6 +428,7 @@ class Edge:
         if age > self.config.max_event_age:
             # A frozen ingest's backlog: the market is down until fresh data comes.
             self.stale_dropped += _count_events(body)
+            feed.stale_at = self._clock()
             if not feed.stale:
                 feed.stale = True
                 self._throttle.log(logging.WARNING, "%s: data %.1f s old dropped", feed.market, age)

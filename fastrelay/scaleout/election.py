@@ -11,9 +11,9 @@ The bucket ``<prefix>_leader`` holds one key, ``leader``, and has a maximum age
 (the lease TTL): a value not rewritten within the TTL disappears on the server.
 
 * A standby tries ``create`` (succeeds only if the key does not exist) every
-  ``retry`` seconds, and at once when it sees the key deleted or expired (a
-  watch; nats-server 2.11+ announces an expiry with a marker, older servers
-  only an explicit delete, so the timer covers them).
+  ``retry`` seconds (a sixth of the TTL), and at once when it sees the key
+  deleted (a watch: a graceful handover). Expiry markers (nats-server 2.11+)
+  are not used: nats-py's ``create`` mistakes them for a live key.
 * The winner's *term* is the revision ``create`` returned: JetStream's
   sequence only grows, so a later leader always has a higher term. The term
   travels in every data and state message, and edges drop messages of an older
@@ -46,6 +46,8 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
+
+from fastrelay.ratelimit import LogThrottle
 
 log = logging.getLogger("fastrelay.election")
 
@@ -123,7 +125,7 @@ class JetStreamLeaseStore:
         if self._kv is not None:
             return self._kv
         from nats.js.api import KeyValueConfig, StorageType
-        from nats.js.errors import BucketNotFoundError, KeyValueLimitMarkerTTLNotSupportedError
+        from nats.js.errors import BucketNotFoundError
 
         js = self._client.jetstream(timeout=2.0)
         try:
@@ -136,13 +138,12 @@ class JetStreamLeaseStore:
                 # File storage: the sequence (and so the terms) survives a server restart.
                 storage=StorageType.FILE,
                 replicas=self._replicas,
-                limit_marker_ttl=self.ttl,  # 2.11+: an expired lease is announced to watchers
+                # No limit_marker_ttl: nats-server 2.11+ would leave a marker where an expired
+                # lease was, and nats-py 2.16's create() takes it for a live key until the
+                # marker itself expires (nats-server#6712): a second more of failover. The
+                # standbys' retries (TTL/6) notice an expiry soon enough.
             )
-            try:
-                kv = await js.create_key_value(config)
-            except KeyValueLimitMarkerTTLNotSupportedError:
-                config.limit_marker_ttl = None
-                kv = await js.create_key_value(config)
+            kv = await js.create_key_value(config)
         status = await kv.status()
         if status.ttl and abs(status.ttl - self.ttl) > 1e-3:
             # The bucket is the one truth all ingests share: follow it.
@@ -230,6 +231,7 @@ class Election:
         self._deposing: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self.renewals_failed = 0
+        self._throttle = LogThrottle(log, interval=30.0)
         self.changes: dict[str, int] = dict.fromkeys(CHANGE_REASONS, 0)
 
     @property
@@ -286,7 +288,15 @@ class Election:
                     self.renewals_failed += 1
                     if not self.leading():
                         await self._depose(LEASE_EXPIRED)
-                log.debug("election: %s: %s", type(exc).__name__, exc)
+                # Said once per interval: an ingest that can never reach the lease (NATS
+                # without JetStream, missing permissions) must not stand by in silence.
+                self._throttle.log(
+                    logging.WARNING,
+                    "the leader lease on JetStream is out of reach (%s: %s): is JetStream "
+                    "enabled and this user allowed $JS.API and $KV? No ingest can lead without it",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
             await self._pause()
 
     async def _pause(self) -> None:

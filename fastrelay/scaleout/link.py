@@ -190,7 +190,9 @@ class NatsLink:
     async def _error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
             self.stats.slow_consumer_drops += 1
-        self._throttle.log(logging.WARNING, "NATS: %s", redact(f"{type(exc).__name__}: {exc}"))
+        # One line per kind of error per interval: a TLS refusal is not hidden behind the
+        # "connection lost" that came just before it.
+        self._throttle.log(logging.WARNING, f"NATS {type(exc).__name__}: %s", redact(str(exc)))
 
     async def _closed(self) -> None:
         if self.up:

@@ -32,14 +32,23 @@ FAULTS: Final = (
     "max_connections",
     "slow",
     "unslow",
+    "rest_slow",
+    "rest_429",
+    "rest_5xx",
+    "rest_malformed",
+    "rest_ok",
 )
+# Defaults of the REST faults: the delay of rest_slow (s), the status of rest_5xx.
+REST_SLOW_DELAY: Final = 1.0
+REST_5XX_STATUS: Final = 502
+REST_5XX_STATUSES: Final = (500, 502, 503, 504)
 # Comfortably over the 1 MiB default cap of Massive's official clients, which
 # is what the fault exists to exercise.
 HUGE_FRAME_BYTES: Final = 1024 * 1024 + 64 * 1024
 
 
 def query_params(name: str, query: Mapping[str, str]) -> dict[str, Any]:
-    """The keyword arguments of fault ``name`` in an HTTP query: ``factor``, ``delay``, ``current``.
+    """Fault ``name``'s keyword arguments in an HTTP query: ``factor``, ``delay``, ``current``, ``status``.
 
     Raises ``ValueError`` for a number that does not parse.
     """
@@ -49,6 +58,10 @@ def query_params(name: str, query: Mapping[str, str]) -> dict[str, Any]:
             params["factor"] = float(query["factor"])
         if "delay" in query:
             params["delay"] = float(query["delay"])
+    if name == "rest_slow" and "delay" in query:
+        params["delay"] = float(query["delay"])
+    if name == "rest_5xx" and "status" in query:
+        params["status"] = int(query["status"])
     if name == "max_connections" and "current" in query:
         params["current"] = query["current"].lower() not in ("0", "false", "no")
     return params
@@ -244,4 +257,48 @@ def unslow(feeds: Sequence[Feed]) -> int:
         feed.slow_factor = 1.0
         feed.slow_delay = 0.0
         feed.flush_delayed(None)
+    return len(feeds)
+
+
+# --- REST (rest.py): per market, for the tickers of that market ---
+
+
+def rest_slow(feeds: Sequence[Feed], *, delay: float) -> int:
+    """Answer every REST request ``delay`` seconds late (errors too), until ``rest_ok``."""
+    if delay < 0:
+        raise ValueError("delay must be >= 0")
+    for feed in feeds:
+        feed.rest_delay = delay
+    return len(feeds)
+
+
+def rest_429(feeds: Sequence[Feed]) -> int:
+    """Answer every REST request 429 with Massive's rate-limit error, until ``rest_ok``."""
+    for feed in feeds:
+        feed.rest_status = 429
+    return len(feeds)
+
+
+def rest_5xx(feeds: Sequence[Feed], *, status: int) -> int:
+    """Answer every REST request ``status`` (502, 503...) with a gateway's HTML page, until ``rest_ok``."""
+    if status not in REST_5XX_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(map(str, REST_5XX_STATUSES))}")
+    for feed in feeds:
+        feed.rest_status = status
+    return len(feeds)
+
+
+def rest_malformed(feeds: Sequence[Feed]) -> int:
+    """Cut every REST answer's body in half, short of valid JSON (status kept), until ``rest_ok``."""
+    for feed in feeds:
+        feed.rest_malformed = True
+    return len(feeds)
+
+
+def rest_ok(feeds: Sequence[Feed]) -> int:
+    """End every REST fault."""
+    for feed in feeds:
+        feed.rest_delay = 0.0
+        feed.rest_status = None
+        feed.rest_malformed = False
     return len(feeds)

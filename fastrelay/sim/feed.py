@@ -5,23 +5,37 @@ with ``t`` (Unix ms at generation) and a per-channel sequence ``q`` that is
 global to the simulator, so a client that misses events while disconnected sees
 a gap. Aggregates (A/AM, CAS/CA, XAS/XA) are computed from the trades the
 simulator actually sent in the window, so a client can check them.
+
+Every closed second window is also recorded per symbol (``LiveBars``): the
+seconds, the real minutes they make and, for minutes that aged out, their days.
+The REST stand-in (rest.py) serves them after the history it generates, so the
+chart history and the live stream are one price path.
 """
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
+from fastrelay.sim.bars import MINUTE_MS, Bar, Bars, Buckets, group, zone_of
 from fastrelay.sim.config import SimulatorConfig
 from fastrelay.sim.connection import Connection
 from fastrelay.sim.symbols import Spec, market_kind, symbol_specs
 
 _AUTH_TIMES_KEPT: Final = 100
+# Live bars kept per symbol for the REST history: the last hour of seconds and
+# the last week of minutes, fewer when a market has many symbols (these many
+# bars per market at most, 72 bytes each).
+LIVE_SECONDS: Final = 3600
+LIVE_MINUTES: Final = 7 * 24 * 60
+_LIVE_SECONDS_PER_MARKET: Final = 200_000
+_LIVE_MINUTES_PER_MARKET: Final = 500_000
 
 # (ev, channel name, encoded JSON object). Encoded once, shared by every
 # connection that receives it.
@@ -52,12 +66,58 @@ class Window:
         self.n += 1
 
 
+class LiveBars:
+    """What one symbol traded live, for the REST history.
+
+    ``seconds``: the closed second windows (the last ``LIVE_SECONDS``);
+    ``minutes``: the real minutes they make, whatever ``agg_minute_seconds`` is
+    (the last ``LIVE_MINUTES``), with ``current`` the latest one, still growing;
+    ``days``: the minutes that aged out of ``minutes``, per day of the market.
+    """
+
+    __slots__ = ("current", "day_buckets", "days", "minutes", "seconds")
+
+    def __init__(self, zone: datetime.tzinfo, seconds: int, minutes: int) -> None:
+        self.seconds = Bars(seconds)
+        self.minutes = Bars(minutes)
+        self.days = Bars()
+        self.current: list[float] | None = None
+        self.day_buckets = Buckets("day", 1, zone)
+
+    def close_second(self, w: Window) -> None:
+        s = w.start
+        self.seconds.add((s, w.o, w.h, w.l, w.c, w.v, w.pv, w.n))
+        self.seconds.trim()
+        minute = s - s % MINUTE_MS
+        cur = self.current
+        if cur is not None and cur[0] == minute:
+            if w.h > cur[2]:
+                cur[2] = w.h
+            if w.l < cur[3]:
+                cur[3] = w.l
+            cur[4] = w.c
+            cur[5] += w.v
+            cur[6] += w.pv
+            cur[7] += w.n
+            return
+        if cur is not None:
+            self.minutes.add(cast(Bar, tuple(cur)))
+            for day, _end, _count in group(self.minutes.trim(collect=True), self.day_buckets):
+                self.days.put(day)
+        self.current = [minute, w.o, w.h, w.l, w.c, w.v, w.pv, w.n]
+
+
 class Symbol:
-    """One ticker of a feed: its price walk, day totals and open aggregate windows."""
+    """One ticker of a feed: its price walk, day totals, open aggregate windows and live bars."""
 
-    __slots__ = ("ch", "day_pv", "day_v", "decimals", "minute", "name", "open", "price", "ref", "sec", "tick")
+    __slots__ = (
+        "ch", "day_pv", "day_v", "decimals", "live", "minute", "name", "open", "price", "ref", "sec", "spec",
+        "tick",
+    )  # fmt: skip
 
-    def __init__(self, spec: Spec, evs: Iterable[str]) -> None:
+    def __init__(self, spec: Spec, evs: Iterable[str], live: LiveBars) -> None:
+        self.spec = spec
+        self.live = live
         self.name = spec.name
         self.ref = spec.price
         self.price = spec.price
@@ -101,7 +161,12 @@ class Feed:
         self.tick_evs = tick_evs
         self.key = "pair" if self.kind in ("crypto", "forex") else "sym"
         evs = (*tick_evs, self.second_ev, self.minute_ev)
-        self.symbols = [Symbol(spec, evs) for spec in symbol_specs(market, config)]
+        specs = symbol_specs(market, config)
+        zone = zone_of(self.kind)
+        n_specs = max(1, len(specs))
+        kept_seconds = min(LIVE_SECONDS, max(60, _LIVE_SECONDS_PER_MARKET // n_specs))
+        kept_minutes = min(LIVE_MINUTES, max(60, _LIVE_MINUTES_PER_MARKET // n_specs))
+        self.symbols = [Symbol(spec, evs, LiveBars(zone, kept_seconds, kept_minutes)) for spec in specs]
         self.by_name = {sym.name: sym for sym in self.symbols}
         self.aggregates = config.aggregates
         self.minute_ms = max(1, round(config.agg_minute_seconds * 1000))
@@ -135,6 +200,11 @@ class Feed:
         self.slow_factor = 1.0
         self.slow_delay = 0.0
         self.delayed: deque[tuple[float, list[Event]]] = deque()
+        # REST faults for this market's tickers (faults.py): answer late, answer with
+        # this status instead, answer with a body that is not JSON.
+        self.rest_delay = 0.0
+        self.rest_status: int | None = None
+        self.rest_malformed = False
         # Stats.
         self.connects = 0
         self.auth_attempts = 0
@@ -308,6 +378,7 @@ class Feed:
                     window = sym.sec
                     sym.sec = None
                     if window is not None:
+                        sym.live.close_second(window)
                         self._aggregate(self.second_ev, sym, window, 1000, t, out)
                 self.sec_open.clear()
             self.sec_start = sec
@@ -514,6 +585,10 @@ class Feed:
                 ("max_connections", self.max_connections),
                 ("slow", self.slow),
                 ("stall", any(c.stalled for c in self.conns)),
+                ("rest_slow", self.rest_delay > 0),
+                ("rest_429", self.rest_status == 429),
+                ("rest_5xx", self.rest_status is not None and self.rest_status >= 500),
+                ("rest_malformed", self.rest_malformed),
             )
             if active
         ]

@@ -1,5 +1,8 @@
 """The simulator's server: ``Simulator`` on one port (every market path, ``/sim/stats``,
-``/sim/fault/NAME``), its generation clock, and ``run_simulator`` for ``fastrelay sim``.
+``/sim/fault/NAME``, the REST aggregates), its generation clock, and ``run_simulator`` for ``fastrelay sim``.
+
+Connections come in through front.py's door: REST paths are answered by rest.py
+(late if a fault says so), everything else goes to picows and ``_route``.
 
 The event loop is the caller's: the simulator runs on uvloop (``fastrelay.loops``)
 or the default loop and never installs a policy.
@@ -20,19 +23,22 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from picows import (
+    WSAutoPingStrategy,
     WSCloseCode,
     WSListener,
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 import fastrelay.sim.faults as faults
 from fastrelay import markets
 from fastrelay.sim.config import SimulatorConfig
 from fastrelay.sim.connection import CLOSE_TIMEOUT, Connection
 from fastrelay.sim.feed import Feed, now_ms
+from fastrelay.sim.front import FrontDoor
+from fastrelay.sim.rest import Answer, RestApi
 
 log = logging.getLogger("fastrelay.sim")
 
@@ -40,6 +46,9 @@ log = logging.getLogger("fastrelay.sim")
 # 50 ms would delay aggregates (emitted at the first tick after the window).
 _MIN_TICK: Final = 0.001
 _MAX_TICK: Final = 0.05
+# Massive's own limit on client messages is small; a subscribe of thousands of channels still fits.
+_MAX_FRAME: Final = 4 * 1024 * 1024
+_PICOWS_LOG: Final = logging.getLogger("picows.server")
 
 
 class Simulator:
@@ -65,6 +74,8 @@ class Simulator:
             market: Feed(market, self.config, random.Random(rng.random()), market in self.config.markets)
             for market in markets.MARKETS
         }
+        self.rest = RestApi(self.config, self._feeds)
+        self._doors: set[FrontDoor] = set()
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -85,17 +96,18 @@ class Simulator:
             if host == self._host and port in (0, self._port) and ssl_context is self._ssl:
                 return
             raise RuntimeError(f"simulator already listening on {self._host}:{self._port}")
-        self._server = await ws_create_server(
-            self._route,
+        try:
+            self._websocket_protocol()
+        except TypeError as exc:  # picows's constructor is not public API
+            raise RuntimeError(f"this picows cannot be driven by the simulator's front door: {exc}") from exc
+        scheme = "https" if ssl_context is not None else "http"
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: FrontDoor(self._answer_rest, self._websocket_protocol, self._doors, scheme),
             host,
             port,
             ssl=ssl_context,
-            enable_auto_pong=False,
-            use_aiofastnet=False,
-            # Massive's own limit on client messages is small; a subscribe of
-            # thousands of channels still fits.
-            max_frame_size=4 * 1024 * 1024,
         )
+        self.rest.started(now_ms())
         self._ssl = ssl_context
         self._host = host
         self._port = self._server.sockets[0].getsockname()[1]
@@ -119,6 +131,8 @@ class Simulator:
         if server is None:
             return
         server.close()
+        for door in list(self._doors):
+            door.close()
         conns = [conn for feed in self._feeds.values() for conn in feed.conns]
         if conns:
             self._all_gone = asyncio.get_running_loop().create_future()
@@ -180,6 +194,11 @@ class Simulator:
     def http_url(self, path: str = "/sim/stats") -> str:
         return f"{'https' if self.secure else 'http'}://{self._netloc()}{path}"
 
+    @property
+    def rest_url(self) -> str:
+        """``http(s)://127.0.0.1:PORT``: the REST base (Massive's is ``https://api.massive.com``)."""
+        return self.http_url("")
+
     def symbols(self, market: str) -> tuple[str, ...]:
         return tuple(sym.name for sym in self._feed(market).symbols)
 
@@ -212,6 +231,33 @@ class Simulator:
             return self._feeds[market]
         except KeyError:
             raise ValueError(f"unknown market {market!r}; known: {', '.join(markets.MARKETS)}") from None
+
+    def _websocket_protocol(self) -> asyncio.BaseProtocol:
+        """A picows server protocol routed by ``_route``, as ``picows.ws_create_server`` makes them."""
+        protocol: asyncio.BaseProtocol = WSProtocol(
+            None,  # host and port: a server's
+            None,  # path: a server's
+            False,  # client side
+            self._route,
+            _PICOWS_LOG,
+            True,  # disconnect on an exception of a listener
+            5.0,  # WebSocket handshake timeout
+            False,  # auto ping
+            20.0,
+            20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            False,  # auto pong: Connection answers pings itself (and not while stalled)
+            _MAX_FRAME,
+            None,  # extra headers
+            16 * 1024,  # initial read buffer
+        )
+        return protocol
+
+    async def _answer_rest(self, method: str, target: str, headers: Mapping[str, str], origin: str) -> Answer:
+        answer = self.rest.answer(method, target, headers, origin)
+        if answer.delay > 0:
+            await asyncio.sleep(answer.delay)
+        return answer
 
     def _route(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener | None:
         target = urlsplit(request.path.decode("latin-1"))
@@ -303,6 +349,21 @@ class Simulator:
     def unslow(self, market: str | None = None) -> int:
         return faults.unslow(self._targets(market))
 
+    def rest_slow(self, market: str | None = None, *, delay: float = faults.REST_SLOW_DELAY) -> int:
+        return faults.rest_slow(self._targets(market), delay=delay)
+
+    def rest_429(self, market: str | None = None) -> int:
+        return faults.rest_429(self._targets(market))
+
+    def rest_5xx(self, market: str | None = None, *, status: int = faults.REST_5XX_STATUS) -> int:
+        return faults.rest_5xx(self._targets(market), status=status)
+
+    def rest_malformed(self, market: str | None = None) -> int:
+        return faults.rest_malformed(self._targets(market))
+
+    def rest_ok(self, market: str | None = None) -> int:
+        return faults.rest_ok(self._targets(market))
+
     def fault(self, name: str, market: str | None = None, **params: Any) -> int:
         """Inject a fault by name (see ``FAULTS``); returns connections or markets affected."""
         if name not in faults.FAULTS:
@@ -324,11 +385,12 @@ class Simulator:
             "frames_sent": sum(m["frames_sent"] for m in per_market.values()),
             "auth_attempts": sum(m["auth_attempts"] for m in per_market.values()),
             "markets": per_market,
+            "rest": self.rest.stats(),
             "clients": [conn.describe() for feed in self._feeds.values() for conn in feed.conns],
         }
 
     def _control(self, path: str, query: Mapping[str, str]) -> tuple[int, bytes]:
-        """``/sim/stats``, ``/sim/health``, ``/sim/fault/<name>?market=&factor=&delay=&current=``."""
+        """``/sim/stats``, ``/sim/health``, ``/sim/fault/<name>?market=&factor=&delay=&current=&status=``."""
         if path == "/sim/stats":
             return 200, orjson.dumps(self.stats())
         if path == "/sim/health":
@@ -359,8 +421,9 @@ async def run_simulator(
     sim = Simulator(config)
     await sim.start(host, port, ssl_context=ssl_context)
     log.info(
-        "simulated Massive feed: %s (api key %r); control: %s, %s",
+        "simulated Massive feed: %s, REST aggregates: %s (api key %r); control: %s, %s",
         sim.base_url,
+        sim.rest_url,
         sim.config.api_key,
         sim.http_url("/sim/stats"),
         sim.http_url("/sim/fault/<name>[?market=...]"),
