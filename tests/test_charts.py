@@ -174,9 +174,13 @@ async def test_chart_opens_full_with_history_then_goes_live(browser: Browser, tm
 
 async def test_symbol_search_switches_the_chart_and_shows_refusals(browser: Browser, tmp_path: Path) -> None:  # noqa: F811
     """The search box: a malformed ticker is refused on the page (nothing sent); a valid one
-    charts that symbol (history, then live); one the relay refuses shows the relay's error."""
+    charts that symbol (history, then live, and at 5m the live minute bars build the last
+    candle); one the relay refuses shows the relay's error."""
     vendor_installed()
-    config = SimulatorConfig(api_key="sim-key", markets=("stocks", "options"), rate=40.0)
+    # Two-second "minutes": live AM bars come every 2 s, so the 5m candle built from them moves.
+    config = SimulatorConfig(
+        api_key="sim-key", markets=("stocks", "options"), rate=40.0, agg_minute_seconds=2.0
+    )
     async with Simulator(config) as sim:
         # No indices here: I:SPX passes the page's pattern, and the relay refuses it.
         relay = relay_for(sim, tmp_path, "--markets", "stocks,options")
@@ -203,6 +207,18 @@ async def test_symbol_search_switches_the_chart_and_shows_refusals(browser: Brow
                 assert "symbol=GOOGL" in page.url
                 channels = await page.evaluate("Array.from(window.dashboard.client.channels)")
                 assert {"A.GOOGL", "AM.GOOGL"} <= set(channels) and "AM.AAPL" in channels  # cards stay
+
+                # 5m: REST candles, then the live minute bars build the last one in the page.
+                await page.click(".toggle button[data-tf='5m']")
+                state = await loaded(page, "5m", state["requests"])
+                assert state["count"] > 0 and state["symbol"] == "GOOGL"
+                await page.wait_for_function(
+                    "(last) => { const b = window.dashboard.chart.lastBar();"
+                    " return b && (b.s > last.s || b.v > last.v) && window.dashboard.chart.updates > 0; }",
+                    arg=state["last"],
+                    timeout=TIMEOUT * 2 * MS,
+                )
+                assert_series(await chart_state(page), 300_000)
 
                 await page.fill("#symbol-input", "I:SPX")
                 await page.press("#symbol-input", "Enter")
