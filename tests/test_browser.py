@@ -28,6 +28,7 @@ from tests.webtools import (
     free_port,
     running_nginx,
     stopping,
+    vendor_installed,
 )
 
 pytestmark = pytest.mark.slow
@@ -112,24 +113,29 @@ def attempt_bounds(seconds: float) -> tuple[int, int]:
 async def test_dashboard_live_through_nginx_survives_a_relay_crash(browser: Browser, tmp_path: Path) -> None:
     """LIVE, prices move, chart and option fill; relay killed: bounded reconnects; back: LIVE, no reload."""
     ARTIFACTS.mkdir(exist_ok=True)
+    vendor_installed()
     # The simulator's default symbols: the page's default option contract must be one it trades.
     config = SimulatorConfig(api_key="sim-key", markets=("stocks", "options"), rate=120.0, events_per_frame=2)
     async with Simulator(config) as sim:
-        relay = RelayProcess(free_port(), sim.base_url, tmp_path / "relay.log", "--client-tokens", TOKEN)
+        rest = ["--rest-url", sim.http_url("")]  # history's REST source: the simulator, as `fastrelay run`
+        relay = RelayProcess(
+            free_port(), sim.base_url, tmp_path / "relay.log", "--client-tokens", TOKEN, *rest
+        )
         await relay.start()
         async with running_nginx(tmp_path / "nginx", [relay.port]) as nginx:
             with stopping(relay):
                 problems: list[str] = []
                 page = await new_page(browser, problems)
-                await page.goto(f"{nginx.base_url}/?token={TOKEN}")
+                # Per-second candles: the relay's kept ones fill the chart without REST history.
+                await page.goto(f"{nginx.base_url}/?token={TOKEN}&interval=1s")
                 await page.evaluate("window.__sameDocument = true")
 
                 # Live: the indicator, prices that move, candles, the option's quote and trades.
                 await page.wait_for_selector('#conn[data-state="live"]')
                 assert await page.inner_text("#conn-label") == "LIVE"
                 await wait_prices_change(page, TIMEOUT * 2)
-                await page.wait_for_function("() => window.dashboard.chart.candles.length >= 2")
-                await page.wait_for_function("() => window.dashboard.chart.tailDraws > 0")
+                await page.wait_for_function("() => window.dashboard.chart.barCount() >= 2")
+                await page.wait_for_function("() => window.dashboard.chart.updates > 0")  # live after history
                 await page.wait_for_function(
                     "() => !['—', ''].includes(document.getElementById('opt-bid').textContent)"
                 )
@@ -140,11 +146,11 @@ async def test_dashboard_live_through_nginx_survives_a_relay_crash(browser: Brow
 
                 # A second page gets the relay's kept candles at once (history), de-duplicated.
                 second = await new_page(browser, problems)
-                await second.goto(f"{nginx.base_url}/?token={TOKEN}")
+                await second.goto(f"{nginx.base_url}/?token={TOKEN}&interval=1s")
                 await second.wait_for_function(
                     "() => /history: [1-9]/.test(document.getElementById('chart-history').textContent)"
                 )
-                starts = await second.evaluate("window.dashboard.chart.candles.map(c => c.s)")
+                starts = await second.evaluate("window.dashboard.chart.bars().map(b => b.s)")
                 assert len(starts) >= 2 and starts == sorted(set(starts))
                 await second.close()
 
@@ -194,6 +200,7 @@ async def test_client_stops_on_auth_failed_and_pauses_after_slow_consumer(
     """
     async with Simulator(SimulatorConfig(api_key="sim-key", markets=("stocks", "options"))) as sim:
         flags = ["--client-tokens", TOKEN, "--auth-retry", "0.3", "--backoff-base", "0.05"]
+        flags += ["--rest-url", sim.http_url("")]
         flags += ["--backoff-cap", "0.2"]
         relay = RelayProcess(free_port(), sim.base_url, tmp_path / "relay.log", *flags)
         await relay.start()

@@ -23,12 +23,14 @@ from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, fast_relay_config, wait_until
 from tests.webtools import (
     SITE_CONF,
+    VENDOR_SCRIPT,
     WEB_ROOT,
     Nginx,
     http_request,
     running_nginx,
     site_setting,
     upgrade_headers,
+    vendor_installed,
 )
 
 SOCKET_LIMIT = int(site_setting(r"^\s*limit_conn fastrelay_sockets (\d+);"))
@@ -183,9 +185,14 @@ async def test_metrics_and_readiness_stay_internal(proxied: Proxied) -> None:
 
 async def test_dashboard_files_are_served_by_nginx(proxied: Proxied) -> None:
     """Every file of fastrelay/web/ from disk, with its type and headers, the same bytes the relay serves."""
+    vendor_installed()
     files = sorted(p for p in WEB_ROOT.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert {"index.html", "fastrelay-client.js", "dashboard.js", "chart.js"} <= {p.name for p in files}
+    names = {p.relative_to(WEB_ROOT).as_posix() for p in files}
+    assert {"index.html", "fastrelay-client.js", "dashboard.js", "chart.js", "candles.js"} <= names
+    # lightweight-charts, installed by `make` (web-vendor/): served like the page's own files.
+    assert {f"vendor/{VENDOR_SCRIPT}", "vendor/lightweight-charts.LICENSE.txt"} <= names
     types = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    types[".txt"] = "text/plain"
     for path in files:
         name = "/" + path.relative_to(WEB_ROOT).as_posix()
         response = await http_request(proxied.nginx.port, name)

@@ -32,6 +32,8 @@ NGINX_DIR = REPO / "nginx"
 SITE_CONF = NGINX_DIR / "fastrelay.conf"
 WEB_ROOT = PACKAGED_WEB_ROOT
 ARTIFACTS = REPO / "test-artifacts"
+# The dashboard's chart library, copied into the web root by `make` (web-vendor/, npm).
+VENDOR_SCRIPT = "lightweight-charts.standalone.production.js"
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that phones home or updates itself.
 CHROMIUM_ARGS = [
@@ -64,6 +66,14 @@ def nginx_binary() -> str:
     if found is None:
         pytest.fail("nginx is not installed: `make test` installs Debian's nginx package")
     return found
+
+
+def vendor_installed() -> None:
+    """Fail at once, saying what to run, when the chart library is not in the web root."""
+    if not (WEB_ROOT / "vendor" / VENDOR_SCRIPT).is_file():
+        pytest.fail(
+            f"{WEB_ROOT}/vendor/{VENDOR_SCRIPT} is missing: `make web-vendor` (or `make test`) installs it"
+        )
 
 
 def chromium_binary() -> str:

@@ -7,6 +7,7 @@
  *   client.on("T", (trade) => ...);                  // events by their "ev"; "event" for all
  *   client.on("status", (status) => ...);            // every {"ev":"status"} object
  *   client.subscribe("T.AAPL,Q.AAPL");               // remembered; resent after every reconnect
+ *   client.history("AM.AAPL", {timespan: "minute", multiplier: 5});  // bars, then a status
  *   client.start();
  *
  * Reconnects with capped exponential backoff and full jitter: the n-th retry in a row waits a
@@ -161,12 +162,15 @@
       return this;
     }
 
-    /** fastrelay's history extension: the relay's kept aggregates of these channels, then a
-     * "history: CHANNEL (N events)" status each. Sent only while live; false otherwise. */
-    history(params) {
+    /** fastrelay's history extension: the bars of these aggregate channels (oldest first, as
+     * live events), then a "history: CHANNEL (N events)" status each. ``options`` chooses the
+     * bars: {timespan, multiplier, from, to, limit} (docs/protocol.md); without them the relay
+     * answers the last day of minute bars (AM) or the last hour of second bars (A). Sent only
+     * while live; false otherwise. */
+    history(params, options) {
       const list = splitChannels(params);
       if (!list.length || this.state !== "live") return false;
-      this._send("history", list);
+      this._send("history", list, options);
       return true;
     }
 
@@ -206,10 +210,10 @@
       }, this.handshakeTimeout);
     }
 
-    _send(action, list) {
+    _send(action, list, extra) {
       const socket = this.socket;
       if (socket && socket.readyState === 1) {
-        socket.send(JSON.stringify({ action: action, params: list.join(",") }));
+        socket.send(JSON.stringify(Object.assign({}, extra, { action: action, params: list.join(",") })));
       }
     }
 
