@@ -805,6 +805,64 @@ def high_availability() -> list[timeseries.Panel | statetimeline.Panel]:
     ]
 
 
+def chart_history() -> list[timeseries.Panel]:
+    """Chart history from Massive's REST aggregates (bars.py): what it costs the account."""
+    return [
+        graph(
+            "Bars requests / min by result",
+            "History and REST aggregate requests per minute: hit (the relay's cache answered), "
+            "miss (Massive was asked), coalesced (waited for the same query already on its way: a "
+            "crowd opening one chart), error. Misses are what the account pays for; a high miss "
+            "rate with few distinct charts means --rest-cache-bytes is too small.",
+            units.CountsPerMinute,
+            q(
+                "sum by (result) ("
+                + only(f"rate(fastrelay_rest_requests_total{{{SEL}}}[$__rate_interval])")
+                + ") * 60",
+                "{{result}}",
+            ),
+        ),
+        graph(
+            "Bars errors / min by reason",
+            "Failed bars requests: rate_limited (the relay's own --rest-per-minute budget), "
+            "upstream_429 (Massive's rate limit: the relay pauses as it asks), upstream_error "
+            "(Massive's 5xx), not_found, bad_answer, unavailable (Massive unreachable). Clients get "
+            "an error status and the bars the relay kept.",
+            units.CountsPerMinute,
+            q(
+                "sum by (reason) ("
+                + only(f"rate(fastrelay_rest_errors_total{{{SEL}}}[$__rate_interval])")
+                + ") * 60",
+                "{{reason}}",
+            ),
+        ),
+        right_axis(
+            graph(
+                "Massive REST latency and cache",
+                "p50 and p99 of fetching a query's bars from Massive (every page), and the bytes of "
+                "answers the relay keeps (right axis; bounded by --rest-cache-bytes).",
+                units.Seconds,
+                q(
+                    "histogram_quantile(0.5, sum by (le) ("
+                    + only(f"rate(fastrelay_rest_latency_seconds_bucket{{{SEL}}}[$__rate_interval])")
+                    + "))",
+                    "p50",
+                ),
+                q(
+                    "histogram_quantile(0.99, sum by (le) ("
+                    + only(f"rate(fastrelay_rest_latency_seconds_bucket{{{SEL}}}[$__rate_interval])")
+                    + "))",
+                    "p99",
+                    "B",
+                ),
+                q("sum(" + only(f"fastrelay_rest_cache_bytes{{{SEL}}}") + ")", "cache bytes", "C"),
+            ),
+            "C",
+            units.BytesIEC,
+        ),
+    ]
+
+
 def build() -> dash.Dashboard:
     builder = (
         dash.Dashboard("fastrelay")
@@ -868,6 +926,7 @@ def build() -> dash.Dashboard:
         ("Clients", clients()),
         ("Relay and process", performance()),
         (SCALEOUT_ROW, scaleout()),
+        ("Chart history (Massive REST)", chart_history()),
     ]
     for title, section in sections:
         builder = builder.with_row(dash.Row(title))

@@ -175,6 +175,30 @@ class Reader(threading.Thread):
         self.join(TIMEOUT)
 
 
+class ChartOpener(threading.Thread):
+    """A REST client of the relay opening charts, as dashboards do: a new range every 0.3 s (a
+    miss), and the same one again (a hit), so the chart-history panels have data."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True, name="chart opener")
+        self.port = port
+        self.answers = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        end = int(time.time() * 1000)
+        while not self._stop_event.wait(0.3):
+            end += 1
+            path = f"/v2/aggs/ticker/AAPL/range/1/minute/{end - 3_600_000}/{end}"
+            for _ in range(2):
+                status, _ = http_get(f"http://127.0.0.1:{self.port}{path}")
+                self.answers += status == 200
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(TIMEOUT)
+
+
 def _masked_text(payload: bytes) -> bytes:
     """A client-to-server text frame (masked with a zero key, RFC 6455 5.3)."""
     assert len(payload) < 126
@@ -238,6 +262,7 @@ class Stack(PrometheusApi):
     prom_port: int
     procs: dict[str, Proc] = field(default_factory=dict)
     readers: list[Reader] = field(default_factory=list)
+    openers: list[ChartOpener] = field(default_factory=list)
 
     @property
     def instance(self) -> str:
@@ -345,6 +370,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     def stop_readers() -> None:
         for reader in stack.readers:
             reader.stop()
+        for opener in stack.openers:
+            opener.stop()
 
     def start(name: str, cmd: list[str]) -> None:
         stack.procs[name] = Proc.start(name, cmd, workdir)
@@ -372,6 +399,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 *(*fastrelay, "serve", "--host", "127.0.0.1", "--port", str(stack.relay_port)),
                 *("--metrics-port", str(stack.metrics_port), "--metrics-interval", "0.25"),
                 *("--upstream", f"ws://127.0.0.1:{stack.sim_port}", "--api-key", "sim-key"),
+                *("--rest-url", f"http://127.0.0.1:{stack.sim_port}", "--history-per-minute", "600"),
                 *("--markets", "stocks,options", "--max-client-buffer", str(MAX_CLIENT_BUFFER)),
                 *("--auth-retry", "0.5", "--max-connections-cooldown", "0.5", "--linger", "0.2"),
                 *("--backoff-base", "0.05", "--backoff-cap", "0.2", "--log-level", "warning"),
@@ -384,6 +412,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             reader.start()
         for reader in stack.readers:
             eventually(partial(reader_flows, reader), f"events at {reader.url}")
+        opener = ChartOpener(stack.relay_port)
+        stack.openers.append(opener)
+        opener.start()
+        eventually(lambda: opener.answers >= 2 or None, "REST answers from the relay")
 
         stack.procs["prometheus"] = start_prometheus(workdir, stack.prom_port, [stack.instance])
         wait_scraped(stack, [stack.instance])
