@@ -180,8 +180,13 @@ def history_query(market: str, ev: str, ticker: str, options: dict[str, Any], no
     if "from" not in options and timespan != native[1]:
         span = SPAN_MS.get(timespan) if isinstance(timespan, str) else None
         back = max(back, (span or SPAN_MS["day"] or 0) * 300)  # about a screen of bars
-    start = options.get("from", now_ms - back)
-    end = options.get("to", now_ms)
+    # The default range ends at the end of the current window (the same for everyone within
+    # it: one cache key, one REST call for a crowd opening the same chart).
+    span = SPAN_MS.get(timespan) if isinstance(timespan, str) else None
+    step = (span or SPAN_MS["day"] or 1) * (multiplier if isinstance(multiplier, int) and multiplier > 0 else 1)
+    window_end = (now_ms // step + 1) * step - 1
+    start = options.get("from", window_end + 1 - back)
+    end = options.get("to", window_end)
     limit = options.get("limit", MAX_LIMIT)
     return make_query(rest_ticker(market, ev, ticker), multiplier, timespan, start, end, limit)
 

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import orjson
 
-from fastrelay.aggs import BarQuery, BarsError, QueryError, make_query
+from fastrelay.aggs import SPAN_MS, BarQuery, BarsError, QueryError, make_query
 
 _AGGS: Final = re.compile(
     r"^/v2/aggs/ticker/(?P<ticker>[^/]+)/range/(?P<multiplier>[^/]+)/(?P<timespan>[^/]+)"
@@ -131,7 +131,9 @@ def bars_answer(request: BarsRequest, bars: list[dict[str, Any]]) -> Answer:
     if bars and len(bars) >= query.limit:
         last = int(bars[-1].get("t", 0))
         if query.sort == "asc":
-            start, end = str(last + 1), query.end
+            # The next window's start: Massive floors `from` to its window, so last + 1 ms
+            # would bring the last bar again.
+            start, end = str(last + _step(query)), query.end
         else:
             start, end = query.start, str(last - 1)
         path = (
@@ -188,3 +190,15 @@ class RestEndpoint:
             status = {"rate_limited": 429, "upstream_429": 429, "not_found": 404}.get(exc.reason, 502)
             return error(status, str(exc).removeprefix("history: "))
         return bars_answer(routed, bars)
+
+
+# Calendar windows vary in length; a step this long lands in the next one, whose start
+# Massive floors it to.
+_CALENDAR_STEP: Final = {"month": 28, "quarter": 89, "year": 365}
+
+
+def _step(query: BarQuery) -> int:
+    span = SPAN_MS.get(query.timespan)
+    if span is not None:
+        return span * query.multiplier
+    return _CALENDAR_STEP[query.timespan] * 86_400_000 * query.multiplier

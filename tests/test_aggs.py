@@ -22,9 +22,16 @@ NOW = 1_764_770_000_000  # 2025-12-03 13:53:20 UTC
 def test_a_bare_history_of_a_minute_channel_asks_a_day_of_minute_bars() -> None:
     query = history_query("stocks", "AM", "AAPL", {}, NOW)
     assert (query.ticker, query.multiplier, query.timespan) == ("AAPL", 1, "minute")
-    assert (int(query.start), int(query.end), query.limit) == (NOW - 86_400_000, NOW, MAX_LIMIT)
-    assert query.path() == f"/v2/aggs/ticker/AAPL/range/1/minute/{NOW - 86_400_000}/{NOW}"
+    minute_end = (NOW // 60_000 + 1) * 60_000 - 1  # the end of the current minute
+    assert (int(query.start), int(query.end), query.limit) == (
+        minute_end + 1 - 86_400_000,
+        minute_end,
+        MAX_LIMIT,
+    )
+    assert query.path() == f"/v2/aggs/ticker/AAPL/range/1/minute/{minute_end + 1 - 86_400_000}/{minute_end}"
     assert query.reaches_now(NOW)
+    # Everyone asking within the same minute asks the same query: one cache key.
+    assert history_query("stocks", "AM", "AAPL", {}, NOW + 1) == query
 
 
 def test_options_choose_the_timespan_range_and_limit() -> None:
