@@ -188,7 +188,20 @@ def history_query(market: str, ev: str, ticker: str, options: dict[str, Any], no
     start = options.get("from", window_end + 1 - back)
     end = options.get("to", window_end)
     limit = options.get("limit", MAX_LIMIT)
-    return make_query(rest_ticker(market, ev, ticker), multiplier, timespan, start, end, limit)
+    query = make_query(rest_ticker(market, ev, ticker), multiplier, timespan, start, end, limit)
+    # A WebSocket client cannot page: a range of more bars than it may get is refused
+    # clearly rather than answered with its oldest part.
+    span = SPAN_MS.get(query.timespan) or _CALENDAR_MS[query.timespan]
+    bars = (query.end_ms() - _instant(query.start) + 1) // (span * query.multiplier)
+    if bars > query.limit:
+        raise QueryError(
+            f"history: the range holds about {bars} bars, more than the limit of {query.limit}: "
+            f"narrow it, take a longer timespan or raise limit (at most {MAX_LIMIT})"
+        )
+    return query
+
+
+_CALENDAR_MS: Final = {"month": 28 * 86_400_000, "quarter": 89 * 86_400_000, "year": 365 * 86_400_000}
 
 
 # --- bars as events ------------------------------------------------------------------------

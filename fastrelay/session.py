@@ -307,7 +307,9 @@ class ClientSession:
                 f"history: at most {limits.max_channels} channels per request ({len(labels)} asked)"
             )
         queries: dict[Channel, BarQuery] = {}
-        if context.bars is not None or options:
+        if options and context.bars is None:
+            return _error("history: this relay has no REST source for ranges (no Massive key)")
+        if context.bars is not None:
             now = context.wall_ms()
             for channel in list(labels):
                 if channel.ticker == "*" or channel.ev not in aggs.NATIVE_SPAN:
@@ -320,8 +322,6 @@ class ClientSession:
                     )
                 except aggs.QueryError as exc:
                     return _error(str(exc))
-            if options and context.bars is None:
-                return _error("history: this relay has no REST source for ranges (no Massive key)")
         fetched: dict[Channel, list[dict[str, Any]] | str] = {}
         fills = context.fills
         pending = [c for c in labels if fills.filling(c)] if fills is not None else []

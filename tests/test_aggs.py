@@ -59,6 +59,8 @@ def test_options_choose_the_timespan_range_and_limit() -> None:
         ({"from": "yesterday"}, "from must be"),
         ({"from": "2025-02-30"}, "is not a date"),
         ({"from": "2025-12-02", "to": "2025-12-01"}, "from is after to"),
+        ({"timespan": "second", "from": "2025-01-01", "to": "2025-12-01"}, "range holds about"),
+        ({"from": "2025-11-01", "to": "2025-11-30", "limit": 1000}, "more than the limit of 1000"),
     ],
 )
 def test_bad_options_get_a_clear_error(options: dict[str, object], fragment: str) -> None:

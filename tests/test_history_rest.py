@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+import trustme
 
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.sim import Simulator, SimulatorConfig
@@ -108,3 +112,29 @@ async def test_massives_429_is_said_and_not_retried_in_a_storm() -> None:
             assert "rate limit" in (await client.wait_status("error"))["message"]
         assert rest_requests(sim) - before == 1  # the pause: nothing more went to Massive
         await client.close()
+
+
+async def test_rest_over_tls_trusts_the_given_ca_only(tmp_path: Path) -> None:
+    """--rest-ca: Massive's REST over TLS with a private CA (the simulator's); without it the
+    certificate is refused and the client is told Massive is unreachable."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    config = SimulatorConfig(api_key=KEY, markets=("stocks",), rate=50.0)
+    async with Simulator(config, ssl_context=server) as sim:
+        assert sim.rest_url.startswith("https://")
+        for rest_ca, expected in ((str(ca_file), "success"), (None, "error")):
+            relay_config = fast_relay_config(
+                sim.base_url, KEY, markets=("stocks",), rest_url=sim.rest_url, rest_ca=rest_ca,
+                upstream_ca=str(ca_file),
+            )  # fmt: skip
+            async with running_relay(relay_config) as relay:
+                client = await Client.connect(f"ws://127.0.0.1:{relay.port}/stocks")
+                _, status = await history(client, "AM.AAPL")
+                if expected == "success":
+                    assert status.startswith("history: AM.AAPL (") and not status.endswith("(0 events)")
+                else:
+                    assert "unreachable" in status
+                await client.close()
