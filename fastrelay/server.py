@@ -361,7 +361,11 @@ class ClientConnection(WSListener):
             self.session.leave()
         self._server.connections.discard(self)  # closing: no more pings or shutdown closes
         transport.send_close(WSCloseCode(reason.code), message.encode())
-        transport.disconnect(graceful=True)
+        if reason is not CloseReason.FLOOD:
+            transport.disconnect(graceful=True)
+        # else: reading is paused with the flood still unread in the socket, and closing a
+        # socket with unread input sends a reset, which can reach the peer before the close
+        # frame does and take it with it. The grace gives the peer time to read it first.
         # A graceful close waits for the write buffer to drain, which a peer
         # that stopped reading never lets happen.
         asyncio.get_running_loop().call_later(grace, self._abort)
@@ -619,7 +623,8 @@ class RelayServer:
         self.rest = RestEndpoint(
             self.tokens.accepts,
             config.markets,
-            relay.bars.fetch if relay.bars else None,
+            # A scale-out ingest serves no clients: REST neither.
+            relay.bars.fetch if relay.bars is not None and role.serves_clients else None,
             allow,
             self.stats.rest_responses,
         )

@@ -431,6 +431,8 @@ def dashboard() -> dict[str, Any]:
 
 # The row of the NATS metrics, which only an ingest and its edges export (test_scaleout_observability).
 SCALEOUT_ROW = "Scale-out (NATS)"
+# History from Massive's REST API is a single relay's (edges hold no key): not in a scale-out.
+HISTORY_ROW = "Chart history (Massive REST)"
 
 
 def panels() -> list[dict[str, Any]]:
@@ -456,6 +458,10 @@ def targets(rows: Callable[[str], bool] = lambda row: True) -> list[tuple[str, s
 
 def single_relay_row(row: str) -> bool:
     return row != SCALEOUT_ROW
+
+
+def scaleout_row(row: str) -> bool:
+    return row != HISTORY_ROW
 
 
 def variables() -> dict[str, dict[str, Any]]:

@@ -48,6 +48,7 @@ from tests.test_observability import (
     reader_flows,
     require_prometheus,
     run_queries,
+    scaleout_row,
     start_prometheus,
     targets,
     variables,
@@ -367,10 +368,10 @@ def test_scaleout_row_returns_data_for_the_right_instances(deployment: Deploymen
 def test_whole_dashboard_with_several_instances(deployment: Deployment) -> None:
     """Every query of the dashboard returns data for the deployment, per-instance series carry
     their instance's role, and choosing a role keeps only the instances of that role."""
-    _, problems = run_queries(deployment, targets(), selection())
+    _, problems = run_queries(deployment, targets(scaleout_row), selection())
     assert not problems, "\n".join(problems)
     for role, names in (("edge", EDGES), ("ingest", INGEST)):
-        results, _ = run_queries(deployment, targets(), selection(role))
+        results, _ = run_queries(deployment, targets(scaleout_row), selection(role))
         for (title, _expr), samples in results.items():
             for sample in samples:
                 labels = sample["metric"]
