@@ -98,6 +98,7 @@ class RawClient:
         # The relay (or nginx in front) reset the connection: a proxy closing a socket
         # with unread input sends a reset, which can overtake the close frame.
         self.reset = False
+        self.close_code: int | None = None  # the relay's close frame, once read
 
     @classmethod
     async def connect(
@@ -158,22 +159,31 @@ class RawClient:
         while (frame := await self.next_frame(timeout)) is not None:
             opcode, payload = frame
             if opcode == CLOSE:
+                self.close_code = _close_code(payload)
                 break
             if opcode == TEXT:
                 found.extend(orjson.loads(payload))
         return found
 
     async def wait_closed(self, timeout: float) -> int | None:
-        """The code of the relay's close frame (0 for an empty one; None: none came, or a reset)."""
+        """The code of the relay's close frame (0 for an empty one; None: none came, or a reset),
+        whether it comes now or came while ``messages`` read."""
+        if self.close_code is not None:
+            return self.close_code
         while (frame := await self.next_frame(timeout)) is not None:
             opcode, payload = frame
             if opcode == CLOSE:
-                return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 0
+                self.close_code = _close_code(payload)
+                return self.close_code
         return None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.transport.abort()
+
+
+def _close_code(payload: bytes) -> int:
+    return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else 0
 
 
 def _parse(buffer: bytes) -> tuple[int, bytes, int] | None:
