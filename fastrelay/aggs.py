@@ -183,7 +183,8 @@ def history_query(market: str, ev: str, ticker: str, options: dict[str, Any], no
     # The default range ends at the end of the current window (the same for everyone within
     # it: one cache key, one REST call for a crowd opening the same chart).
     span = SPAN_MS.get(timespan) if isinstance(timespan, str) else None
-    step = (span or SPAN_MS["day"] or 1) * (multiplier if isinstance(multiplier, int) and multiplier > 0 else 1)
+    times = multiplier if isinstance(multiplier, int) and multiplier > 0 else 1
+    step = (span or SPAN_MS["day"] or 1) * times
     window_end = (now_ms // step + 1) * step - 1
     start = options.get("from", window_end + 1 - back)
     end = options.get("to", window_end)
