@@ -233,11 +233,33 @@ def span_of(query: BarQuery, bar_start: int, next_start: int | None) -> int:
 _PAIR_KEYED: Final = frozenset({"CA", "CAS", "XA", "XAS"})
 
 
+class BarSet(list[dict[str, Any]]):
+    """Massive's bars of one query as the bars cache keeps them, with what is built from them
+    memoised: a crowd opening one chart shares one answer, so its events are encoded once,
+    not once per client (``bar_events``, ``restapi.bars_answer``)."""
+
+    def __init__(self, bars: list[dict[str, Any]]) -> None:
+        super().__init__(bars)
+        self.built: dict[tuple[Any, ...], Any] = {}
+
+
 def bar_events(
     ev: str, ticker: str, query: BarQuery, bars: list[dict[str, Any]], market_tag: str | None = None
 ) -> list[tuple[int, bytes]]:
     """(window start, event) of each REST bar, as a live ``ev`` event of ``ticker`` carries it
     (``market_tag``: the extra first key of futures events on /api/socket)."""
+    memo_key = ("events", ev, ticker, market_tag)
+    if isinstance(bars, BarSet):
+        found = bars.built.get(memo_key)
+        if found is None:
+            found = bars.built[memo_key] = _bar_events(ev, ticker, query, bars, market_tag)
+        return list(found)
+    return _bar_events(ev, ticker, query, bars, market_tag)
+
+
+def _bar_events(
+    ev: str, ticker: str, query: BarQuery, bars: list[dict[str, Any]], market_tag: str | None
+) -> list[tuple[int, bytes]]:
     key = "pair" if ev in _PAIR_KEYED else "sym"
     out = []
     starts = [int(bar["t"]) for bar in bars if isinstance(bar, dict) and "t" in bar]

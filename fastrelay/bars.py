@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from fastrelay.aggs import BarQuery, BarsError
+from fastrelay.aggs import BarQuery, BarsError, BarSet
 from fastrelay.histogram import Histogram
 from fastrelay.ratelimit import LogThrottle, TokenBucket
 
@@ -251,9 +251,11 @@ class Bars:
             parts = urlsplit(str(next_url))
             path, params = parts.path, dict(_query_pairs(parts.query))
         self.stats.latency.observe(time.perf_counter() - started)
-        bars = bars[: query.limit]
+        bars = BarSet(bars[: query.limit])
         ttl = self._fresh_ttl if query.reaches_now(self._wall_ms()) else self._closed_ttl
-        self.cache.put(query, bars, size, ttl)
+        # Kept as dicts (about three times their JSON) plus their encodings (BarSet): the
+        # cache's byte bound counts four times the JSON, so --rest-cache-bytes holds.
+        self.cache.put(query, bars, size * 4, ttl)
         return bars
 
     def _pause(self, headers: dict[str, str]) -> None:

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import orjson
 
-from fastrelay.aggs import SPAN_MS, BarQuery, BarsError, QueryError, make_query
+from fastrelay.aggs import SPAN_MS, BarQuery, BarsError, BarSet, QueryError, make_query
 
 _AGGS: Final = re.compile(
     r"^/v2/aggs/ticker/(?P<ticker>[^/]+)/range/(?P<multiplier>[^/]+)/(?P<timespan>[^/]+)"
@@ -125,7 +125,13 @@ def bars_answer(request: BarsRequest, bars: list[dict[str, Any]]) -> Answer:
         "adjusted": query.adjusted,
     }
     if bars:
-        body["results"] = bars
+        # The results are the same bytes for every client of a cached answer: encoded once.
+        results = bars.built.get(("results",)) if isinstance(bars, BarSet) else None
+        if results is None:
+            results = orjson.Fragment(orjson.dumps(list(bars)))
+            if isinstance(bars, BarSet):
+                bars.built[("results",)] = results
+        body["results"] = results
     body["status"] = "OK"
     body["request_id"] = request_id()
     if bars and len(bars) >= query.limit:

@@ -20,6 +20,7 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ log = logging.getLogger("fastrelay.server")
 Routed: TypeAlias = WSListener | WSUpgradeResponseWithListener | None
 
 API_SOCKET_PATH = "/api/socket"
+# Loop time per pass for deferred answers (history whose bars came in): the rest waits a pass.
+ANSWER_SHARE = 0.002
 # The path label of refusals on market paths this relay does not serve.
 OTHER_PATH = "/other"
 # Loop time one client's messages may take in one pass of the loop before the rest
@@ -338,9 +341,13 @@ class ClientConnection(WSListener):
                 self._when_filled(later)
 
     async def _after(self, later: Deferred) -> None:
-        """REST bars first (their own task: a client that leaves cancels only its wait)."""
+        """REST bars first (their own task: a client that leaves cancels only its wait), then
+        the answer, in turn with every other one that became ready at the same moment."""
         assert later.wait is not None
         await later.wait()
+        self._server.in_turn(lambda: self._answer_later(later))
+
+    def _answer_later(self, later: Deferred) -> None:
         if self.session is not None and not self.session.member.closed:
             self._when_filled(later)
 
@@ -611,6 +618,8 @@ class RelayServer:
         )
         self.connections: set[ClientConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # deferred answers waiting for REST bars
+        self._answers: deque[Callable[[], None]] = deque()  # deferred answers ready, in turn
+        self._answering = False
         # REST aggregates at the client port (restapi.py): tokens as for WebSocket clients,
         # and each address within the history rate.
         per_address: dict[str, TokenBucket] = {}
@@ -736,6 +745,25 @@ class RelayServer:
     def _close_batch(batch: list[ClientConnection]) -> None:
         for connection in batch:
             connection.close(CloseReason.SHUTDOWN, "server shutting down", grace=0.5)
+
+    def in_turn(self, answer: Callable[[], None]) -> None:
+        """Run ``answer`` soon, a few milliseconds' worth per pass of the loop: a thousand
+        charts whose bars arrive together must not hold the loop (and everyone's live data)
+        until the last of them is answered."""
+        self._answers.append(answer)
+        if not self._answering:
+            self._answering = True
+            asyncio.get_running_loop().call_soon(self._answer_some)
+
+    def _answer_some(self) -> None:
+        answers = self._answers
+        deadline = time.perf_counter() + ANSWER_SHARE
+        while answers and time.perf_counter() < deadline:
+            answers.popleft()()
+        if answers:
+            asyncio.get_running_loop().call_soon(self._answer_some)  # after the next I/O poll
+        else:
+            self._answering = False
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Hold a task until it ends (the loop keeps only weak references), cancelled at stop."""
