@@ -368,15 +368,7 @@ class ClientConnection(WSListener):
             self.session.leave()
         self._server.connections.discard(self)  # closing: no more pings or shutdown closes
         transport.send_close(WSCloseCode(reason.code), message.encode())
-        if reason is CloseReason.FLOOD:
-            # Reading is paused with the flood still unread in the socket, and closing a
-            # socket with unread input sends a reset, which can overtake the close frame and
-            # take it with it. Half-close instead: the FIN follows the close frame, and the
-            # reset comes only at the grace's end, once the peer has read it.
-            with contextlib.suppress(Exception):
-                transport.underlying_transport.write_eof()
-        else:
-            transport.disconnect(graceful=True)
+        transport.disconnect(graceful=True)
         # A graceful close waits for the write buffer to drain, which a peer
         # that stopped reading never lets happen.
         asyncio.get_running_loop().call_later(grace, self._abort)
