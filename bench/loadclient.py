@@ -12,7 +12,8 @@ stdin/stdout with one JSON object per line:
     stdout  {"type": "result", ...}                       (after end_ns + grace)
     ...     more windows (a rising-rate ladder runs several on one set of connections)
     stdin   {"cmd": "history", "phase": "cold", "at_ns": ..., "timeout": ...}   (chart clients: a crowd
-                                                          opens its charts at at_ns)
+                                                          opens its charts at at_ns; with
+                                                          "one_per_chart": one client per chart)
     stdout  {"type": "history_done", ...}                 (every chart client has its answer, or timed out)
     stdin   {"cmd": "collect"}                            (after the last phase and a live tail)
     stdout  {"type": "charts", ...}                       (per chart client and phase: the times, N, live)
@@ -185,11 +186,14 @@ class ChartPhase:
 class ChartTotals:
     """This process's chart clients: who still waits, and the live events around the openings."""
 
-    phase: str | None = None  # the phase whose answers are still coming
+    phase: str | None = None  # the latest phase (its crowd's requests went out at ``opened_ns``)
+    opened_ns: int = 1 << 62
+    closed_ns: int = 1 << 62  # its last answer here arrived (until then: never)
     waiting: int = 0  # chart clients whose answer of ``phase`` has not come
     on_done: Any = None  # called when ``waiting`` reaches 0
-    # Latency of live events that arrived while answers of the phase were still coming:
-    # phase -> latency bucket (us) -> events.
+    # Latency of the live events the simulator sent while a phase's answers were coming here
+    # (from its crowd's requests to its last answer), received whenever: phase -> latency
+    # bucket (us) -> events. A relay that stops relaying while it answers shows here.
     hists: dict[str, dict[int, int]] = field(default_factory=dict)
     live_events: int = 0  # live events since the connections were made
     live_gaps: int = 0  # q missing on a client's A channel
@@ -446,7 +450,7 @@ class LoadClient(WSListener):
                 waiting.first_ns = waiting.first_ns or now
                 continue
             chart.live_events += 1
-            if chart.waiting > 0 and chart.phase is not None:
+            if chart.phase is not None and chart.opened_ns <= sent < chart.closed_ns:
                 hist = chart.hists.setdefault(chart.phase, {})
                 key = latency_bucket((now - sent) // 1000)
                 hist[key] = hist.get(key, 0) + 1
@@ -769,10 +773,15 @@ async def _history_phase(process: Process, command: dict[str, Any]) -> None:
     phase = str(command["phase"])
     chart = process.chart
     clients = [c for c in process.clients if c.mode == "chart" and c.subscribed and c.connected]
+    if command.get("one_per_chart"):
+        # A scout per chart (the first client of each history channel here): it fills the
+        # relay's cache before a crowd.
+        clients = list({c.chart_channels: c for c in reversed(clients)}.values())
     done = asyncio.Event()
-    chart.phase, chart.waiting, chart.on_done = phase, 0, done.set
+    chart.phase, chart.waiting, chart.on_done = None, 0, done.set
     await asyncio.sleep(max(0.0, (int(command["at_ns"]) - time.time_ns()) / 1e9))
     first_sent = time.time_ns()
+    chart.phase, chart.opened_ns, chart.closed_ns = phase, first_sent, 1 << 62
     for client in clients:
         client.ask_history(phase)
     last_sent = time.time_ns()
@@ -792,7 +801,7 @@ async def _history_phase(process: Process, command: dict[str, Any]) -> None:
             "waiting": chart.waiting,  # still without an answer (timed out)
         }
     )
-    chart.phase, chart.on_done = None, None
+    chart.closed_ns, chart.on_done = time.time_ns(), None
 
 
 def _chart_report(process: Process) -> dict[str, Any]:

@@ -701,50 +701,22 @@ class Run:
     ) -> list[dict[str, Any]]:
         """The charts scenarios: the crowd opens its charts at once, cold, then warm.
 
-        Each phase: the relay's peak RSS reset, a sample (CPU, the simulator's REST counters,
-        the relay's bars counters), the crowd's requests at one instant (CHART_LEAD s after
-        the command), every load process reporting once all its clients have their answer,
-        a second sample. The warm crowd asks CHART_WARM_AFTER s after the last cold answer,
-        well inside the 5 s the relay caches a range reaching now. Then a live tail of
-        ``window`` s, and every client's figures (``charts`` command ``collect``).
+        Cold: the fresh relay's cache is empty. Warm: CHART_WARM_AFTER s after the last cold
+        answer, one scout per chart asks first (its answer fills the cache: a crowd of 1,000
+        may take longer to serve than the 5 s the relay keeps a range reaching now), then the
+        crowd. Each phase (``_chart_phase``) is timed and sampled on its own; then a live tail
+        of ``window`` s, and every client's figures (load-client command ``collect``).
         """
         options, scenario = self.options, self.config.scenario
-        pid = server.primary.pid
         await asyncio.sleep(options.warmup)  # the live bars flow before the crowd comes
         phases: list[dict[str, Any]] = []
+        primes: dict[str, dict[str, Any]] = {}
         for phase in CHART_PHASES:
-            exact_peak = procs.reset_peak_rss(pid)
-            rss_start = procs.memory_kib(pid).get("VmRSS", 0)
-            rest_before = _sim_rest(sim_url)
-            relay_before = bars_counters(server)
-            at_ns = time.time_ns() + int(CHART_LEAD * 1e9)
-            for child in self.clients:
-                await _send_line(
-                    child, {"cmd": "history", "phase": phase, "at_ns": at_ns, "timeout": CHART_TIMEOUT}
-                )
-            await _sleep_until(at_ns)
-            first = Sample(server, sim, self.clients, sim_url)
-            done = [await _read_line(c, timeout=CHART_TIMEOUT + 30) for c in self.clients]
-            last = Sample(server, sim, self.clients, sim_url)
-            peak = procs.memory_kib(pid).get("VmHWM", 0)
-            await asyncio.sleep(3 * CHART_METRICS_INTERVAL)  # /metrics rendered after the phase
-            phases.append(
-                {
-                    "phase": phase,
-                    "at_ns": at_ns,
-                    "first": first,
-                    "last": last,
-                    "done": done,
-                    "rest": _rest_delta(rest_before, _sim_rest(sim_url)),
-                    "relay": _delta(relay_before, bars_counters(server)),
-                    "rss_start_kib": rss_start,
-                    "peak_kib": peak,
-                    "exact_peak": exact_peak,
-                }
-            )
-            if phase != CHART_PHASES[-1]:
-                last_status = max(d["last_status_ns"] for d in done)
+            if phases:
+                last_status = max(d["last_status_ns"] for d in phases[-1]["done"])
                 await _sleep_until(max(last_status, time.time_ns()) + int(CHART_WARM_AFTER * 1e9))
+                primes[phase] = await self._chart_phase(sim, server, sim_url, f"{phase}-scouts", True)
+            phases.append(await self._chart_phase(sim, server, sim_url, phase, False))
         await asyncio.sleep(scenario.window or options.duration)  # the live tail
         for child in self.clients:
             await _send_line(child, {"cmd": "collect"})
@@ -757,9 +729,53 @@ class Run:
                 self.config, found, reports, baseline_memory, connect, server.running, ours,
                 previous=phases[index - 1] if index else None,
             )  # fmt: skip
+            scouts = primes.get(found["phase"])
+            if scouts is not None:
+                figures = chart_figures(
+                    scouts["phase"], scouts["at_ns"], reports, scouts["rest"], scouts["relay"]
+                )
+                metrics["charts"]["scouts"] = {
+                    k: figures[k] for k in ("clients", "answered", "opening_ms", "rest_calls", "relay")
+                }
+                metrics["charts"]["after_scouts_ms"] = (found["at_ns"] - scouts["at_ns"]) / 1e6
             metrics["server_log"] = log
             steps.append(metrics)
         return steps
+
+    async def _chart_phase(
+        self, sim: Child, server: Deployment, sim_url: str, phase: str, one_per_chart: bool
+    ) -> dict[str, Any]:
+        """One crowd (or its scouts): the relay's peak RSS reset, a sample (CPU, the simulator's
+        REST counters, the relay's bars counters), the requests at one instant (CHART_LEAD s
+        after the command), every load process reporting once all its clients have their
+        answer, a second sample."""
+        pid = server.primary.pid
+        exact_peak = procs.reset_peak_rss(pid)
+        rss_start = procs.memory_kib(pid).get("VmRSS", 0)
+        rest_before = _sim_rest(sim_url)
+        relay_before = bars_counters(server)
+        at_ns = time.time_ns() + int(CHART_LEAD * 1e9)
+        command = {"cmd": "history", "phase": phase, "at_ns": at_ns, "timeout": CHART_TIMEOUT}
+        for child in self.clients:
+            await _send_line(child, {**command, "one_per_chart": one_per_chart})
+        await _sleep_until(at_ns)
+        first = Sample(server, sim, self.clients, sim_url)
+        done = [await _read_line(c, timeout=CHART_TIMEOUT + 30) for c in self.clients]
+        last = Sample(server, sim, self.clients, sim_url)
+        peak = procs.memory_kib(pid).get("VmHWM", 0)
+        await asyncio.sleep(3 * CHART_METRICS_INTERVAL)  # /metrics rendered after the phase
+        return {
+            "phase": phase,
+            "at_ns": at_ns,
+            "first": first,
+            "last": last,
+            "done": done,
+            "rest": _rest_delta(rest_before, _sim_rest(sim_url)),
+            "relay": _delta(relay_before, bars_counters(server)),
+            "rss_start_kib": rss_start,
+            "peak_kib": peak,
+            "exact_peak": exact_peak,
+        }
 
     async def _settle_leader(self, server: Deployment) -> tuple[str, int]:
         """Wait until one ingest leads, the others stand by, and every edge follows its term
@@ -1313,7 +1329,7 @@ def pool_charts(found: list[dict[str, Any]]) -> dict[str, Any]:
             **_spread([v for f in found for v in f[key]]),
             "per_run_max": [max(f[key], default=float("nan")) for f in found],
         }
-    for key in ("opening_ms", "send_spread_ms", "after_previous_ms"):
+    for key in ("opening_ms", "send_spread_ms", "after_previous_ms", "after_scouts_ms"):
         values = [f[key] for f in found if key in f and f[key] == f[key]]
         pooled[key] = {"median": statistics.median(values), "max": max(values)} if values else None
     for key in (
@@ -1348,6 +1364,15 @@ def pool_charts(found: list[dict[str, Any]]) -> dict[str, Any]:
         for k, v in f["relay"].items():
             relay[k] = relay.get(k, 0.0) + v if k != "cache_bytes" else max(relay.get(k, 0.0), v)
     pooled["relay"] = relay
+    scouts = [f["scouts"] for f in found if "scouts" in f]
+    if scouts:
+        # The scouts that filled the cache before the crowd: one per chart and load process.
+        pooled["scouts"] = {
+            "clients": [s["clients"] for s in scouts],
+            "answered": [s["answered"] for s in scouts],
+            "rest_calls": [s["rest_calls"] for s in scouts],
+            "opening_ms": statistics.median(s["opening_ms"] for s in scouts),
+        }
     hist = _pooled_hist([f.get("live_hist", {}) for f in found])
     pooled["live_latency_ms"] = {
         name: percentile(hist, fraction) / 1000
