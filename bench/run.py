@@ -75,6 +75,7 @@ from bench import procs, report
 from bench.procs import Child
 from bench.scenarios import (
     ABUSE_HISTORY_SYMBOL,
+    CHART_CACHE_TTL,
     CHART_PHASES,
     CHART_WARM_AFTER,
     COMPANIONS,
@@ -701,11 +702,13 @@ class Run:
     ) -> list[dict[str, Any]]:
         """The charts scenarios: the crowd opens its charts at once, cold, then warm.
 
-        Cold: the fresh relay's cache is empty. Warm: CHART_WARM_AFTER s after the last cold
-        answer, one scout per chart asks first (its answer fills the cache: a crowd of 1,000
-        may take longer to serve than the 5 s the relay keeps a range reaching now), then the
-        crowd. Each phase (``_chart_phase``) is timed and sampled on its own; then a live tail
-        of ``window`` s, and every client's figures (load-client command ``collect``).
+        Cold: the fresh relay's cache is empty. Warm: once the cold answers have expired from
+        the cache (CHART_CACHE_TTL after the last of them), one scout per chart asks first and
+        refills it, then, CHART_WARM_AFTER s after the scouts' answers, the crowd (serving a
+        crowd of 1,000 can take as long as the relay keeps a range reaching now: the cold
+        answers may be about to expire when it is done). Each phase (``_chart_phase``) is
+        timed and sampled on its own; then a live tail of ``window`` s, and every client's
+        figures (load-client command ``collect``).
         """
         options, scenario = self.options, self.config.scenario
         await asyncio.sleep(options.warmup)  # the live bars flow before the crowd comes
@@ -714,8 +717,11 @@ class Run:
         for phase in CHART_PHASES:
             if phases:
                 last_status = max(d["last_status_ns"] for d in phases[-1]["done"])
-                await _sleep_until(max(last_status, time.time_ns()) + int(CHART_WARM_AFTER * 1e9))
+                expired = last_status + int((CHART_CACHE_TTL + CHART_WARM_AFTER) * 1e9)
+                await _sleep_until(max(expired, time.time_ns()))
                 primes[phase] = await self._chart_phase(sim, server, sim_url, f"{phase}-scouts", True)
+                scouted = max(d["last_status_ns"] for d in primes[phase]["done"])
+                await _sleep_until(max(scouted, time.time_ns()) + int(CHART_WARM_AFTER * 1e9))
             phases.append(await self._chart_phase(sim, server, sim_url, phase, False))
         await asyncio.sleep(scenario.window or options.duration)  # the live tail
         for child in self.clients:

@@ -138,9 +138,11 @@ def test_chart_figures_pool_report_and_targets() -> None:
 
 
 @pytest.mark.slow
-async def test_charts_scenario_on_a_tiny_crowd(tmp_path: Path) -> None:
+async def test_charts_scenario_on_a_tiny_crowd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """20 clients on 2 tickers, the real processes: every chart answered alike in both phases,
     one REST call per ticker cold, none warm after the scouts, live data after the history."""
+    # A tiny crowd is served at once: the scouts need not wait for the cold answers to expire.
+    monkeypatch.setattr("bench.run.CHART_CACHE_TTL", 0.0)
     scenario = dataclasses.replace(SPREAD, clients=20, chart_tickers=2, window=1.5)
     options = Options(
         warmup=0.5, settle=0.5, duration=1.5, grace=1.0, client_procs=None, pin=False, verbose=False,
