@@ -37,6 +37,8 @@ def _latency(key: str) -> Callable[[dict[str, Any]], float]:
     return lambda s: float(s["latency_ms"][key])
 
 
+CHARTS = ("charts", "charts-spread")
+
 MEASURES = (
     Measure("delivered/s", lambda s: float(s["delivered_per_s"]), True, 0.02),
     Measure("delivery %", lambda s: 100 * float(s["delivery_ratio"]), True, 0.001),
@@ -65,6 +67,11 @@ MEASURES = (
         0.5,
         ("scaleout-failover",),
     ),
+    Measure("chart ms p50", lambda s: float(s["charts"]["time_to_history_ms"]["p50"]), False, 0.25, CHARTS),
+    Measure("chart ms p99", lambda s: float(s["charts"]["time_to_history_ms"]["p99"]), False, 0.3, CHARTS),
+    Measure("chart cpu s", lambda s: float(s["server_cpu_s"]), False, 0.15, CHARTS),
+    Measure("chart peak MiB", lambda s: float(s["server_peak_rss_mib"]), False, 0.05, CHARTS),
+    Measure("REST calls", lambda s: float(max(s["charts"]["rest_calls"])), False, 0.0, CHARTS),
 )
 
 
@@ -100,7 +107,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
         for measure in MEASURES:
             if measure.scenarios and old["scenario"] not in measure.scenarios:
                 continue
-            if "failover" in old and not measure.scenarios:
+            if ("failover" in old or "charts" in old) and not measure.scenarios:
                 continue  # a failover window's rates and CPU follow its outage: only its own measures
             try:
                 x, y = measure.read(old), measure.read(new)

@@ -11,6 +11,12 @@ stdin/stdout with one JSON object per line:
                                                           then on came through the next leader)
     stdout  {"type": "result", ...}                       (after end_ns + grace)
     ...     more windows (a rising-rate ladder runs several on one set of connections)
+    stdin   {"cmd": "history", "phase": "cold", "at_ns": ..., "timeout": ...}   (chart clients: a crowd
+                                                          opens its charts at at_ns; with
+                                                          "one_per_chart": one client per chart)
+    stdout  {"type": "history_done", ...}                 (every chart client has its answer, or timed out)
+    stdin   {"cmd": "collect"}                            (after the last phase and a live tail)
+    stdout  {"type": "charts", ...}                       (per chart client and phase: the times, N, live)
     stdin   {"cmd": "stop"} or end of file                 (the parent is done, or gone)
 
 A client's optional third field is its own URL (the scale-out's clients are
@@ -39,6 +45,17 @@ Client modes, so that the load generator is never the bottleneck:
   its receive buffer so the backlog builds in the server, not in the kernel);
   reads again at the window end, to see whether the server dropped it.
 
+* ``chart``: a browser opening a chart (the charts scenario): subscribed to a live
+  aggregate channel and its minute bars (``A.X,AM.X``); at each ``history`` command it
+  sends ``{"action":"history","params":"AM.X"}`` and times the first history event and
+  the ``history: AM.X (N events)`` status, counts the events (N as counted must be N as
+  said), and counts the live events that arrive after the status (a chart that got its
+  history but no live data is a failure). History events are told from live ones
+  without decoding: Massive's REST bars carry no ``sim_ns`` (every live event does), and
+  a bar the relay kept from the live feed, joined into the answer, was sent before the
+  request. Live events are decoded (one a second per client): their latency while a
+  crowd's charts open, and the ``q`` of the ``A`` channel (gaps, repeats).
+
 Around an outage (the scale-out's failover scenario) the probes also keep, per client, every
 ``feed interrupted`` and ``feed restored`` status with its arrival time, and the arrival of the
 first event the simulator sent after an ``interrupted`` status arrived (``data``: the relay's
@@ -59,6 +76,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import resource
 import socket
 import sys
@@ -80,6 +98,10 @@ _STAMP_LEN = len(_STAMP)
 _FRAME_HEAD = b"[" + _STAMP
 # time.time_ns() has 19 digits until the year 2286.
 _NS_DIGITS = 19
+# Statuses (the relay's answers) begin so; history bars from REST begin with their ev.
+_STATUS_HEAD = b'[{"ev":"status"'
+_AM_EVENT = b'"ev":"AM"'
+_HISTORY_STATUS = re.compile(r"^history: (\S+) \((\d+) events\)")
 # A slow client's receive buffer: the server's backlog must build in the
 # server (where its limit applies), not in a kernel buffer of megabytes.
 _SLOW_RCVBUF = 4096
@@ -141,12 +163,60 @@ class Totals:
     old_after_interrupted: int = 0  # events sent before an interrupted status, received after it
 
 
+@dataclass
+class ChartPhase:
+    """One chart client's history request in one phase (cold, warm): wall clock ns."""
+
+    sent_ns: int = 0  # the history message written
+    first_ns: int = 0  # the first history event arrived (0: none)
+    status_ns: int = 0  # the ``history: ... (N events)`` status arrived (0: not yet)
+    n_status: int = -1  # N as the status says it
+    n_counted: int = 0  # history events as counted here
+    live_after: int = 0  # live events that arrived after the status (until collect)
+    errors: list[str] = field(default_factory=list)  # error statuses while it was out
+
+    def row(self) -> list[Any]:
+        return [
+            self.sent_ns, self.first_ns, self.status_ns, self.n_status, self.n_counted,
+            self.live_after, self.errors,
+        ]  # fmt: skip
+
+
+@dataclass
+class ChartTotals:
+    """This process's chart clients: who still waits, and the live events around the openings."""
+
+    phase: str | None = None  # the latest phase (its crowd's requests went out at ``opened_ns``)
+    opened_ns: int = 1 << 62
+    closed_ns: int = 1 << 62  # its last answer here arrived (until then: never)
+    waiting: int = 0  # chart clients whose answer of ``phase`` has not come
+    on_done: Any = None  # called when ``waiting`` reaches 0
+    # Latency of the live events the simulator sent while a phase's answers were coming here
+    # (from its crowd's requests to its last answer), received whenever: phase -> latency
+    # bucket (us) -> events. A relay that stops relaying while it answers shows here.
+    hists: dict[str, dict[int, int]] = field(default_factory=dict)
+    live_events: int = 0  # live events since the connections were made
+    live_gaps: int = 0  # q missing on a client's A channel
+    live_repeats: int = 0  # a q not above the previous one of a client's A channel
+    stray: int = 0  # unstamped events with no history request out
+    other_errors: dict[str, int] = field(default_factory=dict)  # error statuses with nothing out
+
+    def settled_one(self) -> None:
+        self.waiting -= 1
+        if self.waiting <= 0 and self.on_done is not None:
+            self.on_done()
+
+
 class LoadClient(WSListener):
     """One Massive client: handshake, subscribe, then count (and time) every event."""
 
     __slots__ = (
         "_on_settled",
         "acks",
+        "chart_channels",
+        "chart_phases",
+        "chart_q",
+        "chart_waiting",
         "expected_acks",
         "failed",
         "last_q",
@@ -191,6 +261,12 @@ class LoadClient(WSListener):
         self.restored_at: dict[str, int] = {}  # self.restorations when the channel's last event came
         self.transport: WSTransport | None = None
         self._on_settled = on_settled  # called once, when subscribed or failed
+        # Chart clients: the channels their history asks for (the AM ones), their requests
+        # by phase, the one still out, and the last q of their live A channel.
+        self.chart_channels = ",".join(p for p in params.split(",") if p.startswith("AM."))
+        self.chart_phases: dict[str, ChartPhase] = {}
+        self.chart_waiting: ChartPhase | None = None
+        self.chart_q: int | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -211,6 +287,9 @@ class LoadClient(WSListener):
             self._probe(frame.get_payload_as_memoryview(), now)
             return
         payload = frame.get_payload_as_bytes()
+        if self.mode == "chart":
+            self._chart(payload, now)
+            return
         if self.mode == "slow":
             # Not measured: only statuses matter (slow_consumer, if it ever gets through).
             self.received += 1  # frames, for the log
@@ -332,6 +411,79 @@ class LoadClient(WSListener):
             self.max_q[sym] = q
         self.restored_at[sym] = self.restorations
 
+    def ask_history(self, phase: str) -> None:
+        """Open the chart: one history request for the AM channel(s), timed from its write."""
+        transport = self.transport
+        assert transport is not None
+        state = ChartPhase(sent_ns=time.time_ns())
+        self.chart_phases[phase] = state
+        self.chart_waiting = state
+        self.process.chart.waiting += 1
+        transport.send(WSMsgType.TEXT, orjson.dumps({"action": "history", "params": self.chart_channels}))
+
+    def _chart(self, payload: bytes, now: int) -> None:
+        """A chart client's frame: statuses, history bars (counted, not decoded) or live events."""
+        waiting = self.chart_waiting
+        if payload.startswith(_STATUS_HEAD):
+            for event in _decode(payload):
+                if event.ev == "status":
+                    self._chart_status(event, now)
+            return
+        if not payload.startswith(_FRAME_HEAD):
+            # No sim_ns: Massive's REST bars (every live event carries one).
+            if waiting is None:
+                self.process.chart.stray += 1
+                return
+            waiting.n_counted += payload.count(_AM_EVENT)
+            waiting.first_ns = waiting.first_ns or now
+            return
+        chart = self.process.chart
+        for event in _decode(payload):
+            sent = event.sim_ns
+            if sent is None:
+                if event.ev == "status":
+                    self._chart_status(event, now)
+                continue
+            if waiting is not None and event.ev == "AM" and sent < waiting.sent_ns:
+                # A bar the relay kept from the live feed, joined into the history answer.
+                waiting.n_counted += 1
+                waiting.first_ns = waiting.first_ns or now
+                continue
+            chart.live_events += 1
+            if chart.phase is not None and chart.opened_ns <= sent < chart.closed_ns:
+                hist = chart.hists.setdefault(chart.phase, {})
+                key = latency_bucket((now - sent) // 1000)
+                hist[key] = hist.get(key, 0) + 1
+            for state in self.chart_phases.values():
+                if state.status_ns:
+                    state.live_after += 1
+            if event.ev == "A" and event.q is not None:
+                last = self.chart_q
+                if last is not None:
+                    if event.q > last + 1:
+                        chart.live_gaps += event.q - last - 1
+                    elif event.q <= last:
+                        chart.live_repeats += 1
+                if last is None or event.q > last:
+                    self.chart_q = event.q
+
+    def _chart_status(self, event: _Event, now: int) -> None:
+        message = event.message or ""
+        waiting = self.chart_waiting
+        if waiting is None:
+            if event.status != "success":
+                errors = self.process.chart.other_errors
+                errors[f"{event.status}: {message}"] = errors.get(f"{event.status}: {message}", 0) + 1
+            return
+        if event.status == "success" and message.startswith("history: "):
+            found = _HISTORY_STATUS.match(message)
+            waiting.n_status = int(found.group(2)) if found else -1
+            waiting.status_ns = now
+            self.chart_waiting = None
+            self.process.chart.settled_one()
+        elif event.status != "success":
+            waiting.errors.append(f"{event.status}: {message}")
+
     def _handshake(self, events: list[_Event]) -> None:
         transport = self.transport
         assert transport is not None
@@ -373,6 +525,9 @@ class LoadClient(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.stopping:
             return
+        if self.chart_waiting is not None:
+            self.chart_waiting = None  # its answer will not come: the phase waits no more for it
+            self.process.chart.settled_one()
         if self.subscribed:
             if self.mode == "slow":
                 self.process.totals.slow_dropped += 1
@@ -427,6 +582,7 @@ class Process:
         self.totals = Totals()
         self.clients: list[LoadClient] = []
         self.token = token  # every client's auth (a relay in open mode takes any)
+        self.chart = ChartTotals()
 
 
 def _emit(message: dict[str, Any]) -> None:
@@ -611,6 +767,64 @@ async def _measure(
     )
 
 
+async def _history_phase(process: Process, command: dict[str, Any]) -> None:
+    """A crowd opens its charts: at ``at_ns`` every chart client sends its history request;
+    reported once every answer is in (or ``timeout`` s passed, or the client is gone)."""
+    phase = str(command["phase"])
+    chart = process.chart
+    clients = [c for c in process.clients if c.mode == "chart" and c.subscribed and c.connected]
+    if command.get("one_per_chart"):
+        # A scout per chart (the first client of each history channel here): it fills the
+        # relay's cache before a crowd.
+        clients = list({c.chart_channels: c for c in reversed(clients)}.values())
+    done = asyncio.Event()
+    chart.phase, chart.waiting, chart.on_done = None, 0, done.set
+    await asyncio.sleep(max(0.0, (int(command["at_ns"]) - time.time_ns()) / 1e9))
+    first_sent = time.time_ns()
+    chart.phase, chart.opened_ns, chart.closed_ns = phase, first_sent, 1 << 62
+    for client in clients:
+        client.ask_history(phase)
+    last_sent = time.time_ns()
+    if chart.waiting > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), float(command.get("timeout", 60.0)))
+    states = [c.chart_phases[phase] for c in clients if phase in c.chart_phases]
+    _emit(
+        {
+            "type": "history_done",
+            "pid": os.getpid(),
+            "phase": phase,
+            "asked": len(clients),
+            "first_sent_ns": first_sent,
+            "last_sent_ns": last_sent,
+            "last_status_ns": max((s.status_ns for s in states), default=0),
+            "waiting": chart.waiting,  # still without an answer (timed out)
+        }
+    )
+    chart.closed_ns, chart.on_done = time.time_ns(), None
+
+
+def _chart_report(process: Process) -> dict[str, Any]:
+    """Every chart client's requests by phase, the live events around them, and the faults."""
+    chart = process.chart
+    charts = [c for c in process.clients if c.mode == "chart"]
+    return {
+        "type": "charts",
+        "pid": os.getpid(),
+        "clients": [{phase: state.row() for phase, state in c.chart_phases.items()} for c in charts],
+        "subscribed": sum(1 for c in charts if c.subscribed),
+        "connected": sum(1 for c in charts if c.connected),
+        "hists": {phase: {str(k): v for k, v in hist.items()} for phase, hist in chart.hists.items()},
+        "live_events": chart.live_events,
+        "live_gaps": chart.live_gaps,
+        "live_repeats": chart.live_repeats,
+        "stray": chart.stray,
+        "other_errors": chart.other_errors,
+        "disconnects": process.totals.disconnects,
+        "close_codes": process.totals.close_codes,
+    }
+
+
 async def main() -> None:
     _raise_fd_limit()
     loop = asyncio.get_running_loop()
@@ -636,6 +850,10 @@ async def main() -> None:
         command = await _read_json_line(reader)
         if command.get("cmd") == "window":
             await _measure(process, reader, command, grace, spec.get("slow_drain", 5.0))
+        elif command.get("cmd") == "history":
+            await _history_phase(process, command)
+        elif command.get("cmd") == "collect":
+            _emit(_chart_report(process))
         elif command.get("cmd") == "stop":
             break
     for client in process.clients:

@@ -19,7 +19,7 @@ import orjson
 SCENARIO_ORDER = (
     "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect", "abuse",
     "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
-    "scaleout-sharded", "scaleout-sharded-batched", "scaleout-failover",
+    "scaleout-sharded", "scaleout-sharded-batched", "scaleout-failover", "charts", "charts-spread",
 )  # fmt: skip
 SERVER_ORDER = ("fastrelay", "scaleout", "websockets", "node-ws", "ceiling")
 FASTRELAY = "fastrelay"  # the relay with its default settings: what the targets are about
@@ -35,6 +35,9 @@ SLOW_P99_RATIO = 2.0
 # Failover: time from the leader's signal to the clients' first data through the next leader, p99.
 FAILOVER_P99_MS = {"kill-9": 3000.0, "sigterm": 1000.0}
 FAILOVER_NAMES = {"kill-9": "kill -9", "sigterm": "SIGTERM"}
+# Charts: a crowd's whole chart (the history status), p99, from each client's request. A chart
+# page aims at 300 candles within 2 s of navigation (docs/browser.md); the history is most of it.
+CHART_P99_MS = 2000.0
 
 
 def _sort_key(summary: dict[str, Any]) -> tuple[int, float, int, str]:
@@ -99,9 +102,14 @@ def _is_failover(summary: dict[str, Any]) -> bool:
     return "failover" in summary
 
 
+def _is_charts(summary: dict[str, Any]) -> bool:
+    """A charts phase (a crowd opening its charts): printed in a block of its own."""
+    return "charts" in summary
+
+
 def table(summaries: list[dict[str, Any]]) -> str:
     """The main table: one line per scenario, rate step and server (the abuse windows apart)."""
-    summaries = [s for s in summaries if not _is_abuse(s) and not _is_failover(s)]
+    summaries = [s for s in summaries if not _is_abuse(s) and not _is_failover(s) and not _is_charts(s)]
     if not summaries:
         return ""
     columns: list[Column] = [
@@ -204,7 +212,7 @@ def scaleout(summaries: list[dict[str, Any]]) -> str:
 
     Every (scenario, step) that has a scale-out server, with every server run on it.
     """
-    groups = _by(ordered(s for s in summaries if not _is_failover(s)))
+    groups = _by(ordered(s for s in summaries if not _is_failover(s) and not _is_charts(s)))
     chosen = [
         s
         for servers in groups.values()
@@ -376,6 +384,94 @@ def failover(summaries: list[dict[str, Any]]) -> str:
         "new / old data in outage: events between interrupted and restored sent after / before the\n"
         "interrupted status (new must be 0; old: events the edge held in its flush window and wrote\n"
         "after the status).\n" + "\n".join(lines + runs_lines)
+    )
+
+
+def _counts(found: dict[str, Any], limit: int = 3) -> str:
+    """``{"1440": 999, "1439": 1}`` as ``1440 x999, 1439 x1``."""
+    items = sorted(found.items(), key=lambda item: -item[1])
+    text = ", ".join(f"{k} x{v}" for k, v in items[:limit])
+    return text + (f", {len(items) - limit} more" if len(items) > limit else "") if items else "-"
+
+
+def _runs(values: list[Any]) -> str:
+    return " ".join("-" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def charts(summaries: list[dict[str, Any]]) -> str:
+    """The charts scenarios: per phase (cold, warm), each client's time to its first candle and
+    to its whole chart, the relay over the opening, the REST calls and the checks."""
+    rows = [s for s in ordered(summaries) if _is_charts(s)]
+    if not rows:
+        return ""
+    width = _scenario_width(rows)
+    header = (
+        f"{'scenario':<{width}}  phase  runs  {'first candle ms':>20}  {'whole chart ms':>20}  opening ms"
+        f"  cpu   cpu s  RSS MiB  peak  {'live during ms':>17}"
+    )
+    lines = [header, "-" * len(header)]
+    checks_header = (
+        f"{'scenario':<{width}}  phase  REST calls/run  queries/run  relay hit/miss/coalesced/error  "
+        "N (clients)        no answer  errors  N != counted  no live after  live after min"
+    )
+    checks = [checks_header, "-" * len(checks_header)]
+    notes = []
+    for s in rows:
+        c = s["charts"]
+        relay = c["relay"]
+        opening = c["opening_ms"]["median"] if c["opening_ms"] else float("nan")
+        live = c["live_latency_ms"]
+        lines.append(
+            f"{s['scenario']:<{width}}  {c['phase']:<5}  {c['runs']:>4}  "
+            f"{_ms3(c['time_to_first_candle_ms']):>20}  {_ms3(c['time_to_history_ms']):>20}  "
+            f"{_fmt(opening, '.0f'):>10}  {_pct(s['server_cpu']):>4}  "
+            f"{_fmt(s['server_cpu_s'], '.2f'):>6}  {_fmt(s['server_rss_mib'], '.1f'):>7}  "
+            f"{_fmt(s['server_peak_rss_mib'], '.1f'):>4}  {_ms3(live):>17}"
+        )
+        hits = "/".join(
+            _fmt(relay.get(k, float("nan")), ".0f") for k in ("hit", "miss", "coalesced", "error")
+        )
+        checks.append(
+            f"{s['scenario']:<{width}}  {c['phase']:<5}  {_runs(c['rest_calls']):>14}  "
+            f"{_runs(c['rest_distinct_queries']):>11}  {hits:>30}  {_counts(c['n_values']):<17}  "
+            f"{c['not_answered']:>9}  {c['with_errors']:>6}  {c['n_mismatch']:>12}  "
+            f"{c['no_live_after']:>13}  {c['live_after_min']:>14}"
+        )
+        if c["errors"]:
+            notes.append(f"  {s['scenario']} {c['phase']}: errors {_counts(c['errors'])}")
+        if any(len(n) > 1 for n in c.get("n_per_run", [])):
+            notes.append(
+                f"  {s['scenario']} {c['phase']}: clients of one run got different N: {c['n_per_run']}"
+            )
+        scouts = c.get("scouts")
+        if scouts:
+            before = _fmt((c.get("after_scouts_ms") or {}).get("median"), ".0f")
+            notes.append(
+                f"  {s['scenario']} {c['phase']}: the cache filled by {_runs(scouts['clients'])} scout(s) "
+                f"per run (REST calls {_runs(scouts['rest_calls'])}, answered in "
+                f"{scouts['opening_ms']:.0f} ms), {before} ms before the crowd"
+            )
+    first = rows[0]
+    return (
+        f"Charts ({first['server']}; {first['clients']:,.0f} clients on A.X,AM.X send history AM.X at one\n"
+        "instant: a day of minute bars, Massive's REST aggregates (the simulator's) through the relay's\n"
+        "cache, joined with the live bars it kept; charts: all on one ticker, charts-spread: 50 each on\n"
+        "20). cold: a fresh relay, the cache empty; warm: the same clients again once the cache holds the\n"
+        "answer (once the cold answers expired, the relay keeping a range reaching now 5 s, a scout per\n"
+        "chart refills it just before the crowd).\n"
+        "Per client, from its own request, pooled over all runs (p50 / p99 / max): first candle = the\n"
+        "first history event; whole chart = the `history: AM.X (N events)` status. opening: the crowd's\n"
+        "instant to the last answer (median of runs); cpu, cpu s: the relay over the opening (share of a\n"
+        "core, seconds); RSS at its end, peak: VmHWM over it; live during: latency of the live events the\n"
+        "simulator sent during the opening (the relay answers a crowd on its one loop: live data waits).\n"
+        + "\n".join(lines)
+        + "\n\nREST calls: requests the simulator's REST counted in the phase, per run (single flight: one\n"
+        "per distinct query, i.e. one per ticker, two if the crowd straddled a minute's end; queries:\n"
+        "distinct paths among them); relay: its bars requests by result, all runs\n"
+        "(fastrelay_rest_requests_total); N: the status's count, clients per value (every client of a run\n"
+        "must get the same); no answer: no status within 60 s; errors: clients with an error status;\n"
+        "N != counted: events counted differ from N; no live after: clients that got their history but\n"
+        "no live event after it, through the live tail.\n" + "\n".join(checks + notes)
     )
 
 
@@ -582,6 +678,45 @@ def targets(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 limit,
             )
         )
+    # 7. charts: one REST call per distinct query; every chart whole within 2 s, alike, live after.
+    for s in ordered(summaries):
+        if not _is_charts(s):
+            continue
+        c = s["charts"]
+        name = f"{s['scenario']} {c['phase']}"
+        calls, queries = c["rest_calls"], c["rest_distinct_queries"]
+        per_ticker, windows = c["rest_max_per_ticker"], c["minute_windows"]
+        single = all(
+            (n == q) if q is not None else (t <= w)
+            for n, q, t, w in zip(calls, queries, per_ticker, windows, strict=True)
+        )
+        relay = c["relay"]
+        found.append(
+            _target(
+                f"{name}: one REST call per distinct query (single flight)",
+                single,
+                f"REST calls per run {_runs(calls)} for {_runs(queries)} distinct queries ({c['tickers']} "
+                f"ticker(s)); relay {relay.get('miss', 0):.0f} miss, {relay.get('coalesced', 0):.0f} "
+                f"coalesced, {relay.get('hit', 0):.0f} hit, {relay.get('error', 0):.0f} error",
+                float(max(calls, default=0)),
+                float(max((q or 0 for q in queries), default=0)),
+            )
+        )
+        p99 = c["time_to_history_ms"]["p99"]
+        faults = c["not_answered"] + c["with_errors"] + c["n_mismatch"] + c["no_live_after"] + c["no_candle"]
+        alike = all(len(n) <= 1 for n in c.get("n_per_run", []))
+        found.append(
+            _target(
+                f"{name}: whole chart p99 < {CHART_P99_MS / 1000:g} s, all alike, live after",
+                p99 < CHART_P99_MS and faults == 0 and alike,
+                f"p99 {p99:.0f} ms ({_margin(p99, CHART_P99_MS)}), max "
+                f"{c['time_to_history_ms']['max']:.0f} ms over {c['time_to_history_ms']['samples']} clients "
+                f"x runs; N {_counts(c['n_values'])}; {c['not_answered']} unanswered, "
+                f"{c['with_errors']} with errors, {c['no_live_after']} without live data after",
+                p99,
+                CHART_P99_MS,
+            )
+        )
     return found
 
 
@@ -673,6 +808,7 @@ def render(result: dict[str, Any], output: Path | str) -> str:
         ratios(summaries),
         scaleout(summaries),
         failover(summaries),
+        charts(summaries),
         details(summaries),
         abuse(summaries),
         targets_block(result.get("targets", [])),

@@ -30,6 +30,15 @@ leader) and their ``feed interrupted`` / ``feed restored`` statuses, and check
 each channel's ``q`` (no duplicate; gaps only across an interruption). Between
 windows the stopped ingest is started again, as the new standby.
 
+The charts scenarios have no rate ladder either (``Run._charts``): every client
+subscribes a ticker's live bars (``A.X,AM.X``); after the warm-up the whole crowd
+sends ``history`` of ``AM.X`` at one instant, on the fresh relay (cold: its bars
+cache is empty, the answer comes from the simulator's REST aggregates), and again
+once every answer is in (warm: the cache holds it). Per phase the bench takes the
+relay's CPU and peak RSS over the opening and the REST requests the simulator
+counted; the clients time the first history event and the closing status, count
+N, and count the live events after it through a final live tail.
+
 The abuse scenario has no rate ladder: one window without attack, then one
 per attack class of bench/attacks.py, each attacker a process of its own
 started at its window's start (``Run._abuse``), with the relay's peak RSS
@@ -66,6 +75,9 @@ from bench import procs, report
 from bench.procs import Child
 from bench.scenarios import (
     ABUSE_HISTORY_SYMBOL,
+    CHART_CACHE_TTL,
+    CHART_PHASES,
+    CHART_WARM_AFTER,
     COMPANIONS,
     DEFAULT_REPEATS,
     DEFAULT_SCENARIOS,
@@ -99,6 +111,14 @@ ATTACK_TIMEOUT = 60.0  # an attacker still running this long after its window st
 # edges following it and the market live (before each window) to settle.
 FAILOVER_EXIT_TIMEOUT = 15.0
 FAILOVER_SETTLE_TIMEOUT = 30.0
+# The charts scenarios: the crowd's requests go out this long after the bench's command (every
+# load process has it by then), and a phase whose answers are not all in after CHART_TIMEOUT s
+# ends there (the clients still waiting are counted as unanswered).
+CHART_LEAD = 0.2
+CHART_TIMEOUT = 60.0
+# The relay of a charts run renders /metrics this often (s), so that its REST counters read
+# just after a phase are that phase's.
+CHART_METRICS_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -142,9 +162,11 @@ def nats_server() -> str | None:
 def server_argv(server: Server, port: int, sim_port: int) -> list[str]:
     upstream = f"ws://127.0.0.1:{sim_port}"
     if server.kind == "fastrelay":
+        # Chart history (REST aggregates) from the simulator too, as `fastrelay run` does:
+        # the bench never reaches Massive (the relay's default --rest-url).
         argv = [
             *_fastrelay(), "serve", "--port", str(port), "--upstream", upstream,
-            "--api-key", SIM_KEY, "--markets", MARKET,
+            "--api-key", SIM_KEY, "--markets", MARKET, "--rest-url", f"http://127.0.0.1:{sim_port}",
         ]  # fmt: skip
         if server.flush is not None:
             argv += ["--flush-interval", f"{server.flush:g}"]
@@ -366,6 +388,8 @@ class Run:
             if server_spec.kind == "fastrelay":
                 if scenario.client_token:
                     argv += ["--client-tokens", scenario.client_token]
+                if scenario.chart_tickers:
+                    argv += ["--metrics-interval", f"{CHART_METRICS_INTERVAL:g}"]
                 argv += scenario.server_args
             child = await self._spawn("server", argv, server=True)
             await procs.wait_http_ok(f"http://127.0.0.1:{port}/readyz", child, timeout=20)
@@ -499,6 +523,8 @@ class Run:
             return await self._abuse(sim, server, sim_url, baseline_memory, ready, connect)
         if scenario.failovers:
             return await self._failover(sim, server, sim_url, baseline_memory, ready, connect)
+        if scenario.chart_tickers:
+            return await self._charts(sim, server, sim_url, baseline_memory, connect)
         steps: list[dict[str, Any]] = []
         rates = scenario.t_rates[: options.steps] if options.steps else scenario.t_rates
         for index, t_rate in enumerate(rates):
@@ -665,6 +691,97 @@ class Run:
                 _log(f"{self.config.label}: no client got data after the leader was stopped ({mode})")
             await self._restart_part(server, failed["stopped"])
         return steps
+
+    async def _charts(
+        self,
+        sim: Child,
+        server: Deployment,
+        sim_url: str,
+        baseline_memory: dict[str, int],
+        connect: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The charts scenarios: the crowd opens its charts at once, cold, then warm.
+
+        Cold: the fresh relay's cache is empty. Warm: once the cold answers have expired from
+        the cache (CHART_CACHE_TTL after the last of them), one scout per chart asks first and
+        refills it, then, CHART_WARM_AFTER s after the scouts' answers, the crowd (serving a
+        crowd of 1,000 can take as long as the relay keeps a range reaching now: the cold
+        answers may be about to expire when it is done). Each phase (``_chart_phase``) is
+        timed and sampled on its own; then a live tail of ``window`` s, and every client's
+        figures (load-client command ``collect``).
+        """
+        options, scenario = self.options, self.config.scenario
+        await asyncio.sleep(options.warmup)  # the live bars flow before the crowd comes
+        phases: list[dict[str, Any]] = []
+        primes: dict[str, dict[str, Any]] = {}
+        for phase in CHART_PHASES:
+            if phases:
+                last_status = max(d["last_status_ns"] for d in phases[-1]["done"])
+                expired = last_status + int((CHART_CACHE_TTL + CHART_WARM_AFTER) * 1e9)
+                await _sleep_until(max(expired, time.time_ns()))
+                primes[phase] = await self._chart_phase(sim, server, sim_url, f"{phase}-scouts", True)
+                scouted = max(d["last_status_ns"] for d in primes[phase]["done"])
+                await _sleep_until(max(scouted, time.time_ns()) + int(CHART_WARM_AFTER * 1e9))
+            phases.append(await self._chart_phase(sim, server, sim_url, phase, False))
+        await asyncio.sleep(scenario.window or options.duration)  # the live tail
+        for child in self.clients:
+            await _send_line(child, {"cmd": "collect"})
+        reports = [await _read_line(c, timeout=30) for c in self.clients]
+        ours = {os.getpid(), *(c.pid for c in self.children)}
+        log = _log_findings(server, scenario)
+        steps = []
+        for index, found in enumerate(phases):
+            metrics = chart_step(
+                self.config, found, reports, baseline_memory, connect, server.running, ours,
+                previous=phases[index - 1] if index else None,
+            )  # fmt: skip
+            scouts = primes.get(found["phase"])
+            if scouts is not None:
+                figures = chart_figures(
+                    scouts["phase"], scouts["at_ns"], reports, scouts["rest"], scouts["relay"]
+                )
+                metrics["charts"]["scouts"] = {
+                    k: figures[k] for k in ("clients", "answered", "opening_ms", "rest_calls", "relay")
+                }
+                metrics["charts"]["after_scouts_ms"] = (found["at_ns"] - scouts["at_ns"]) / 1e6
+            metrics["server_log"] = log
+            steps.append(metrics)
+        return steps
+
+    async def _chart_phase(
+        self, sim: Child, server: Deployment, sim_url: str, phase: str, one_per_chart: bool
+    ) -> dict[str, Any]:
+        """One crowd (or its scouts): the relay's peak RSS reset, a sample (CPU, the simulator's
+        REST counters, the relay's bars counters), the requests at one instant (CHART_LEAD s
+        after the command), every load process reporting once all its clients have their
+        answer, a second sample."""
+        pid = server.primary.pid
+        exact_peak = procs.reset_peak_rss(pid)
+        rss_start = procs.memory_kib(pid).get("VmRSS", 0)
+        rest_before = _sim_rest(sim_url)
+        relay_before = bars_counters(server)
+        at_ns = time.time_ns() + int(CHART_LEAD * 1e9)
+        command = {"cmd": "history", "phase": phase, "at_ns": at_ns, "timeout": CHART_TIMEOUT}
+        for child in self.clients:
+            await _send_line(child, {**command, "one_per_chart": one_per_chart})
+        await _sleep_until(at_ns)
+        first = Sample(server, sim, self.clients, sim_url)
+        done = [await _read_line(c, timeout=CHART_TIMEOUT + 30) for c in self.clients]
+        last = Sample(server, sim, self.clients, sim_url)
+        peak = procs.memory_kib(pid).get("VmHWM", 0)
+        await asyncio.sleep(3 * CHART_METRICS_INTERVAL)  # /metrics rendered after the phase
+        return {
+            "phase": phase,
+            "at_ns": at_ns,
+            "first": first,
+            "last": last,
+            "done": done,
+            "rest": _rest_delta(rest_before, _sim_rest(sim_url)),
+            "relay": _delta(relay_before, bars_counters(server)),
+            "rss_start_kib": rss_start,
+            "peak_kib": peak,
+            "exact_peak": exact_peak,
+        }
 
     async def _settle_leader(self, server: Deployment) -> tuple[str, int]:
         """Wait until one ingest leads, the others stand by, and every edge follows its term
@@ -993,6 +1110,284 @@ def pool_failovers(found: list[dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
+# --- the charts scenarios ----------------------------------------------------------------------------
+
+
+def _sim_rest(sim_url: str) -> dict[str, Any]:
+    """The simulator's REST counters (``/sim/stats`` ``rest``): what Massive would have billed."""
+    stats = procs.http_json(f"{sim_url}/sim/stats", timeout=2.0) or {}
+    rest = stats.get("rest")
+    if not isinstance(rest, dict):
+        raise RuntimeError("the simulator's /sim/stats has no rest section")
+    return rest
+
+
+def _rest_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """REST requests between two readings of the simulator's counters: in all, per ticker, per
+    status, and how many distinct queries they were (from its list of recent paths, when the
+    requests fit in it; None otherwise)."""
+    calls = int(after["requests"]) - int(before["requests"])
+    recent = list(after.get("recent", []))
+    distinct = len({r["path"] for r in recent[len(recent) - calls :]}) if 0 < calls <= len(recent) else None
+    by_ticker = {
+        t: n - before.get("by_ticker", {}).get(t, 0)
+        for t, n in after.get("by_ticker", {}).items()
+        if n - before.get("by_ticker", {}).get(t, 0)
+    }
+    by_status = {
+        k: n - before.get("by_status", {}).get(k, 0)
+        for k, n in after.get("by_status", {}).items()
+        if n - before.get("by_status", {}).get(k, 0)
+    }
+    return {
+        "calls": calls,
+        "distinct": 0 if calls == 0 else distinct,
+        "by_ticker": by_ticker,
+        "by_status": by_status,
+    }
+
+
+def bars_counters(server: Deployment) -> dict[str, float]:
+    """The relay's bars counters (/metrics): requests by result (hit, miss, coalesced, error),
+    errors by reason, HTTP requests sent to Massive, cache bytes."""
+    found: dict[str, float] = {}
+    for name in server.http_ports:
+        for metric, labels, value in _samples(server, name) or ():
+            if metric == "fastrelay_rest_requests_total":
+                key = labels.partition('result="')[2].rstrip('"')
+            elif metric == "fastrelay_rest_errors_total":
+                key = "error_" + labels.partition('reason="')[2].rstrip('"')
+            elif metric == "fastrelay_rest_upstream_requests_total":
+                key = "upstream"
+            elif metric == "fastrelay_rest_cache_bytes":
+                key = "cache_bytes"
+            else:
+                continue
+            found[key] = found.get(key, 0.0) + value
+    return found
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Counters' growth; gauges (cache_bytes) as they are after."""
+    return {k: v if k == "cache_bytes" else v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def _pooled_hist(hists: list[dict[str, int]]) -> dict[int, int]:
+    hist: dict[int, int] = {}
+    for found in hists:
+        for key, count in found.items():
+            hist[int(key)] = hist.get(int(key), 0) + count
+    return hist
+
+
+def chart_figures(
+    phase: str, at_ns: int, reports: list[dict[str, Any]], rest: dict[str, Any], relay: dict[str, float]
+) -> dict[str, Any]:
+    """One phase of a charts run, from the load processes' reports (``collect``): per client,
+    the time to the first history event and to the ``history: ... (N events)`` status, from
+    its own request; N as said and as counted; error statuses; live events after the status;
+    and the REST requests the simulator counted (``rest``) and the relay's bars counters."""
+    rows = [client[phase] for report in reports for client in report["clients"] if phase in client]
+    answered = [row for row in rows if row[2]]
+    errors: dict[str, int] = {}
+    for row in rows:
+        for message in row[6]:
+            errors[message] = errors.get(message, 0) + 1
+    n_values: dict[str, int] = {}
+    for row in answered:
+        n_values[str(row[3])] = n_values.get(str(row[3]), 0) + 1
+    hist = _pooled_hist([report["hists"].get(phase, {}) for report in reports])
+    sent = [row[0] for row in rows]
+    minutes = {
+        ns // 60_000_000_000 for ns in (min(sent, default=0), max((r[2] for r in answered), default=0))
+    }
+    return {
+        "phase": phase,
+        "clients": len(rows),  # chart clients that sent the request
+        "answered": len(answered),
+        "time_to_first_candle_ms": sorted((row[1] - row[0]) / 1e6 for row in rows if row[1]),
+        "time_to_history_ms": sorted((row[2] - row[0]) / 1e6 for row in answered),
+        # From the crowd's instant to the last answer; the spread of the requests' writes.
+        "opening_ms": (max(row[2] for row in answered) - at_ns) / 1e6 if answered else float("nan"),
+        "send_spread_ms": (max(sent) - min(sent)) / 1e6 if sent else float("nan"),
+        "not_answered": len(rows) - len(answered),
+        "no_candle": sum(1 for row in answered if row[3] <= 0),  # a chart without a bar
+        "n_values": n_values,  # N (as the status says) -> clients: one key when all agree
+        "n_mismatch": sum(1 for row in answered if row[4] != row[3]),  # counted != said
+        "with_errors": sum(1 for row in rows if row[6]),
+        "errors": dict(sorted(errors.items(), key=lambda item: -item[1])[:5]),
+        "no_live_after": sum(1 for row in answered if row[5] == 0),  # history, then no live data
+        "live_after_min": min((row[5] for row in answered), default=0),
+        "live_latency_ms": {
+            name: percentile(hist, fraction) / 1000
+            for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+        },
+        "live_latency_samples": sum(hist.values()),
+        "live_hist": {str(k): v for k, v in hist.items()},
+        "rest_calls": rest["calls"],
+        "rest_distinct_queries": rest["distinct"],
+        "rest_by_ticker": rest["by_ticker"],
+        "rest_by_status": rest["by_status"],
+        # Minute windows the crowd's requests fell in: a bare history asks up to the end of the
+        # current window, so a crowd across a minute's end is two queries per ticker.
+        "minute_windows": len(minutes) if rows else 0,
+        "relay": relay,
+    }
+
+
+def chart_step(
+    config: Config,
+    found: dict[str, Any],
+    reports: list[dict[str, Any]],
+    baseline_memory: dict[str, int],
+    connect: dict[str, Any],
+    server_alive: bool,
+    ours: set[int],
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A charts phase as a bench step: the relay over the opening (CPU, RSS, peak), the clients'
+    figures (``chart_figures``), and the keys every step has (for medians, notes, the JSON)."""
+    scenario, server = config.scenario, config.server
+    first, last = found["first"], found["last"]
+    phase = found["phase"]
+    wall = max(1e-9, last.wall - first.wall)
+    others, busiest = _others(first, last, ours)
+    figures = chart_figures(phase, found["at_ns"], reports, found["rest"], found["relay"])
+    figures["tickers"] = scenario.chart_tickers
+    figures["waiting_at_end"] = sum(int(d["waiting"]) for d in found["done"])
+    if previous is not None:
+        # How old the cache's answer was when this crowd asked: from the previous crowd's instant.
+        figures["after_previous_ms"] = (found["at_ns"] - previous["at_ns"]) / 1e6
+    cpu = last.server_cpu - first.server_cpu
+    errors = [m for m in figures["errors"]] + [m for r in reports for m in r["other_errors"]]
+    disconnected = sum(int(r["subscribed"]) - int(r["connected"]) for r in reports)
+    return {
+        "label": f"{scenario.key} {phase} {server.label}",
+        "config": config.label,
+        "scenario": scenario.key,
+        "server": server.label,
+        "server_kind": server.kind,
+        "step": phase,
+        "t_rate": scenario.t_rates[0],
+        "clients": scenario.clients,
+        "slow_clients": 0,
+        "clients_subscribed": connect["subscribed"],
+        "window_s": wall,  # the opening: the crowd's instant to every load process's last answer
+        "server_cpu": cpu / wall,
+        "server_cpu_s": cpu,
+        "server_rss_mib": last.server_memory.get("VmRSS", 0) / 1024,
+        "server_baseline_rss_mib": baseline_memory.get("VmRSS", 0) / 1024,
+        "window_start_rss_mib": found["rss_start_kib"] / 1024,
+        "server_peak_rss_mib": found["peak_kib"] / 1024,
+        "window_peak_rss_exact": found["exact_peak"],
+        "loadgen_cpu": (last.client_cpu - first.client_cpu) / wall,
+        "sim_cpu": (last.sim_cpu - first.sim_cpu) / wall,
+        "machine_busy_cores": (last.machine_busy - first.machine_busy) / wall,
+        "others_cpu": others / wall,
+        "others_busiest": busiest,
+        "client_errors": errors[:5],
+        "connect_s": connect["seconds"],
+        "disconnects": disconnected,
+        "slow_consumer": 0,
+        "slow_dropped": 0,
+        "gaps": sum(int(r["live_gaps"]) for r in reports),  # on the clients' live A channel
+        "outage_gaps": 0,
+        "gaps_outside_outage": sum(int(r["live_gaps"]) for r in reports),
+        "reordered": sum(int(r["live_repeats"]) for r in reports),
+        "connect_failures": connect["failures"],
+        "unstamped": sum(int(r["stray"]) for r in reports),
+        "not_recovered": 0,
+        "missing_by_q": 0,
+        "latency_ms": figures["live_latency_ms"],
+        "close_codes": _merged([r["close_codes"] for r in reports]),
+        "server_alive": server_alive,
+        "charts": figures,
+    }
+
+
+def _merged(counts: list[dict[str, int]]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            found[key] = found.get(key, 0) + value
+    return found
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "p50": nearest_rank(values, 0.5),
+        "p99": nearest_rank(values, 0.99),
+        "max": max(values, default=float("nan")),
+        "samples": len(values),
+    }
+
+
+def pool_charts(found: list[dict[str, Any]]) -> dict[str, Any]:
+    """One phase of a charts scenario over all repeats: every client's times pooled (p50, p99,
+    max), each run's REST calls and slowest client, the counts summed."""
+    pooled: dict[str, Any] = {
+        "phase": found[0]["phase"],
+        "tickers": found[0].get("tickers", 0),
+        "runs": len(found),
+    }
+    for key in ("time_to_first_candle_ms", "time_to_history_ms"):
+        pooled[key] = {
+            **_spread([v for f in found for v in f[key]]),
+            "per_run_max": [max(f[key], default=float("nan")) for f in found],
+        }
+    for key in ("opening_ms", "send_spread_ms", "after_previous_ms", "after_scouts_ms"):
+        values = [f[key] for f in found if key in f and f[key] == f[key]]
+        pooled[key] = {"median": statistics.median(values), "max": max(values)} if values else None
+    for key in (
+        "clients",
+        "answered",
+        "not_answered",
+        "no_candle",
+        "n_mismatch",
+        "with_errors",
+        "no_live_after",
+        "waiting_at_end",
+    ):
+        pooled[key] = sum(int(f.get(key, 0)) for f in found)
+    pooled["live_after_min"] = min(f["live_after_min"] for f in found)
+    n_values: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for f in found:
+        for k, v in f["n_values"].items():
+            n_values[k] = n_values.get(k, 0) + v
+        for k, v in f["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    pooled["n_values"] = n_values
+    pooled["errors"] = errors
+    # N per run: every client of a run must agree (runs may differ: a minute later, one bar more).
+    pooled["n_per_run"] = [sorted(f["n_values"], key=int) for f in found]
+    pooled["rest_calls"] = [f["rest_calls"] for f in found]
+    pooled["rest_distinct_queries"] = [f["rest_distinct_queries"] for f in found]
+    pooled["rest_max_per_ticker"] = [max(f["rest_by_ticker"].values(), default=0) for f in found]
+    pooled["minute_windows"] = [f["minute_windows"] for f in found]
+    relay: dict[str, float] = {}
+    for f in found:
+        for k, v in f["relay"].items():
+            relay[k] = relay.get(k, 0.0) + v if k != "cache_bytes" else max(relay.get(k, 0.0), v)
+    pooled["relay"] = relay
+    scouts = [f["scouts"] for f in found if "scouts" in f]
+    if scouts:
+        # The scouts that filled the cache before the crowd: one per chart and load process.
+        pooled["scouts"] = {
+            "clients": [s["clients"] for s in scouts],
+            "answered": [s["answered"] for s in scouts],
+            "rest_calls": [s["rest_calls"] for s in scouts],
+            "opening_ms": statistics.median(s["opening_ms"] for s in scouts),
+        }
+    hist = _pooled_hist([f.get("live_hist", {}) for f in found])
+    pooled["live_latency_ms"] = {
+        name: percentile(hist, fraction) / 1000
+        for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+    }
+    pooled["live_latency_samples"] = sum(hist.values())
+    return pooled
+
+
 def _saturated(metrics: dict[str, Any]) -> str | None:
     if not metrics["server_alive"]:
         return "the server died"
@@ -1254,6 +1649,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["server_alive"] = all(r["server_alive"] for r in runs)
     if "failover" in runs[0]:
         summary["failover"] = pool_failovers([r["failover"] for r in runs])
+    if "charts" in runs[0]:
+        summary["charts"] = pool_charts([r["charts"] for r in runs])
     return summary
 
 

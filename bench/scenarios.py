@@ -9,7 +9,11 @@ The *scale-out* servers are fastrelay split in its roles: one ingest (the
 upstream), two edges (the clients, split evenly) and a nats-server between
 them; the ``scaleout`` scenarios put them beside the single process. The
 failover scenario runs two ingests (a leader and a hot standby) and stops the
-leader in each window. A *config* is one scenario on one server; the plan
+leader in each window. The *charts* scenarios have no rate ladder either: a
+crowd of clients opens a chart at once (``history`` of a minute-bar channel,
+answered from Massive's REST aggregates through the relay's cache), on a fresh
+relay (cold) and again once the cache holds the answer (warm). A *config* is
+one scenario on one server; the plan
 alternates configs (a b c a b c) so a drift of the shared machine spreads over
 all of them.
 """
@@ -42,6 +46,18 @@ DEFAULT_REPEATS = 3
 # (the leader resigns and frees the lease: a standby wins at once).
 FAILOVER_MODES = ("kill-9", "sigterm")
 FAILOVER_AT = 1.0  # seconds into the window: the leader is stopped
+
+# The charts scenarios: the crowd opens its charts on a fresh relay (cold: the cache is empty,
+# the answer comes from the simulator's REST), then again once the cache holds the answer
+# (warm), in this order.
+CHART_PHASES = ("cold", "warm")
+# How long the relay keeps the answer to a range that reaches now, as a bare history's does
+# (fastrelay/bars.py, Bars' fresh_ttl; no flag). Serving a crowd of 1,000 can take about as
+# long, so the warm crowd does not count on the cold answers: once they have expired (this
+# long after the last of them, plus CHART_WARM_AFTER), one scout per chart asks and refills
+# the cache, and the crowd asks CHART_WARM_AFTER s after the scouts' answers.
+CHART_CACHE_TTL = 5.0
+CHART_WARM_AFTER = 0.5
 
 # The abuse scenario: one hostile client per class of bench/attacks.py, a window each,
 # in this order. token-guessing comes last: it locks 127.0.0.1 out of new auths (1 s,
@@ -161,6 +177,10 @@ class Scenario:
     ingests: int = 1
     failovers: tuple[str, ...] = ()
     default_repeats: int | None = None  # runs without --repeats (None: DEFAULT_REPEATS)
+    # Charts: every client subscribes A.X,AM.X and opens the chart (history of AM.X) with the
+    # crowd, cold then warm (CHART_PHASES; bench/run.py, Run._charts); X dealt over this many
+    # tickers (0: not a chart scenario).
+    chart_tickers: int = 0
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
@@ -175,6 +195,10 @@ class Scenario:
         if self.quiet:
             # Tickers the simulator never trades: connections that only wait.
             return [f"T.ZZ{i % self.quiet_channels:04d}" for i in range(self.clients)]
+        if self.chart_tickers:
+            # A chart: the live per-second bars and the minute bars (whose history it asks).
+            tickers = [self.ticker(i % self.chart_tickers + 1) for i in range(self.clients)]
+            return [f"A.{t},AM.{t}" for t in tickers]
         if self.wildcard:
             return ["T.*"] * self.clients
         return [f"T.{self.ticker(i % self.symbols + 1)}" for i in range(self.clients)]
@@ -187,7 +211,7 @@ class Scenario:
             return {self.ticker(i): self.clients for i in range(1, self.symbols + 1)}
         counts: dict[str, int] = {}
         for params in self.subscriptions():
-            ticker = params.partition(".")[2]
+            ticker = params.split(",")[0].partition(".")[2]
             counts[ticker] = counts.get(ticker, 0) + 1
         return counts
 
@@ -209,6 +233,8 @@ class Scenario:
         """
         stride = self.probe_stride()
         spec = [(p, "probe" if i % stride == 0 else "count") for i, p in enumerate(self.subscriptions())]
+        if self.chart_tickers:
+            spec = [(p, "chart") for p in self.subscriptions()]
         spec += [("T.*" if self.wildcard else spec[0][0], "slow")] * self.slow_clients
         taken: dict[tuple[str, str], int] = {}
         channels: dict[str, int] = {}
@@ -223,7 +249,7 @@ class Scenario:
         return placed
 
     def step_label(self, t_rate: float) -> str:
-        if self.quiet:
+        if self.quiet or self.chart_tickers:
             return "-"
         return f"{t_rate / 1000:g}k" if t_rate >= 1000 else f"{t_rate:g}"
 
@@ -322,11 +348,26 @@ SCENARIOS: dict[str, Scenario] = {
             window=8.0, servers=(SCALEOUT[0],), ingests=2, failovers=FAILOVER_MODES, default_repeats=5,
             about="20 clients on T.* at 1k T/s, 2 ingests + 2 edges; the leader killed (-9), then TERM",
         ),
+        # Chart history: 1,000 browsers open the same chart at once (history of AM.S0001, a day
+        # of minute bars from the simulator's REST through the relay's cache, then live A and
+        # AM), on a fresh relay and again once the cache holds the answer; and the same crowd
+        # spread over 20 tickers. A quiet feed (each ticker's A once a second).
+        Scenario(
+            "charts", "charts: one ticker", clients=1000, symbols=20, t_rates=(200,), wildcard=False,
+            chart_tickers=1, window=4.0,
+            about="1,000 clients open the chart of one ticker at once (history AM.X), cold then warm",
+        ),
+        Scenario(
+            "charts-spread", "charts: 20 tickers", clients=1000, symbols=20, t_rates=(200,),
+            wildcard=False, chart_tickers=20, window=4.0,
+            about="1,000 clients open charts at once, 50 each on 20 tickers, cold then warm",
+        ),
     )
 }  # fmt: skip
 
-# ``--scenarios slow`` runs its baseline too: the target compares the two.
-COMPANIONS = {"slow": ("slow-base",)}
+# ``--scenarios slow`` runs its baseline too: the target compares the two; ``charts`` its
+# spread twin.
+COMPANIONS = {"slow": ("slow-base",), "charts": ("charts-spread",)}
 # Names for a set of scenarios.
 GROUPS = {
     "scaleout": (
@@ -371,6 +412,8 @@ def plan(
                 continue  # the attacks probe fastrelay's limits (tokens, history): the peers have none
             if scenario.failovers and server.kind != "scaleout":
                 continue  # a failover needs several ingests
+            if scenario.chart_tickers and server.kind != "fastrelay":
+                continue  # chart history is fastrelay's (the peers and the edges have no REST source)
             configs.append(Config(scenario, server))
     counts = [repeats_of(config.scenario, repeats) for config in configs]
     for repeat in range(max(counts, default=0)):
