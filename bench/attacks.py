@@ -275,7 +275,9 @@ async def byte_flood(
         report.bytes_sent += len(message)
     with contextlib.suppress(TimeoutError):
         report.close_code = await asyncio.wait_for(closed, 1.5)
-    report.closed_after = time.monotonic() - started if report.close_code is not None else None
+    ended = report.close_code is not None or client.reset
+    report.closed_after = time.monotonic() - started if ended else None
+    report.notes["reset"] = client.reset
     report.duration = time.monotonic() - started
     report.bytes_received = client.received
     client.close()

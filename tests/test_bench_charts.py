@@ -156,7 +156,8 @@ async def test_charts_scenario_on_a_tiny_crowd(tmp_path: Path, monkeypatch: pyte
         assert len(c["n_values"]) == 1 and int(next(iter(c["n_values"]))) > 1000, c["n_values"]
         assert c["with_errors"] == c["n_mismatch"] == c["no_live_after"] == 0, c
         assert len(c["time_to_history_ms"]) == 20 and step["server_alive"]
-        assert step["server_cpu_s"] > 0 and step["server_peak_rss_mib"] > 0
+        # CPU comes in clock ticks (10 ms): a tiny warm crowd may cost less than one.
+        assert step["server_cpu_s"] >= 0 and step["server_peak_rss_mib"] > 0
         # Single flight: each query asked once (two tickers; a crowd across a minute's end: four).
         assert c["rest_calls"] == c["rest_distinct_queries"] <= 2 * c["minute_windows"], c
     cold, warm = (s["charts"] for s in steps)
