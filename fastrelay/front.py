@@ -76,32 +76,77 @@ def picows_protocol_factory(listener_factory: Any, **options: Any) -> Callable[[
     return make
 
 
+class Doorway:
+    """Connections still to send their request line, and one timer for all of them: a timer
+    per connection would keep each door (and its memory) alive for the whole timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._waiting: dict[FrontDoor, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def enter(self, door: FrontDoor) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiting[door] = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._sweep)
+
+    def leave(self, door: FrontDoor) -> None:
+        self._waiting.pop(door, None)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = None
+        late = loop.time() - self.timeout
+        for door in [d for d, entered in self._waiting.items() if entered <= late]:
+            self._waiting.pop(door, None)
+            door.expired()
+        if self._waiting:
+            oldest = min(self._waiting.values())
+            self._timer = loop.call_later(max(0.05, oldest + self.timeout - loop.time()), self._sweep)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class FrontDoor(asyncio.Protocol):
     """Reads the request line, then serves REST here or hands the connection to picows."""
+
+    __slots__ = (
+        "_answer",
+        "_buffer",
+        "_doorway",
+        "_http",
+        "_make_picows",
+        "_open_rest",
+        "_scheme",
+        "_transport",
+    )
 
     def __init__(
         self,
         make_picows: Callable[[], Any],
         answer: Answerer,
-        handshake_timeout: float,
+        doorway: Doorway,
         scheme: str = "http",
         open_rest: set[RestConnection] | None = None,
     ) -> None:
         self._make_picows = make_picows
         self._answer = answer
-        self._timeout = handshake_timeout
+        self._doorway = doorway
         self._scheme = scheme
         self._open_rest = open_rest
         self._buffer = bytearray()
         self._transport: Any = None  # uvloop's TCPTransport is not an asyncio.Transport subclass
-        self._timer: asyncio.TimerHandle | None = None
         self._http: RestConnection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expired)
+        self._doorway.enter(self)
 
-    def _expired(self) -> None:
+    def expired(self) -> None:
         # No request line in time (slowloris): nothing to answer.
         if self._transport is not None and self._http is None:
             self._transport.abort()
@@ -116,8 +161,7 @@ class FrontDoor(asyncio.Protocol):
             return  # the request line is not complete yet
         _, _, rest = bytes(self._buffer[: max(end, 0)]).partition(b" ")
         target = rest.partition(b" ")[0]
-        if self._timer is not None:
-            self._timer.cancel()
+        self._doorway.leave(self)
         if end >= 0 and is_rest(target):
             self._http = RestConnection(self._transport, self._answer, self._scheme, self._open_rest)
             self._http.received(bytes(self._buffer))
@@ -128,6 +172,7 @@ class FrontDoor(asyncio.Protocol):
     def _hand_over(self) -> None:
         """From now on picows reads this socket, starting with what came already."""
         transport = self._transport
+        self._transport = None
         protocol = self._make_picows()
         transport.set_protocol(protocol)
         # uvloop chose its read callbacks when reading started (a plain protocol's, with a
@@ -137,7 +182,7 @@ class FrontDoor(asyncio.Protocol):
         transport.resume_reading()
         protocol.connection_made(transport)
         data = memoryview(bytes(self._buffer))
-        self._buffer.clear()
+        self._buffer = bytearray()
         while data and not transport.is_closing():
             buffer = memoryview(protocol.get_buffer(len(data)))
             size = min(len(buffer), len(data))
@@ -146,8 +191,7 @@ class FrontDoor(asyncio.Protocol):
             data = data[size:]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._doorway.leave(self)
         if self._http is not None:
             self._http.lost()
 

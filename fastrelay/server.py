@@ -42,7 +42,7 @@ from fastrelay import markets, protocol
 from fastrelay.addresses import AddressBook, AddressState
 from fastrelay.budget import BudgetLimits, ClientBudget, Reassembly, close_reply
 from fastrelay.closes import CLOSE_LABELS, CloseReason
-from fastrelay.front import FrontDoor, RestConnection, picows_protocol_factory
+from fastrelay.front import Doorway, FrontDoor, RestConnection, picows_protocol_factory
 from fastrelay.member import Member
 from fastrelay.origins import OriginPolicy
 from fastrelay.ratelimit import LogThrottle, TokenBucket
@@ -634,6 +634,7 @@ class RelayServer:
             self.stats.rest_responses,
         )
         self.open_rest: set[RestConnection] = set()
+        self._doorway: Doorway | None = None
         self.budget_limits = BudgetLimits(
             config.max_frames_per_second,
             config.frame_burst,
@@ -681,9 +682,9 @@ class RelayServer:
             read_buffer_init_size=1024,
         )
         # The front door (front.py): REST paths are served here, the rest is picows'.
-        timeout = config.client_handshake_timeout
+        doorway = self._doorway = Doorway(config.client_handshake_timeout)
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FrontDoor(make_picows, self.rest.answer, timeout, open_rest=self.open_rest),
+            lambda: FrontDoor(make_picows, self.rest.answer, doorway, open_rest=self.open_rest),
             config.host,
             config.port,
             # Sized for reconnect storms: every browser of a restarted relay comes
@@ -767,6 +768,8 @@ class RelayServer:
             task.cancel()
         for rest in list(self.open_rest):
             rest.close()
+        if self._doorway is not None:
+            self._doorway.close()
         self.pings.stop()
         self.auth_deadline.stop()
         if self._metrics_server is not None:

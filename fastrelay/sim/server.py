@@ -32,7 +32,7 @@ from picows import (
 
 import fastrelay.sim.faults as faults
 from fastrelay import markets
-from fastrelay.front import FrontDoor, RestConnection, picows_protocol_factory
+from fastrelay.front import Doorway, FrontDoor, RestConnection, picows_protocol_factory
 from fastrelay.restapi import Answer as HttpAnswer
 from fastrelay.sim.config import SimulatorConfig
 from fastrelay.sim.connection import CLOSE_TIMEOUT, Connection
@@ -76,6 +76,7 @@ class Simulator:
         }
         self.rest = RestApi(self.config, self._feeds)
         self._doors: set[RestConnection] = set()  # REST connections open, closed at stop
+        self._doorway = Doorway(HEAD_TIMEOUT)
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -106,8 +107,9 @@ class Simulator:
         except TypeError as exc:  # picows's constructor is not public API
             raise RuntimeError(f"this picows cannot be driven by the front door: {exc}") from exc
         scheme = "https" if ssl_context is not None else "http"
+        doorway = self._doorway = Doorway(HEAD_TIMEOUT)
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: FrontDoor(websocket, self._answer_rest, HEAD_TIMEOUT, scheme, self._doors),
+            lambda: FrontDoor(websocket, self._answer_rest, doorway, scheme, self._doors),
             host,
             port,
             ssl=ssl_context,
@@ -136,6 +138,7 @@ class Simulator:
         if server is None:
             return
         server.close()
+        self._doorway.close()
         for rest in list(self._doors):
             rest.close()
         conns = [conn for feed in self._feeds.values() for conn in feed.conns]
