@@ -197,8 +197,9 @@ class JetStreamLeaseStore:
         if self._watch_task is not None:
             self._watch_task.cancel()
         if self._watcher is not None:
+            # Bounded: with NATS down, nats-py's unsubscribe can wait for a server that is gone.
             with contextlib.suppress(Exception):
-                await self._watcher.stop()
+                await asyncio.wait_for(self._watcher.stop(), 1.0)
         self._kv = self._watcher = self._watch_task = None
 
 
@@ -376,4 +377,5 @@ class Election:
             if revision:
                 with contextlib.suppress(Exception):  # a standby takes over at the TTL anyway
                     await asyncio.wait_for(store.delete(revision), 1.0)
-            await store.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(store.close(), 2.0)
