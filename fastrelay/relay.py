@@ -121,13 +121,8 @@ class Relay:
             self.hold(protocol.parse_api_channel(name))
 
     # --- lifecycle --------------------------------------------------------------------
-    def start(self, feeds: bool = True) -> None:
-        """Start serving; ``feeds=False`` leaves the upstreams for ``start_feeds`` (a
-        standby ingest connects to Massive only once it leads)."""
-        if feeds:
-            self.start_feeds()
-
-    def start_feeds(self) -> None:
+    def start(self) -> None:
+        """Connect the feeds (again after ``stop_feeds``: a re-elected ingest)."""
         for feed in self.feeds.values():
             feed.start()
         if self._start_outcomes is not None and self._summary_timer is None:

@@ -101,8 +101,8 @@ class Ingest:
         self._publisher = asyncio.get_running_loop().create_task(self._publish_loop(), name="nats-publisher")
         self._tick()
         self._pulse()
-        # The upstreams wait for the lease (_elected): a standby holds no Massive connection.
-        self.relay.start(feeds=False)
+        # The relay starts when this ingest wins the lease (_elected): a standby holds no
+        # Massive connection.
 
     async def stop(self) -> None:
         for timer in (self._heartbeat, self._beat):
@@ -165,7 +165,7 @@ class Ingest:
     # --- leadership ------------------------------------------------------------------------
     def _elected(self, term: int) -> None:
         """The lease is ours: connect to Massive (the edges' interest is already held)."""
-        self.relay.start_feeds()
+        self.relay.start()
         self._publish_state()
 
     async def _deposed(self, reason: str) -> None:
