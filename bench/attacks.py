@@ -99,6 +99,7 @@ class RawClient:
         # with unread input sends a reset, which can overtake the close frame.
         self.reset = False
         self.close_code: int | None = None  # the relay's close frame, once read
+        self.rsv1 = False  # the last frame's RSV1 bit: compressed, once permessage-deflate is on
 
     @classmethod
     async def connect(
@@ -136,6 +137,7 @@ class RawClient:
             found = _parse(self.buffer)
             if found is not None:
                 opcode, payload, used = found
+                self.rsv1 = bool(self.buffer[0] & 0x40)
                 self.buffer = self.buffer[used:]
                 return opcode, payload
             remaining = deadline - time.monotonic()

@@ -79,10 +79,11 @@ class ClientBudget:
 class Reassembly:
     """One fragmented message being put back together (RFC 6455 5.4), under ``limit`` bytes."""
 
-    __slots__ = ("binary", "limit", "parts", "size")
+    __slots__ = ("binary", "compressed", "limit", "parts", "size")
 
-    def __init__(self, binary: bool, first: bytes, limit: int) -> None:
+    def __init__(self, binary: bool, first: bytes, limit: int, compressed: bool = False) -> None:
         self.binary = binary
+        self.compressed = compressed  # RSV1 on its first frame: permessage-deflate
         self.limit = limit
         self.parts = [first]
         self.size = len(first)

@@ -75,6 +75,15 @@ class RelayConfig:
     # a few seconds of a busy wildcard feed for a browser on a poor link.
     max_client_buffer: int = 4 * MIB
     max_channels: int = 2000  # per client connection
+    # permessage-deflate with clients that offer it (fastrelay/deflate.py): "shared" compresses
+    # each frame once for every client of an audience; "off" never negotiates it. Frames
+    # under the threshold go plain: one event (~120 bytes) shrinks 1.2x for ~9 us, a 5 ms
+    # firehose frame (1-2 KB) 3x (docs/performance.md, "Compression"). The CPU budget is
+    # seconds of compression per second of the loop; past it frames go plain.
+    compression: str = "shared"
+    compression_level: int = 6
+    compression_threshold: int = 256
+    compression_cpu: float = 0.25
     # Channels over every connection of one client address (behind nginx without
     # --trusted-proxies that is everyone: set it with that in mind), and channels
     # held upstream over all markets: junk subscriptions must stay bounded.
@@ -254,6 +263,15 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 
 
 _log_format = _one_of("text", "json")
+
+
+def _level(text: str) -> int:
+    level = int(text)
+    if not 1 <= level <= 9:
+        raise ValueError("expected 1 to 9")
+    return level
+
+
 _log_level = _one_of("debug", "info", "warning", "error")
 
 
@@ -328,6 +346,27 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "max_client_buffer",
     ),
     Option("max-channels", _non_negative(int), "channels per client connection", "max_channels"),
+    Option(
+        "compression",
+        _one_of("shared", "off"),
+        "permessage-deflate with clients that offer it: shared (each frame compressed once) or off",
+        "compression",
+    ),
+    Option(
+        "compression-level", _level, "zlib level of compression, 1 (fast) to 9 (small)", "compression_level"
+    ),
+    Option(
+        "compression-threshold",
+        _non_negative(int),
+        "frames smaller than this many bytes are sent uncompressed",
+        "compression_threshold",
+    ),
+    Option(
+        "compression-cpu",
+        _positive(float),
+        "CPU seconds per second compression may use; past it frames go uncompressed",
+        "compression_cpu",
+    ),
     Option(
         "max-channels-per-address",
         _non_negative(int),

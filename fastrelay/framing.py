@@ -18,17 +18,18 @@ import orjson
 from fastrelay.events import RawEvent
 
 _OPCODE_TEXT_FIN: Final = 0x81
+_OPCODE_TEXT_FIN_RSV1: Final = 0xC1  # RSV1: a permessage-deflate compressed message (RFC 7692 6)
 _OPCODE_PONG_FIN: Final = 0x8A
 _pack_u16: Final = struct.Struct("!BBH").pack
 _pack_u64: Final = struct.Struct("!BBQ").pack
 
 
-def text_frame_header(payload_length: int) -> bytes:
+def text_frame_header(payload_length: int, first_byte: int = _OPCODE_TEXT_FIN) -> bytes:
     if payload_length < 126:
-        return bytes((_OPCODE_TEXT_FIN, payload_length))
+        return bytes((first_byte, payload_length))
     if payload_length < 65536:
-        return _pack_u16(_OPCODE_TEXT_FIN, 126, payload_length)
-    return _pack_u64(_OPCODE_TEXT_FIN, 127, payload_length)
+        return _pack_u16(first_byte, 126, payload_length)
+    return _pack_u64(first_byte, 127, payload_length)
 
 
 def pong_frame(payload: bytes) -> bytes:
@@ -40,6 +41,11 @@ def pong_frame(payload: bytes) -> bytes:
 def text_frame(payload: bytes) -> bytes:
     """A complete unmasked text frame carrying ``payload``."""
     return text_frame_header(len(payload)) + payload
+
+
+def compressed_text_frame(payload: bytes) -> bytes:
+    """A complete unmasked text frame carrying a permessage-deflate compressed ``payload``."""
+    return text_frame_header(len(payload), _OPCODE_TEXT_FIN_RSV1) + payload
 
 
 def event_array_payloads(events: Sequence[RawEvent], max_payload: int) -> list[bytes]:
@@ -67,11 +73,16 @@ def event_array_payloads(events: Sequence[RawEvent], max_payload: int) -> list[b
 
 def event_array_frames(events: Sequence[RawEvent], max_payload: int) -> list[bytes]:
     """Complete WebSocket frames carrying ``events`` (see ``event_array_payloads``)."""
-    if len(events) == 1:  # the common case under a firehose: skip the size pass
+    return [text_frame(payload) for payload in event_arrays(events, max_payload)]
+
+
+def event_arrays(events: Sequence[RawEvent], max_payload: int) -> list[bytes]:
+    """``event_array_payloads`` with the common case first: one event under a firehose."""
+    if len(events) == 1:  # skip the size pass
         event = events[0]
         if len(event) + 2 <= max_payload:
-            return [text_frame(b"[" + event + b"]")]
-    return [text_frame(payload) for payload in event_array_payloads(events, max_payload)]
+            return [b"[" + event + b"]"]
+    return event_array_payloads(events, max_payload)
 
 
 def tag_market(event: RawEvent, market: str) -> bytes:

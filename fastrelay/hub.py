@@ -68,11 +68,15 @@ class Interest(Protocol):
 class Audience:
     """Members with one channel set: they share every frame."""
 
-    __slots__ = ("channels", "first_arrival", "flushed_at", "members", "pending", "tagged")
+    __slots__ = ("channels", "first_arrival", "flushed_at", "market", "members", "pending", "tagged")
 
     def __init__(self, channels: frozenset[Channel], tagged: bool) -> None:
         self.channels = channels
         self.tagged = tagged
+        # The market its frames are counted under (compression metrics): /api/socket
+        # audiences may span markets.
+        spanned = {channel.market for channel in channels}
+        self.market = spanned.pop() if len(spanned) == 1 else "mixed"
         self.members: dict[Member, None] = {}  # an ordered set
         self.pending: list[RawEvent] = []
         self.first_arrival = 0.0  # perf_counter() arrival of the oldest pending event
@@ -360,7 +364,7 @@ class Hub:
         audience.pending = []
         audience.flushed_at = now
         self.latency.observe(now - audience.first_arrival)
-        self.outbox.fan_out(audience.members, events)
+        self.outbox.fan_out(audience.members, events, audience.market)
 
     # --- beyond the feed ---------------------------------------------------------
     def members_holding(self, channel: Channel) -> list[Member]:

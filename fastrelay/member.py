@@ -30,7 +30,7 @@ class Member:
     """The core's view of one client connection."""
 
     # Thousands at once: slots keep each small.
-    __slots__ = ("address", "buffered", "channels", "closed", "owner", "tags_markets", "write")
+    __slots__ = ("address", "buffered", "channels", "closed", "deflate", "owner", "tags_markets", "write")
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class Member:
         owner: Connection,
         tags_markets: bool = False,
         address: AddressState | None = None,
+        deflate: bool = False,
     ) -> None:
         self.owner = owner
         # The budgets it shares with every connection from its address (None: none).
@@ -48,5 +49,8 @@ class Member:
         # /api/socket clients mix markets on one socket: events of ambiguous
         # markets (futures) reach them with a "market" key.
         self.tags_markets = tags_markets
+        # Negotiated permessage-deflate (deflate.py): frames the outbox compressed reach it
+        # compressed (RSV1), the rest plain.
+        self.deflate = deflate
         self.channels: set[Channel] = set()
         self.closed = False  # detached from the hub: nothing more is written to it

@@ -205,6 +205,54 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily(
             "fastrelay_audiences", "Groups of clients sharing a channel set.", value=hub.audience_count()
         )
+        yield from self._compression()
+
+    def _compression(self) -> Iterator[Metric]:
+        """permessage-deflate (deflate.py): what it saved, what it cost, when it was skipped."""
+        stats = self._relay.outbox.stats
+        yield CounterMetricFamily(
+            "fastrelay_client_deflate_connections",
+            "Client connections that negotiated permessage-deflate.",
+            value=self._server.deflate_connections,
+        )
+        before = CounterMetricFamily(
+            "fastrelay_client_deflate_input_bytes",
+            "Bytes clients that negotiated compression would have been sent uncompressed, by market "
+            "(an audience's market, mixed for /api/socket audiences over several, replies).",
+            labels=["market"],
+        )
+        after = CounterMetricFamily(
+            "fastrelay_client_deflate_output_bytes",
+            "Bytes those clients were sent (compressed where it paid), by market.",
+            labels=["market"],
+        )
+        for label, size in stats.deflate_before.items():
+            before.add_metric([label], size)
+            after.add_metric([label], stats.deflate_after[label])
+        yield from (before, after)
+        deflater = self._relay.outbox.deflater
+        if deflater is None:
+            return
+        work = deflater.stats
+        yield CounterMetricFamily(
+            "fastrelay_compression_frames",
+            "Frames compressed (once each, for every client of an audience that negotiated it).",
+            value=work.frames,
+        )
+        plain = CounterMetricFamily(
+            "fastrelay_compression_skipped_frames",
+            "Frames sent uncompressed to clients that negotiated compression, by reason: small "
+            "(under --compression-threshold), no_gain, cpu_budget (--compression-cpu spent).",
+            labels=["reason"],
+        )
+        for reason, count in work.plain.items():
+            plain.add_metric([reason], count)
+        yield plain
+        yield CounterMetricFamily(
+            "fastrelay_compression_cpu_seconds",
+            "CPU time spent compressing frames.",
+            value=work.cpu_seconds,
+        )
 
     def _rest(self) -> Iterator[Metric]:
         """Massive's REST aggregates (bars.py) and the relay's own REST answers (front.py)."""

@@ -14,26 +14,36 @@ replies (statuses, acknowledgements, last values, history: ``send`` and
   ``--max-client-buffer``: a ``slow_consumer`` status (if the socket still
   takes it), then a close with 1013, as Massive does. Nobody else waits.
 
+Compression (RFC 7692, deflate.py) happens here too, once per call: the first
+member that negotiated it has the payloads compressed by the relay's one
+``SharedDeflater``, and every such member gets the same compressed frames (RSV1
+set); the others get the plain ones. A call where no member negotiated it
+compresses nothing.
+
 The hot path is ``fan_out``: per member it costs the writes, one ``buffered()``
-call and two comparisons, as the hub's own loop did. Members are reached only
-through ``Member.write``/``buffered`` and ``Member.owner``, so it is tested with
-recording sinks.
+call and three comparisons. Members are reached only through
+``Member.write``/``buffered``/``deflate`` and ``Member.owner``, so it is tested
+with recording sinks.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastrelay import protocol
 from fastrelay.closes import CloseReason
+from fastrelay.deflate import SharedDeflater
 from fastrelay.events import RawEvent
-from fastrelay.framing import event_array_frames, pong_frame, text_frame
+from fastrelay.framing import compressed_text_frame, event_arrays, pong_frame, text_frame
 from fastrelay.member import Member
 from fastrelay.ratelimit import LogThrottle
 
 log = logging.getLogger("fastrelay.relay")
+
+# The label of compression bytes written outside audiences (statuses, replies, history).
+REPLIES = "replies"
 
 _SLOW_CONSUMER_FRAME = text_frame(
     protocol.status_frame(protocol.SLOW_CONSUMER, "client too slow: unsent data over the limit")
@@ -47,57 +57,83 @@ class DeliveryStatistics:
     bytes: int = 0
     slow_consumers: int = 0
     max_backlog: int = 0  # largest member backlog seen since ``take_max_backlog``
+    # Per market label (an audience's market, "mixed", or REPLIES): bytes the members that
+    # negotiated compression would have been sent plain, and what they were sent.
+    deflate_before: dict[str, int] = field(default_factory=dict)
+    deflate_after: dict[str, int] = field(default_factory=dict)
 
 
 class Outbox:
-    def __init__(self, max_frame_payload: int, max_client_buffer: int) -> None:
+    def __init__(
+        self, max_frame_payload: int, max_client_buffer: int, deflater: SharedDeflater | None = None
+    ) -> None:
         self.max_frame_payload = max_frame_payload
         self.max_client_buffer = max_client_buffer
+        self.deflater = deflater  # None: compression off, whatever clients offer
         self.stats = DeliveryStatistics()
         self._slow_log = LogThrottle(log, interval=10.0)
 
     # --- what to send ---------------------------------------------------------------
-    def fan_out(self, members: Collection[Member], events: list[RawEvent]) -> None:
+    def fan_out(self, members: Collection[Member], events: list[RawEvent], market: str = "") -> None:
         """An audience's events, in frames built once, to every member (the hot path).
 
-        The hub's audiences never hold a closed member, so there is no check here.
+        ``market`` labels the compression metrics. The hub's audiences never hold
+        a closed member, so there is no check here.
         """
-        self._write(members, event_array_frames(events, self.max_frame_payload), len(events))
+        payloads = event_arrays(events, self.max_frame_payload)
+        self._write(members, payloads, [text_frame(p) for p in payloads], len(events), market)
 
     def send_events(self, member: Member, events: list[RawEvent]) -> None:
         """Events (last values, history, fills) to one member, split under the frame cap."""
         if events and not member.closed:
-            self._write((member,), event_array_frames(events, self.max_frame_payload), len(events))
+            payloads = event_arrays(events, self.max_frame_payload)
+            self._write((member,), payloads, [text_frame(p) for p in payloads], len(events), REPLIES)
 
     def send(self, member: Member, payloads: Sequence[bytes]) -> None:
         """JSON payloads (statuses, replies), one frame each, in order."""
         if payloads and not member.closed:
-            self._write((member,), [text_frame(p) for p in payloads], 0)
+            self._write((member,), payloads, [text_frame(p) for p in payloads], 0, REPLIES)
 
     def pong(self, member: Member, payload: bytes) -> None:
-        """The answer to a client's ping."""
+        """The answer to a client's ping (a control frame: never compressed)."""
         if not member.closed:
-            self._write((member,), [pong_frame(payload)], 0)
+            self._write((member,), (), [pong_frame(payload)], 0, REPLIES)
 
     def broadcast(self, members: Collection[Member], payload: bytes) -> None:
         """One JSON payload to many members (an outage status), framed once."""
         if members:
-            self._write(members, [text_frame(payload)], 0)
+            self._write(members, (payload,), [text_frame(payload)], 0, REPLIES)
 
     # --- how it is sent -----------------------------------------------------------------
-    def _write(self, members: Collection[Member], frames: list[bytes], events: int) -> None:
+    def _write(
+        self,
+        members: Collection[Member],
+        payloads: Sequence[bytes],
+        frames: list[bytes],
+        events: int,
+        label: str,
+    ) -> None:
+        """``frames`` (``payloads`` framed; none for a control frame) to every member."""
         count = len(members)
         stats = self.stats
         stats.deliveries += events * count
         stats.frames += len(frames) * count
-        stats.bytes += sum(map(len, frames)) * count
         limit = self.max_client_buffer
         max_backlog = stats.max_backlog
         slow: list[Member] | None = None
+        packed: list[bytes] | None = None  # the compressed frames, built for the first taker
+        deflated = 0  # members that got them
         for member in members:
             write = member.write
-            for frame in frames:
-                write(frame)
+            if member.deflate and payloads:
+                if packed is None:
+                    packed = self._compressed(payloads, frames)
+                deflated += 1
+                for frame in packed:
+                    write(frame)
+            else:
+                for frame in frames:
+                    write(frame)
             backlog = member.buffered()
             if backlog > max_backlog:
                 max_backlog = backlog
@@ -106,10 +142,30 @@ class Outbox:
                     slow = []
                 slow.append(member)
         stats.max_backlog = max_backlog
+        plain_size = sum(map(len, frames))
+        if packed is None:
+            stats.bytes += plain_size * count
+        else:
+            packed_size = sum(map(len, packed))
+            stats.bytes += plain_size * (count - deflated) + packed_size * deflated
+            before, after = stats.deflate_before, stats.deflate_after
+            before[label] = before.get(label, 0) + plain_size * deflated
+            after[label] = after.get(label, 0) + packed_size * deflated
         if slow:
             # After the loop: closing detaches members, which changes audiences.
             for member in slow:
                 self._drop_slow_consumer(member)
+
+    def _compressed(self, payloads: Sequence[bytes], frames: list[bytes]) -> list[bytes]:
+        """Each payload compressed (RSV1 frame) where it pays, else its plain frame."""
+        deflater = self.deflater
+        if deflater is None:  # no member can have negotiated it
+            return frames
+        packed = []
+        for payload, frame in zip(payloads, frames, strict=True):
+            compressed = deflater.compress(payload)
+            packed.append(frame if compressed is None else compressed_text_frame(compressed))
+        return packed
 
     def _drop_slow_consumer(self, member: Member) -> None:
         if member.closed:

@@ -38,6 +38,7 @@ from fastrelay import markets, protocol
 from fastrelay.bars import AccountBars
 from fastrelay.cache import Cache
 from fastrelay.config import RelayConfig, api_key_of, upstream_of
+from fastrelay.deflate import SharedDeflater
 from fastrelay.events import EventHead, RawEvent
 from fastrelay.feed import Feed
 from fastrelay.hub import Hub
@@ -98,7 +99,12 @@ class Relay:
                 m: markets.capped_evs(m, markets.feed_of(upstream_of(config, m))) for m in config.markets
             },
         )
-        self.outbox = Outbox(config.max_frame_size, config.max_client_buffer)
+        deflater = None
+        if config.compression == "shared":
+            deflater = SharedDeflater(
+                config.compression_level, config.compression_threshold, config.compression_cpu
+            )
+        self.outbox = Outbox(config.max_frame_size, config.max_client_buffer, deflater)
         self.hub = Hub(
             config.markets, self.outbox, self.demand, config.max_channels, config.max_contracts_per_client
         )

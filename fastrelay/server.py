@@ -38,7 +38,7 @@ from picows import (
     ws_create_server,
 )
 
-from fastrelay import markets, protocol
+from fastrelay import deflate, markets, protocol
 from fastrelay.addresses import AddressBook, AddressState
 from fastrelay.budget import BudgetLimits, ClientBudget, Reassembly, close_reply
 from fastrelay.closes import CLOSE_LABELS, CloseReason
@@ -81,6 +81,7 @@ class ServerStatistics:
     closed_by_path: dict[str, dict[str, int]]  # by path, then reason
     closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_LABELS, 0))  # by reason
     rest_responses: dict[int, int] = field(default_factory=dict)  # REST answers by HTTP status
+    deflate_connections: int = 0  # upgrades that negotiated permessage-deflate
 
     @classmethod
     def for_markets(cls, served: tuple[str, ...]) -> ServerStatistics:
@@ -105,6 +106,7 @@ class ClientConnection(WSListener):
         "_address_state",
         "_budget",
         "_close_reason",
+        "_deflate",
         "_forwarded",
         "_fragments",
         "_market",
@@ -118,17 +120,26 @@ class ClientConnection(WSListener):
         "transport",
     )
 
-    def __init__(self, server: RelayServer, market: str | None, path: str, forwarded: str | None) -> None:
+    def __init__(
+        self,
+        server: RelayServer,
+        market: str | None,
+        path: str,
+        forwarded: str | None,
+        deflate: bool = False,
+    ) -> None:
         self._server = server
         self._market = market
         self._path = path
+        self._deflate = deflate  # negotiated permessage-deflate
         self._forwarded = forwarded  # X-Forwarded-For as sent, judged once the peer is known
         self._address: str | None = None
         self._address_state: AddressState | None = None
         self._close_reason: CloseReason | None = None
         self._budget: ClientBudget | None = None
         self._fragments: Reassembly | None = None  # a fragmented message being received
-        self._queue: collections.deque[tuple[bool, bytes]] | None = None  # messages waiting their turn
+        # Messages waiting their turn: (binary, payload, compressed).
+        self._queue: collections.deque[tuple[bool, bytes, bool]] | None = None
         self._spent = 0.0  # loop time its messages took in this pass
         self.transport: WSTransport | None = None
         self.session: ClientSession | None = None
@@ -156,7 +167,12 @@ class ClientConnection(WSListener):
         self._address = address
         self._address_state = state
         member = Member(
-            raw.write, raw.get_write_buffer_size, self, tags_markets=self._market is None, address=state
+            raw.write,
+            raw.get_write_buffer_size,
+            self,
+            tags_markets=self._market is None,
+            address=state,
+            deflate=self._deflate,
         )
         server.relay.hub.attach(member)
         self.session = ClientSession(server.session_context, member, self._market)
@@ -184,19 +200,22 @@ class ClientConnection(WSListener):
         if not budget.take(frame.payload_size, now):
             self._flooded()
             return
-        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+        msg_type = frame.msg_type
+        data = msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY
+        # RSV1 marks a compressed message, on its first frame only, once negotiated (RFC 7692 6).
+        compressed = bool(frame.rsv1)
+        if frame.rsv2 or frame.rsv3 or (compressed and not (data and self._deflate)):
             self._protocol_error("reserved bits set without a negotiated extension")
             return
-        msg_type = frame.msg_type
-        if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+        if data:
             if self._fragments is not None:
                 self._protocol_error("a new message inside a fragmented one")
             elif frame.fin:
-                self._message(msg_type is WSMsgType.BINARY, frame.get_payload_as_bytes())
+                self._message(msg_type is WSMsgType.BINARY, frame.get_payload_as_bytes(), compressed)
             else:
                 limit = server.relay.config.max_message_size
                 self._fragments = Reassembly(
-                    msg_type is WSMsgType.BINARY, frame.get_payload_as_bytes(), limit
+                    msg_type is WSMsgType.BINARY, frame.get_payload_as_bytes(), limit, compressed
                 )
         elif msg_type is WSMsgType.CONTINUATION:
             self._continuation(frame)
@@ -208,19 +227,24 @@ class ClientConnection(WSListener):
             self._closed_by_client(transport, frame)
         # A PONG only marks the peer alive (above).
 
-    def _message(self, binary: bool, payload: bytes) -> None:
+    def _message(self, binary: bool, payload: bytes, compressed: bool) -> None:
         """A whole message: handled now, or queued behind the ones this client already has
         waiting (in order) when it used up its share of this pass of the loop."""
         queue = self._queue
         if queue is not None:
-            queue.append((binary, payload))
+            queue.append((binary, payload, compressed))
             return
-        self._handle(binary, payload)
+        self._handle(binary, payload, compressed)
 
-    def _handle(self, binary: bool, payload: bytes) -> None:
+    def _handle(self, binary: bool, payload: bytes, compressed: bool) -> None:
         session = self.session
         assert session is not None
         started = time.perf_counter()
+        if compressed:  # inflated in the client's own time, under the message size cap
+            inflated = self._inflate(payload)
+            if inflated is None:
+                return
+            payload = inflated
         if binary:
             self._deliver(session.binary_received())
         else:
@@ -242,6 +266,22 @@ class ClientConnection(WSListener):
             # passes (in order), and nothing more is read from it until it is through.
             self._queue = collections.deque()
             self._reading(False)
+
+    def _inflate(self, payload: bytes) -> bytes | None:
+        """A compressed message inflated, its extra bytes charged to the client; None: closed."""
+        try:
+            data = deflate.inflate(payload, self._server.relay.config.max_message_size)
+        except deflate.TooBig:
+            self.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            return None
+        except deflate.InflateError:
+            self._protocol_error("invalid compressed data")
+            return None
+        budget = self._budget
+        if budget is not None and not budget.charge(len(data) - len(payload)):
+            self._flooded()
+            return None
+        return data
 
     def _next_pass(self) -> None:
         self._spent = 0.0
@@ -272,7 +312,7 @@ class ClientConnection(WSListener):
             self.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
         elif frame.fin:
             self._fragments = None
-            self._message(fragments.binary, fragments.message())
+            self._message(fragments.binary, fragments.message(), fragments.compressed)
 
     def _closed_by_client(self, transport: WSTransport, frame: WSFrame) -> None:
         code = frame.get_close_code()
@@ -805,11 +845,26 @@ class RelayServer:
                 return _plain(*refusal)
             _normalise_upgrade_headers(request)
             forwarded = request.headers.get("x-forwarded-for")
-            return ClientConnection(self, None if path == API_SOCKET_PATH else market, path, forwarded)
+            extensions = self._extensions(request)
+            connection = ClientConnection(
+                self, None if path == API_SOCKET_PATH else market, path, forwarded, extensions is not None
+            )
+            if extensions is None:
+                return connection
+            self.stats.deflate_connections += 1
+            upgrade = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Extensions": extensions})
+            return WSUpgradeResponseWithListener(upgrade, connection)
         if markets.is_market(market):
             # Not a 404: Massive's clients hide a failed upgrade and retry it for ever.
             return UnservedMarket(self, market, request.headers.get("x-forwarded-for"))
         return self._route_client_http(request)
+
+    def _extensions(self, request: WSUpgradeRequest) -> str | None:
+        """The permessage-deflate answer to the client's offers (deflate.py), or None."""
+        if self.relay.outbox.deflater is None:
+            return None
+        offers = request.headers.getall("sec-websocket-extensions", ())
+        return deflate.negotiate(", ".join(offers)) if offers else None
 
     def _refusal(self, request: WSUpgradeRequest) -> tuple[int, bytes] | None:
         """Why a WebSocket request is refused before the upgrade, if it is."""
