@@ -81,12 +81,15 @@ import resource
 import socket
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from bench.scenarios import channel_key
 
 # Before the window arrives nothing is in it: start > any stamp, end < any stamp.
 _NEVER = (1 << 62, 0)
@@ -105,6 +108,9 @@ _HISTORY_STATUS = re.compile(r"^history: (\S+) \((\d+) events\)")
 # A slow client's receive buffer: the server's backlog must build in the
 # server (where its limit applies), not in a kernel buffer of megabytes.
 _SLOW_RCVBUF = 4096
+# What browsers offer (the compression scenarios); the client limits only its own window.
+_DEFLATE_OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: appended before inflating
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -138,6 +144,11 @@ class Totals:
 
     window: tuple[int, int] = _NEVER
     received: int = 0  # events sent by the simulator inside the window and received
+    # Text frames that arrived inside the window, as on the wire (compressed where they were):
+    # header and payload bytes, and how many were compressed.
+    wire_bytes: int = 0
+    wire_frames: int = 0
+    deflated_frames: int = 0
     frames: int = 0  # frames carrying at least one event sent inside the window
     probe_received: int = 0  # of which by probe clients (they alone give latency and gaps)
     late: int = 0  # events sent after the window end (received during the grace period)
@@ -219,6 +230,7 @@ class LoadClient(WSListener):
         "chart_waiting",
         "expected_acks",
         "failed",
+        "inflater",
         "last_q",
         "max_q",
         "mode",
@@ -260,6 +272,9 @@ class LoadClient(WSListener):
         self.max_q: dict[str, int] = {}  # the highest q seen per channel
         self.restored_at: dict[str, int] = {}  # self.restorations when the channel's last event came
         self.transport: WSTransport | None = None
+        # permessage-deflate: one inflater for the connection, which serves servers with and
+        # without context takeover alike (made at the first compressed frame).
+        self.inflater: Any = None
         self._on_settled = on_settled  # called once, when subscribed or failed
         # Chart clients: the channels their history asks for (the AM ones), their requests
         # by phase, the one still out, and the last q of their live A channel.
@@ -280,13 +295,25 @@ class LoadClient(WSListener):
                 codes = self.process.totals.close_codes
                 codes[code] = codes.get(code, 0) + 1
             return
+        totals = self.process.totals
+        size = frame.payload_size
+        if totals.window[0] <= now <= totals.window[1]:
+            totals.wire_frames += 1
+            totals.wire_bytes += size + (2 if size < 126 else 4 if size < 65536 else 10)
+        if frame.rsv1:
+            payload = self._inflate(frame.get_payload_as_bytes())
+            if totals.window[0] <= now <= totals.window[1]:
+                totals.deflated_frames += 1
+        elif not self.subscribed or self.mode == "probe":
+            payload = frame.get_payload_as_memoryview()
+        else:
+            payload = frame.get_payload_as_bytes()
         if not self.subscribed:
-            self._handshake(_decode(frame.get_payload_as_memoryview()))
+            self._handshake(_decode(payload))
             return
         if self.mode == "probe":
-            self._probe(frame.get_payload_as_memoryview(), now)
+            self._probe(payload, now)
             return
-        payload = frame.get_payload_as_bytes()
         if self.mode == "chart":
             self._chart(payload, now)
             return
@@ -298,7 +325,6 @@ class LoadClient(WSListener):
                     if event.ev == "status":
                         self._status(event, now)
             return
-        totals = self.process.totals
         start, end = totals.window
         if payload.startswith(_FRAME_HEAD):
             first = int(payload[1 + _STAMP_LEN : 1 + _STAMP_LEN + _NS_DIGITS])
@@ -319,6 +345,12 @@ class LoadClient(WSListener):
                 return
         # A frame across a window edge, or statuses: decode it.
         self._probe(payload, now, record=False)
+
+    def _inflate(self, payload: bytes) -> bytes:
+        if self.inflater is None:
+            self.inflater = zlib.decompressobj(-15)
+        data: bytes = self.inflater.decompress(payload + _DEFLATE_TAIL)
+        return data
 
     def _probe(self, payload: Any, now: int, record: bool = True) -> None:
         """Every event: count, latency, q gaps and ranges (``record``: this is a probe client)."""
@@ -346,11 +378,11 @@ class LoadClient(WSListener):
                 elif sent >= end:
                     totals.late += 1
                 continue
-            sym = event.sym
             q = event.q
-            if sym is None or q is None:
+            if event.sym is None or q is None:
                 totals.unstamped += 1
                 continue
+            sym = channel_key(event.ev, event.sym)
             previous = last_q.get(sym)
             last_q[sym] = q
             inside = start <= sent < end
@@ -606,7 +638,12 @@ def _raise_fd_limit() -> None:
 
 
 async def _connect_all(
-    process: Process, url: str, clients: list[list[str]], concurrency: int, settle_timeout: float
+    process: Process,
+    url: str,
+    clients: list[list[str]],
+    concurrency: int,
+    settle_timeout: float,
+    deflate: bool = False,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     pending = len(clients)
@@ -637,6 +674,7 @@ async def _connect_all(
                     websocket_handshake_timeout=10,
                     max_frame_size=64 * 1024 * 1024,
                     enable_auto_pong=True,
+                    extra_headers=_DEFLATE_OFFER if deflate else None,
                 )
             except Exception as exc:
                 client.failed = f"{type(exc).__name__}: {exc}"
@@ -734,6 +772,9 @@ async def _measure(
             "received": totals.received,
             "probe_received": totals.probe_received,
             "frames": totals.frames,
+            "wire_bytes": totals.wire_bytes,
+            "wire_frames": totals.wire_frames,
+            "deflated_frames": totals.deflated_frames,
             "late": totals.late,
             "gaps": totals.gaps,
             "outage_gaps": totals.outage_gaps,
@@ -839,6 +880,7 @@ async def main() -> None:
         spec["clients"],
         spec.get("connect_concurrency", 50),
         spec.get("settle_timeout", 60.0),
+        spec.get("deflate", False),
     )
     # The load generator's own pauses would read as relay latency: nothing
     # it allocates from here on forms cycles, so the collector can rest.

@@ -20,6 +20,7 @@ SCENARIO_ORDER = (
     "firehose", "batched", "sparse", "idle", "slow", "slow-base", "reconnect", "abuse",
     "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
     "scaleout-sharded", "scaleout-sharded-batched", "scaleout-failover", "charts", "charts-spread",
+    "deflate-firehose", "deflate-sparse", "deflate-watchlist",
 )  # fmt: skip
 SERVER_ORDER = ("fastrelay", "scaleout", "websockets", "node-ws", "ceiling")
 FASTRELAY = "fastrelay"  # the relay with its default settings: what the targets are about
@@ -38,12 +39,18 @@ FAILOVER_NAMES = {"kill-9": "kill -9", "sigterm": "SIGTERM"}
 # Charts: a crowd's whole chart (the history status), p99, from each client's request. A chart
 # page aims at 300 candles within 2 s of navigation (docs/browser.md); the history is most of it.
 CHART_P99_MS = 2000.0
+# Compression, on the firehose: bytes on the wire per event at most a third of uncompressed
+# fastrelay's, CPU per event at most 1.3x of it, and below both peers' with their compression.
+DEFLATE_BYTES_RATIO = 1 / 3
+DEFLATE_CPU_RATIO = 1.3
+DEFLATE = "fastrelay+deflate"
+DEFLATE_PEERS = ("websockets+deflate", "node-ws+deflate")
 
 
 def _sort_key(summary: dict[str, Any]) -> tuple[int, float, int, str]:
     scenario = summary["scenario"]
     server = summary["server"]
-    kind = server.split("@")[0]
+    kind = server.split("@")[0].split("+")[0]
     return (
         SCENARIO_ORDER.index(scenario) if scenario in SCENARIO_ORDER else 99,
         summary["t_rate"],
@@ -195,6 +202,86 @@ def ratios(summaries: list[dict[str, Any]]) -> str:
         "lower p99, holds less memory per connection; handshakes/s above 1: the peer connects faster):\n"
         + "\n".join(lines)
     )
+
+
+def compression(summaries: list[dict[str, Any]]) -> str:
+    """The deflate scenarios: bytes on the wire per event and CPU per event, each server against
+    fastrelay with clients offering no compression."""
+    width = _scenario_width(summaries)
+    header = (
+        f"{'scenario':<{width}}  T ev/s  {'server':<19}  B/event  bytes x  compressed  us/ev  cpu x  p99 ms"
+        "  deliv %"
+    )
+    lines = [header, "-" * len(header)]
+    for (scenario, step), servers in _by(ordered(summaries)).items():
+        base = servers.get(FASTRELAY)
+        if not scenario.startswith("deflate-") or base is None:
+            continue
+        base_bytes = base.get("wire_bytes_per_event", math.nan)
+        for name, s in servers.items():
+            wire = s.get("wire_bytes_per_event", math.nan)
+            lines.append(
+                f"{scenario:<{width}}  {step:>6}  {name + ('*' if s.get('saturated') else ''):<19}  "
+                f"{_fmt(wire, '.1f'):>7}  {_ratio(wire, base_bytes):>7}  "
+                f"{_pct(s.get('deflated_frame_share', 0.0)):>10}  "
+                f"{_fmt(s['server_us_per_event'], '.2f'):>5}  "
+                f"{_ratio(s['server_us_per_event'], base['server_us_per_event']):>5}  "
+                f"{_fmt(s['latency_ms']['p99'], '.2f'):>6}  {_fmt(100 * s['delivery_ratio'], '.2f'):>7}"
+            )
+    if len(lines) == 2:
+        return ""
+    return (
+        "Compression (permessage-deflate; x: against fastrelay with clients offering none; B/event:\n"
+        "bytes on the wire per delivered event, frame headers included; compressed: share of frames\n"
+        "with RSV1):\n" + "\n".join(lines)
+    )
+
+
+def _deflate_targets(groups: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for (scenario, step), servers in groups.items():
+        if scenario != "deflate-firehose" or FASTRELAY not in servers or DEFLATE not in servers:
+            continue
+        plain, ours = servers[FASTRELAY], servers[DEFLATE]
+        ratio = ours["wire_bytes_per_event"] / plain["wire_bytes_per_event"]
+        found.append(
+            _target(
+                f"{scenario} {step}: bytes/event <= 1/3 of uncompressed",
+                ratio <= DEFLATE_BYTES_RATIO,
+                f"{ours['wire_bytes_per_event']:.1f} against {plain['wire_bytes_per_event']:.1f} B/event "
+                f"({1 / ratio:.2f}x fewer)",
+                ratio,
+                DEFLATE_BYTES_RATIO,
+            )
+        )
+        cpu = ours["server_us_per_event"] / plain["server_us_per_event"]
+        found.append(
+            _target(
+                f"{scenario} {step}: CPU/event <= {DEFLATE_CPU_RATIO:g} x uncompressed",
+                cpu <= DEFLATE_CPU_RATIO,
+                f"{cpu:.2f}x ({_margin(cpu, DEFLATE_CPU_RATIO)})",
+                cpu,
+                DEFLATE_CPU_RATIO,
+            )
+        )
+        # A peer that saturated has no CPU per event at this step (its lower steps say it).
+        peers = [
+            servers[p]
+            for p in DEFLATE_PEERS
+            if p in servers and servers[p]["server_us_per_event"] == servers[p]["server_us_per_event"]
+        ]
+        if peers:
+            best = min(p["server_us_per_event"] for p in peers)
+            found.append(
+                _target(
+                    f"{scenario} {step}: CPU/event below both peers' with compression",
+                    ours["server_us_per_event"] < best,
+                    f"{ours['server_us_per_event']:.2f} us against the better peer's {best:.2f} us",
+                    ours["server_us_per_event"],
+                    best,
+                )
+            )
+    return found
 
 
 def _ratio(value: float, base: float) -> str:
@@ -574,6 +661,7 @@ def _better_peer(servers: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
 def targets(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     groups = _by(ordered(summaries))
+    found += _deflate_targets(groups)
     # 1. firehose: everything delivered, p99 under 20 ms, at every step.
     for (scenario, step), servers in groups.items():
         if scenario != "firehose" or FASTRELAY not in servers:
@@ -806,6 +894,7 @@ def render(result: dict[str, Any], output: Path | str) -> str:
         out += [main_table, "", LEGEND]
     blocks = (
         ratios(summaries),
+        compression(summaries),
         scaleout(summaries),
         failover(summaries),
         charts(summaries),

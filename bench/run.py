@@ -172,6 +172,8 @@ def server_argv(server: Server, port: int, sim_port: int) -> list[str]:
             argv += ["--flush-interval", f"{server.flush:g}"]
         return argv
     common = ["--port", str(port), "--upstream", upstream, "--api-key", SIM_KEY, "--market", MARKET]
+    if server.deflate:
+        common.append("--deflate")
     if server.kind == "websockets":
         return [sys.executable, "-m", "bench.peers.websockets_relay", *common]
     if server.kind == "node":
@@ -503,6 +505,7 @@ class Run:
                     "settle_timeout": 60.0 if scenario.clients >= 5000 else 20.0,
                     "token": scenario.client_token or "bench",
                     "slow_drain": 10.0,
+                    "deflate": server_spec.deflate,
                 },
             )
         ready = [await _read_line(c, timeout=120) for c in self.clients]
@@ -1542,6 +1545,12 @@ def step_metrics(
         "unstamped": total("unstamped"),
         "frames_per_s": frames / window,
         "events_per_client_frame": received / frames if frames else float("nan"),
+        # On the wire (compressed where it was): bytes per delivered event, and the share of
+        # text frames that came compressed (the compression scenarios).
+        "wire_bytes_per_event": total("wire_bytes") / received if received else float("nan"),
+        "deflated_frame_share": (
+            total("deflated_frames") / total("wire_frames") if total("wire_frames") else 0.0
+        ),
         "per_client_min": min((r["per_client_min"] for r in results), default=0),
         "per_client_max": max((r["per_client_max"] for r in results), default=0),
         "latency_samples": sum(hist.values()),

@@ -75,6 +75,12 @@ ABUSE_TOKEN = "bench-abuse-token-0123456789"
 ABUSE_HISTORY_SYMBOL = "S0001"
 
 
+def channel_key(ev: str, ticker: str) -> str:
+    """What the clients count a channel's q range under: a trade's its ticker (every scenario
+    but the watchlist has only trades), another ev's ``EV.ticker``."""
+    return ticker if ev == "T" else f"{ev}.{ticker}"
+
+
 @dataclass(frozen=True)
 class Server:
     """A relay under test: ``kind``, a flush window (ms) and, for the scale-out, the NATS granularity."""
@@ -83,10 +89,13 @@ class Server:
     flush: float | None = None  # None: the server's default (fastrelay 5 ms, ceiling 0: as is)
     granularity: str | None = None  # scaleout only: batch or event
     nats_window: float | None = None  # scaleout only: the ingest's --nats-window, ms (None: its default)
+    # Clients offer permessage-deflate and the server compresses (fastrelay by default, the
+    # peers with their own default settings); without it clients offer nothing.
+    deflate: bool = False
 
     @property
     def label(self) -> str:
-        name = {"node": "node-ws"}.get(self.kind, self.kind)
+        name = {"node": "node-ws"}.get(self.kind, self.kind) + ("+deflate" if self.deflate else "")
         if self.kind == "scaleout" and self.granularity not in (None, GRANULARITIES[0]):
             name += f"@{self.granularity}"
         if self.nats_window is not None:
@@ -113,8 +122,14 @@ def parse_server(text: str) -> Server:
     ``scaleout`` (= ``scaleout@batch``), ``scaleout@event``, ``scaleout@event@w0@0`` (granularity,
     the ingest's NATS window ``wMS``, the flush window in ms; each optional, in that order)."""
     kind, _, rest = text.strip().partition("@")
+    kind, plus, extension = kind.partition("+")
+    if plus and (extension != "deflate" or kind in ("ceiling", "scaleout")):
+        raise ValueError(f"unknown server {text!r}: +deflate is for fastrelay, websockets and node")
     kind = {"node-ws": "node", "ws": "websockets"}.get(kind, kind)
-    known = "fastrelay[@MS], websockets, node, ceiling[@MS], scaleout[@batch|@event][@wMS][@MS]"
+    known = (
+        "fastrelay[+deflate][@MS], websockets[+deflate], node[+deflate], ceiling[@MS], "
+        "scaleout[@batch|@event][@wMS][@MS]"
+    )
     if kind not in ("fastrelay", "websockets", "node", "ceiling", "scaleout"):
         raise ValueError(f"unknown server {text!r}: {known}")
     granularity = window = None
@@ -136,13 +151,17 @@ def parse_server(text: str) -> Server:
         flush = float(rest.removesuffix("ms")) if rest else None
     except ValueError:
         raise ValueError(f"unknown server {text!r}: {known}") from None
-    return Server(kind, flush, granularity, window)
+    return Server(kind, flush, granularity, window, deflate=bool(plus))
 
 
 FASTRELAY = Server("fastrelay")
 PEERS = (Server("websockets"), Server("node"))
 CEILING = Server("ceiling")
 SCALEOUT = tuple(Server("scaleout", granularity=g) for g in GRANULARITIES)
+# Compression: fastrelay's clients offering nothing (the uncompressed reference) and offering
+# permessage-deflate, beside the peers with theirs on.
+DEFLATE = (FASTRELAY, Server("fastrelay", deflate=True), Server("websockets", deflate=True),
+           Server("node", deflate=True))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,6 +200,9 @@ class Scenario:
     # crowd, cold then warm (CHART_PHASES; bench/run.py, Run._charts); X dealt over this many
     # tickers (0: not a chart scenario).
     chart_tickers: int = 0
+    # A browser watchlist: every client on this many tickers' trades and quotes (T.X,Q.X for
+    # each), client i from ticker i on, so clients share tickers but not channel sets.
+    watchlist: int = 0
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
@@ -199,6 +221,12 @@ class Scenario:
             # A chart: the live per-second bars and the minute bars (whose history it asks).
             tickers = [self.ticker(i % self.chart_tickers + 1) for i in range(self.clients)]
             return [f"A.{t},AM.{t}" for t in tickers]
+        if self.watchlist:
+            tickers = [
+                [self.ticker((i + k) % self.symbols + 1) for k in range(self.watchlist)]
+                for i in range(self.clients)
+            ]
+            return [",".join(f"{ev}.{t}" for t in mine for ev in "TQ") for mine in tickers]
         if self.wildcard:
             return ["T.*"] * self.clients
         return [f"T.{self.ticker(i % self.symbols + 1)}" for i in range(self.clients)]
@@ -211,8 +239,9 @@ class Scenario:
             return {self.ticker(i): self.clients for i in range(1, self.symbols + 1)}
         counts: dict[str, int] = {}
         for params in self.subscriptions():
-            ticker = params.split(",")[0].partition(".")[2]
-            counts[ticker] = counts.get(ticker, 0) + 1
+            for channel in params.split(",") if self.watchlist else params.split(",")[:1]:
+                key = channel_key(*channel.split(".", 1))
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
     def probe_stride(self) -> int:
@@ -352,6 +381,23 @@ SCENARIOS: dict[str, Scenario] = {
         # of minute bars from the simulator's REST through the relay's cache, then live A and
         # AM), on a fresh relay and again once the cache holds the answer; and the same crowd
         # spread over 20 tickers. A quiet feed (each ticker's A once a second).
+        # Compression (permessage-deflate): bytes on the wire per delivered event and CPU per
+        # event, clients offering nothing and offering it, beside the peers' per-connection
+        # compression; the firehose, the sparse load, and browsers' watchlists.
+        Scenario(
+            "deflate-firehose", "compression: firehose", clients=100, symbols=100, t_rates=(250, 2000),
+            servers=DEFLATE, about="100 clients on T.*, single-event frames at 2k T/s; with and without it",
+        ),
+        Scenario(
+            "deflate-sparse", "compression: sparse", clients=1000, symbols=100, t_rates=(500, 2000),
+            wildcard=False, servers=DEFLATE,
+            about="1,000 clients each on one T.<ticker> of 100; with and without deflate",
+        ),
+        Scenario(
+            "deflate-watchlist", "compression: watchlist", clients=200, symbols=100, t_rates=(250, 1000),
+            wildcard=False, watchlist=20, servers=DEFLATE,
+            about="200 browsers, each on trades and quotes of 20 tickers; with and without deflate",
+        ),
         Scenario(
             "charts", "charts: one ticker", clients=1000, symbols=20, t_rates=(200,), wildcard=False,
             chart_tickers=1, window=4.0,
@@ -370,13 +416,14 @@ SCENARIOS: dict[str, Scenario] = {
 COMPANIONS = {"slow": ("slow-base",), "charts": ("charts-spread",)}
 # Names for a set of scenarios.
 GROUPS = {
+    "deflate": ("deflate-firehose", "deflate-sparse", "deflate-watchlist"),
     "scaleout": (
         "scaleout-firehose", "scaleout-batched", "scaleout-sparse", "scaleout-sparse-batched",
         "scaleout-sharded", "scaleout-sharded-batched", "scaleout-failover",
     )
 }  # fmt: skip
 # Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 10 minutes).
-DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect", "abuse")
+DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect", "abuse", "deflate")
 
 
 @dataclass(frozen=True)

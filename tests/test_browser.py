@@ -142,6 +142,9 @@ async def test_dashboard_live_through_nginx_survives_a_relay_crash(browser: Brow
                 await page.wait_for_function("() => document.querySelectorAll('#opt-trades tr').length > 0")
                 contract = await page.evaluate("window.dashboard.contract")
                 assert contract in sim.symbols("options")
+                # Chromium offered permessage-deflate and nginx passed it through both ways.
+                extensions = await page.evaluate("window.dashboard.client.socket.extensions")
+                assert extensions.startswith("permessage-deflate"), extensions
                 await page.screenshot(path=ARTIFACTS / "dashboard-live.png")
 
                 # A second page gets the relay's kept candles at once (history), de-duplicated.

@@ -95,4 +95,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--upstream", required=True, help="ws://host:port of the simulator")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--market", default="stocks")
+    parser.add_argument(
+        "--deflate", action="store_true", help="permessage-deflate with clients that offer it (its defaults)"
+    )
     return parser

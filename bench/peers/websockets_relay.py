@@ -274,7 +274,8 @@ async def main() -> None:
         args.host,
         args.port,
         process_request=make_process_request(router),
-        compression=None,  # fastrelay and Massive's feed send no permessage-deflate
+        # permessage-deflate only when the bench compares compression (its default settings).
+        compression="deflate" if args.deflate else None,
         max_size=256 * 1024,
         close_timeout=common.CLOSE_GRACE,
     )

@@ -32,6 +32,8 @@ const { values: args } = parseArgs({
     upstream: { type: "string" },
     "api-key": { type: "string" },
     market: { type: "string", default: "stocks" },
+    // permessage-deflate with clients that offer it, with ws's defaults (per connection).
+    deflate: { type: "boolean", default: false },
   },
 });
 
@@ -228,7 +230,7 @@ const server = http.createServer((req, res) => {
     res.writeHead(404).end();
   }
 });
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 256 * 1024 });
+const wss = new WebSocketServer({ noServer: true, perMessageDeflate: args.deflate, maxPayload: 256 * 1024 });
 server.on("upgrade", (req, socket, head) => {
   if (req.url.split("?")[0].replace(/\/$/, "") !== `/${args.market}`) {
     socket.destroy();
