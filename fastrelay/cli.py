@@ -1,4 +1,4 @@
-"""Command line: ``fastrelay serve | run | sim`` (also ``python -m fastrelay``)."""
+"""Command line: ``fastrelay COMMAND`` (also ``python -m fastrelay``); COMMANDS lists them."""
 
 from __future__ import annotations
 
@@ -10,19 +10,40 @@ from typing import NoReturn
 
 from fastrelay import __version__, logs, loops, roles
 from fastrelay.config import (
-    RELAY_OPTIONS,
-    SIM_OPTIONS,
+    SIZE_HELP,
     ConfigError,
     RelayConfig,
     SimConfigFlags,
     add_options,
     build,
+    options_for,
+    size,
+)
+
+# Every command, with its line in `fastrelay --help`; its options: config.options_for.
+COMMANDS: dict[str, str] = {
+    "run": "the relay, on a built-in simulated feed when MASSIVE_API_KEY is unset (start here)",
+    "serve": "the relay against Massive (or --upstream), as --role single, ingest or edge",
+    "sim": "a Massive-compatible simulated feed, for tests and demos",
+    "ingest": "scale-out: hold the Massive connections and publish to NATS (= serve --role ingest)",
+    "edge": "scale-out: serve clients from an ingest over NATS (= serve --role edge)",
+    "check-config": "validate the relay's flags and FASTRELAY_* variables, and exit",
+}
+DESCRIPTION = "fastrelay: one Massive.com connection per market, fanned out to many WebSocket clients."
+EPILOG = (
+    "Every --flag has an environment twin FASTRELAY_FLAG; the flag wins. "
+    "Exit status: 0 stopped cleanly, 1 failed at run time (e.g. the port is taken), "
+    "2 configuration error."
 )
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, minus echoing unknown arguments: one may be the API key
-    (``--api-keyy KEY``), and stderr ends up in the journal."""
+    """argparse, with one line per error and no values echoed.
+
+    An unknown argument may be the API key (``--api-keyy KEY``), and stderr ends
+    up in the journal: flags are named, values never. The usage is not repeated
+    on every error: one line, and where the help is.
+    """
 
     def error(self, message: str) -> NoReturn:
         head, found, rest = message.partition("unrecognized arguments:")
@@ -30,33 +51,29 @@ class _Parser(argparse.ArgumentParser):
             flags = [word.split("=", 1)[0] for word in rest.split() if word.startswith("-")]
             shown = f" {' '.join(flags)}" if flags else ""
             message = f"{head}unrecognized arguments{shown} (values are not shown: they may be secrets)"
-        super().error(message)
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastrelay", description=__doc__)
+    parser = _Parser(
+        prog="fastrelay",
+        description=DESCRIPTION,
+        epilog=f"{EPILOG} Help of a command: fastrelay COMMAND --help.",
+    )
     parser.add_argument("--version", action="version", version=f"fastrelay {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the relay against Massive (or --upstream)")
-    add_options(serve, RELAY_OPTIONS)
-    run = commands.add_parser(
-        "run", help="the main job: the relay, on the built-in simulator when MASSIVE_API_KEY is unset"
-    )
-    add_options(run, RELAY_OPTIONS)
-    ingest = commands.add_parser(
-        "ingest", help="scale-out: hold the upstreams and publish to NATS (= serve --role ingest)"
-    )
-    add_options(ingest, RELAY_OPTIONS)
-    edge = commands.add_parser(
-        "edge", help="scale-out: serve clients from an ingest over NATS (= serve --role edge)"
-    )
-    add_options(edge, RELAY_OPTIONS)
-    sim = commands.add_parser("sim", help="a Massive-compatible simulated feed")
-    add_options(sim, SIM_OPTIONS)
-    check = commands.add_parser(
-        "check-config", help="validate the relay's configuration (flags and environment) and exit"
-    )
-    add_options(check, RELAY_OPTIONS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for command, summary in COMMANDS.items():
+        options = options_for(command)
+        sizes = f" SIZE: {SIZE_HELP}." if any(option.parse is size for option in options) else ""
+        sub = commands.add_parser(
+            command,
+            help=summary,
+            description=summary,
+            epilog=EPILOG + sizes,
+            usage=f"fastrelay {command} [OPTIONS]",
+        )
+        defaults = SimConfigFlags() if command == "sim" else RelayConfig(instance_name="HOST-PID")
+        add_options(sub, options, defaults)
     return parser
 
 
@@ -64,13 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "sim":
-            flags = build(SimConfigFlags(), SIM_OPTIONS, args, os.environ)
+            flags = build(SimConfigFlags(), options_for("sim"), args, os.environ)
             logs.configure(flags.log_level, flags.log_format)
             return _run_sim(flags)
-        config = build(RelayConfig(), RELAY_OPTIONS, args, os.environ)
+        config = build(RelayConfig(), options_for(args.command), args, os.environ)
         if args.command in ("ingest", "edge"):
-            if args.role is not None and args.role != args.command:
-                raise ConfigError(f"--role={args.role} contradicts the command {args.command!r}")
+            if config.role not in ("single", args.command):  # --role or FASTRELAY_ROLE
+                raise ConfigError(f"--role={config.role} contradicts the command {args.command!r}")
             config.role = args.command
         roles.validate(config)
         needs_key = roles.kind_of(config).needs_api_key  # an edge never talks to Massive
