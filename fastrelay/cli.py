@@ -1,12 +1,18 @@
-"""Command line: ``fastrelay COMMAND`` (also ``python -m fastrelay``); COMMANDS lists them."""
+"""Command line: ``fastrelay COMMAND`` (also ``python -m fastrelay``); COMMANDS lists them.
+
+Exit status: 0 after a clean stop, 1 when the process fails at run time (a port it
+cannot listen on), 2 for a configuration error found before anything starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
 
 from fastrelay import __version__, logs, loops, roles
 from fastrelay.config import (
@@ -14,11 +20,18 @@ from fastrelay.config import (
     ConfigError,
     RelayConfig,
     SimConfigFlags,
+    accepted_by,
     add_options,
     build,
     options_for,
+    placeholder_warnings,
     size,
+    unused_warnings,
 )
+from fastrelay.front import ListenError, check_host, host_port
+
+log = logging.getLogger("fastrelay")
+T = TypeVar("T")
 
 # Every command, with its line in `fastrelay --help`; its options: config.options_for.
 COMMANDS: dict[str, str] = {
@@ -35,23 +48,18 @@ EPILOG = (
     "Exit status: 0 stopped cleanly, 1 failed at run time (e.g. the port is taken), "
     "2 configuration error."
 )
+EXIT_RUNTIME, EXIT_CONFIG = 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with one line per error and no values echoed.
 
-    An unknown argument may be the API key (``--api-keyy KEY``), and stderr ends
-    up in the journal: flags are named, values never. The usage is not repeated
-    on every error: one line, and where the help is.
+    The usage is not repeated on every error: one line, and where the help is.
+    Unknown arguments are reported by ``main`` (flags named, values never).
     """
 
     def error(self, message: str) -> NoReturn:
-        head, found, rest = message.partition("unrecognized arguments:")
-        if found:
-            flags = [word.split("=", 1)[0] for word in rest.split() if word.startswith("-")]
-            shown = f" {' '.join(flags)}" if flags else ""
-            message = f"{head}unrecognized arguments{shown} (values are not shown: they may be secrets)"
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,54 +71,113 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastrelay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     for command, summary in COMMANDS.items():
-        options = options_for(command)
-        sizes = f" SIZE: {SIZE_HELP}." if any(option.parse is size for option in options) else ""
+        sizes = any(option.parse is size for option in options_for(command))
         sub = commands.add_parser(
             command,
             help=summary,
             description=summary,
-            epilog=EPILOG + sizes,
+            epilog=EPILOG + (f" SIZE: {SIZE_HELP}." if sizes else ""),
             usage=f"fastrelay {command} [OPTIONS]",
         )
         defaults = SimConfigFlags() if command == "sim" else RelayConfig(instance_name="HOST-PID")
-        add_options(sub, options, defaults)
+        add_options(sub, command, defaults)
     return parser
 
 
+def _unknown(command: str | None, unknown: list[str]) -> str:
+    """One line naming unknown flags (never a value: ``--api-keyy KEY`` holds a secret),
+    with the closest real flag."""
+    flags = [word.split("=", 1)[0] for word in unknown if word.startswith("-")]
+    known = [f"--{option.flag}" for option in accepted_by(command)] if command else []
+    named = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        named.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    what = f": {', '.join(named)}" if named else ""
+    prog = f"fastrelay {command}" if command else "fastrelay"
+    return (
+        f"{prog}: unrecognized arguments{what}; values are not shown, they may be secrets (see {prog} --help)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        print(_unknown(args.command, unknown), file=sys.stderr)
+        return EXIT_CONFIG
+    command: str = args.command
     try:
-        if args.command == "sim":
-            flags = build(SimConfigFlags(), options_for("sim"), args, os.environ)
-            logs.configure(flags.log_level, flags.log_format)
-            return _run_sim(flags)
-        config = build(RelayConfig(), options_for(args.command), args, os.environ)
-        if args.command in ("ingest", "edge"):
-            if config.role not in ("single", args.command):  # --role or FASTRELAY_ROLE
-                raise ConfigError(f"--role={config.role} contradicts the command {args.command!r}")
-            config.role = args.command
-        roles.validate(config)
-        needs_key = roles.kind_of(config).needs_api_key  # an edge never talks to Massive
-        simulated = args.command == "run"  # `run` without a key serves the simulator
-        if needs_key and not config.api_key and not simulated:
-            raise ConfigError("no API key: set MASSIVE_API_KEY or --api-key")
+        if command == "sim":
+            flags = build(SimConfigFlags(), accepted_by(command), args, os.environ)
+            problem = check_host("--host", flags.host)
+            if problem:
+                raise ConfigError(problem)
+        else:
+            config = _relay_config(command, args)
     except ConfigError as exc:
         print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "check-config":
-        print(f"fastrelay: configuration OK: {roles.describe(config)}")
+        return EXIT_CONFIG
+    warnings = unused_warnings(args, os.environ, command)
+    if command == "sim":
+        logs.configure(flags.log_level, flags.log_format)
+        _warn(warnings)
+        return _started(_run_sim, flags)
+    warnings += placeholder_warnings(config, command)
+    if command == "check-config":
+        for warning in warnings:
+            print(f"fastrelay: warning: {warning}", file=sys.stderr)
+        where = host_port(config.host, config.port)
+        print(f"fastrelay: configuration OK: {roles.describe(config)}; listening on {where}")
         return 0
     logs.configure(config.log_level, config.log_format)
-    from fastrelay import app
+    _warn(warnings)
+    return _started(_run_relay, config)
 
-    if needs_key and not config.api_key:
-        loops.run(app.run_with_simulator(config))
-    else:
-        loops.run(app.serve(config))
+
+def _relay_config(command: str, args: argparse.Namespace) -> RelayConfig:
+    config: RelayConfig = build(RelayConfig(), accepted_by(command), args, os.environ)
+    if command in ("ingest", "edge"):
+        if config.role not in ("single", command):  # --role or FASTRELAY_ROLE
+            raise ConfigError(f"--role={config.role} contradicts the command {command!r}")
+        config.role = command
+    elif command == "run":
+        config.role = "single"  # `run` is the one-process relay; scale-out is `serve --role`
+    roles.validate(config)
+    for flag, host in (("--host", config.host), ("--metrics-host", config.metrics_host)):
+        problem = host and check_host(flag, host)
+        if problem:
+            raise ConfigError(problem)
+    needs_key = roles.kind_of(config).needs_api_key  # an edge never talks to Massive
+    if needs_key and not config.api_key and command != "run":  # `run` plays its simulator
+        raise ConfigError("no API key: set MASSIVE_API_KEY or --api-key")
+    return config
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        log.warning("%s", warning)
+
+
+def _started(run: Callable[[T], None], settings: T) -> int:
+    """Run until stopped: 0, or 1 with one ERROR line when it cannot start (a port taken)."""
+    try:
+        run(settings)
+    except ListenError as exc:
+        log.error("%s", exc, extra={"reason": "listen"})
+        return EXIT_RUNTIME
     return 0
 
 
-def _run_sim(flags: SimConfigFlags) -> int:
+def _run_relay(config: RelayConfig) -> None:
+    from fastrelay import app
+
+    if roles.kind_of(config).needs_api_key and not config.api_key:
+        loops.run(app.run_with_simulator(config))
+    else:
+        loops.run(app.serve(config))
+
+
+def _run_sim(flags: SimConfigFlags) -> None:
     from fastrelay.sim import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(
@@ -128,4 +195,3 @@ def _run_sim(flags: SimConfigFlags) -> int:
     from fastrelay.app import serve_until_signal
 
     loops.run(serve_until_signal(run_simulator(config, flags.host, flags.port)))
-    return 0

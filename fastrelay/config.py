@@ -8,6 +8,7 @@ flag given on the command line wins. The Massive key also reads
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import platform
 import re
@@ -142,6 +143,7 @@ class RelayConfig:
     shutdown_timeout: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
+    summary_interval: float = 60.0  # an info line: clients, events/s (0: none)
     # Scale-out (README, "Scale-out"): "single" is the one-process relay; an
     # "ingest" holds the upstreams and publishes to NATS, "edge"s serve clients.
     role: str = "single"
@@ -171,6 +173,8 @@ class RelayConfig:
     # (clocks of ingest and edges must agree to well within it: NTP).
     max_event_age: float = 2.0
     instance_name: str = field(default_factory=lambda: f"{platform.node()}-{os.getpid()}")
+    # Not a flag: `fastrelay run` without a key points the upstreams at its built-in simulator.
+    simulated: bool = False
 
 
 @dataclass
@@ -329,8 +333,10 @@ GROUPS = (
     Group.SCALE_OUT,
 )
 
-# The commands that use an option (Option.commands). `serve` and `check-config` take
-# --role, so they take every relay option; the others only what their role uses.
+# The commands that use an option (Option.commands): their --help shows it. `serve` and
+# `check-config` take --role, so they use every relay option; the others only what their
+# role uses. Every relay command still accepts every relay flag and twin, and warns that
+# one it does not use is ignored (scripts pass common flags to ingests and edges alike).
 RELAY_COMMANDS = frozenset({"serve", "run", "ingest", "edge", "check-config"})
 TO_MASSIVE = RELAY_COMMANDS - {"edge"}  # the process holds upstream connections
 TO_CLIENTS = RELAY_COMMANDS - {"ingest"}  # the process serves browsers and services
@@ -346,7 +352,8 @@ class Option:
     """One setting: ``--flag``, its twin ``FASTRELAY_FLAG``, where it goes in the config.
 
     To add one, write it in the table below with its ``group`` (where --help lists it)
-    and, unless every relay command uses it, ``commands`` (which commands show and read it).
+    and, unless every relay command uses it, ``commands`` (the commands that use it, e.g.
+    TO_CLIENTS; the others hide it and warn that it is ignored).
     """
 
     flag: str
@@ -782,6 +789,13 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     # --- logging
     Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format", G.LOGGING),
     Option("log-level", _log_level, "debug, info, warning or error", "log_level", G.LOGGING),
+    Option(
+        "summary-interval",
+        _non_negative(float),
+        "seconds between info lines of clients and events/s (0: none)",
+        "summary_interval",
+        G.LOGGING,
+    ),
     # --- scale-out
     Option(
         "role",
@@ -998,8 +1012,13 @@ def env_name(flag: str) -> str:
 
 
 def options_for(command: str) -> tuple[Option, ...]:
-    """The options ``command`` shows and reads, in table order."""
+    """The options ``command`` uses (and --help shows), in table order."""
     return tuple(option for option in (*RELAY_OPTIONS, *SIM_OPTIONS) if command in option.commands)
+
+
+def accepted_by(command: str) -> tuple[Option, ...]:
+    """The options ``command`` reads: a relay command every relay option, ``sim`` its own."""
+    return RELAY_OPTIONS if command in RELAY_COMMANDS else options_for(command)
 
 
 def _get(target: Any, path: str) -> Any:
@@ -1036,19 +1055,20 @@ def default_text(option: Option, defaults: Any) -> str:
 _METAVARS = {"int": "N", "float": "NUM", "size": "SIZE", "port": "PORT", "_bool": "BOOL", "choice": "WORD"}
 
 
-def add_options(parser: argparse.ArgumentParser, options: Sequence[Option], defaults: Any) -> None:
-    """``options`` as flags of ``parser``, listed by group (argparse skips empty groups),
-    each with its environment twin and its default."""
+def add_options(parser: argparse.ArgumentParser, command: str, defaults: Any) -> None:
+    """The flags of ``command``: those it uses listed by group (argparse skips empty groups),
+    each with its environment twin and its default; those it ignores accepted, unlisted."""
     groups = {title: parser.add_argument_group(title) for title in GROUPS}
-    for option in options:
-        default = default_text(option, defaults)
+    for option in accepted_by(command):
+        used = command in option.commands
+        default = default_text(option, defaults) if used else ""
         shown = f"; default {default}" if default else ""
         groups[option.group].add_argument(
             f"--{option.flag}",
             dest=option.flag.replace("-", "_"),
             default=None,
             metavar=_METAVARS.get(option.parse.__name__, "VALUE"),
-            help=f"{option.help} [env {env_name(option.flag)}{shown}]",
+            help=f"{option.help} [env {env_name(option.flag)}{shown}]" if used else argparse.SUPPRESS,
         )
 
 
@@ -1099,6 +1119,9 @@ def api_key_of(config: RelayConfig, market: str) -> str:
 
 def upstreams_summary(config: RelayConfig) -> str:
     """Where each market comes from, keys counted and never shown."""
+    if config.simulated:
+        markets_ = ",".join(config.markets)
+        return f"{markets_} from the built-in simulated feed ({config.upstream}; no MASSIVE_API_KEY)"
     hosts: dict[str, list[str]] = {}
     for market in config.markets:
         hosts.setdefault(upstream_of(config, market), []).append(market)
@@ -1107,7 +1130,7 @@ def upstreams_summary(config: RelayConfig) -> str:
     keys = f"API key {'set' if config.api_key else 'missing'}"
     if own:
         keys += f" ({','.join(own)}: its own)"
-    return f"upstream {where}, {keys}"
+    return f"{where}, {keys}"
 
 
 def tokens_summary(config: RelayConfig) -> str:
@@ -1119,6 +1142,15 @@ def tokens_summary(config: RelayConfig) -> str:
 
 def validate(config: RelayConfig) -> None:
     """Checks across settings, with messages an operator can act on (roles add their own)."""
+    for flag, host in (("--host", config.host), ("--metrics-host", config.metrics_host)):
+        if host is not None and not host.strip():
+            raise ConfigError(
+                f"{flag} must not be empty (an address such as 127.0.0.1 or 0.0.0.0, or a name)"
+            )
+    if config.metrics_port is not None and config.metrics_port == config.port:
+        raise ConfigError(
+            f"--metrics-port={config.metrics_port} is --port's: give the metrics their own port"
+        )
     for flag, url in (
         ("--upstream", config.upstream),
         *(("--upstream-for", u) for u in config.upstream_for.values()),
@@ -1158,3 +1190,52 @@ def validate(config: RelayConfig) -> None:
             raise ConfigError(f"--keep-channels: {exc}") from None
         if channel.market not in config.markets:
             raise ConfigError(f"--keep-channels: {name!r} is on {channel.market}, not in --markets")
+
+
+# Variables read beside the flags' twins, never reported as unknown.
+OTHER_VARIABLES = frozenset({"FASTRELAY_TEST_TIMEOUT_SCALE"})
+# What the example files (deploy/*.env.example) and tutorials put where a secret goes.
+_PLACEHOLDER = re.compile(r"replace|change.?me|your[-_ ]|placeholder|example|^x{4,}$|^<.*>$|^\.\.\.$", re.I)
+
+
+def unused_warnings(args: argparse.Namespace, env: Mapping[str, str], command: str) -> list[str]:
+    """Flags given and FASTRELAY_* variables set that ``command`` does not use, and
+    variables that are no setting at all (a misspelling: the closest is named). Values are
+    never shown: they may be secrets."""
+    used = {option.flag for option in options_for(command)}
+    warnings = [
+        f"--{option.flag} is ignored: `fastrelay {command}` does not use it"
+        for option in accepted_by(command)
+        if option.flag not in used and getattr(args, option.flag.replace("-", "_"), None) is not None
+    ]
+    everyone = {env_name(option.flag) for option in (*RELAY_OPTIONS, *SIM_OPTIONS)}
+    used_twins = {env_name(flag) for flag in used}
+    for name in sorted(env):
+        if not name.startswith("FASTRELAY_") or name in used_twins or name in OTHER_VARIABLES:
+            continue
+        if name in everyone:
+            warnings.append(f"{name} is ignored: `fastrelay {command}` does not use it")
+            continue
+        close = difflib.get_close_matches(name, sorted(everyone), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a fastrelay setting: ignored{hint}")
+    return warnings
+
+
+def placeholder_warnings(config: RelayConfig, command: str) -> list[str]:
+    """Secrets still holding an example's placeholder (named, never shown)."""
+    flags = {option.flag for option in options_for(command)}
+    secrets = []
+    if "api-key" in flags:
+        secrets.append(("the API key (--api-key, MASSIVE_API_KEY)", [config.api_key]))
+    if "api-key-for" in flags:
+        secrets += [
+            (f"the API key of {market} (--api-key-for)", [key]) for market, key in config.api_key_for.items()
+        ]
+    if "client-tokens" in flags:
+        secrets.append(("a client token (--client-tokens)", config.client_tokens))
+    return [
+        f"{what} looks like a placeholder from an example file, not a real secret: replace it"
+        for what, values in secrets
+        if any(value and _PLACEHOLDER.search(value) for value in values)
+    ]

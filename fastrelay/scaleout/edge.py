@@ -213,8 +213,8 @@ class Edge:
     @staticmethod
     def describe_config(config: RelayConfig) -> str:
         return (
-            f"edge {config.instance_name}: listen {config.host}:{config.port}, markets "
-            f"{','.join(config.markets)}, NATS {redact(config.nats)} "
+            f"edge {config.instance_name}: markets "
+            f"{','.join(config.markets)} from NATS {redact(config.nats)} "
             f"({config.nats_prefix}, {natsauth.summary(config)}), "
             f"{tokens_summary(config)}"
         )

@@ -148,8 +148,7 @@ class Ingest:
         return (
             f"ingest {config.instance_name} to NATS {redact(config.nats)} "
             f"({config.nats_prefix}, {config.nats_granularity}, {natsauth.summary(config)}), "
-            f"listen {config.host}:{config.port}, "
-            f"markets {','.join(config.markets)}, {upstreams_summary(config)}, {tokens_summary(config)}"
+            f"markets {upstreams_summary(config)}, {tokens_summary(config)}"
         )
 
     async def _link_up(self) -> None:
