@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastrelay import roles
+from fastrelay.announce import Summary, announce
 from fastrelay.config import RelayConfig
 from fastrelay.metrics import Metrics
 from fastrelay.relay import Relay
@@ -46,7 +47,11 @@ async def running_relay(config: RelayConfig) -> AsyncIterator[RunningRelay]:
     stats = ServerStatistics.for_markets(config.markets)
     metrics = Metrics(role, stats, config.metrics_interval)
     server = RelayServer(role, stats, metrics.page)
-    await server.start()
+    try:
+        await server.start()  # every port bound before the banner and before any upstream
+    except BaseException:
+        await role.stop()
+        raise
     metrics.start()
     role.start()
     try:
@@ -83,8 +88,13 @@ async def serve_until_signal(main: Coroutine[Any, Any, None]) -> None:
 
 async def serve(config: RelayConfig) -> None:
     async with running_relay(config) as running:
-        log.info("fastrelay %s listening on port %d: %s", config.role, running.port, running.role.describe())
-        await wait_for_signal()
+        announce(config, running.role, running.server)
+        summary = Summary(running.role, running.server, config.summary_interval)
+        summary.start()
+        try:
+            await wait_for_signal()
+        finally:
+            summary.stop()
         await shutdown(running, config.shutdown_timeout)
 
 
@@ -112,6 +122,6 @@ async def run_with_simulator(config: RelayConfig) -> None:
             api_key=sim_config.api_key,
             upstream_for={},
             api_key_for={},
+            simulated=True,  # said at start-up, with no word of an API key
         )
-        log.info("no MASSIVE_API_KEY set: serving the built-in simulated feed")
         await serve(relay_config)

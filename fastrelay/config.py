@@ -8,6 +8,7 @@ flag given on the command line wins. The Massive key also reads
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import platform
 import re
@@ -151,6 +152,7 @@ class RelayConfig:
     shutdown_timeout: float = 10.0
     log_format: str = "text"
     log_level: str = "info"
+    summary_interval: float = 60.0  # an info line: clients, events/s (0: none)
     # Scale-out (README, "Scale-out"): "single" is the one-process relay; an
     # "ingest" holds the upstreams and publishes to NATS, "edge"s serve clients.
     role: str = "single"
@@ -180,6 +182,8 @@ class RelayConfig:
     # (clocks of ingest and edges must agree to well within it: NTP).
     max_event_age: float = 2.0
     instance_name: str = field(default_factory=lambda: f"{platform.node()}-{os.getpid()}")
+    # Not a flag: `fastrelay run` without a key points the upstreams at its built-in simulator.
+    simulated: bool = False
 
 
 @dataclass
@@ -263,373 +267,795 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 
 
 _log_format = _one_of("text", "json")
+_log_level = _one_of("debug", "info", "warning", "error")
 
 
 def _level(text: str) -> int:
-    level = int(text)
+    """A zlib compression level."""
+    try:
+        level = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a level (1 to 9)") from None
     if not 1 <= level <= 9:
-        raise ValueError("expected 1 to 9")
+        raise ValueError(f"level {level} out of range (1-9)")
     return level
 
 
-_log_level = _one_of("debug", "info", "warning", "error")
+def _port(allow_zero: bool) -> Callable[[str], int]:
+    """A TCP port, 1-65535 (0: the kernel picks one, where ``allow_zero``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a port number") from None
+        low = 0 if allow_zero else 1
+        if not low <= value <= 65535:
+            raise ValueError(f"port {value} out of range ({low}-65535)")
+        return value
+
+    parse.__name__ = "port"
+    return parse
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*([a-zA-Z]*)\s*")
+# Byte units: SI (1000s) and IEC (1024s), as written on the command line.
+SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": 1024 * MIB,
+}
+SIZE_HELP = "bytes, or with a unit: KiB, MiB, GiB (1024s) or KB, MB, GB (1000s), e.g. 4MiB"
+
+
+def size(text: str) -> int:
+    """A byte count: ``4194304``, ``4MiB``, ``4MB`` (4,000,000), ``256KiB``."""
+    match = _SIZE.fullmatch(text)
+    unit = match and SIZE_UNITS.get(match[2].lower())
+    if match is None or unit is None:
+        raise ValueError(f"{text!r} is not a size: {SIZE_HELP}")
+    return int(match[1]) * unit
+
+
+def format_size(value: int) -> str:
+    """The shortest exact spelling of a byte count: 4194304 -> 4MiB, 1000 -> 1000."""
+    for unit, factor in (("GiB", 1024 * MIB), ("MiB", MIB), ("KiB", KIB)):
+        if value and value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
+
+
+# Where `--help` lists an option: one argparse group each, in this order.
+class Group:
+    LISTENING = "listening"
+    UPSTREAM = "upstream"
+    SIMULATOR = "simulator"
+    CLIENTS = "clients and limits"
+    TIMING = "timing"
+    METRICS = "metrics"
+    LOGGING = "logging"
+    SCALE_OUT = "scale-out"
+
+
+GROUPS = (
+    Group.LISTENING,
+    Group.UPSTREAM,
+    Group.SIMULATOR,
+    Group.CLIENTS,
+    Group.TIMING,
+    Group.METRICS,
+    Group.LOGGING,
+    Group.SCALE_OUT,
+)
+
+# The commands that use an option (Option.commands): their --help shows it. `serve` and
+# `check-config` take --role, so they use every relay option; the others only what their
+# role uses. Every relay command still accepts every relay flag and twin, and warns that
+# one it does not use is ignored (scripts pass common flags to ingests and edges alike).
+RELAY_COMMANDS = frozenset({"serve", "run", "ingest", "edge", "check-config"})
+TO_MASSIVE = RELAY_COMMANDS - {"edge"}  # the process holds upstream connections
+TO_CLIENTS = RELAY_COMMANDS - {"ingest"}  # the process serves browsers and services
+SINGLE = RELAY_COMMANDS - {"ingest", "edge"}  # only the one-process relay (REST history)
+SCALE_OUT = RELAY_COMMANDS - {"run"}  # NATS: ingest, edge, serve --role
+INGEST_SIDE = SCALE_OUT - {"edge"}
+EDGE_SIDE = SCALE_OUT - {"ingest"}
+SIM_COMMANDS = frozenset({"sim"})
 
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: ``--flag``, its twin ``FASTRELAY_FLAG``, where it goes in the config.
+
+    To add one, write it in the table below with its ``group`` (where --help lists it)
+    and, unless every relay command uses it, ``commands`` (the commands that use it, e.g.
+    TO_CLIENTS; the others hide it and warn that it is ignored).
+    """
+
     flag: str
     parse: Callable[[str], Any]
     help: str
     target: str  # attribute path: "port" or "upstream_timers.backoff_base"
+    group: str  # one of GROUPS
+    commands: frozenset[str] = RELAY_COMMANDS
 
 
-# Flags of the relay (serve, run). Timers are flags so tests run in seconds.
+G = Group
+# Flags of the relay (serve, run, ingest, edge, check-config). Timers are flags so tests run in seconds.
 RELAY_OPTIONS: tuple[Option, ...] = (
-    Option("host", str, "address to listen on", "host"),
-    Option("port", _non_negative(int), "port to listen on", "port"),
+    # --- listening
+    Option("host", str, "address or name to listen on", "host", G.LISTENING),
     Option(
-        "markets", markets.parse_markets, f"comma-separated markets: {','.join(markets.MARKETS)}", "markets"
+        "port", _port(True), "port to listen on (0: any free one, shown at start-up)", "port", G.LISTENING
     ),
-    Option("upstream", str, "Massive base URL (wss://delayed.massive.com for delayed data)", "upstream"),
-    Option("api-key", str, "Massive API key (default: MASSIVE_API_KEY)", "api_key"),
+    Option(
+        "listen-backlog",
+        _non_negative(int),
+        "connections queued before accept",
+        "listen_backlog",
+        G.LISTENING,
+    ),
+    Option(
+        "web-root",
+        str,
+        "directory of static files to serve ('' to serve none; default: the dashboard)",
+        "web_root",
+        G.LISTENING,
+        TO_CLIENTS,
+    ),
+    # --- upstream
+    Option(
+        "markets",
+        markets.parse_markets,
+        f"comma-separated markets: {','.join(markets.MARKETS)}",
+        "markets",
+        G.UPSTREAM,
+    ),
+    Option(
+        "upstream",
+        str,
+        "Massive base URL (wss://delayed.massive.com for delayed data)",
+        "upstream",
+        G.UPSTREAM,
+        TO_MASSIVE,
+    ),
+    Option("api-key", str, "Massive API key (default: MASSIVE_API_KEY)", "api_key", G.UPSTREAM, TO_MASSIVE),
     Option(
         "upstream-for",
         lambda text: _market_map(text, "URL"),
         "per-market Massive base URL, e.g. stocks=wss://delayed.massive.com (comma-separated)",
         "upstream_for",
+        G.UPSTREAM,
+        TO_MASSIVE,
     ),
     Option(
         "api-key-for",
         lambda text: _market_map(text, "KEY"),
         "per-market API key for a feed on another account, e.g. crypto=KEY (comma-separated)",
         "api_key_for",
+        G.UPSTREAM,
+        TO_MASSIVE,
     ),
     Option(
         "required-markets",
         markets.parse_markets,
         "markets /readyz waits for (default: all, except one refused for the plan or key)",
         "required_markets",
+        G.UPSTREAM,
     ),
     Option(
-        "upstream-ca", str, "CA bundle to trust for the upstream TLS (default: system store)", "upstream_ca"
-    ),
-    Option("rest-url", str, "Massive's REST API for chart history ('' to turn it off)", "rest_url"),
-    Option("rest-ca", str, "CA bundle to trust for the REST API's TLS (default: system store)", "rest_ca"),
-    Option(
-        "rest-per-minute", _positive(float), "REST calls per minute for the whole account", "rest_per_minute"
-    ),
-    Option(
-        "rest-cache-bytes", _non_negative(int), "bytes of REST answers kept in memory", "rest_cache_bytes"
-    ),
-    Option(
-        "client-tokens",
-        protocol.split_params,
-        "comma-separated tokens clients must auth with (unset: open)",
-        "client_tokens",
-    ),
-    Option(
-        "flush-interval",
-        _non_negative(float),
-        "coalescing window in ms (0: end of each read)",
-        "flush_interval",
-    ),
-    Option(
-        "max-frame-size",
-        _non_negative(int),
-        "largest coalesced frame sent to clients, bytes",
-        "max_frame_size",
-    ),
-    Option(
-        "max-client-buffer",
-        _non_negative(int),
-        "unsent bytes before a client is dropped",
-        "max_client_buffer",
-    ),
-    Option("max-channels", _non_negative(int), "channels per client connection", "max_channels"),
-    Option(
-        "compression",
-        _one_of("shared", "off"),
-        "permessage-deflate with clients that offer it: shared (each frame compressed once) or off",
-        "compression",
-    ),
-    Option(
-        "compression-level", _level, "zlib level of compression, 1 (fast) to 9 (small)", "compression_level"
-    ),
-    Option(
-        "compression-threshold",
-        _non_negative(int),
-        "frames smaller than this many bytes are sent uncompressed",
-        "compression_threshold",
-    ),
-    Option(
-        "compression-cpu",
-        _positive(float),
-        "CPU seconds per second compression may use; past it frames go uncompressed",
-        "compression_cpu",
-    ),
-    Option(
-        "max-channels-per-address",
-        _non_negative(int),
-        "channels over all connections of one client address",
-        "max_channels_per_address",
+        "upstream-ca",
+        str,
+        "CA bundle to trust for the upstream TLS (default: system store)",
+        "upstream_ca",
+        G.UPSTREAM,
+        TO_MASSIVE,
     ),
     Option(
         "max-upstream-channels",
         _non_negative(int),
         "channels held upstream over all markets",
         "max_upstream_channels",
-    ),
-    Option(
-        "max-contracts-per-client",
-        _non_negative(int),
-        "options quote/FMV contracts per client connection (Massive allows 1,000 in all)",
-        "max_contracts_per_client",
-    ),
-    Option(
-        "max-message-size", _non_negative(int), "largest frame a client may send, bytes", "max_message_size"
-    ),
-    Option("max-connections", _non_negative(int), "client connections in total", "max_connections"),
-    Option(
-        "max-connections-per-address",
-        _non_negative(int),
-        "client connections per client address",
-        "max_connections_per_address",
-    ),
-    Option(
-        "trusted-proxies",
-        protocol.split_params,
-        "peers whose X-Forwarded-For is believed (e.g. 127.0.0.1)",
-        "trusted_proxies",
-    ),
-    Option(
-        "max-messages-per-second",
-        _non_negative(float),
-        "control messages per second per client",
-        "max_messages_per_second",
-    ),
-    Option(
-        "message-burst", _non_negative(int), "control messages a client may send at once", "message_burst"
-    ),
-    Option(
-        "max-frames-per-second",
-        _non_negative(float),
-        "frames per second per client, pings included; past it the client is closed (1008)",
-        "max_frames_per_second",
-    ),
-    Option("frame-burst", _non_negative(int), "frames a client may send at once", "frame_burst"),
-    Option(
-        "max-bytes-per-second",
-        _non_negative(int),
-        "bytes per second a client sends or is answered with; past it the client is closed (1008)",
-        "max_bytes_per_second",
-    ),
-    Option("byte-burst", _non_negative(int), "bytes a client may send at once", "byte_burst"),
-    Option(
-        "max-cpu-ms-per-second",
-        _non_negative(float),
-        "ms of the relay's loop a client's messages may take per second; past it: closed (1008)",
-        "max_cpu_ms_per_second",
-    ),
-    Option("cpu-burst-ms", _non_negative(float), "ms of loop a client may use at once", "cpu_burst_ms"),
-    Option("listen-backlog", _non_negative(int), "connections queued before accept", "listen_backlog"),
-    Option(
-        "client-handshake-timeout",
-        _non_negative(float),
-        "TCP accept to WebSocket upgrade, s",
-        "client_handshake_timeout",
-    ),
-    Option(
-        "client-auth-timeout",
-        _non_negative(float),
-        "WebSocket open to auth received, s (0: no limit)",
-        "client_auth_timeout",
-    ),
-    Option(
-        "allowed-origins",
-        protocol.split_params,
-        "browser Origins allowed (comma-separated; *: any; unset: the relay's own and localhost)",
-        "allowed_origins",
-    ),
-    Option("linger", _non_negative(float), "seconds before the last unsubscribe goes upstream", "linger"),
-    Option(
-        "client-ping-interval", _non_negative(float), "ping clients idle this long, s", "client_ping_interval"
-    ),
-    Option(
-        "client-ping-timeout",
-        _non_negative(float),
-        "drop clients not answering a ping, s",
-        "client_ping_timeout",
-    ),
-    Option(
-        "backoff-base",
-        _non_negative(float),
-        "first reconnect delay ceiling, s",
-        "upstream_timers.backoff_base",
-    ),
-    Option("backoff-cap", _non_negative(float), "largest reconnect delay, s", "upstream_timers.backoff_cap"),
-    Option(
-        "healthy-after",
-        _non_negative(float),
-        "connected this long resets the backoff, s",
-        "upstream_timers.healthy_after",
-    ),
-    Option(
-        "auth-retry",
-        _non_negative(float),
-        "delay before retrying after auth_failed, s",
-        "upstream_timers.auth_retry",
-    ),
-    Option(
-        "max-connections-cooldown",
-        _non_negative(float),
-        "delay after max_connections, s",
-        "upstream_timers.max_connections_cooldown",
-    ),
-    Option(
-        "upstream-ping-interval",
-        _non_negative(float),
-        "ping upstream idle this long, s",
-        "upstream_timers.ping_interval",
-    ),
-    Option(
-        "upstream-ping-timeout",
-        _non_negative(float),
-        "reconnect if no pong this long, s",
-        "upstream_timers.ping_timeout",
-    ),
-    Option(
-        "handshake-timeout",
-        _non_negative(float),
-        "upstream connect-to-authenticated limit, s",
-        "upstream_timers.handshake_timeout",
-    ),
-    Option("shutdown-timeout", _non_negative(float), "seconds from SIGTERM to exit", "shutdown_timeout"),
-    Option(
-        "history-size",
-        _non_negative(int),
-        "aggregates kept per ticker for the history action",
-        "history_size",
-    ),
-    Option(
-        "history-max-channels",
-        _non_negative(int),
-        "channels one history request may name",
-        "history_max_channels",
-    ),
-    Option("history-max-bytes", _non_negative(int), "bytes one history reply may take", "history_max_bytes"),
-    Option(
-        "history-per-minute",
-        _non_negative(float),
-        "history requests per client per minute",
-        "history_per_minute",
+        G.UPSTREAM,
     ),
     Option(
         "keep-channels",
         protocol.split_params,
         "channels kept subscribed without clients, history and last values ready (e.g. AM.AAPL)",
         "keep_channels",
+        G.UPSTREAM,
     ),
-    Option("web-root", str, "directory of static files to serve ('' to serve none)", "web_root"),
+    Option(
+        "rest-url",
+        str,
+        "Massive's REST API for chart history ('' to turn it off)",
+        "rest_url",
+        G.UPSTREAM,
+        SINGLE,
+    ),
+    Option(
+        "rest-ca",
+        str,
+        "CA bundle to trust for the REST API's TLS (default: system store)",
+        "rest_ca",
+        G.UPSTREAM,
+        SINGLE,
+    ),
+    Option(
+        "rest-per-minute",
+        _positive(float),
+        "REST calls per minute for the whole account",
+        "rest_per_minute",
+        G.UPSTREAM,
+        SINGLE,
+    ),
+    Option(
+        "rest-cache-bytes",
+        size,
+        "REST answers kept in memory",
+        "rest_cache_bytes",
+        G.UPSTREAM,
+        SINGLE,
+    ),
+    # --- clients and limits
+    Option(
+        "client-tokens",
+        protocol.split_params,
+        "comma-separated tokens clients must present (default: open mode)",
+        "client_tokens",
+        G.CLIENTS,
+    ),
+    Option(
+        "trusted-proxies",
+        protocol.split_params,
+        "peers whose X-Forwarded-For is believed (e.g. 127.0.0.1)",
+        "trusted_proxies",
+        G.CLIENTS,
+    ),
+    Option(
+        "allowed-origins",
+        protocol.split_params,
+        "browser Origins allowed (comma-separated; *: any; default: the relay's own and localhost)",
+        "allowed_origins",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-frame-size",
+        size,
+        "largest coalesced frame sent to clients",
+        "max_frame_size",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-client-buffer",
+        size,
+        "unsent bytes before a client is dropped as a slow consumer",
+        "max_client_buffer",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-message-size",
+        size,
+        "largest frame a client may send",
+        "max_message_size",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-channels",
+        _non_negative(int),
+        "channels per client connection",
+        "max_channels",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "compression",
+        _one_of("shared", "off"),
+        "permessage-deflate with clients that offer it: shared (each frame compressed once) or off",
+        "compression",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "compression-level",
+        _level,
+        "zlib level of compression, 1 (fast) to 9 (small)",
+        "compression_level",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "compression-threshold",
+        size,
+        f"frames smaller than this go uncompressed ({SIZE_HELP})",
+        "compression_threshold",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "compression-cpu",
+        _positive(float),
+        "CPU seconds per second compression may use; past it frames go uncompressed",
+        "compression_cpu",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-channels-per-address",
+        _non_negative(int),
+        "channels over every connection of one client address",
+        "max_channels_per_address",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-contracts-per-client",
+        _non_negative(int),
+        "options contracts one client may take of Massive's 1,000 (Q and FMV)",
+        "max_contracts_per_client",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-connections",
+        _non_negative(int),
+        "client connections in total",
+        "max_connections",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-connections-per-address",
+        _non_negative(int),
+        "client connections per client address",
+        "max_connections_per_address",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-messages-per-second",
+        _non_negative(float),
+        "control messages per second per client",
+        "max_messages_per_second",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "message-burst",
+        _non_negative(int),
+        "control messages a client may send at once",
+        "message_burst",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-frames-per-second",
+        _non_negative(float),
+        "frames per second per client, pings included; past it the client is closed (1008)",
+        "max_frames_per_second",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "frame-burst",
+        _non_negative(int),
+        "frames a client may send at once",
+        "frame_burst",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "max-bytes-per-second",
+        size,
+        "bytes per second a client sends or is answered with; past it the client is closed (1008)",
+        "max_bytes_per_second",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option("byte-burst", size, "bytes a client may send at once", "byte_burst", G.CLIENTS, TO_CLIENTS),
+    Option(
+        "max-cpu-ms-per-second",
+        _non_negative(float),
+        "ms of the relay's loop a client's messages may take per second; past it: closed (1008)",
+        "max_cpu_ms_per_second",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "cpu-burst-ms",
+        _non_negative(float),
+        "ms of loop a client may use at once",
+        "cpu_burst_ms",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "history-size",
+        _non_negative(int),
+        "aggregates kept per ticker for the history action",
+        "history_size",
+        G.CLIENTS,
+    ),
+    Option(
+        "history-max-channels",
+        _non_negative(int),
+        "channels one history request may name",
+        "history_max_channels",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "history-max-bytes",
+        size,
+        "bytes one history reply may take",
+        "history_max_bytes",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "history-per-minute",
+        _non_negative(float),
+        "history requests per client per minute",
+        "history_per_minute",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    # --- timing
+    Option(
+        "flush-interval",
+        _non_negative(float),
+        "coalescing window in ms (0: flush at the end of each read)",
+        "flush_interval",
+        G.TIMING,
+        TO_CLIENTS,
+    ),
+    Option(
+        "linger",
+        _non_negative(float),
+        "seconds before the last unsubscribe goes upstream",
+        "linger",
+        G.TIMING,
+    ),
+    Option(
+        "client-handshake-timeout",
+        _non_negative(float),
+        "TCP accept to WebSocket upgrade, s",
+        "client_handshake_timeout",
+        G.TIMING,
+    ),
+    Option(
+        "client-auth-timeout",
+        _non_negative(float),
+        "WebSocket open to auth received, s (0: no limit)",
+        "client_auth_timeout",
+        G.TIMING,
+        TO_CLIENTS,
+    ),
+    Option(
+        "client-ping-interval",
+        _non_negative(float),
+        "ping clients idle this long, s",
+        "client_ping_interval",
+        G.TIMING,
+        TO_CLIENTS,
+    ),
+    Option(
+        "client-ping-timeout",
+        _non_negative(float),
+        "drop clients not answering a ping, s",
+        "client_ping_timeout",
+        G.TIMING,
+        TO_CLIENTS,
+    ),
+    Option(
+        "backoff-base",
+        _non_negative(float),
+        "first reconnect delay ceiling, s",
+        "upstream_timers.backoff_base",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "backoff-cap",
+        _non_negative(float),
+        "largest reconnect delay, s",
+        "upstream_timers.backoff_cap",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "healthy-after",
+        _non_negative(float),
+        "connected this long resets the backoff, s",
+        "upstream_timers.healthy_after",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "auth-retry",
+        _non_negative(float),
+        "delay before retrying after auth_failed, s",
+        "upstream_timers.auth_retry",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "max-connections-cooldown",
+        _non_negative(float),
+        "delay after max_connections, s",
+        "upstream_timers.max_connections_cooldown",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "upstream-ping-interval",
+        _non_negative(float),
+        "ping upstream idle this long, s",
+        "upstream_timers.ping_interval",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "upstream-ping-timeout",
+        _non_negative(float),
+        "reconnect if no pong this long, s",
+        "upstream_timers.ping_timeout",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "handshake-timeout",
+        _non_negative(float),
+        "upstream connect-to-authenticated limit, s",
+        "upstream_timers.handshake_timeout",
+        G.TIMING,
+        TO_MASSIVE,
+    ),
+    Option(
+        "shutdown-timeout", _non_negative(float), "seconds from SIGTERM to exit", "shutdown_timeout", G.TIMING
+    ),
+    # --- metrics
     Option(
         "metrics-port",
-        _non_negative(int),
-        "also serve /metrics, /healthz, /readyz on this port",
+        _port(False),
+        "also serve /metrics, /healthz, /readyz on this port (default: none)",
         "metrics_port",
+        G.METRICS,
     ),
-    Option("metrics-host", str, "address for --metrics-port (default: --host)", "metrics_host"),
+    Option("metrics-host", str, "address for --metrics-port (default: --host)", "metrics_host", G.METRICS),
     Option(
-        "metrics-interval", _non_negative(float), "seconds between /metrics renderings", "metrics_interval"
+        "metrics-interval",
+        _non_negative(float),
+        "seconds between /metrics renderings",
+        "metrics_interval",
+        G.METRICS,
     ),
-    Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
-    Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
+    # --- logging
+    Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format", G.LOGGING),
+    Option("log-level", _log_level, "debug, info, warning or error", "log_level", G.LOGGING),
     Option(
-        "role", _one_of("single", "ingest", "edge"), "single, ingest or edge (scale-out over NATS)", "role"
+        "summary-interval",
+        _non_negative(float),
+        "seconds between info lines of clients and events/s (0: none)",
+        "summary_interval",
+        G.LOGGING,
     ),
-    Option("nats", str, "NATS servers of the ingest and edges, comma-separated", "nats"),
-    Option("nats-prefix", str, "first tokens of every NATS subject of this deployment", "nats_prefix"),
+    # --- scale-out
     Option(
-        "nats-tls-ca", str, "CA file to trust for tls:// NATS servers (default: system store)", "nats_tls_ca"
+        "role",
+        _one_of("single", "ingest", "edge"),
+        "single, ingest or edge (scale-out over NATS)",
+        "role",
+        G.SCALE_OUT,
+        SCALE_OUT,  # ingest and edge: to catch a FASTRELAY_ROLE that contradicts them
     ),
-    Option("nats-tls-cert", str, "client certificate file for NATS (with --nats-tls-key)", "nats_tls_cert"),
-    Option("nats-tls-key", str, "private key file of --nats-tls-cert", "nats_tls_key"),
-    Option("nats-nkey-seed", str, "NKey user seed file (SU...) to authenticate to NATS", "nats_nkey_seed"),
-    Option("nats-creds", str, "NATS .creds file (user JWT + NKey seed) to authenticate with", "nats_creds"),
+    Option(
+        "nats", str, "NATS servers of the ingest and edges, comma-separated", "nats", G.SCALE_OUT, SCALE_OUT
+    ),
+    Option(
+        "nats-prefix",
+        str,
+        "first tokens of every NATS subject of this deployment",
+        "nats_prefix",
+        G.SCALE_OUT,
+        SCALE_OUT,
+    ),
+    Option(
+        "nats-tls-ca",
+        str,
+        "CA file to trust for tls:// NATS servers (default: system store)",
+        "nats_tls_ca",
+        G.SCALE_OUT,
+        SCALE_OUT,
+    ),
+    Option(
+        "nats-tls-cert",
+        str,
+        "client certificate file for NATS (with --nats-tls-key)",
+        "nats_tls_cert",
+        G.SCALE_OUT,
+        SCALE_OUT,
+    ),
+    Option(
+        "nats-tls-key", str, "private key file of --nats-tls-cert", "nats_tls_key", G.SCALE_OUT, SCALE_OUT
+    ),
+    Option(
+        "nats-nkey-seed",
+        str,
+        "NKey user seed file (SU...) to authenticate to NATS",
+        "nats_nkey_seed",
+        G.SCALE_OUT,
+        SCALE_OUT,
+    ),
+    Option(
+        "nats-creds",
+        str,
+        "NATS .creds file (user JWT + NKey seed) to authenticate with",
+        "nats_creds",
+        G.SCALE_OUT,
+        SCALE_OUT,
+    ),
     Option(
         "nats-granularity",
         _one_of("batch", "event"),
         "ingest: one NATS message per frame and ev (batch) or per event",
         "nats_granularity",
+        G.SCALE_OUT,
+        INGEST_SIDE,
     ),
     Option(
         "nats-window",
         _non_negative(float),
         "ingest: publish once per this many ms, one message per subject (0: per loop pass)",
         "nats_window",
+        G.SCALE_OUT,
+        INGEST_SIDE,
     ),
     Option(
         "heartbeat-interval",
         _non_negative(float),
         "ingest/edge heartbeats over NATS, s",
         "heartbeat_interval",
+        G.SCALE_OUT,
+        SCALE_OUT,
     ),
     Option(
-        "peer-timeout", _non_negative(float), "ingest: an edge silent this long is gone, s", "peer_timeout"
+        "peer-timeout",
+        _non_negative(float),
+        "ingest: an edge silent this long is gone, s",
+        "peer_timeout",
+        G.SCALE_OUT,
+        SCALE_OUT,
     ),
     Option(
         "ingest-timeout",
         _positive(float),
         "edge: the leader ingest silent this long is gone, s (it reports 4 times as often)",
         "ingest_timeout",
+        G.SCALE_OUT,
+        SCALE_OUT,
     ),
     Option(
         "lease-ttl",
         _positive(float),
         "ingest: the leader's lease on NATS, s; a dead leader is replaced within about this",
         "lease_ttl",
+        G.SCALE_OUT,
+        INGEST_SIDE,
     ),
     Option(
-        "lease-replicas", _positive(int), "ingest: JetStream replicas of the lease bucket", "lease_replicas"
+        "lease-replicas",
+        _positive(int),
+        "ingest: JetStream replicas of the lease bucket",
+        "lease_replicas",
+        G.SCALE_OUT,
+        INGEST_SIDE,
     ),
     Option(
         "max-event-age",
         _positive(float),
         "edge: drop data older than this (since the ingest read it), s",
         "max_event_age",
+        G.SCALE_OUT,
+        EDGE_SIDE,
     ),
-    Option("instance-name", str, "this process's name on NATS (default: HOST-PID)", "instance_name"),
+    Option(
+        "instance-name",
+        str,
+        "this process's name on NATS (default: HOST-PID)",
+        "instance_name",
+        G.SCALE_OUT,
+        SCALE_OUT,
+    ),
 )
 
 SIM_OPTIONS: tuple[Option, ...] = (
-    Option("host", str, "address to listen on", "host"),
-    Option("port", _non_negative(int), "port to listen on", "port"),
-    Option("sim-key", str, "API key the simulator accepts", "sim_key"),
-    Option("rate", _non_negative(float), "frames per second per market", "rate"),
-    Option("events-per-frame", _non_negative(int), "events in each frame", "events_per_frame"),
+    Option("host", str, "address or name to listen on", "host", G.LISTENING, SIM_COMMANDS),
+    Option("port", _port(True), "port to listen on (0: any free one)", "port", G.LISTENING, SIM_COMMANDS),
+    Option("sim-key", str, "API key the simulator accepts", "sim_key", G.SIMULATOR, SIM_COMMANDS),
+    Option("rate", _non_negative(float), "frames per second per market", "rate", G.SIMULATOR, SIM_COMMANDS),
+    Option(
+        "events-per-frame",
+        _non_negative(int),
+        "events in each frame",
+        "events_per_frame",
+        G.SIMULATOR,
+        SIM_COMMANDS,
+    ),
     Option(
         "symbol-count",
         _non_negative(int),
         "synthetic tickers per market (0: the built-in list)",
         "symbol_count",
+        G.SIMULATOR,
+        SIM_COMMANDS,
     ),
-    Option("stamp", _bool, "add sim_ns, the send time in ns, to each event (load tests)", "stamp"),
-    Option("markets", markets.parse_markets, "markets that generate data (default: all)", "markets"),
-    Option("feed", markets.parse_feed, "the Massive feed to play: socket, delayed, launchpad, ...", "feed"),
+    Option(
+        "stamp",
+        _bool,
+        "add sim_ns, the send time in ns, to each event (load tests)",
+        "stamp",
+        G.SIMULATOR,
+        SIM_COMMANDS,
+    ),
+    Option(
+        "markets",
+        markets.parse_markets,
+        "markets that generate data (default: all)",
+        "markets",
+        G.SIMULATOR,
+        SIM_COMMANDS,
+    ),
+    Option(
+        "feed",
+        markets.parse_feed,
+        "the Massive feed to play: socket, delayed, launchpad, ...",
+        "feed",
+        G.SIMULATOR,
+        SIM_COMMANDS,
+    ),
     Option(
         "plan",
         markets.parse_plan,
         "the account's plan, as stocks=T,A,AM;crypto=*: a market left out is refused at auth, "
         "an ev left out per channel (default: everything)",
         "plan",
+        G.SIMULATOR,
+        SIM_COMMANDS,
     ),
-    Option("contract-cap", _non_negative(int), "capped options contracts per connection", "contract_cap"),
+    Option(
+        "contract-cap",
+        _non_negative(int),
+        "capped options contracts per connection",
+        "contract_cap",
+        G.SIMULATOR,
+        SIM_COMMANDS,
+    ),
     Option(
         "one-connection-per-key",
         _bool,
         "as Massive: a second connection of a key on a market evicts the older (max_connections)",
         "one_connection_per_key",
+        G.SIMULATOR,
+        SIM_COMMANDS,
     ),
-    Option("log-format", _log_format, "text or json (one JSON object per line)", "log_format"),
-    Option("log-level", _log_level, "debug, info, warning or error", "log_level"),
+    Option(
+        "log-format",
+        _log_format,
+        "text or json (one JSON object per line)",
+        "log_format",
+        G.LOGGING,
+        SIM_COMMANDS,
+    ),
+    Option("log-level", _log_level, "debug, info, warning or error", "log_level", G.LOGGING, SIM_COMMANDS),
 )
 
 
@@ -637,15 +1063,20 @@ def env_name(flag: str) -> str:
     return "FASTRELAY_" + flag.upper().replace("-", "_")
 
 
-def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
-    for option in options:
-        parser.add_argument(
-            f"--{option.flag}",
-            dest=option.flag.replace("-", "_"),
-            default=None,
-            metavar=option.flag.upper().replace("-", "_"),
-            help=f"{option.help} [env {env_name(option.flag)}]",
-        )
+def options_for(command: str) -> tuple[Option, ...]:
+    """The options ``command`` uses (and --help shows), in table order."""
+    return tuple(option for option in (*RELAY_OPTIONS, *SIM_OPTIONS) if command in option.commands)
+
+
+def accepted_by(command: str) -> tuple[Option, ...]:
+    """The options ``command`` reads: a relay command every relay option, ``sim`` its own."""
+    return RELAY_OPTIONS if command in RELAY_COMMANDS else options_for(command)
+
+
+def _get(target: Any, path: str) -> Any:
+    for name in path.split("."):
+        target = getattr(target, name)
+    return target
 
 
 def _set(target: Any, path: str, value: Any) -> None:
@@ -653,6 +1084,44 @@ def _set(target: Any, path: str, value: Any) -> None:
     for parent in parents:
         target = getattr(target, parent)
     setattr(target, name, value)
+
+
+def default_text(option: Option, defaults: Any) -> str:
+    """How ``--help`` shows the default of ``option`` (from a fresh config), '' for none."""
+    if option.flag in SECRET_FLAGS or "default" in option.help:
+        return ""  # a secret's default is never shown; the help text says it already
+    value = _get(defaults, option.target)
+    if value is None or value == "" or value == () or value == [] or value == {}:
+        return "none"
+    if option.parse is size:
+        return format_size(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+_METAVARS = {"int": "N", "float": "NUM", "size": "SIZE", "port": "PORT", "_bool": "BOOL", "choice": "WORD"}
+
+
+def add_options(parser: argparse.ArgumentParser, command: str, defaults: Any) -> None:
+    """The flags of ``command``: those it uses listed by group (argparse skips empty groups),
+    each with its environment twin and its default; those it ignores accepted, unlisted."""
+    groups = {title: parser.add_argument_group(title) for title in GROUPS}
+    for option in accepted_by(command):
+        used = command in option.commands
+        default = default_text(option, defaults) if used else ""
+        shown = f"; default {default}" if default else ""
+        groups[option.group].add_argument(
+            f"--{option.flag}",
+            dest=option.flag.replace("-", "_"),
+            default=None,
+            metavar=_METAVARS.get(option.parse.__name__, "VALUE"),
+            help=f"{option.help} [env {env_name(option.flag)}{shown}]" if used else argparse.SUPPRESS,
+        )
 
 
 def build(config: Any, options: Sequence[Option], args: argparse.Namespace, env: Mapping[str, str]) -> Any:
@@ -702,6 +1171,9 @@ def api_key_of(config: RelayConfig, market: str) -> str:
 
 def upstreams_summary(config: RelayConfig) -> str:
     """Where each market comes from, keys counted and never shown."""
+    if config.simulated:
+        markets_ = ",".join(config.markets)
+        return f"{markets_} from the built-in simulated feed ({config.upstream}; no MASSIVE_API_KEY)"
     hosts: dict[str, list[str]] = {}
     for market in config.markets:
         hosts.setdefault(upstream_of(config, market), []).append(market)
@@ -710,7 +1182,7 @@ def upstreams_summary(config: RelayConfig) -> str:
     keys = f"API key {'set' if config.api_key else 'missing'}"
     if own:
         keys += f" ({','.join(own)}: its own)"
-    return f"upstream {where}, {keys}"
+    return f"{where}, {keys}"
 
 
 def tokens_summary(config: RelayConfig) -> str:
@@ -722,6 +1194,15 @@ def tokens_summary(config: RelayConfig) -> str:
 
 def validate(config: RelayConfig) -> None:
     """Checks across settings, with messages an operator can act on (roles add their own)."""
+    for flag, host in (("--host", config.host), ("--metrics-host", config.metrics_host)):
+        if host is not None and not host.strip():
+            raise ConfigError(
+                f"{flag} must not be empty (an address such as 127.0.0.1 or 0.0.0.0, or a name)"
+            )
+    if config.metrics_port is not None and config.metrics_port == config.port:
+        raise ConfigError(
+            f"--metrics-port={config.metrics_port} is --port's: give the metrics their own port"
+        )
     for flag, url in (
         ("--upstream", config.upstream),
         *(("--upstream-for", u) for u in config.upstream_for.values()),
@@ -761,3 +1242,61 @@ def validate(config: RelayConfig) -> None:
             raise ConfigError(f"--keep-channels: {exc}") from None
         if channel.market not in config.markets:
             raise ConfigError(f"--keep-channels: {name!r} is on {channel.market}, not in --markets")
+
+
+# Variables read beside the flags' twins, never reported as unknown.
+OTHER_VARIABLES = frozenset({"FASTRELAY_TEST_TIMEOUT_SCALE"})
+# What the example files (deploy/*.env.example) and tutorials put where a secret goes.
+_PLACEHOLDER = re.compile(r"replace|change.?me|your[-_ ]|placeholder|example|^x{4,}$|^<.*>$|^\.\.\.$", re.I)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """FASTRELAY_* variables that are no setting of any command: a misspelling, with the
+    closest real name. Values are never shown: they may be secrets."""
+    everyone = {env_name(option.flag) for option in (*RELAY_OPTIONS, *SIM_OPTIONS)} | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("FASTRELAY_") and name not in everyone:
+            close = difflib.get_close_matches(name, sorted(everyone), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{name} is not a fastrelay setting: ignored{hint}")
+    return warnings
+
+
+def unused_settings(args: argparse.Namespace, env: Mapping[str, str], command: str) -> list[str]:
+    """Flags given and FASTRELAY_* twins set that ``command`` accepts but does not use (a
+    script passing common flags to ingests and edges alike): notes, not warnings."""
+    used = {option.flag for option in options_for(command)}
+    notes = []
+    for option in accepted_by(command):
+        if option.flag in used:
+            continue
+        if getattr(args, option.flag.replace("-", "_"), None) is not None:
+            notes.append(f"--{option.flag} has no effect on `fastrelay {command}`")
+        elif env_name(option.flag) in env:
+            notes.append(f"{env_name(option.flag)} has no effect on `fastrelay {command}`")
+    for option in (*RELAY_OPTIONS, *SIM_OPTIONS):
+        # A twin of another command's option only (FASTRELAY_SIM_KEY under serve).
+        name = env_name(option.flag)
+        if name in env and option not in accepted_by(command) and option.flag not in used:
+            notes.append(f"{name} has no effect on `fastrelay {command}`")
+    return sorted(set(notes))
+
+
+def placeholder_warnings(config: RelayConfig, command: str) -> list[str]:
+    """Secrets still holding an example's placeholder (named, never shown)."""
+    flags = {option.flag for option in options_for(command)}
+    secrets = []
+    if "api-key" in flags:
+        secrets.append(("the API key (--api-key, MASSIVE_API_KEY)", [config.api_key]))
+    if "api-key-for" in flags:
+        secrets += [
+            (f"the API key of {market} (--api-key-for)", [key]) for market, key in config.api_key_for.items()
+        ]
+    if "client-tokens" in flags:
+        secrets.append(("a client token (--client-tokens)", config.client_tokens))
+    return [
+        f"{what} looks like a placeholder from an example file, not a real secret: replace it"
+        for what, values in secrets
+        if any(value and _PLACEHOLDER.search(value) for value in values)
+    ]

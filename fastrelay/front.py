@@ -20,7 +20,9 @@ there, clearly.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -46,6 +48,45 @@ Answerer = Callable[[str, str, dict[str, str], str, str], Awaitable[Answer]]
 
 def is_rest(target: bytes) -> bool:
     return target.startswith(REST_PREFIXES)
+
+
+class ListenError(Exception):
+    """A port that cannot be listened on: one line naming the address and the cause."""
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _cause(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another process listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host ({exc.strerror or exc})"
+    return (exc.strerror or str(exc)).lower()
+
+
+async def listen(
+    factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, **options: Any
+) -> asyncio.Server:
+    """``loop.create_server``, its failure one ``ListenError`` instead of a traceback."""
+    try:
+        return await asyncio.get_running_loop().create_server(factory, host, port, **options)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host_port(host, port)}: {_cause(exc)}") from None
+
+
+def check_host(flag: str, host: str) -> str | None:
+    """Why ``host`` cannot be listened on (not an address, no such name), or None."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{flag}={host!r}: not an address nor a name this machine resolves ({exc})"
+    return None
 
 
 def picows_protocol_factory(listener_factory: Any, **options: Any) -> Callable[[], Any]:
@@ -120,6 +161,7 @@ class FrontDoor(asyncio.Protocol):
         "_doorway",
         "_http",
         "_make_picows",
+        "_methods",
         "_open_rest",
         "_scheme",
         "_transport",
@@ -132,12 +174,16 @@ class FrontDoor(asyncio.Protocol):
         doorway: Doorway,
         scheme: str = "http",
         open_rest: set[RestConnection] | None = None,
+        methods: bool = False,
     ) -> None:
         self._make_picows = make_picows
         self._answer = answer
         self._doorway = doorway
         self._scheme = scheme
         self._open_rest = open_rest
+        # Also answer methods other than GET on any path (HEAD, OPTIONS): picows 2.3
+        # refuses them all with 400 (docs/picows-methods.md).
+        self._methods = methods
         self._buffer = bytearray()
         self._transport: Any = None  # uvloop's TCPTransport is not an asyncio.Transport subclass
         self._http: RestConnection | None = None
@@ -159,11 +205,16 @@ class FrontDoor(asyncio.Protocol):
         end = self._buffer.find(b"\r\n")
         if end < 0 and len(self._buffer) <= MAX_REQUEST_LINE:
             return  # the request line is not complete yet
-        _, _, rest = bytes(self._buffer[: max(end, 0)]).partition(b" ")
+        method, _, rest = bytes(self._buffer[: max(end, 0)]).partition(b" ")
         target = rest.partition(b" ")[0]
         self._doorway.leave(self)
-        if end >= 0 and is_rest(target):
-            self._http = RestConnection(self._transport, self._answer, self._scheme, self._open_rest)
+        rest_path = is_rest(target)
+        if end >= 0 and (rest_path or (self._methods and method != b"GET")):
+            # A REST connection is kept alive; one asking another method of a picows path is
+            # closed after its answer, so that its next request (an upgrade) starts afresh.
+            self._http = RestConnection(
+                self._transport, self._answer, self._scheme, self._open_rest, keep_alive=rest_path
+            )
             self._http.received(bytes(self._buffer))
             self._buffer.clear()
         else:
@@ -200,9 +251,15 @@ class RestConnection:
     """One keep-alive HTTP/1.1 connection of REST requests (h11), one request at a time."""
 
     def __init__(
-        self, transport: Any, answer: Answerer, scheme: str, open_rest: set[RestConnection] | None
+        self,
+        transport: Any,
+        answer: Answerer,
+        scheme: str,
+        open_rest: set[RestConnection] | None,
+        keep_alive: bool = True,
     ) -> None:
         self._transport = transport
+        self._keep_alive = keep_alive
         self._answer = answer
         self._scheme = scheme
         self._open = open_rest
@@ -264,11 +321,13 @@ class RestConnection:
     def _send(self, answer: Answer, close: bool = False, head: bool = False) -> None:
         if self._transport.is_closing():
             return
-        headers = [
-            ("Content-Type", answer.content_type),
-            ("Content-Length", str(len(answer.body))),
-            ("Cache-Control", "no-store"),
-        ]
+        close = close or not self._keep_alive
+        headers = [] if answer.status == 204 else [("Content-Type", answer.content_type)]
+        if answer.status != 204:  # no body, and RFC 9110 8.6: no Content-Length either
+            headers.append(("Content-Length", str(len(answer.body))))
+        if not any(name.lower() == "cache-control" for name, _ in answer.headers):
+            headers.append(("Cache-Control", "no-store"))
+        headers += answer.headers
         if close:
             headers.append(("Connection", "close"))
         try:
@@ -276,7 +335,7 @@ class RestConnection:
             out = (
                 self._h11.send(h11.Response(status_code=answer.status, headers=headers, reason=reason)) or b""
             )
-            if not head:
+            if not head and answer.body:
                 out += self._h11.send(h11.Data(data=answer.body)) or b""
             out += self._h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:

@@ -1,27 +1,88 @@
-"""Logging set-up for the command line: text for people, JSON lines for collectors."""
+"""Logging set-up for the command line: text for people, JSON lines for collectors.
+
+Facts a log line carries (market, reason, client address, close code, counts) are
+passed as ``extra={...}`` on the logging call: the text format keeps them in the
+message, the JSON format also puts each one under its own key, so a collector can
+filter on ``market`` without parsing sentences.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from typing import Any, TextIO
 
 import orjson
 
+# What every LogRecord has: anything else on a record came with ``extra=``.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Keys of the JSON line itself, which an extra may not overwrite.
+_RESERVED = frozenset({"time", "level", "logger", "message", "exception"})
+
+
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a logging call passed with ``extra=``."""
+    return {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception)."""
+    """One JSON object per line: time, level, logger, message, every extra field, the exception."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in extras(record).items():
+            entry[f"extra_{key}" if key in _RESERVED else key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+        # default=str: an address tuple or an enum is written as text rather than lost.
+        return orjson.dumps(entry, default=str).decode()
+
+
+# ANSI SGR colours per level (uvicorn's choice of colours).
+_COLOURS = {
+    logging.DEBUG: "\x1b[36m",  # cyan
+    logging.INFO: "\x1b[32m",  # green
+    logging.WARNING: "\x1b[33m",  # yellow
+    logging.ERROR: "\x1b[31m",  # red
+    logging.CRITICAL: "\x1b[1;31m",  # bold red
+}
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+class TextFormatter(logging.Formatter):
+    """``2025-01-02 15:04:05 INFO     fastrelay: message``, the level coloured on a terminal."""
+
+    def __init__(self, colour: bool) -> None:
+        super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = self.formatTime(record, self.datefmt)
+        level = f"{record.levelname:<8}"
+        line = f"{record.name}: {record.getMessage()}"
+        if self.colour:
+            colour = _COLOURS.get(record.levelno, "")
+            text = f"{_DIM}{when}{_RESET} {colour}{level}{_RESET} {line}"
+        else:
+            text = f"{when} {level} {line}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def wants_colour(stream: TextIO, environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    if environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def configure(level: str, log_format: str = "text") -> None:
@@ -30,7 +91,7 @@ def configure(level: str, log_format: str = "text") -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        formatter = TextFormatter(colour=wants_colour(sys.stderr))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,8 +24,9 @@ class LogThrottle:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        """Log unless ``msg`` was logged less than an interval ago."""
+    def log(self, level: int, msg: str, *args: Any, extra: dict[str, Any] | None = None) -> None:
+        """Log unless ``msg`` was logged less than an interval ago (``extra``: as logging's,
+        plus ``suppressed``, the count of lines left out since the last)."""
         now = self._clock()
         last = self._last.get(msg)
         if last is not None and now - last < self._interval:
@@ -35,7 +36,8 @@ class LogThrottle:
         suppressed = self._suppressed.pop(msg, 0)
         if suppressed:
             msg = f"{msg} (and {suppressed} more like it since the last report)"
-        self._logger.log(level, msg, *args)
+            extra = {**(extra or {}), "suppressed": suppressed}
+        self._logger.log(level, msg, *args, extra=extra)
 
 
 class TokenBucket:

@@ -47,6 +47,7 @@ class Answer:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (Allow, ...)
 
 
 @dataclass(frozen=True)

@@ -88,8 +88,8 @@ class SingleProcess:
     @staticmethod
     def describe_config(config: RelayConfig) -> str:
         return (
-            f"listen {config.host}:{config.port}, markets {','.join(config.markets)}, "
-            f"{upstreams_summary(config)}, {tokens_summary(config)}, flush {config.flush_interval:g} ms"
+            f"single: markets {upstreams_summary(config)}, {tokens_summary(config)}, "
+            f"flush {config.flush_interval:g} ms"
         )
 
 

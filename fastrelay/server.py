@@ -8,7 +8,7 @@ Everything sent to a client, replies included, goes through the relay's
 
 Paths: ``/stocks``, ``/options``, ... behave like the Massive cluster of that
 market; ``/api/socket`` serves every market on one socket (README,
-"/api/socket"); ``/healthz`` and ``/readyz`` answer plain HTTP GETs.
+"/api/socket"); ``/healthz`` and ``/readyz`` answer plain HTTP GETs, HEADs and OPTIONS.
 """
 
 from __future__ import annotations
@@ -35,18 +35,17 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
 from fastrelay import deflate, markets, protocol
 from fastrelay.addresses import AddressBook, AddressState
 from fastrelay.budget import BudgetLimits, ClientBudget, Reassembly, close_reply
 from fastrelay.closes import CLOSE_LABELS, CloseReason
-from fastrelay.front import Doorway, FrontDoor, RestConnection, picows_protocol_factory
+from fastrelay.front import Doorway, FrontDoor, RestConnection, is_rest, listen, picows_protocol_factory
 from fastrelay.member import Member
 from fastrelay.origins import OriginPolicy
 from fastrelay.ratelimit import LogThrottle, TokenBucket
-from fastrelay.restapi import RestEndpoint
+from fastrelay.restapi import Answer, RestEndpoint
 from fastrelay.roles import Role
 from fastrelay.session import ClientSession, Deferred, HistoryLimits, Reply, SessionContext, TokenCheck
 from fastrelay.static import PACKAGED_WEB_ROOT, StaticFiles
@@ -181,6 +180,8 @@ class ClientConnection(WSListener):
         server.stats.connected[self._path] += 1
         server.stats.accepted[self._path] += 1
         server.relay.outbox.send(member, [self.session.opened()])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client connected (%s)", self.describe(), extra=self.log_fields())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         # picows hands over every frame of a read at once: once closing, the
@@ -330,7 +331,15 @@ class ClientConnection(WSListener):
 
     def _protocol_error(self, why: str) -> None:
         self._server.rejections.log(
-            logging.INFO, "closed a client (%s): protocol error: %s", self.describe(), why
+            logging.INFO,
+            "closed a client (%s): protocol error: %s",
+            self.describe(),
+            why,
+            extra={
+                **self.log_fields(),
+                "reason": "protocol_error",
+                "close_code": CloseReason.PROTOCOL_ERROR.code,
+            },
         )
         self.close(CloseReason.PROTOCOL_ERROR, "protocol error")
 
@@ -346,6 +355,7 @@ class ClientConnection(WSListener):
             limits.frames_per_second,
             int(limits.bytes_per_second),
             limits.cpu_per_second * 1000,
+            extra={**self.log_fields(), "reason": "flood", "close_code": CloseReason.FLOOD.code},
         )
         self.close(CloseReason.FLOOD, "over its budget")
 
@@ -371,7 +381,12 @@ class ClientConnection(WSListener):
         if reply.close is not None:
             reason, message = reply.close
             if reason is CloseReason.AUTH_FAILED:
-                self._server.rejections.log(logging.WARNING, "auth failed for a client (%s)", self.describe())
+                self._server.rejections.log(
+                    logging.WARNING,
+                    "auth failed for a client (%s)",
+                    self.describe(),
+                    extra={**self.log_fields(), "reason": "auth_failed", "close_code": reason.code},
+                )
             self.close(reason, message)
         later = reply.later
         if later is not None:
@@ -430,6 +445,10 @@ class ClientConnection(WSListener):
         channels = len(self.session.member.channels) if self.session is not None else 0
         return f"{self._address or 'unknown'} on {self._path} with {channels} channels"
 
+    def log_fields(self) -> dict[str, object]:
+        channels = len(self.session.member.channels) if self.session is not None else 0
+        return {"client": self._address or "unknown", "path": self._path, "channels": channels}
+
     def auth_timed_out(self, timeout: float) -> None:
         if self.session is None or self._close_reason is not None:
             return
@@ -455,6 +474,9 @@ class ClientConnection(WSListener):
             # error): the client broke a rule. Otherwise the peer vanished.
             reason = CloseReason.POLICY if transport.close_handshake is not None else CloseReason.ERROR
         server.stats.count_close(self._path, reason)
+        if log.isEnabledFor(logging.DEBUG):
+            fields = {**self.log_fields(), "reason": reason.label, "close_code": reason.code}
+            log.debug("client disconnected (%s): %s", self.describe(), reason.label, extra=fields)
 
 
 class UnservedMarket(WSListener):
@@ -476,7 +498,16 @@ class UnservedMarket(WSListener):
         peer = transport.underlying_transport.get_extra_info("peername")
         address = server.addresses.client_address(peer, self._forwarded)
         server.rejections.log(
-            logging.INFO, "refused a client (%s) on /%s: market not served", address, self._market
+            logging.INFO,
+            "refused a client (%s) on /%s: market not served",
+            address,
+            self._market,
+            extra={
+                "client": address,
+                "market": self._market,
+                "reason": "unserved",
+                "close_code": CloseReason.UNSERVED.code,
+            },
         )
         server.stats.count_close(OTHER_PATH, CloseReason.UNSERVED)
         message = f"market {self._market} is not served by this relay (it serves {served})"
@@ -506,6 +537,27 @@ def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
 # nginx's: production pages go through it, and the tests use the relay's page to
 # drive the client against stand-in servers on other ports.
 STATIC_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+PLAIN_TEXT = "text/plain; charset=utf-8"
+PAGE_METHODS = "GET, HEAD, OPTIONS"
+UPGRADE_HEADERS = (("Upgrade", "websocket"),)
+
+
+def _method_answer(
+    method: str, page: tuple[int, bytes, str] | None, extra: tuple[tuple[str, str], ...] = ()
+) -> Answer:
+    """What a plain page (``page``: its GET answer, None: no such page) answers to ``method``
+    (RFC 9110 9.3: HEAD is GET without the body, OPTIONS names the methods)."""
+    if page is None:
+        return Answer(404, b"not found\n", PLAIN_TEXT)
+    if method == "OPTIONS":
+        return Answer(204, b"", headers=(("Allow", PAGE_METHODS),))
+    if method not in ("GET", "HEAD"):
+        return Answer(405, b"method not allowed\n", PLAIN_TEXT, (("Allow", PAGE_METHODS),))
+    status, body, content_type = page
+    cache = (("Cache-Control", "no-cache"),) if status == 200 else ()
+    return Answer(status, body, content_type, cache + extra)
 
 
 def _plain(
@@ -703,10 +755,6 @@ class RelayServer:
             else None
         )
         self.static = StaticFiles(web_root)
-        if self.tokens.open_mode and role.serves_clients:
-            log.warning(
-                "no --client-tokens set: any client may connect and subscribe (open mode, for local use)"
-            )
 
     async def start(self) -> None:
         config = self.relay.config
@@ -722,24 +770,33 @@ class RelayServer:
             read_buffer_init_size=1024,
         )
         # The front door (front.py): REST paths are served here, the rest is picows'.
+        # Both ports are bound before anything else starts: a port taken is one ListenError.
         doorway = self._doorway = Doorway(config.client_handshake_timeout)
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: FrontDoor(make_picows, self.rest.answer, doorway, open_rest=self.open_rest),
+        self._server = await listen(
+            lambda: FrontDoor(
+                make_picows, self._answer_client, doorway, open_rest=self.open_rest, methods=True
+            ),
             config.host,
             config.port,
             # Sized for reconnect storms: every browser of a restarted relay comes
             # back within seconds (the kernel caps it at net.core.somaxconn).
             backlog=config.listen_backlog,
         )
-        self.pings.start()
         if config.metrics_port is not None:
-            self._metrics_server = await ws_create_server(
-                self._route_probes,
-                config.metrics_host or config.host,
-                config.metrics_port,
-                logger_name="metrics",
-                use_aiofastnet=False,
-            )
+            make_probes = picows_protocol_factory(self._route_probes, logger_name="metrics")
+            try:
+                self._metrics_server = await listen(
+                    lambda: FrontDoor(
+                        make_probes, self._answer_probes, doorway, open_rest=self.open_rest, methods=True
+                    ),
+                    config.metrics_host or config.host,
+                    config.metrics_port,
+                )
+            except BaseException:
+                self._server.close()
+                self._server = None
+                raise
+        self.pings.start()
 
     @property
     def port(self) -> int:
@@ -897,17 +954,52 @@ class RelayServer:
 
     def _route_probes(self, request: WSUpgradeRequest) -> Routed:
         """Probes and metrics (also on --metrics-port)."""
-        path = request.path.decode("latin-1").split("?", 1)[0]
+        found = self._probe(request.path.decode("latin-1").split("?", 1)[0])
+        return None if found is None else _plain(*found)
+
+    def _probe(self, path: str) -> tuple[int, bytes, str] | None:
+        """/metrics, /healthz, /readyz: status, body, content type (None: not a probe)."""
         if path == "/metrics":
-            return _plain(200, *self._metrics_page())
+            return (200, *self._metrics_page())
         if path == "/healthz":
-            return _plain(200, b"ok\n")
+            return 200, b"ok\n", PLAIN_TEXT
         if path == "/readyz":
             if self.draining:
-                return _plain(503, b"not ready: shutting down\n")
+                return 503, b"not ready: shutting down\n", PLAIN_TEXT
             reason = self.role.not_ready_reason()
             notes = "".join(f"{note}\n" for note in self.role.readiness_notes())
             if reason is None:
-                return _plain(200, f"ready\n{notes}".encode())
-            return _plain(503, f"not ready: {reason}\n{notes}".encode())
+                return 200, f"ready\n{notes}".encode(), PLAIN_TEXT
+            return 503, f"not ready: {reason}\n{notes}".encode(), PLAIN_TEXT
         return None
+
+    # --- methods picows refuses (HEAD, OPTIONS, ...), answered by the front door -----------
+
+    async def _answer_client(
+        self, method: str, target: str, headers: dict[str, str], origin: str, peer: str
+    ) -> Answer:
+        """The client port: REST paths, and the other methods of the plain pages."""
+        if is_rest(target.encode("latin-1")):
+            return await self.rest.answer(method, target, headers, origin, peer)
+        path = target.split("?", 1)[0]
+        trimmed = path.rstrip("/") if len(path) > 1 else path
+        if trimmed == API_SOCKET_PATH or markets.is_market(trimmed[1:]):
+            # A WebSocket path: GET with an upgrade is all it takes (RFC 6455 4.1).
+            if method == "OPTIONS":
+                return Answer(204, b"", headers=(("Allow", "GET, OPTIONS"),))
+            return Answer(
+                426, b"a WebSocket path: GET with Upgrade: websocket\n", PLAIN_TEXT, UPGRADE_HEADERS
+            )
+        if path in ("/metrics", "/readyz") and self.relay.config.metrics_port is not None:
+            return _method_answer(method, None)  # internal only, as for GET
+        found = self.static.get(path)
+        if found is not None:
+            return _method_answer(method, (200, *found), tuple(STATIC_HEADERS.items()))
+        return _method_answer(method, self._probe(path))
+
+    async def _answer_probes(
+        self, method: str, target: str, headers: dict[str, str], origin: str, peer: str
+    ) -> Answer:
+        """--metrics-port: the probes, whatever the method (REST is not served there)."""
+        path = target.split("?", 1)[0]
+        return _method_answer(method, None if is_rest(target.encode("latin-1")) else self._probe(path))

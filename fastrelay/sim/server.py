@@ -32,7 +32,7 @@ from picows import (
 
 import fastrelay.sim.faults as faults
 from fastrelay import markets
-from fastrelay.front import Doorway, FrontDoor, RestConnection, picows_protocol_factory
+from fastrelay.front import Doorway, FrontDoor, RestConnection, listen, picows_protocol_factory
 from fastrelay.restapi import Answer as HttpAnswer
 from fastrelay.sim.config import SimulatorConfig
 from fastrelay.sim.connection import CLOSE_TIMEOUT, Connection
@@ -108,7 +108,7 @@ class Simulator:
             raise RuntimeError(f"this picows cannot be driven by the front door: {exc}") from exc
         scheme = "https" if ssl_context is not None else "http"
         doorway = self._doorway = Doorway(HEAD_TIMEOUT)
-        self._server = await asyncio.get_running_loop().create_server(
+        self._server = await listen(
             lambda: FrontDoor(websocket, self._answer_rest, doorway, scheme, self._doors),
             host,
             port,
@@ -120,9 +120,11 @@ class Simulator:
         self._port = self._server.sockets[0].getsockname()[1]
         self._started_at = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._clock(), name="simulator-clock")
-        log.info(
-            "simulator listening on %s (markets generating: %s)",
-            self.url("stocks"),
+        # Debug: embedded in `fastrelay run`, the relay's start-up lines say it; `fastrelay sim`
+        # says more (run_simulator).
+        log.debug(
+            "simulator listening on %s/MARKET, every market (generating data: %s)",
+            self.base_url,
             ",".join(self.config.markets),
         )
 
@@ -409,13 +411,18 @@ async def run_simulator(
     """Serve the simulated feed until cancelled (``fastrelay sim``)."""
     sim = Simulator(config)
     await sim.start(host, port, ssl_context=ssl_context)
+    generating = sim.config.markets
+    sockets = [sim.url(market) for market in markets.MARKETS]
     log.info(
-        "simulated Massive feed: %s, REST aggregates: %s (api key %r); control: %s, %s",
-        sim.base_url,
+        "simulated Massive feed listening on %s: WebSocket %s (every market), REST aggregates %s, "
+        "control %s; generating data for %s; api key %r",
         sim.rest_url,
-        sim.config.api_key,
+        " ".join(sockets),
+        sim.http_url("/v2/aggs/..."),
         sim.http_url("/sim/stats"),
-        sim.http_url("/sim/fault/<name>[?market=...]"),
+        "every market" if set(generating) == set(markets.MARKETS) else ",".join(generating),
+        sim.config.api_key,
+        extra={"address": sim.rest_url.split("://", 1)[1], "urls": sockets, "markets": list(generating)},
     )
     try:
         await asyncio.Event().wait()
