@@ -146,7 +146,7 @@ class Outbox:
         if packed is None:
             stats.bytes += plain_size * count
         else:
-            packed_size = sum(map(len, packed))
+            packed_size = plain_size if packed is frames else sum(map(len, packed))
             stats.bytes += plain_size * (count - deflated) + packed_size * deflated
             before, after = stats.deflate_before, stats.deflate_after
             before[label] = before.get(label, 0) + plain_size * deflated
@@ -157,15 +157,19 @@ class Outbox:
                 self._drop_slow_consumer(member)
 
     def _compressed(self, payloads: Sequence[bytes], frames: list[bytes]) -> list[bytes]:
-        """Each payload compressed (RSV1 frame) where it pays, else its plain frame."""
+        """Each payload compressed (an RSV1 frame) where it pays, else its plain frame;
+        ``frames`` itself when none was (a frame of one small event, the common case)."""
         deflater = self.deflater
         if deflater is None:  # no member can have negotiated it
             return frames
-        packed = []
-        for payload, frame in zip(payloads, frames, strict=True):
+        packed: list[bytes] | None = None
+        for index, payload in enumerate(payloads):
             compressed = deflater.compress(payload)
-            packed.append(frame if compressed is None else compressed_text_frame(compressed))
-        return packed
+            if compressed is not None:
+                if packed is None:
+                    packed = frames.copy()
+                packed[index] = compressed_text_frame(compressed)
+        return frames if packed is None else packed
 
     def _drop_slow_consumer(self, member: Member) -> None:
         if member.closed:

@@ -14,6 +14,7 @@ import pytest
 
 from fastrelay.cache import Cache
 from fastrelay.closes import CloseReason
+from fastrelay.deflate import SharedDeflater
 from fastrelay.events import decode_frame
 from fastrelay.framing import event_array_frames
 from fastrelay.hub import Hub
@@ -61,9 +62,9 @@ class NullSink:
 class Core:
     """The relay's data path without sockets: cache and hub, writing through an outbox."""
 
-    def __init__(self) -> None:
+    def __init__(self, deflater: SharedDeflater | None = None) -> None:
         self.cache = Cache(("stocks",), 500)
-        self.outbox = Outbox(256 * 1024, 1 << 22)
+        self.outbox = Outbox(256 * 1024, 1 << 22, deflater)
         demand = Demand(("stocks",), 0.0, lambda: 0.0, on_first=self.cache.watch, on_last=self.cache.unwatch)
         self.hub = Hub(("stocks",), self.outbox, demand, 2000)
 
@@ -73,11 +74,12 @@ class Core:
         self.hub.route("stocks", heads, raws)
 
 
-def hub_with(clients: int, channel_of: Any) -> Core:
-    core = Core()
+def hub_with(clients: int, channel_of: Any, deflate: bool = False) -> Core:
+    """``clients`` members; with ``deflate``, a relay that compresses and members that negotiated it."""
+    core = Core(SharedDeflater(6, 256, 1e9) if deflate else None)
     sink = NullSink()
     for index in range(clients):
-        member = Member(sink.write, sink.buffered, sink)
+        member = Member(sink.write, sink.buffered, sink, deflate=deflate)
         core.hub.attach(member)
         core.hub.subscribe(member, [channel_of(index)])
     return core
@@ -89,9 +91,11 @@ def test_decode_frame(benchmark: Any, payload: bytes) -> None:
     assert len(heads) in (1, 20)
 
 
-def test_firehose_route_and_flush_100_clients(benchmark: Any) -> None:
-    """Scenario (a) per flush: 10 single-event frames to 100 clients on T.*."""
-    core = hub_with(100, lambda i: Channel("stocks", "T", "*"))
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_firehose_route_and_flush_100_clients(benchmark: Any, deflate: bool) -> None:
+    """Scenario (a) per flush: 10 single-event frames to 100 clients on T.*; with ``deflate``
+    every client negotiated compression (the 10 events, ~1.2 KB, are compressed once)."""
+    core = hub_with(100, lambda i: Channel("stocks", "T", "*"), deflate)
     frames = [decode_frame(orjson.dumps([trade("AAPL", q)])) for q in range(10)]
 
     def one_flush() -> None:
@@ -101,11 +105,15 @@ def test_firehose_route_and_flush_100_clients(benchmark: Any) -> None:
 
     benchmark(one_flush)
     assert core.outbox.stats.deliveries > 0
+    if deflate:
+        assert core.outbox.deflater is not None and core.outbox.deflater.stats.frames > 0
 
 
-def test_sparse_route_and_flush_1000_clients(benchmark: Any) -> None:
-    """Scenario (b) per flush: a 20-event frame over 100 symbols, 1,000 clients on one symbol each."""
-    core = hub_with(1000, lambda i: Channel("stocks", "T", f"S{i % 100:04d}"))
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_sparse_route_and_flush_1000_clients(benchmark: Any, deflate: bool) -> None:
+    """Scenario (b) per flush: a 20-event frame over 100 symbols, 1,000 clients on one symbol each
+    (with ``deflate``: every frame is one event, under the threshold, sent plain)."""
+    core = hub_with(1000, lambda i: Channel("stocks", "T", f"S{i % 100:04d}"), deflate)
     heads, raws = decode_frame(BATCH20)
 
     def one_flush() -> None:
