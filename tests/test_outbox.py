@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+
 import orjson
 
 from fastrelay.closes import CloseReason
+from fastrelay.deflate import SharedDeflater
 from fastrelay.protocol import Channel, status_frame
 from tests.sinks import make_core
 
@@ -105,3 +108,44 @@ def test_a_slow_consumer_dropped_mid_flush_leaves_the_hub_consistent() -> None:
     assert [e["q"] for e in fast_sink.events()] == [1, 2]
     assert [e["q"] for e in slow_sink.events()] == [1]
     assert core.hub.members == 1 and core.hub.audience_count() == 1
+
+
+def _inflate(frame: bytes) -> bytes:
+    """A compressed frame's payload, inflated alone (a client without context takeover)."""
+    assert frame[0] == 0xC1  # FIN, RSV1, text
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return zlib.decompressobj(-15).decompress(frame[start:] + b"\x00\x00\xff\xff")
+
+
+def test_compressed_once_for_every_member_that_negotiated_it() -> None:
+    """One audience, two clients with compression and one without: the two get the same
+    compressed bytes (RSV1), which inflate to the plain frame's payload; bytes are counted as
+    written, and per market before and after compression."""
+    core = make_core(deflater=SharedDeflater(level=6, threshold=256, cpu_per_second=10.0))
+    deflating = [core.member(deflate=True) for _ in range(2)]
+    plain, plain_sink = core.member()
+    events = [event(q, pad=20) for q in range(10)]
+    core.outbox.fan_out([m for m, _ in deflating] + [plain], events, "stocks")
+    (packed,) = deflating[0][1].writes
+    assert deflating[1][1].writes[0] is packed
+    (frame,) = plain_sink.writes
+    assert frame[0] == 0x81 and _inflate(packed) == plain_sink.payloads()[0]
+    assert len(packed) < len(frame) / 2
+    stats = core.outbox.stats
+    assert stats.bytes == 2 * len(packed) + len(frame)
+    assert stats.deflate_before == {"stocks": 2 * len(frame)}
+    assert stats.deflate_after == {"stocks": 2 * len(packed)}
+    assert core.outbox.deflater is not None and core.outbox.deflater.stats.frames == 1
+
+
+def test_small_frames_and_pongs_go_plain_to_members_that_negotiated_compression() -> None:
+    core = make_core(deflater=SharedDeflater(level=6, threshold=256, cpu_per_second=10.0))
+    m, sink = core.member(deflate=True)
+    core.outbox.fan_out([m], [event(1)], "stocks")  # one event: under the threshold
+    core.outbox.pong(m, b"ping")
+    core.outbox.send(m, [status_frame("success", "x" * 400)])  # replies compress too
+    small, pong, reply = sink.writes
+    assert small[0] == 0x81 and pong[0] == 0x8A and reply[0] == 0xC1
+    assert orjson.loads(_inflate(reply))[0]["message"] == "x" * 400
+    assert core.outbox.stats.deflate_after["replies"] == len(reply)  # a pong is never compressible
