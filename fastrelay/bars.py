@@ -233,7 +233,13 @@ class Bars:
             if status == 404:
                 raise BarsError("not_found", f"history: no bars for {query.ticker}")
             if status != 200:
-                self._throttle.log(logging.WARNING, "Massive REST answered %d for %s", status, query.timespan)
+                self._throttle.log(
+                    logging.WARNING,
+                    "Massive REST answered %d for %s",
+                    status,
+                    query.timespan,
+                    extra={"status": status, "reason": "rest_error"},
+                )
                 raise BarsError("upstream_error", f"history: Massive answered {status}")
             try:
                 page = orjson.loads(body)
@@ -262,7 +268,12 @@ class Bars:
         retry = headers.get("retry-after", "")
         delay = float(retry) if retry.replace(".", "", 1).isdigit() else self._backoff
         self._paused_until = max(self._paused_until, self._clock() + delay)
-        self._throttle.log(logging.WARNING, "Massive REST rate limit (429): pausing %.0f s", delay)
+        self._throttle.log(
+            logging.WARNING,
+            "Massive REST rate limit (429): pausing %.0f s",
+            delay,
+            extra={"status": 429, "reason": "rate_limited", "seconds": delay},
+        )
 
     async def close(self) -> None:
         await self.source.close()

@@ -26,7 +26,8 @@ from fastrelay.config import (
     options_for,
     placeholder_warnings,
     size,
-    unused_warnings,
+    unknown_variables,
+    unused_settings,
 )
 from fastrelay.front import ListenError, check_host, host_port
 
@@ -117,20 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    warnings = unused_warnings(args, os.environ, command)
+    warnings = unknown_variables(os.environ)
+    notes = unused_settings(args, os.environ, command)
     if command == "sim":
         logs.configure(flags.log_level, flags.log_format)
-        _warn(warnings)
+        _tell(warnings, notes)
         return _started(_run_sim, flags)
     warnings += placeholder_warnings(config, command)
     if command == "check-config":
-        for warning in warnings:
-            print(f"fastrelay: warning: {warning}", file=sys.stderr)
+        for kind, lines in (("warning", warnings), ("note", notes)):
+            for line in lines:
+                print(f"fastrelay: {kind}: {line}", file=sys.stderr)
         where = host_port(config.host, config.port)
         print(f"fastrelay: configuration OK: {roles.describe(config)}; listening on {where}")
         return 0
     logs.configure(config.log_level, config.log_format)
-    _warn(warnings)
+    _tell(warnings, notes)
     return _started(_run_relay, config)
 
 
@@ -153,9 +156,11 @@ def _relay_config(command: str, args: argparse.Namespace) -> RelayConfig:
     return config
 
 
-def _warn(warnings: list[str]) -> None:
+def _tell(warnings: list[str], notes: list[str]) -> None:
     for warning in warnings:
-        log.warning("%s", warning)
+        log.warning("%s", warning, extra={"reason": "configuration"})
+    for note in notes:
+        log.info("%s", note, extra={"reason": "configuration"})
 
 
 def _started(run: Callable[[T], None], settings: T) -> int:

@@ -1198,28 +1198,37 @@ OTHER_VARIABLES = frozenset({"FASTRELAY_TEST_TIMEOUT_SCALE"})
 _PLACEHOLDER = re.compile(r"replace|change.?me|your[-_ ]|placeholder|example|^x{4,}$|^<.*>$|^\.\.\.$", re.I)
 
 
-def unused_warnings(args: argparse.Namespace, env: Mapping[str, str], command: str) -> list[str]:
-    """Flags given and FASTRELAY_* variables set that ``command`` does not use, and
-    variables that are no setting at all (a misspelling: the closest is named). Values are
-    never shown: they may be secrets."""
-    used = {option.flag for option in options_for(command)}
-    warnings = [
-        f"--{option.flag} is ignored: `fastrelay {command}` does not use it"
-        for option in accepted_by(command)
-        if option.flag not in used and getattr(args, option.flag.replace("-", "_"), None) is not None
-    ]
-    everyone = {env_name(option.flag) for option in (*RELAY_OPTIONS, *SIM_OPTIONS)}
-    used_twins = {env_name(flag) for flag in used}
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """FASTRELAY_* variables that are no setting of any command: a misspelling, with the
+    closest real name. Values are never shown: they may be secrets."""
+    everyone = {env_name(option.flag) for option in (*RELAY_OPTIONS, *SIM_OPTIONS)} | OTHER_VARIABLES
+    warnings = []
     for name in sorted(env):
-        if not name.startswith("FASTRELAY_") or name in used_twins or name in OTHER_VARIABLES:
-            continue
-        if name in everyone:
-            warnings.append(f"{name} is ignored: `fastrelay {command}` does not use it")
-            continue
-        close = difflib.get_close_matches(name, sorted(everyone), n=1, cutoff=0.8)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        warnings.append(f"{name} is not a fastrelay setting: ignored{hint}")
+        if name.startswith("FASTRELAY_") and name not in everyone:
+            close = difflib.get_close_matches(name, sorted(everyone), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"{name} is not a fastrelay setting: ignored{hint}")
     return warnings
+
+
+def unused_settings(args: argparse.Namespace, env: Mapping[str, str], command: str) -> list[str]:
+    """Flags given and FASTRELAY_* twins set that ``command`` accepts but does not use (a
+    script passing common flags to ingests and edges alike): notes, not warnings."""
+    used = {option.flag for option in options_for(command)}
+    notes = []
+    for option in accepted_by(command):
+        if option.flag in used:
+            continue
+        if getattr(args, option.flag.replace("-", "_"), None) is not None:
+            notes.append(f"--{option.flag} has no effect on `fastrelay {command}`")
+        elif env_name(option.flag) in env:
+            notes.append(f"{env_name(option.flag)} has no effect on `fastrelay {command}`")
+    for option in (*RELAY_OPTIONS, *SIM_OPTIONS):
+        # A twin of another command's option only (FASTRELAY_SIM_KEY under serve).
+        name = env_name(option.flag)
+        if name in env and option not in accepted_by(command) and option.flag not in used:
+            notes.append(f"{name} has no effect on `fastrelay {command}`")
+    return sorted(set(notes))
 
 
 def placeholder_warnings(config: RelayConfig, command: str) -> list[str]:

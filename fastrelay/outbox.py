@@ -121,6 +121,12 @@ class Outbox:
             member.owner.describe(),
             self.max_client_buffer,
             self.stats.slow_consumers,
+            extra={
+                "client": member.address.address if member.address is not None else None,
+                "channels": len(member.channels),
+                "reason": "slow_consumer",
+                "count": self.stats.slow_consumers,
+            },
         )
         # The status goes out only if the socket can still take it; its bytes
         # are counted, its backlog no longer matters.

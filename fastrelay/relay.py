@@ -189,7 +189,12 @@ class Relay:
         self._record_outcome(market, "live")
         channels = self.demand[market].resubscribe_all()
         if channels:
-            log.info("upstream %s: resubscribing %d channels", market, len(channels))
+            log.info(
+                "upstream %s: resubscribing %d channels",
+                market,
+                len(channels),
+                extra={"market": market, "channels": len(channels)},
+            )
         # The status first, then the data: a client never sees events before `restored`.
         if market in self.outages:
             del self.outages[market]
@@ -221,7 +226,15 @@ class Relay:
             f"{m} {outcomes.get(m, 'still connecting')} ({feed.where})" for m, feed in self.feeds.items()
         ]
         failed = [m for m in self.feeds if outcomes.get(m) != "live"]
-        log.log(logging.WARNING if failed else logging.INFO, "markets: %s", "; ".join(parts))
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "markets: %s",
+            "; ".join(parts),
+            extra={
+                "markets": {m: outcomes.get(m, "still connecting") for m in self.feeds},
+                "upstreams": {m: feed.where for m, feed in self.feeds.items()},
+            },
+        )
 
     def feed_rejected(self, feed: Feed, refused: list[tuple[str, str]]) -> None:
         """Massive refused channels the relay had taken: each client holding one is told, in
@@ -235,7 +248,12 @@ class Relay:
                 continue  # not a name the relay sends
             feed.stats.rejected(message)
             self._rejections_log.log(
-                logging.WARNING, "upstream %s: Massive refused %s: %s", market, name[:80], message[:200]
+                logging.WARNING,
+                "upstream %s: Massive refused %s: %s",
+                market,
+                name[:80],
+                message[:200],
+                extra={"market": market, "reason": "refused", "channel": name[:80]},
             )
             status = protocol.status_frame(protocol.ERROR, f"{name}: {message}")
             for member in self.hub.members_holding(channel):
@@ -247,7 +265,12 @@ class Relay:
 
     def feed_down(self, feed: Feed, reason: str) -> None:
         market = feed.market
-        log.info("upstream %s: down (%s); clients stay connected", market, reason)
+        log.info(
+            "upstream %s: down (%s); clients stay connected",
+            market,
+            reason,
+            extra={"market": market, "reason": reason},
+        )
         # A last value from before the outage would fill a new subscriber with
         # stale data (Massive does not replay): the next live event refills it.
         self.cache[market].forget_market()

@@ -164,6 +164,8 @@ class ClientConnection(WSListener):
         server.stats.connected[self._path] += 1
         server.stats.accepted[self._path] += 1
         server.relay.outbox.send(member, [self.session.opened()])
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client connected (%s)", self.describe(), extra=self.log_fields())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         # picows hands over every frame of a read at once: once closing, the
@@ -289,7 +291,15 @@ class ClientConnection(WSListener):
 
     def _protocol_error(self, why: str) -> None:
         self._server.rejections.log(
-            logging.INFO, "closed a client (%s): protocol error: %s", self.describe(), why
+            logging.INFO,
+            "closed a client (%s): protocol error: %s",
+            self.describe(),
+            why,
+            extra={
+                **self.log_fields(),
+                "reason": "protocol_error",
+                "close_code": CloseReason.PROTOCOL_ERROR.code,
+            },
         )
         self.close(CloseReason.PROTOCOL_ERROR, "protocol error")
 
@@ -305,6 +315,7 @@ class ClientConnection(WSListener):
             limits.frames_per_second,
             int(limits.bytes_per_second),
             limits.cpu_per_second * 1000,
+            extra={**self.log_fields(), "reason": "flood", "close_code": CloseReason.FLOOD.code},
         )
         self.close(CloseReason.FLOOD, "over its budget")
 
@@ -330,7 +341,12 @@ class ClientConnection(WSListener):
         if reply.close is not None:
             reason, message = reply.close
             if reason is CloseReason.AUTH_FAILED:
-                self._server.rejections.log(logging.WARNING, "auth failed for a client (%s)", self.describe())
+                self._server.rejections.log(
+                    logging.WARNING,
+                    "auth failed for a client (%s)",
+                    self.describe(),
+                    extra={**self.log_fields(), "reason": "auth_failed", "close_code": reason.code},
+                )
             self.close(reason, message)
         later = reply.later
         if later is not None:
@@ -389,6 +405,10 @@ class ClientConnection(WSListener):
         channels = len(self.session.member.channels) if self.session is not None else 0
         return f"{self._address or 'unknown'} on {self._path} with {channels} channels"
 
+    def log_fields(self) -> dict[str, object]:
+        channels = len(self.session.member.channels) if self.session is not None else 0
+        return {"client": self._address or "unknown", "path": self._path, "channels": channels}
+
     def auth_timed_out(self, timeout: float) -> None:
         if self.session is None or self._close_reason is not None:
             return
@@ -414,6 +434,9 @@ class ClientConnection(WSListener):
             # error): the client broke a rule. Otherwise the peer vanished.
             reason = CloseReason.POLICY if transport.close_handshake is not None else CloseReason.ERROR
         server.stats.count_close(self._path, reason)
+        if log.isEnabledFor(logging.DEBUG):
+            fields = {**self.log_fields(), "reason": reason.label, "close_code": reason.code}
+            log.debug("client disconnected (%s): %s", self.describe(), reason.label, extra=fields)
 
 
 class UnservedMarket(WSListener):
@@ -435,7 +458,16 @@ class UnservedMarket(WSListener):
         peer = transport.underlying_transport.get_extra_info("peername")
         address = server.addresses.client_address(peer, self._forwarded)
         server.rejections.log(
-            logging.INFO, "refused a client (%s) on /%s: market not served", address, self._market
+            logging.INFO,
+            "refused a client (%s) on /%s: market not served",
+            address,
+            self._market,
+            extra={
+                "client": address,
+                "market": self._market,
+                "reason": "unserved",
+                "close_code": CloseReason.UNSERVED.code,
+            },
         )
         server.stats.count_close(OTHER_PATH, CloseReason.UNSERVED)
         message = f"market {self._market} is not served by this relay (it serves {served})"

@@ -200,7 +200,13 @@ class UpstreamSession:
             text = "timed out connecting or authenticating"
         else:
             text = f"{type(exc).__name__}: {exc}"
-        self._throttle.log(logging.WARNING, "upstream %s: connection failed: %s", self.market, text)
+        self._throttle.log(
+            logging.WARNING,
+            "upstream %s: connection failed: %s",
+            self.market,
+            text,
+            extra={"market": self.market, "reason": "connect_failed"},
+        )
         self.stats.lost(DisconnectReason.DROP.value)
 
     def _handshake_expired(self) -> None:
@@ -210,6 +216,7 @@ class UpstreamSession:
                 "upstream %s: not authenticated within %g s",
                 self.market,
                 self.timers.handshake_timeout,
+                extra={"market": self.market, "reason": "handshake_timeout"},
             )
             self._transport.disconnect(graceful=False)
 
@@ -232,6 +239,7 @@ class UpstreamSession:
                 self.market,
                 self.stats.decode_errors,
                 exc,
+                extra={"market": self.market, "reason": "bad_frame", "count": self.stats.decode_errors},
             )
             return
         # Statuses are rare: a substring search in C keeps them off the hot path.
@@ -258,7 +266,7 @@ class UpstreamSession:
         if action is Action.SEND_AUTH:
             self._send({"action": "auth", "params": self._api_key})
         elif action is Action.GO_LIVE:
-            log.info("upstream %s: authenticated", self.market)
+            log.info("upstream %s: authenticated", self.market, extra={"market": self.market})
             self.refused = None
             self._handler.feed_live(self)
         elif action is Action.AUTH_FAILED:
@@ -269,6 +277,7 @@ class UpstreamSession:
                 self.market,
                 message or "no reason given",
                 self.timers.auth_retry,
+                extra={"market": self.market, "reason": "auth_failed"},
             )
             self._abort()
         elif action is Action.MAX_CONNECTIONS:
@@ -277,10 +286,17 @@ class UpstreamSession:
                 "on this market (only one connection per market is allowed); cooling down %g s",
                 self.market,
                 self.timers.max_connections_cooldown,
+                extra={"market": self.market, "reason": "max_connections"},
             )
             self._abort()
         elif status == protocol.ERROR:
-            self._throttle.log(logging.WARNING, "upstream %s: error status: %s", self.market, message)
+            self._throttle.log(
+                logging.WARNING,
+                "upstream %s: error status: %s",
+                self.market,
+                message,
+                extra={"market": self.market, "reason": "error_status"},
+            )
             self._subscribes.answered(status, message)
             self._settle()
         elif status == protocol.SUCCESS and self.live:
@@ -288,7 +304,13 @@ class UpstreamSession:
             if self._settle_timer is None:
                 self._settle()
         elif status in (protocol.FORCE_DISCONNECT, protocol.SLOW_CONSUMER):
-            log.warning("upstream %s: %s: %s", self.market, status, message)
+            log.warning(
+                "upstream %s: %s: %s",
+                self.market,
+                status,
+                message,
+                extra={"market": self.market, "reason": status},
+            )
         else:
             log.debug("upstream %s: status %s: %s", self.market, status, message)
 
@@ -306,7 +328,16 @@ class UpstreamSession:
             detail = f" (close {closed[0]} {closed[1]!r})" if closed else ""
             if reason in (DisconnectReason.DROP, DisconnectReason.STALL):
                 self._throttle.log(
-                    logging.WARNING, "upstream %s: lost (%s)%s", self.market, reason.value, detail
+                    logging.WARNING,
+                    "upstream %s: lost (%s)%s",
+                    self.market,
+                    reason.value,
+                    detail,
+                    extra={
+                        "market": self.market,
+                        "reason": reason.value,
+                        "close_code": closed[0] if closed else None,
+                    },
                 )
             self.stats.lost(reason.value)
         self._transport = None

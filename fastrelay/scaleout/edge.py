@@ -257,6 +257,7 @@ class Edge:
                 state.ingest,
                 state.term,
                 self.term,
+                extra={"ingest": state.ingest, "term": state.term, "reason": "old_term"},
             )
             return
         if state.term == self.term and self.ingest is not None and state.ingest != self.ingest:
@@ -278,7 +279,13 @@ class Edge:
         if state.term != self.term or state.ingest != self.ingest:
             if self.term and state.term != self.term:
                 self.leader_changes += 1
-            log.info("ingest %s heard, term %d (granularity %s)", state.ingest, state.term, state.granularity)
+            log.info(
+                "ingest %s heard, term %d (granularity %s)",
+                state.ingest,
+                state.term,
+                state.granularity,
+                extra={"ingest": state.ingest, "term": state.term},
+            )
             self.ingest = state.ingest
             self.term = state.term
             self._publish_interest()  # a new ingest learns our interest now
@@ -318,7 +325,12 @@ class Edge:
             self._ingest_heard = max(self._ingest_heard, now - timeout / 2)
         self._last_check = now
         if self.ingest is not None and now - self._ingest_heard > timeout:
-            log.warning("ingest %s silent for %.1f s", self.ingest, timeout)
+            log.warning(
+                "ingest %s silent for %.1f s",
+                self.ingest,
+                timeout,
+                extra={"ingest": self.ingest, "reason": "ingest_silent", "seconds": timeout},
+            )
             self.ingest = None
         self._refresh_markets()
 
@@ -431,7 +443,13 @@ class Edge:
             feed.stale_at = self._clock()
             if not feed.stale:
                 feed.stale = True
-                self._throttle.log(logging.WARNING, "%s: data %.1f s old dropped", feed.market, age)
+                self._throttle.log(
+                    logging.WARNING,
+                    "%s: data %.1f s old dropped",
+                    feed.market,
+                    age,
+                    extra={"market": feed.market, "reason": "stale", "age": round(age, 3)},
+                )
                 self._refresh_markets()
             return
         if feed.stale:

@@ -318,7 +318,7 @@ class Election:
             return
         self.changes[ELECTED] += 1
         self._arm_deadline()
-        log.info("elected leader (term %d, lease %g s)", revision, self.lease.ttl)
+        log.info("elected leader (term %d, lease %g s)", revision, self.lease.ttl, extra={"term": revision})
         self._on_elected(revision)
 
     async def _renew(self, store: LeaseStore) -> None:
@@ -356,7 +356,12 @@ class Election:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        log.warning("no longer leader (term %d): %s", term, reason.replace("_", " "))
+        log.warning(
+            "no longer leader (term %d): %s",
+            term,
+            reason.replace("_", " "),
+            extra={"term": term, "reason": reason},
+        )
         await self._on_deposed(reason)
 
     async def resign(self) -> None:

@@ -298,6 +298,7 @@ class Ingest:
                 edge,
                 self.config.peer_timeout,
                 len(diff.removed),
+                extra={"edge": edge, "reason": "edge_silent", "channels": len(diff.removed)},
             )
             self._apply(diff)
 
@@ -359,7 +360,13 @@ class Ingest:
     def _refuse(self, edge: str, market: str, name: str, exc: Exception) -> None:
         self.refused += 1
         self._throttle.log(
-            logging.WARNING, "edge %s: channel %s:%s refused: %s", edge, market, name[:64], exc
+            logging.WARNING,
+            "edge %s: channel %s:%s refused: %s",
+            edge,
+            market,
+            name[:64],
+            exc,
+            extra={"edge": edge, "market": market, "channel": name[:64], "reason": "refused"},
         )
 
     def _apply(self, diff: Diff, edge: str | None = None) -> None:
