@@ -60,6 +60,12 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("argument COMMAND: invalid choice:"):
+            # The word may be a key given where the command goes (`fastrelay KEY`): not shown.
+            word = message.split("'")[1] if message.count("'") >= 2 else ""
+            close = closest(word, list(COMMANDS))
+            hint = f"did you mean {close}? " if close else ""
+            message = f"unknown command ({hint}the commands: {', '.join(COMMANDS)})"
         self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 

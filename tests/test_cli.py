@@ -309,3 +309,13 @@ def test_json_lines_carry_markets_clients_and_close_codes(tmp_path: Path) -> Non
     assert gone["client"] == "127.0.0.1" and gone["reason"] and isinstance(gone["close_code"], int)
     summary = next(e for e in entries if "events_in_per_second" in e)
     assert summary["level"] == "info" and {"clients", "events_out_per_second"} <= set(summary)
+
+
+def test_sim_says_it_serves_every_market(tmp_path: Path) -> None:
+    """`fastrelay sim`: one line for its address, with a URL per market, not only /stocks."""
+    port = free_port()
+    with logging_process(tmp_path, "sim", "--port", str(port), "--markets", "stocks", env={}) as (proc, log):
+        lines = read_lines(log, proc, lambda lines: any("listening on" in line for line in lines))
+    (line,) = [line for line in lines if "listening on" in line]
+    assert all(f"ws://127.0.0.1:{port}/{market} " in line for market in ("stocks", "crypto", "futures/cme"))
+    assert "(every market)" in line and "generating data for stocks" in line, line

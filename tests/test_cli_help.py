@@ -217,3 +217,13 @@ def test_settings_a_command_does_not_use_are_noted() -> None:
         "FASTRELAY_SIM_KEY has no effect on `fastrelay edge`",
     ]
     assert unused_settings(_parser().parse_args(["serve", "--upstream", "wss://x"]), {}, "serve") == []
+
+
+def test_an_unknown_command_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fastrelay KEY` (the key where the command goes) must not print the key."""
+    for argv, hint in ((["hunter2-secret-key"], ""), (["serv"], "did you mean serve? ")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1, err
+        assert f"unknown command ({hint}the commands: run, serve, sim" in err and "hunter2" not in err
