@@ -7,7 +7,6 @@ cannot listen on), 2 for a configuration error found before anything starts.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from fastrelay.config import (
     accepted_by,
     add_options,
     build,
+    closest,
     options_for,
     placeholder_warnings,
     size,
@@ -60,6 +60,12 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("argument COMMAND: invalid choice:"):
+            # The word may be a key given where the command goes (`fastrelay KEY`): not shown.
+            word = message.split("'")[1] if message.count("'") >= 2 else ""
+            close = closest(word, list(COMMANDS))
+            hint = f"did you mean {close}? " if close else ""
+            message = f"unknown command ({hint}the commands: {', '.join(COMMANDS)})"
         self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -89,11 +95,11 @@ def _unknown(command: str | None, unknown: list[str]) -> str:
     """One line naming unknown flags (never a value: ``--api-keyy KEY`` holds a secret),
     with the closest real flag."""
     flags = [word.split("=", 1)[0] for word in unknown if word.startswith("-")]
-    known = [f"--{option.flag}" for option in accepted_by(command)] if command else []
+    known = [option.flag for option in accepted_by(command)] if command else []
     named = []
     for flag in flags:
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-        named.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+        close = closest(flag.lstrip("-"), known)
+        named.append(f"{flag} (did you mean --{close}?)" if close else flag)
     what = f": {', '.join(named)}" if named else ""
     prog = f"fastrelay {command}" if command else "fastrelay"
     return (

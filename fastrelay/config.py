@@ -1250,6 +1250,12 @@ OTHER_VARIABLES = frozenset({"FASTRELAY_TEST_TIMEOUT_SCALE"})
 _PLACEHOLDER = re.compile(r"replace|change.?me|your[-_ ]|placeholder|example|^x{4,}$|^<.*>$|^\.\.\.$", re.I)
 
 
+def closest(word: str, known: Sequence[str]) -> str | None:
+    """The known name ``word`` most likely misspells, if one is close (difflib)."""
+    found = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """FASTRELAY_* variables that are no setting of any command: a misspelling, with the
     closest real name. Values are never shown: they may be secrets."""
@@ -1257,8 +1263,8 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     warnings = []
     for name in sorted(env):
         if name.startswith("FASTRELAY_") and name not in everyone:
-            close = difflib.get_close_matches(name, sorted(everyone), n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = closest(name.removeprefix("FASTRELAY_"), [n.removeprefix("FASTRELAY_") for n in everyone])
+            hint = f" (did you mean FASTRELAY_{close}?)" if close else ""
             warnings.append(f"{name} is not a fastrelay setting: ignored{hint}")
     return warnings
 

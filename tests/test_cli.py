@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from fastrelay.cli import _parser, main
@@ -160,3 +163,159 @@ def test_check_config_shows_each_markets_host_and_never_a_key(capsys: pytest.Cap
     assert "stocks from wss://delayed.massive.com" in out, out
     assert "crypto from wss://socket.massive.com" in out and "crypto: its own" in out, out
     assert "secret" not in out, out
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A port another socket listens on, for as long as the block runs."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--port", "{busy}"],
+        ["serve", "--api-key", "k", "--port", "0", "--metrics-port", "{busy}"],
+        ["edge", "--port", "{busy}"],
+        ["sim", "--port", "{busy}"],
+    ],
+)
+def test_a_port_in_use_is_one_error_line_and_exit_1(argv: list[str]) -> None:
+    """Bound before the banner and before any upstream or NATS: one ERROR line naming the
+    address and the cause, nothing else, exit status 1 (a run-time failure)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASTRELAY_", "MASSIVE_"))}
+    with busy_port() as port:
+        result = subprocess.run(
+            [sys.executable, "-m", "fastrelay", *(a.format(busy=port) for a in argv)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "ERROR" in lines[0] and f"cannot listen on 127.0.0.1:{port}: address already in use" in lines[0]
+
+
+def read_lines(path: Path, proc: subprocess.Popen[bytes], until: Callable[[list[str]], bool]) -> list[str]:
+    """The lines written to ``path`` once ``until`` holds of them (bounded by TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        text = path.read_text()
+        lines = text[: text.rfind("\n") + 1].splitlines()  # whole lines only: one may be half written
+        if until(lines):
+            return lines
+        assert proc.poll() is None, "\n".join(lines)
+        assert time.monotonic() < deadline, "\n".join(lines)
+        time.sleep(0.05)
+
+
+@contextmanager
+def logging_process(
+    tmp_path: Path, *args: str, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A fastrelay process whose stderr goes to a file; SIGTERM (then SIGKILL) at the end."""
+    log = tmp_path / "stderr.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FASTRELAY_", "MASSIVE_"))}
+    with (
+        log.open("wb") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "fastrelay", *args],
+            env={**clean, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        ) as proc,
+    ):
+        try:
+            yield proc, log
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def test_run_says_where_it_listens_and_that_the_feed_is_simulated(tmp_path: Path) -> None:
+    """One line per address with URLs, the markets, "simulated feed" and no word of an API key;
+    a misspelt variable and a placeholder token are warned about at start-up."""
+    port, metrics = free_port(), free_port()
+    env = {
+        "FASTRELAY_PROT": "3002",
+        "FASTRELAY_CLIENT_TOKENS": "replace-with-a-long-random-token",
+        "NO_COLOR": "1",
+    }
+    argv = ["run", "--port", str(port), "--metrics-port", str(metrics), "--markets", "stocks,crypto"]
+    with logging_process(tmp_path, *argv, env=env) as (proc, log):
+        lines = read_lines(log, proc, lambda lines: any("metrics on" in line for line in lines))
+    text = "\n".join(lines)
+    warning = "WARNING  fastrelay: FASTRELAY_PROT is not a fastrelay setting: ignored"
+    assert f"{warning} (did you mean FASTRELAY_PORT?)" in text
+    assert "a client token (--client-tokens) looks like a placeholder" in text and "replace-with" not in text
+    (what,) = [line for line in lines if "fastrelay 0." in line and "single" in line]
+    assert "markets stocks,crypto from the built-in simulated feed" in what and "API key" not in what, what
+    (listening,) = [line for line in lines if "listening on" in line]
+    for url in (
+        f"http://127.0.0.1:{port}/",
+        f"ws://127.0.0.1:{port}/stocks",
+        f"ws://127.0.0.1:{port}/crypto",
+    ):
+        assert f" {url}" in listening, (url, listening)
+    (metrics_line,) = [line for line in lines if "metrics on" in line]
+    assert f"http://127.0.0.1:{metrics}/metrics" in metrics_line
+    assert "simulator listening" not in text and "\x1b[" not in text  # the embedded feed's own line is debug
+
+
+def test_json_lines_carry_markets_clients_and_close_codes(tmp_path: Path) -> None:
+    """--log-format json: the facts as keys (start-up URLs, each market's outcome, a client's
+    address, path and close code at debug, the periodic summary's counts)."""
+    port = free_port()
+    argv = ["run", "--port", str(port), "--log-format", "json", "--log-level", "debug"]
+    argv += ["--summary-interval", "0.2", "--markets", "stocks"]
+    with logging_process(tmp_path, *argv, env={}) as (proc, log):
+        entries: list[dict[str, Any]] = []
+
+        def seen(lines: list[str]) -> list[dict[str, Any]]:
+            entries[:] = [orjson.loads(line) for line in lines]
+            return entries
+
+        read_lines(log, proc, lambda lines: any("markets" in e and "upstreams" in e for e in seen(lines)))
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            key = "dGhlIHNhbXBsZSBub25jZQ=="
+            client.sendall(
+                f"GET /stocks HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            assert client.recv(4096).startswith(b"HTTP/1.1 101")
+        read_lines(log, proc, lambda lines: any(e.get("close_code") is not None for e in seen(lines)))
+        read_lines(log, proc, lambda lines: any("events_in_per_second" in e for e in seen(lines)))
+    listening = next(e for e in entries if e["message"].startswith("listening on"))
+    assert (
+        f"ws://127.0.0.1:{port}/stocks" in listening["urls"] and listening["address"] == f"127.0.0.1:{port}"
+    )
+    markets = next(e for e in entries if "upstreams" in e)
+    assert markets["markets"] == {"stocks": "live"}
+    authenticated = next(e for e in entries if e["message"] == "upstream stocks: authenticated")
+    assert authenticated["market"] == "stocks"
+    connected = next(e for e in entries if e["message"].startswith("client connected"))
+    assert (connected["client"], connected["path"], connected["level"]) == ("127.0.0.1", "/stocks", "debug")
+    gone = next(e for e in entries if e["message"].startswith("client disconnected"))
+    assert gone["client"] == "127.0.0.1" and gone["reason"] and isinstance(gone["close_code"], int)
+    summary = next(e for e in entries if "events_in_per_second" in e)
+    assert summary["level"] == "info" and {"clients", "events_out_per_second"} <= set(summary)
+
+
+def test_sim_says_it_serves_every_market(tmp_path: Path) -> None:
+    """`fastrelay sim`: one line for its address, with a URL per market, not only /stocks."""
+    port = free_port()
+    with logging_process(tmp_path, "sim", "--port", str(port), "--markets", "stocks", env={}) as (proc, log):
+        lines = read_lines(log, proc, lambda lines: any("listening on" in line for line in lines))
+    (line,) = [line for line in lines if "listening on" in line]
+    assert all(f"ws://127.0.0.1:{port}/{market} " in line for market in ("stocks", "crypto", "futures/cme"))
+    assert "(every market)" in line and "generating data for stocks" in line, line

@@ -133,6 +133,18 @@ def test_env_example_names_only_real_flags_and_passes_check_config() -> None:
     result = check_config(values)
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout and "2 client token(s)" in result.stdout
+    # Its placeholders pass, with a warning for each kind of secret (its value never shown).
+    warnings = result.stderr.splitlines()
+    assert any("warning: the API key" in w and "placeholder" in w for w in warnings), result.stderr
+    assert any("warning: a client token" in w and "placeholder" in w for w in warnings), result.stderr
+    assert "replace-with" not in result.stderr
+    # With real-looking secrets, nothing to warn about.
+    real = {
+        **values,
+        "MASSIVE_API_KEY": "Zq81xLm0T7v2Wd9Pk4Rb",
+        "FASTRELAY_CLIENT_TOKENS": "q8Xr2-Lm0vT7s9Wd1Zp4",
+    }
+    assert check_config(real).stderr == ""
 
 
 @pytest.mark.parametrize("example", ["ingest.env.example", "edge.env.example"])
