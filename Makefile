@@ -104,6 +104,12 @@ run-scaleout: install-run $(WEB_VENDOR_STAMP)
 	$(VENV)/bin/fastrelay edge --port 3002 --nats nats://127.0.0.1:$(NATS_PORT) & \
 	wait
 
+# The relay (on the simulator unless MASSIVE_API_KEY is set) with /metrics on :9101, and Debian's
+# prometheus on 127.0.0.1:9090 with grafana/prometheus.yml and alerts.yml as shipped; prints where
+# to look (docs/sre.md, "Try it locally"). Ctrl-C stops both. OBSERVE_ARGS="--port 3005 ...".
+observe: install-run $(WEB_VENDOR_STAMP) $(DEB_STAMP)
+	$(PY) grafana/observe.py $(OBSERVE_ARGS)
+
 test: $(TEST_STAMP) $(NODE_STAMP) $(WEB_VENDOR_STAMP) $(DEB_STAMP) $(WEB_STAMP)
 	$(PY) -m pytest -q tests
 
