@@ -125,11 +125,13 @@ $(BENCH_NODE_STAMP): bench/peers/node/package.json bench/peers/node/package-lock
 	cd bench/peers/node && npm ci --no-audit --no-fund --silent
 	touch $@
 
-# `make bench` (about 11 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md.
+# `make bench` (about 11 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md. Writes
+# results/bench-*.json and beside it bench-*.html, the report with plots (bench/report_html.py).
 bench: $(BENCH_STAMP) $(BENCH_NODE_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-# `make bench-compare A B` (two results/bench-*.json; none: the two newest), or A=... B=...
+# `make bench-compare A B` (two results/bench-*.json; none: the two newest), or A=... B=...;
+# also writes compare-A-B.html beside B, the plots with the regressions highlighted.
 ifeq (bench-compare,$(firstword $(MAKECMDGOALS)))
 BENCH_COMPARE_FILES := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
 $(eval .PHONY: $(BENCH_COMPARE_FILES))
