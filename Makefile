@@ -114,8 +114,8 @@ test: $(TEST_STAMP) $(NODE_STAMP) $(WEB_VENDOR_STAMP) $(DEB_STAMP) $(WEB_STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check fastrelay tests bench
-	$(VENV)/bin/ruff format --check fastrelay tests bench
+	$(VENV)/bin/ruff check fastrelay tests bench grafana
+	$(VENV)/bin/ruff format --check fastrelay tests bench grafana
 	$(VENV)/bin/mypy
 
 # The bench's Node.js peer relay (bench/peers/node: the ws library), from the npm registry.
