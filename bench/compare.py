@@ -6,7 +6,9 @@ number's tolerance (run-to-run noise on this 2-core shared machine: CPU and
 memory move a few percent, tail latencies much more). Without arguments, the
 two newest results/bench-*.json (A the older).
 
-``python -m bench.compare [A.json B.json] [--strict]`` (``--strict``: exit 1 on a regression).
+``python -m bench.compare [A.json B.json] [--strict] [--html PAGE]`` (``--strict``: exit 1 on a
+regression). Beside the text, an HTML page with B and A plotted side by side and the regressions
+highlighted (bench/report_html.py), by default next to B: ``compare-A-B.html``.
 """
 
 from __future__ import annotations
@@ -79,28 +81,32 @@ def _key(summary: dict[str, Any]) -> str:
     return f"{summary['scenario']} {summary['step']} {summary['server']}"
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
-    """The comparison's lines and how many regressions it flags."""
-    lines: list[str] = []
-    for side, result in (("A", a), ("B", b)):
-        machine = result["machine"]
-        lines.append(
-            f"{side}: {result['date']}  commit {result['git']['commit'][:10]}"
-            f"{' (dirty)' if result['git']['dirty'] else ''}  {machine['nproc']} CPUs {machine['cpu_model']}"
-            f"  {result.get('command', '')}"
-        )
-    if a["machine"].get("cpu_model") != b["machine"].get("cpu_model"):
-        lines.append("WARNING: different machines: ratios compare the machines as much as the code")
+@dataclass(frozen=True)
+class Row:
+    """One measure of one scenario, step and server in both results."""
+
+    key: str
+    summary_a: dict[str, Any]
+    summary_b: dict[str, Any]
+    measure: Measure
+    a: float
+    b: float
+    ratio: float  # B / A
+    flag: str  # "", "better", "REGRESSION", either with " (saturated: not counted)"
+    regression: bool  # a regression that counts
+
+    @property
+    def scenario(self) -> str:
+        return str(self.summary_a["scenario"])
+
+
+def rows(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[Row], list[str]]:
+    """Every comparable measure of the configurations in both results, in B's order, and the
+    configurations found in one result only."""
     first = {_key(s): s for s in a["summary"]}
     second = {_key(s): s for s in b["summary"]}
-    common = [k for k in second if k in first]
-    only = sorted(set(first) ^ set(second))
-    lines.append("")
-    width = max([34, *(len(k) + 2 for k in common)])  # abuse's steps are attack classes: long
-    header = f"{'scenario step server':<{width}}{'measure':<14}{'A':>12}{'B':>12}{'B/A':>8}  flag"
-    lines += [header, "-" * len(header)]
-    regressions = 0
-    for key in common:
+    found: list[Row] = []
+    for key in (k for k in second if k in first):
         old, new = first[key], second[key]
         # A server past saturation delivers whatever it manages: its numbers are not comparable.
         saturated = bool(old.get("saturated") or new.get("saturated"))
@@ -118,23 +124,61 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
             ratio = y / x if x else (1.0 if y == x else math.inf)
             worse = (y < x) if measure.higher_is_better else (y > x)
             change = abs(ratio - 1) if x else (0.0 if y == x else math.inf)
-            flag = ""
+            flag, regression = "", False
             if change > measure.tolerance:
                 flag = "REGRESSION" if worse else "better"
                 if saturated:
                     flag += " (saturated: not counted)"
-                elif worse:
-                    regressions += 1
-            lines.append(f"{key:<{width}}{measure.name:<14}{x:>12.4g}{y:>12.4g}{ratio:>8.2f}  {flag}")
-        busy = max(old.get("others_cpu_max", 0.0), new.get("others_cpu_max", 0.0))
+                else:
+                    regression = worse
+            found.append(Row(key, old, new, measure, x, y, ratio, flag, regression))
+    return found, sorted(set(first) ^ set(second))
+
+
+def noisy(row: Row) -> float:
+    """The most other processes took of a core in either run of this configuration."""
+    return float(max(row.summary_a.get("others_cpu_max", 0.0), row.summary_b.get("others_cpu_max", 0.0)))
+
+
+def header_lines(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    lines = []
+    for side, result in (("A", a), ("B", b)):
+        machine = result["machine"]
+        lines.append(
+            f"{side}: {result['date']}  commit {result['git']['commit'][:10]}"
+            f"{' (dirty)' if result['git']['dirty'] else ''}  {machine['nproc']} CPUs {machine['cpu_model']}"
+            f"  {result.get('command', '')}"
+        )
+    if a["machine"].get("cpu_model") != b["machine"].get("cpu_model"):
+        lines.append("WARNING: different machines: ratios compare the machines as much as the code")
+    return lines
+
+
+def tolerances() -> str:
+    return ", ".join(f"{m.name} {100 * m.tolerance:g}%" for m in MEASURES)
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], int]:
+    """The comparison's lines and how many regressions it flags."""
+    lines = header_lines(a, b)
+    found, only = rows(a, b)
+    lines.append("")
+    keys = list(dict.fromkeys(row.key for row in found))
+    width = max([34, *(len(k) + 2 for k in keys)])  # abuse's steps are attack classes: long
+    header = f"{'scenario step server':<{width}}{'measure':<14}{'A':>12}{'B':>12}{'B/A':>8}  flag"
+    lines += [header, "-" * len(header)]
+    for key in keys:
+        of_key = [row for row in found if row.key == key]
+        for row in of_key:
+            numbers = f"{row.a:>12.4g}{row.b:>12.4g}{row.ratio:>8.2f}"
+            lines.append(f"{key:<{width}}{row.measure.name:<14}{numbers}  {row.flag}")
+        busy = noisy(of_key[0])
         if busy > 0.15:
             lines.append(f"{'':<{width}}(other processes used up to {100 * busy:.0f}% of a core: noisy)")
     if only:
         lines.append(f"\nin one file only: {', '.join(only)}")
-    lines.append(
-        f"\n{regressions} regression(s) past tolerance"
-        " (tolerances: " + ", ".join(f"{m.name} {100 * m.tolerance:g}%" for m in MEASURES) + ")"
-    )
+    regressions = sum(row.regression for row in found)
+    lines.append(f"\n{regressions} regression(s) past tolerance (tolerances: {tolerances()})")
     return lines, regressions
 
 
@@ -149,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="A.json B.json (default: the two newest)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    parser.add_argument(
+        "--html", type=Path, default=None, help="the HTML page (default: beside B, compare-A-B.html)"
+    )
     args = parser.parse_args(argv)
     if len(args.files) not in (0, 2):
         parser.error("give two result files, or none")
@@ -157,7 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"A = {path_a}\nB = {path_b}")
     lines, regressions = compare(a, b)
     print("\n".join(lines))
+    write_html(a, b, path_a, path_b, args.html)
     return 1 if regressions and args.strict else 0
+
+
+def write_html(a: dict[str, Any], b: dict[str, Any], path_a: Path, path_b: Path, output: Path | None) -> None:
+    """The same comparison as a page with plots (bench/report_html.py), when matplotlib is there."""
+    try:
+        from bench import report_html
+    except ImportError as exc:  # the venv of `make run`: no bench extra
+        print(f"\nno HTML page ({exc.name} missing: `make bench-compare` installs the bench extra)")
+        return
+    output = output or report_html.compare_output(path_a, path_b)
+    output.write_text(report_html.render_compare(a, b, str(path_a), str(path_b)))
+    print(f"\nHTML: {output}")
 
 
 if __name__ == "__main__":

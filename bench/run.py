@@ -1851,7 +1851,19 @@ async def _main(args: argparse.Namespace) -> int:
     }
     output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print(report.render(result, output.relative_to(REPO) if output.is_relative_to(REPO) else output))
+    _write_html(output)
     return 1 if failures else 0
+
+
+def _write_html(output: Path) -> None:
+    """The run's HTML page with plots, beside its JSON (bench/report_html.py)."""
+    try:
+        from bench import report_html
+    except ImportError as exc:  # matplotlib is the bench extra: `make bench` installs it
+        print(f"no HTML report: {exc.name} is missing (pip install -e '.[bench]')", file=sys.stderr)
+        return
+    page = report_html.write_run(report.load(output), output)
+    print(f"HTML: {page.relative_to(REPO) if page.is_relative_to(REPO) else page}")
 
 
 def _node_version() -> str:

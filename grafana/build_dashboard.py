@@ -10,6 +10,11 @@ per-instance series take the role as a label with ``* on (job, instance) group_l
 <info>`` (``labelled``), so legends name the instance and its role without any scrape-time
 label. Every rate window is ``$__rate_interval``, so the dashboard follows the scrape
 interval configured on the Grafana datasource (``timeInterval``).
+
+Every graph's legend is a table (min, mean, max, last; sorted by max) so instances and markets
+compare at a glance. Panels tied to an alert link to its runbook, a heading of docs/sre.md, as
+grafana/alerts.yml's ``runbook_url`` does, under the same base (``--docs-url``, default where the
+documented install puts the docs: docs/operations.md, "systemd").
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from grafana_foundation_sdk.models.common import (
 )
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
+    DashboardLinkType,
     DataSourceRef,
     DynamicConfigValue,
     Threshold,
@@ -60,6 +66,12 @@ SCALEOUT_ROW = "Scale-out (NATS)"
 RELAY_P99_BUDGET_S = 0.05
 CPU_SATURATION = 0.9
 NATS_LAG_P99_BUDGET_S = 0.1
+# --max-client-buffer's default (fastrelay/config.py): past it a client is dropped as slow.
+CLIENT_BUFFER_LIMIT_BYTES = 4 * 1024 * 1024
+# Where the runbooks are: the base of grafana/alerts.yml's runbook_url (keep them equal).
+DOCS_URL = "file:///opt/fastrelay/docs"
+# A graph's legend: one row per series with these columns, the worst (highest max) first.
+LEGEND_CALCS = ["min", "mean", "max", "lastNotNull"]
 
 
 def only(expr: str) -> str:
@@ -71,6 +83,25 @@ def labelled(expr: str) -> str:
     """Per-instance ``expr`` (it must keep job and instance) with the instance's role as a label,
     for the selected roles only."""
     return f"({expr}) * on (job, instance) group_left (role) {INFO}"
+
+
+def doc_link(title: str, page: str, tooltip: str) -> dash.DashboardLink:
+    """A link to ``page`` (``sre.md#anchor``) of docs/, opened in a new tab."""
+    return (
+        dash.DashboardLink(title)
+        .type(DashboardLinkType.LINK)
+        .url(f"{DOCS_URL}/{page}")
+        .tooltip(tooltip)
+        .target_blank(True)
+    )
+
+
+def runbooks(*alerts: str) -> list[dash.DashboardLink]:
+    """Panel links to the runbooks of the alerts the panel shows the cause of."""
+    return [
+        doc_link(f"Runbook: {alert}", f"sre.md#{alert.lower()}", f"What to do when {alert} fires")
+        for alert in alerts
+    ]
 
 
 def q(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
@@ -92,7 +123,7 @@ def graph(title: str, description: str, unit: str, *targets: prometheus.Dataquer
         .description(description)
         .datasource(DATASOURCE)
         .unit(unit)
-        .height(8)
+        .height(10)
         .span(8)
         .line_width(1)
         .fill_opacity(10)
@@ -100,8 +131,11 @@ def graph(title: str, description: str, unit: str, *targets: prometheus.Dataquer
         .legend(
             common_builders.VizLegendOptions()
             .show_legend(True)
-            .display_mode(LegendDisplayMode.LIST)
+            .display_mode(LegendDisplayMode.TABLE)
             .placement(LegendPlacement.BOTTOM)
+            .calcs(LEGEND_CALCS)
+            .sort_by("Max")
+            .sort_desc(True)
         )
         .tooltip(
             common_builders.VizTooltipOptions().mode(TooltipDisplayMode.MULTI).sort(SortOrder.DESCENDING)
@@ -150,7 +184,7 @@ def states(
         .description(description)
         .datasource(DATASOURCE)
         .unit(units.NoUnit)
-        .height(8)
+        .height(10)
         .span(8)
         .show_value(VisibilityMode.NEVER)
         .merge_values(True)
@@ -232,7 +266,9 @@ def overview() -> list[stat.Panel | statetimeline.Panel]:
                 f"({only(f'rate(fastrelay_relay_latency_seconds_bucket{{{SEL}}}[$__rate_interval])')})))",
                 "p99",
             ),
-        ).thresholds(thresholds((None, "green"), (RELAY_P99_BUDGET_S, "red"))),
+        )
+        .thresholds(thresholds((None, "green"), (RELAY_P99_BUDGET_S, "red")))
+        .links(runbooks("FastrelayRelayLatencyHigh")),
         big(
             "Instances by role",
             "Processes reporting fastrelay_build_info, by role: single (one process does "
@@ -245,6 +281,23 @@ def overview() -> list[stat.Panel | statetimeline.Panel]:
         .height(6)
         .graph_mode(BigValueGraphMode.NONE)
         .text_mode(BigValueTextMode.VALUE_AND_NAME),
+        big(
+            "Version and uptime",
+            "Per instance: the fastrelay version it runs (fastrelay_build_info) and the time since "
+            "its process started (process_start_time_seconds). An uptime that keeps dropping is a "
+            "crash loop (systemd restarts the unit: journalctl -u fastrelay); two versions side by "
+            "side belong to an upgrade in progress (upgrade ingests and edges together).",
+            units.DurationSeconds,
+            q(
+                f"(time() - process_start_time_seconds{{{SEL}}}) "
+                f"* on (job, instance) group_left (role, version) {INFO}",
+                "{{version}} {{role}} {{instance}}",
+            ),
+        )
+        .height(6)
+        .graph_mode(BigValueGraphMode.NONE)
+        .text_mode(BigValueTextMode.VALUE_AND_NAME)
+        .color_mode(BigValueColorMode.NONE),
         states(
             "Readiness per instance",
             "fastrelay_ready per instance (what its /readyz answers): green while it can serve, "
@@ -255,7 +308,8 @@ def overview() -> list[stat.Panel | statetimeline.Panel]:
             q(labelled(f"fastrelay_ready{{{SEL}}}"), "{{role}} {{instance}}"),
         )
         .height(6)
-        .span(18),
+        .span(12)
+        .links(runbooks("FastrelayTargetDown", "FastrelayUpstreamDown")),
     ]
 
 
@@ -277,7 +331,7 @@ def upstream() -> list[timeseries.Panel | statetimeline.Panel]:
                 labelled(f"max by (job, instance, market) (fastrelay_upstream_connected{{{SEL}}})"),
                 "{{market}} {{role}} {{instance}}",
             ),
-        ),
+        ).links(runbooks("FastrelayUpstreamDown")),
         graph(
             "Upstream events / s by market",
             "Events received per second, by instance and market: from Massive on a single relay "
@@ -292,7 +346,7 @@ def upstream() -> list[timeseries.Panel | statetimeline.Panel]:
                 ),
                 "{{market}} {{role}} {{instance}}",
             ),
-        ),
+        ).links(runbooks("FastrelayUpstreamSilent")),
         graph(
             "Upstream reconnects / min",
             "Upstream connections lost or refused per minute, by instance, market and reason: drop "
@@ -308,7 +362,7 @@ def upstream() -> list[timeseries.Panel | statetimeline.Panel]:
                 ),
                 "{{market}} {{reason}} {{role}} {{instance}}",
             ),
-        ),
+        ).links(runbooks("FastrelayUpstreamRefused", "FastrelayUpstreamReconnectStorm")),
         graph(
             "Feed latency by market and role",
             "Exchange/Massive event timestamp (ms) to arrival, sampled on the first event of each "
@@ -421,14 +475,19 @@ def clients() -> list[timeseries.Panel]:
                 labelled(f"rate(fastrelay_client_slow_consumer_drops_total{{{SEL}}}[$__rate_interval]) * 60"),
                 "{{role}} {{instance}}",
             ),
-        ),
-        graph(
-            "Largest client backlog",
-            "Largest unsent backlog of any one client at the last flush, per instance; a client is "
-            "dropped when it exceeds --max-client-buffer (4 MiB by default).",
-            units.BytesIEC,
-            q(labelled(f"fastrelay_client_max_backlog_bytes{{{SEL}}}"), "{{role}} {{instance}}"),
-        ),
+        ).links(runbooks("FastrelaySlowConsumerDrops")),
+        with_limit(
+            graph(
+                "Largest client backlog",
+                "Largest unsent backlog of any one client at the last flush, per instance; a client "
+                "is dropped (slow_consumer, close 1013) when it exceeds --max-client-buffer. The "
+                f"dashed line is its default ({CLIENT_BUFFER_LIMIT_BYTES // (1024 * 1024)} MiB); a "
+                "relay run with another value drops at that value instead.",
+                units.BytesIEC,
+                q(labelled(f"fastrelay_client_max_backlog_bytes{{{SEL}}}"), "{{role}} {{instance}}"),
+            ),
+            CLIENT_BUFFER_LIMIT_BYTES,
+        ).links(runbooks("FastrelaySlowConsumerDrops")),
         graph(
             "Client connects and disconnects / min",
             "Connections accepted per minute, and connections closed per minute by reason "
@@ -484,14 +543,14 @@ def performance() -> list[timeseries.Panel]:
                 relay_quantile("0.999", "C"),
             ),
             RELAY_P99_BUDGET_S,
-        ),
+        ).links(runbooks("FastrelayRelayLatencyHigh")),
         with_limit(
             graph(
-                "CPU (1.0 = one core)",
-                "CPU time of each relay process per second, from process_cpu_seconds_total: 1.0 "
-                "(shown as 100 %) is one core fully busy. Each process runs one event loop, so it "
-                "saturates near one core whatever the machine has; the dashed line is the "
-                "FastrelayCpuSaturated threshold.",
+                "CPU (% of one core)",
+                "CPU time of each relay process per second of wall time, from "
+                "process_cpu_seconds_total: 100 % is one core fully busy. Each process runs one "
+                "event loop, so it saturates near one core whatever the machine has; the dashed "
+                f"line is the FastrelayCpuSaturated threshold ({CPU_SATURATION:.0%}).",
                 units.PercentUnit,
                 q(
                     labelled(f"rate(process_cpu_seconds_total{{{SEL}}}[$__rate_interval])"),
@@ -499,7 +558,7 @@ def performance() -> list[timeseries.Panel]:
                 ),
             ).axis_soft_max(1),
             CPU_SATURATION,
-        ),
+        ).links(runbooks("FastrelayCpuSaturated")),
         graph(
             "Event loop lag",
             "How late each process's event loop runs a 250 ms timer (p99 and p50 over the window): "
@@ -521,7 +580,7 @@ def performance() -> list[timeseries.Panel]:
                 "p50 {{role}} {{instance}}",
                 "B",
             ),
-        ),
+        ).links(runbooks("FastrelayEventLoopLagged")),
         graph(
             "Resident memory (RSS)",
             "Resident set size of each relay process. Grows with clients (socket buffers, "
@@ -536,7 +595,9 @@ def performance() -> list[timeseries.Panel]:
             units.Short,
             q(labelled(f"process_open_fds{{{SEL}}}"), "open {{role}} {{instance}}"),
             q(labelled(f"process_max_fds{{{SEL}}}"), "limit {{role}} {{instance}}", "B"),
-        ).span(12),
+        )
+        .span(12)
+        .links(runbooks("FastrelayFileDescriptorsNearLimit")),
     ]
 
 
@@ -552,7 +613,7 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
             "disconnected",
             "connected",
             q(labelled(f"fastrelay_nats_connected{{{SEL}}}"), "{{role}} {{instance}}"),
-        ),
+        ).links(runbooks("FastrelayNatsDisconnected")),
         states(
             "Edges hearing the ingest",
             "fastrelay_edge_ingest_heard per edge: green while the leader ingest's state arrived "
@@ -562,7 +623,7 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
             "ingest not heard",
             "hears the ingest",
             q(labelled(f"fastrelay_edge_ingest_heard{{{SEL}}}"), "{{instance}}"),
-        ),
+        ).links(runbooks("FastrelayEdgeIngestNotHeard")),
         graph(
             "NATS drops, bad messages and disconnects / min",
             "Per minute and instance: data the ingest did not publish (NATS down, a failed "
@@ -585,7 +646,7 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
                 "disconnects {{role}} {{instance}}",
                 "C",
             ),
-        ),
+        ).links(runbooks("FastrelayNatsPublishDrops", "FastrelayNatsBadMessages")),
         right_axis(
             graph(
                 "NATS publish (ingest)",
@@ -652,7 +713,7 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
                 ),
             ),
             NATS_LAG_P99_BUDGET_S,
-        ),
+        ).links(runbooks("FastrelayNatsLagHigh")),
         graph(
             "Edges heard by the ingest",
             "fastrelay_ingest_edges: the edges whose interest heartbeat the ingest heard within "
@@ -678,7 +739,7 @@ def scaleout() -> list[timeseries.Panel | statetimeline.Panel]:
                 "edges hearing the ingest",
                 "C",
             ),
-        ),
+        ).links(runbooks("FastrelayIngestMissingEdges")),
         graph(
             "Edge expiries and refused channels / min",
             "Per minute at the ingest: edges dropped after --peer-timeout without a goodbye (an "
@@ -730,7 +791,7 @@ def high_availability() -> list[timeseries.Panel | statetimeline.Panel]:
             "leader",
             q(labelled(f"fastrelay_ingest_leader{{{SEL}}}"), "{{instance}}"),
             down_color="blue",
-        ),
+        ).links(runbooks("FastrelayNoLeaderIngest", "FastrelayMultipleLeaderIngests")),
         graph(
             "Leader term: ingests and edges",
             "The term of the lease: on an ingest fastrelay_ingest_term (its term while it leads, "
@@ -762,7 +823,7 @@ def high_availability() -> list[timeseries.Panel | statetimeline.Panel]:
                 "edges following a new leader",
                 "B",
             ),
-        ),
+        ).links(runbooks("FastrelayLeaderFlapping")),
         graph(
             "Lease renewals failed, loop stalls and fenced events / min",
             "Per minute and ingest: lease renewals that did not get through (the leader rewrites "
@@ -801,7 +862,9 @@ def high_availability() -> list[timeseries.Panel | statetimeline.Panel]:
                 labelled(f"rate(fastrelay_edge_dropped_total{{{SEL}}}[$__rate_interval]) * 60"),
                 "{{reason}} {{instance}}",
             ),
-        ).span(12),
+        )
+        .span(12)
+        .links(runbooks("FastrelayEdgeStaleData", "FastrelayEdgeFencedData")),
     ]
 
 
@@ -877,6 +940,13 @@ def build() -> dash.Dashboard:
         .time("now-3h", "now")
         .timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
+        .links(
+            [
+                doc_link("Panels explained", "sre.md#the-dashboard", "What each panel means, what is normal"),
+                doc_link("Alerts and runbooks", "sre.md#alerts", "Every alert and what it asks of you"),
+                doc_link("Operations", "operations.md", "Limits, outages, shutdown, systemd"),
+            ]
+        )
         .with_variable(
             dash.DatasourceVariable("datasource")
             .label("Data source")
@@ -935,19 +1005,26 @@ def build() -> dash.Dashboard:
     return builder
 
 
-def render() -> str:
-    """The dashboard JSON, stable across runs (sorted keys, panel ids in order)."""
+def render(docs_url: str = DOCS_URL) -> str:
+    """The dashboard JSON, stable across runs (sorted keys, panel ids in order), its links to
+    docs/ under ``docs_url``."""
     model = build().build()
     for number, panel in enumerate(model.panels or [], start=1):
         panel.id_val = number
-    return JSONEncoder(sort_keys=True, indent=2).encode(model) + "\n"
+    text = JSONEncoder(sort_keys=True, indent=2).encode(model) + "\n"
+    return text.replace(f'"{DOCS_URL}/', f'"{docs_url.rstrip("/")}/')
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed JSON is not up to date")
+    parser.add_argument(
+        "--docs-url",
+        default=DOCS_URL,
+        help=f"where docs/ is read, for the runbook links (default {DOCS_URL}; as alerts.yml's runbook_url)",
+    )
     args = parser.parse_args()
-    text = render()
+    text = render(args.docs_url)
     if args.check:
         if not OUTPUT.exists() or OUTPUT.read_text() != text:
             print(f"{OUTPUT} is stale: run {sys.argv[0]}", file=sys.stderr)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fastrelay.config import RELAY_OPTIONS, RelayConfig, env_name
 from tests.utils import TIMEOUT, Client, close_raw
@@ -85,6 +86,43 @@ def test_systemd_unit_has_the_required_settings() -> None:
     example = env_file(DEPLOY / "fastrelay.env.example")
     shutdown = float(example.get("FASTRELAY_SHUTDOWN_TIMEOUT", RelayConfig().shutdown_timeout))
     assert float(single["TimeoutStopSec"]) >= shutdown + 5
+
+
+def test_documented_install_puts_the_docs_the_unit_and_the_alerts_point_to(tmp_path: Path) -> None:
+    """The install line of docs/operations.md (and of the unit's own comment), run with
+    /opt/fastrelay moved to a temporary directory, leaves there every file the unit's
+    Documentation= and grafana/alerts.yml's runbook_url name."""
+    unit_text = (DEPLOY / "fastrelay.service").read_text()
+    operations = (REPO / "docs" / "operations.md").read_text()
+    documented = [
+        line.split("  #")[0].strip()
+        for line in operations.splitlines()
+        if line.startswith("install -d /opt/")
+    ]
+    in_unit = [
+        line.lstrip("#").strip()
+        for line in unit_text.splitlines()
+        if line.lstrip("# ").startswith("install -d /opt/")
+    ]
+    assert len(documented) == 1 and in_unit == documented, (documented, in_unit)
+    prefix = tmp_path / "opt-fastrelay"
+    subprocess.run(
+        ["bash", "-euc", documented[0].replace("/opt/fastrelay", str(prefix))],
+        cwd=REPO,
+        check=True,
+        timeout=60,
+    )
+    rules = yaml.safe_load((REPO / "grafana" / "alerts.yml").read_text())["groups"]
+    runbooks = [r["annotations"]["runbook_url"] for g in rules for r in g["rules"] if "alert" in r]
+    documentation = unit_settings(unit_text)["Documentation"][-1].split()
+    assert documentation and runbooks
+    missing = []
+    for url in [*documentation, *runbooks]:
+        assert url.startswith("file:///opt/fastrelay/"), url
+        path = prefix / url.removeprefix("file:///opt/fastrelay/").partition("#")[0]
+        if not path.is_file():
+            missing.append(url)
+    assert not missing, f"not installed by {documented[0]!r}: {missing}"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

@@ -590,6 +590,133 @@ def test_dashboard_static_checks(stack: Stack) -> None:
     assert not problems, "\n".join(problems)
 
 
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub (and most Markdown renderers) give a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def doc_anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)  # no headings in code
+    return {github_anchor(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def docs_link_problem(url: str, docs_url: str) -> str | None:
+    """Why ``url`` (under ``docs_url``) does not name a file of docs/ and one of its headings."""
+    if not url.startswith(docs_url + "/"):
+        return f"{url}: not under {docs_url}/"
+    page, _, anchor = url.removeprefix(docs_url + "/").partition("#")
+    path = ROOT / "docs" / page
+    if not path.is_file():
+        return f"{url}: no docs/{page}"
+    if anchor and anchor not in doc_anchors(path):
+        return f"{url}: no heading #{anchor} in docs/{page}"
+    return None
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_github_anchors_and_link_checks_can_fail() -> None:
+    """The link check's own parts: anchors as GitHub makes them, and links that must not pass."""
+    assert github_anchor("Scale-out (ingest and edges)") == "scale-out-ingest-and-edges"
+    assert github_anchor("FastrelayTargetDown") == "fastrelaytargetdown"
+    base = load_generator().DOCS_URL
+    assert docs_link_problem(f"{base}/sre.md#fastrelaytargetdown", base) is None
+    assert docs_link_problem(f"{base}/sre.md#no-such-heading", base)
+    assert docs_link_problem(f"{base}/nowhere.md", base)
+    assert docs_link_problem("https://example.com/sre.md", base)
+
+
+def test_every_alert_has_a_runbook_url_to_its_heading() -> None:
+    """runbook_url on every alert, under the dashboard's docs base, naming a heading of docs/."""
+    base = load_generator().DOCS_URL
+    problems = []
+    for rule in alert_rules():
+        url = rule.get("annotations", {}).get("runbook_url")
+        if not url:
+            problems.append(f"{rule['alert']}: no runbook_url")
+            continue
+        if not url.endswith("#" + rule["alert"].lower()):
+            problems.append(f"{rule['alert']}: {url} is not its own runbook")
+        problems += [p for p in [docs_link_problem(url, base)] if p]
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_links_to_every_runbook() -> None:
+    """Dashboard and panel links resolve in docs/; every alert's runbook is linked from a panel."""
+    base = load_generator().DOCS_URL
+    board = dashboard()
+    links = [link["url"] for link in board["links"]]
+    linked_from_panels = set()
+    for panel in panels():
+        for link in panel.get("links", []):
+            links.append(link["url"])
+            linked_from_panels.add(link["url"].partition("#")[2])
+    assert board["links"], "no dashboard links to the docs"
+    problems = [p for p in (docs_link_problem(url, base) for url in links) if p]
+    assert not problems, "\n".join(problems)
+    alerts = {rule["alert"].lower() for rule in alert_rules()}
+    assert alerts - linked_from_panels == set(), "alerts without a panel linking their runbook"
+
+
+def test_graph_legends_are_tables_with_min_max_mean() -> None:
+    """Every graph's legend is a table with min, max and mean, so series compare."""
+    graphs = [p for p in panels() if p["type"] == "timeseries"]
+    assert graphs
+    problems = []
+    for panel in graphs:
+        legend = panel["options"]["legend"]
+        if legend["displayMode"] != "table" or not {"min", "max", "mean"} <= set(legend["calcs"]):
+            problems.append(f"{panel['title']}: legend {legend}")
+    assert not problems, "\n".join(problems)
+
+
+def panel(title: str) -> dict[str, Any]:
+    (found,) = [p for p in panels() if p["title"] == title]
+    return found
+
+
+def dashed_line_at(found: dict[str, Any]) -> float:
+    """The value of a panel's one dashed threshold line."""
+    defaults = found["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed", found["title"]
+    steps = [step["value"] for step in defaults["thresholds"]["steps"] if step["value"] is not None]
+    assert len(steps) == 1, steps
+    return float(steps[0])
+
+
+def test_backlog_limit_and_cpu_lines_match_the_relay_and_the_alert() -> None:
+    """The backlog panel's line is --max-client-buffer's default; the CPU panel's title, unit and
+    line agree with each other and with FastrelayCpuSaturated."""
+    from fastrelay.config import RelayConfig
+
+    assert dashed_line_at(panel("Largest client backlog")) == RelayConfig().max_client_buffer
+    cpu = [p for p in panels() if p["title"].startswith("CPU")]
+    assert [p["title"] for p in cpu] == ["CPU (% of one core)"]
+    assert cpu[0]["fieldConfig"]["defaults"]["unit"] == "percentunit"  # 1.0 shown as 100 %
+    (saturated,) = [r for r in alert_rules() if r["alert"] == "FastrelayCpuSaturated"]
+    threshold = re.search(r"rate\(process_cpu_seconds_total\[5m\]\) > ([\d.]+)", saturated["expr"])
+    assert threshold and dashed_line_at(cpu[0]) == float(threshold[1])
+
+
+def test_version_and_uptime_stat_shows_the_relay(stack: Stack) -> None:
+    """The Version and uptime stat names the relay's version and counts from its start."""
+    from fastrelay import __version__
+
+    found = panel("Version and uptime")
+    assert found["type"] == "stat" and found["fieldConfig"]["defaults"]["unit"] == "dtdurations"
+    (target,) = found["targets"]
+    assert "{{version}}" in target["legendFormat"]
+    values = {"job": "fastrelay", "role": ".*", "instance": ".*"}
+    results, problems = run_queries(stack, [(found["title"], target["expr"])], values)
+    assert not problems, problems
+    (sample,) = results[found["title"], target["expr"]]
+    assert sample["metric"]["version"] == __version__ and sample["metric"]["role"] == "single"
+    assert 0 < float(sample["value"][1]) < 3600
+
+
 def test_metric_names_and_range_arguments_are_parsed() -> None:
     """The static check's own parser finds metrics and rate() windows (so it can fail)."""
     expr = (

@@ -380,16 +380,17 @@ def test_whole_dashboard_with_several_instances(deployment: Deployment) -> None:
                 if "role" in labels:
                     assert labels["role"] == role, (role, title, labels)
     # One series per process where every process has the metric, each with its role.
-    cpu = [(t, e) for t, e in targets() if t == "CPU (1.0 = one core)"]
-    (samples,) = run_queries(deployment, cpu, selection())[0].values()
-    assert sorted(
-        (ROLES[deployment.name_of(s["metric"]["instance"])], s["metric"]["role"]) for s in samples
-    ) == [
-        ("edge", "edge"),
-        ("edge", "edge"),
-        ("ingest", "ingest"),
-        ("ingest", "ingest"),
-    ]
+    for panel in ("CPU (% of one core)", "Version and uptime"):
+        queries = [(t, e) for t, e in targets() if t == panel]
+        (samples,) = run_queries(deployment, queries, selection())[0].values()
+        assert sorted(
+            (ROLES[deployment.name_of(s["metric"]["instance"])], s["metric"]["role"]) for s in samples
+        ) == [
+            ("edge", "edge"),
+            ("edge", "edge"),
+            ("ingest", "ingest"),
+            ("ingest", "ingest"),
+        ], panel
 
 
 def test_nats_alerts_evaluate_and_stay_quiet_when_healthy(deployment: Deployment) -> None:
