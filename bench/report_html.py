@@ -165,6 +165,7 @@ KIB_PER_CONNECTION = Metric(
 HANDSHAKES = Metric("handshakes / s", lambda s: number(s.get("handshakes_per_s")))
 PEAK_RSS = Metric("relay peak RSS (MiB)", lambda s: number(s.get("window_peak_rss_mib")))
 CHART_CPU = Metric("relay CPU over the opening (s)", lambda s: number(s.get("server_cpu_s")))
+WIRE_BYTES = Metric("bytes on the wire per event", lambda s: number(s.get("wire_bytes_per_event")))
 
 
 def figure(columns: int, height: float = 3.0, legend: bool = False) -> tuple[Figure, list[Axes]]:
@@ -199,8 +200,11 @@ def _rate_axis(ax: Axes, rates: list[float]) -> None:
 
 
 def plot_ladder(rows: Sequence[dict[str, Any]]) -> str:
-    """A line per server over the rate: p50, p99, CPU per delivered event; x = saturated."""
-    metrics = (P50, P99, US_PER_EVENT)
+    """A line per server over the rate: p50, p99, CPU per delivered event (and, for the compression
+    scenarios, bytes on the wire per event); x = saturated."""
+    metrics: tuple[Metric, ...] = (P50, P99, US_PER_EVENT)
+    if rows[0]["scenario"].startswith("deflate-"):
+        metrics += (WIRE_BYTES,)
     fig, axes = figure(len(metrics), legend=True)
     rates = sorted({number(r["t_rate"]) for r in rows})
     for index, server in enumerate(servers_of(rows)):
