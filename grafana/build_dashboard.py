@@ -513,7 +513,53 @@ def clients() -> list[timeseries.Panel]:
             units.Short,
             q(f"sum({only(f'fastrelay_client_subscriptions{{{SEL}}}')})", "subscriptions"),
             q(f"sum({only(f'fastrelay_audiences{{{SEL}}}')})", "audiences", "B"),
-        ).span(16),
+        ),
+        graph(
+            "Compression: egress before and after",
+            "For clients that negotiated permessage-deflate, by market (an audience's market, "
+            "mixed for /api/socket audiences over several, replies): bytes per second they would "
+            "have been sent uncompressed (dashed: before) and what they were sent (after). Each "
+            "frame is compressed once for every client of an audience; frames under "
+            "--compression-threshold go plain.",
+            units.BytesPerSecondSI,
+            q(
+                "sum by (market) "
+                f"({only(f'rate(fastrelay_client_deflate_input_bytes_total{{{SEL}}}[$__rate_interval])')})",
+                "before {{market}}",
+            ),
+            q(
+                "sum by (market) "
+                f"({only(f'rate(fastrelay_client_deflate_output_bytes_total{{{SEL}}}[$__rate_interval])')})",
+                "after {{market}}",
+                "B",
+            ),
+        ),
+        right_axis(
+            graph(
+                "Compression: work and frames sent plain",
+                "Frames compressed per second, frames sent uncompressed to clients that negotiated "
+                "compression by reason (small: under --compression-threshold; no_gain; cpu_budget: "
+                "--compression-cpu was spent, a sign compression would slow the loop), and the CPU "
+                "compression took (right axis, % of one core), per instance.",
+                units.Short,
+                q(
+                    labelled(f"rate(fastrelay_compression_frames_total{{{SEL}}}[$__rate_interval])"),
+                    "compressed {{role}} {{instance}}",
+                ),
+                q(
+                    labelled(f"rate(fastrelay_compression_skipped_frames_total{{{SEL}}}[$__rate_interval])"),
+                    "plain ({{reason}}) {{role}} {{instance}}",
+                    "B",
+                ),
+                q(
+                    labelled(f"rate(fastrelay_compression_cpu_seconds_total{{{SEL}}}[$__rate_interval])"),
+                    "CPU {{role}} {{instance}}",
+                    "C",
+                ),
+            ),
+            "C",
+            units.PercentUnit,
+        ).span(24),
     ]
 
 
