@@ -30,7 +30,7 @@ class Member:
     """The core's view of one client connection."""
 
     # Thousands at once: slots keep each small.
-    __slots__ = ("address", "buffered", "channels", "closed", "owner", "tags_markets", "write")
+    __slots__ = ("address", "buffered", "channels", "closed", "conflates", "owner", "tags_markets", "write")
 
     def __init__(
         self,
@@ -39,6 +39,7 @@ class Member:
         owner: Connection,
         tags_markets: bool = False,
         address: AddressState | None = None,
+        conflates: bool = False,
     ) -> None:
         self.owner = owner
         # The budgets it shares with every connection from its address (None: none).
@@ -50,3 +51,6 @@ class Member:
         self.tags_markets = tags_markets
         self.channels: set[Channel] = set()
         self.closed = False  # detached from the hub: nothing more is written to it
+        # Behind by more than --conflate-above, it is sent the conflated stream instead of
+        # being dropped (conflation.py); off: dropped past --max-client-buffer only.
+        self.conflates = conflates
