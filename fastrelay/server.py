@@ -71,6 +71,7 @@ PASS_SHARE = 0.002
 # before the socket is aborted (a slow consumer may never read again).
 CLOSE_GRACE = 1.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
 
 
 @dataclass
@@ -179,6 +180,14 @@ class ClientConnection(WSListener):
             # conflating client's queue goes out then.
             policy = conflator.policy
             raw.set_write_buffer_limits(high=policy.hold_above, low=policy.resume_at)
+            # The kernel keeps at most this much unsent beyond what is in flight; the rest
+            # waits in the transport's buffer, where the backlog (and conflation) sees it.
+            # Without it Linux grows a slow client's send buffer to megabytes (tcp_wmem),
+            # seconds of stale data that conflation could never replace.
+            sock = raw.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, policy.resume_at)
         server.relay.hub.attach(member)
         self.session = ClientSession(server.session_context, member, self._market)
         server.connections.add(self)
