@@ -17,6 +17,7 @@ from fastrelay.app import RunningRelay, running_relay
 from fastrelay.server import conflation_wanted
 from fastrelay.sim import Simulator
 from tests.conftest import sim_config
+from tests.test_metrics import scrape, value
 from tests.utils import TIMEOUT, Client, fast_relay_config, sequence_gaps, wait_until
 
 KIB = 1024
@@ -143,7 +144,13 @@ async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_lat
     async with (
         Simulator(sim_config(rate=600.0, events_per_frame=2)) as sim,
         running_relay(
-            fast_relay_config(sim.base_url, "sim-key", max_client_buffer=512 * KIB, conflate_above=32 * KIB)
+            fast_relay_config(
+                sim.base_url,
+                "sim-key",
+                max_client_buffer=512 * KIB,
+                conflate_above=32 * KIB,
+                metrics_interval=0.1,
+            )
         ) as relay,
     ):
         await wait_until(lambda: relay.ready, what="relay ready")
@@ -187,6 +194,11 @@ async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_lat
             assert slow.close_code is None and not slow.eof
             assert relay.server.stats.closed["slow_consumer"] == 0
             assert relay.relay.outbox.stats.slow_consumers == 0
+            text = await scrape(relay)
+            assert value(text, "fastrelay_client_conflating") == 0
+            assert value(text, "fastrelay_client_conflation_episodes_total") == 1
+            assert value(text, "fastrelay_client_conflation_caught_up_total") == 1
+            assert value(text, "fastrelay_client_conflated_events_total") == conflator.stats.superseded > 0
         finally:
             await slow.close()
             await fast.close()
