@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from fastrelay import markets
+from fastrelay.cli import _parser
 from fastrelay.closes import CloseReason
+from fastrelay.config import RELAY_OPTIONS, ConfigError, RelayConfig, build, conflate_above, validate
 from fastrelay.conflation import STATE_EVS, Conflation, ConflationPolicy, state_keys
 from fastrelay.framing import tag_market
 from fastrelay.protocol import CAUGHT_UP, CONFLATING, SLOW_CONSUMER, Channel
@@ -320,3 +322,37 @@ TestConflationMachine.settings = settings(
 def test_the_marks_stay_under_the_soft_limit(start: int, hold: int) -> None:
     policy = ConflationPolicy.of(start, 4 * 1024 * 1024)
     assert policy.hold_above == hold and 0 < policy.resume_at <= policy.hold_above < start
+
+
+# --- the settings ---------------------------------------------------------------------------------
+
+
+def test_the_settings_have_environment_twins_and_a_default_under_the_hard_limit() -> None:
+    """--conflate-paths / FASTRELAY_CONFLATE_PATHS ('' for none), --conflate-above (0: an eighth)."""
+    default = RelayConfig()
+    assert default.conflate_paths == ["/api/socket"] and conflate_above(default) == 512 * 1024
+    args = _parser().parse_args(["serve", "--conflate-above", "100000"])
+    env = {"FASTRELAY_CONFLATE_PATHS": "/api/socket,/stocks", "FASTRELAY_CONFLATE_ABOVE": "5"}
+    config = build(RelayConfig(), RELAY_OPTIONS, args, env)
+    assert (config.conflate_paths, conflate_above(config)) == (["/api/socket", "/stocks"], 100_000)
+    validate(config)
+    assert (
+        build(
+            RelayConfig(), RELAY_OPTIONS, _parser().parse_args(["serve"]), {"FASTRELAY_CONFLATE_PATHS": ""}
+        ).conflate_paths
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"conflate_paths": ["/crypto"]}, "--conflate-paths: /crypto not a client path"),
+        ({"conflate_paths": ["/api"]}, "--conflate-paths: /api not a client path"),
+        ({"conflate_above": 4 * 1024 * 1024}, "--conflate-above .* must be below --max-client-buffer"),
+    ],
+)
+def test_bad_settings_name_the_flag(overrides: dict[str, Any], fragment: str) -> None:
+    config = RelayConfig(**overrides)
+    with pytest.raises(ConfigError, match=fragment):
+        validate(config)
