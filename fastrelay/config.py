@@ -188,6 +188,7 @@ class SimConfigFlags:
     sim_key: str = "sim-key"
     rate: float = 20.0
     events_per_frame: int = 1
+    trade_share: float | None = None
     symbol_count: int = 0
     stamp: bool = False
     markets: tuple[str, ...] = markets.MARKETS  # markets that generate data (all paths answer)
@@ -586,6 +587,12 @@ SIM_OPTIONS: tuple[Option, ...] = (
     Option("sim-key", str, "API key the simulator accepts", "sim_key"),
     Option("rate", _non_negative(float), "frames per second per market", "rate"),
     Option("events-per-frame", _non_negative(int), "events in each frame", "events_per_frame"),
+    Option(
+        "trade-share",
+        _non_negative(float),
+        "share of trades among trades and quotes, 0 to 1 (default: half)",
+        "trade_share",
+    ),
     Option(
         "symbol-count",
         _non_negative(int),
