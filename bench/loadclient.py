@@ -46,7 +46,8 @@ Client modes, so that the load generator is never the bottleneck:
   reads again at the window end, to see whether the server dropped it.
 
 * ``link``: a client whose link carries ``link_rate`` bytes/s (the spec's): it reads no
-  faster (a small receive buffer, reading paused while over its budget), from the start. It
+  faster (reading paused while over its budget), from the start, with a receive buffer locked
+  at 64 KiB (see ``on_ws_connected``). It
   decodes everything it reads, for the conflation scenario: trades in the window and any gap
   in their ``q``, quotes and any out of order, the age of the quotes it gets (``sim_ns`` to
   arrival), ``conflating`` and ``caught_up`` statuses, whether it was dropped.
@@ -111,6 +112,7 @@ _HISTORY_STATUS = re.compile(r"^history: (\S+) \((\d+) events\)")
 # A slow client's receive buffer: the server's backlog must build in the
 # server (where its limit applies), not in a kernel buffer of megabytes.
 _SLOW_RCVBUF = 4096
+_LINK_RCVBUF = 64 * 1024
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -156,6 +158,7 @@ class Totals:
     slow_dropped: int = 0  # slow clients the server disconnected
     # Link clients (throttled reads), in-window events: trades and gaps in their q, quotes
     # and quotes older than one already received, quote age (us bucket -> quotes), statuses.
+    link_bytes: int = 0  # read by link clients during the window (what their links carried)
     link_trades: int = 0
     link_trade_gaps: int = 0
     link_quotes: int = 0
@@ -163,7 +166,6 @@ class Totals:
     link_quote_age: dict[int, int] = field(default_factory=dict)
     link_conflating: int = 0
     link_caught_up: int = 0
-    link_dropped: int = 0
     close_codes: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # first few error statuses
     hist: dict[int, int] = field(default_factory=dict)  # latency bucket (us) -> events
@@ -238,6 +240,7 @@ class LoadClient(WSListener):
         "last_q",
         "link_allowance",
         "link_at",
+        "link_past_end",
         "link_paused",
         "link_rate",
         "max_q",
@@ -292,14 +295,17 @@ class LoadClient(WSListener):
         self.link_allowance = 0.0
         self.link_at = time.monotonic()
         self.link_paused = False
+        self.link_past_end = False  # read an event sent after the window: the window is all in
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         if self.mode == "link":
-            # Not the advertised window (too late for that), but it stops it growing.
+            # Locked: Linux would grow a slowly read buffer to megabytes (tcp_rmem), seconds of
+            # data queued in this kernel, not in the server; a tiny one (the slow mode's 4 KiB)
+            # stalls on the server's zero-window probes. The link's own queue: about 0.5 s.
             sock = transport.underlying_transport.get_extra_info("socket")
             if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SLOW_RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_RCVBUF)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         now = time.time_ns()
@@ -357,6 +363,8 @@ class LoadClient(WSListener):
         """A frame through the throttled link: counted, then reading waits for its bytes."""
         totals = self.process.totals
         start, end = totals.window
+        if start <= now < end:
+            totals.link_bytes += len(payload)
         for event in _decode(payload):
             if event.ev == "status":
                 if event.status == "conflating":
@@ -368,6 +376,8 @@ class LoadClient(WSListener):
             sym, q, sent = event.sym or "", event.q, event.sim_ns
             if q is None or sent is None:
                 continue
+            if sent >= end:
+                self.link_past_end = True
             inside = start <= sent < end
             if event.ev == "T":
                 last = self.last_q.get(sym)
@@ -388,9 +398,7 @@ class LoadClient(WSListener):
         self._link_take(len(payload))
 
     def _link_take(self, size: int) -> None:
-        now = time.monotonic()
-        self.link_allowance = min(self.link_allowance + (now - self.link_at) * self.link_rate, 16 * 1024)
-        self.link_at = now
+        self._link_refill()
         self.link_allowance -= size
         if self.link_allowance < 0 and not self.link_paused and self.transport is not None:
             self.link_paused = True
@@ -398,7 +406,17 @@ class LoadClient(WSListener):
                 self.transport.underlying_transport.pause_reading()
             asyncio.get_running_loop().call_later(-self.link_allowance / self.link_rate, self._link_resume)
 
+    def _link_refill(self) -> None:
+        now = time.monotonic()
+        self.link_allowance = min(self.link_allowance + (now - self.link_at) * self.link_rate, 16 * 1024)
+        self.link_at = now
+
     def _link_resume(self) -> None:
+        # Frames of the read that paused it kept coming after the pause: wait for them too.
+        self._link_refill()
+        if self.link_allowance < 0:
+            asyncio.get_running_loop().call_later(-self.link_allowance / self.link_rate, self._link_resume)
+            return
         self.link_paused = False
         if self.transport is not None and not self.transport.is_disconnected:
             with contextlib.suppress(RuntimeError):
@@ -615,8 +633,6 @@ class LoadClient(WSListener):
         if self.subscribed:
             if self.mode == "slow":
                 self.process.totals.slow_dropped += 1
-            elif self.mode == "link":
-                self.process.totals.link_dropped += 1
             else:
                 self.process.totals.disconnects += 1
         elif self.failed is None:
@@ -763,6 +779,7 @@ async def _measure(
         client.recovered_ns = 0
         client.seen_after_mark = set()
         client.statuses = []
+        client.link_past_end = False
     slow = [c for c in process.clients if c.mode == "slow" and c.subscribed]
 
     def pause_all() -> None:
@@ -788,6 +805,11 @@ async def _measure(
             break
         if message.get("cmd") == "mark":
             totals.mark_ns = int(message["ns"])
+    # Link clients lag by design: wait (up to slow_drain) until each has read past the window.
+    links = [c for c in process.clients if c.mode == "link" and c.subscribed]
+    drain_until = time.monotonic() + slow_drain
+    while any(c.connected and not c.link_past_end for c in links) and time.monotonic() < drain_until:
+        await asyncio.sleep(0.05)
     # A dropped slow client sees its end only once it has read what the
     # server's kernel had buffered for it (the server closed behind that).
     drain_until = time.monotonic() + slow_drain
@@ -812,7 +834,6 @@ async def _measure(
                 )
     process.totals = Totals()  # nothing more counts in this window
     measured = [c for c in process.clients if c.subscribed and c.mode not in ("slow", "link")]
-    links = [c for c in process.clients if c.mode == "link" and c.subscribed]
     per_client = [c.received for c in measured]
     recovered = [c.recovered_ns - totals.mark_ns for c in measured if totals.mark_ns and c.recovered_ns]
     _emit(
@@ -833,6 +854,7 @@ async def _measure(
             "slow_dropped": totals.slow_dropped,
             "link_clients": len(links),
             "link_connected": sum(1 for c in links if c.connected),
+            "link_bytes": totals.link_bytes,
             "link_trades": totals.link_trades,
             "link_trade_gaps": totals.link_trade_gaps,
             "link_quotes": totals.link_quotes,
@@ -840,7 +862,7 @@ async def _measure(
             "link_quote_age": {str(k): v for k, v in totals.link_quote_age.items()},
             "link_conflating": totals.link_conflating,
             "link_caught_up": totals.link_caught_up,
-            "link_dropped": totals.link_dropped,
+            "link_dropped": len(links) - sum(1 for c in links if c.connected),  # since they connected
             "close_codes": totals.close_codes,
             "errors": totals.errors,
             "per_client_min": min(per_client, default=0),

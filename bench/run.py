@@ -593,7 +593,8 @@ class Run:
         duration = scenario.window or options.duration
         if scenario.attacks:
             duration = max(duration, ABUSE_MIN_WINDOW)
-        start_ns = time.time_ns() + int((options.warmup if index == 0 else options.settle) * 1e9)
+        warmup = max(options.warmup, scenario.warmup)
+        start_ns = time.time_ns() + int((warmup if index == 0 else options.settle) * 1e9)
         end_ns = start_ns + int(duration * 1e9)
         for child in self.clients:
             await _send_line(child, {"cmd": "window", "start_ns": start_ns, "end_ns": end_ns})
@@ -1407,9 +1408,11 @@ def _saturated(metrics: dict[str, Any]) -> str | None:
     return None
 
 
-def link_metrics(results: list[dict[str, Any]]) -> dict[str, Any]:
+def link_metrics(results: list[dict[str, Any]], trades_each: float) -> dict[str, Any]:
     """The link clients' (throttled reads, the slow-link scenarios) window, summed: still
-    connected, trades and their gaps, quotes, quotes out of order, quote age, statuses."""
+    connected, trades and their gaps, quotes, quotes out of order, quote age, statuses.
+    ``trades_each``: the trades a normal client (T.*) received in the window: every link
+    client should have them all (``trades_ratio`` 1)."""
     clients = sum(int(r.get("link_clients", 0)) for r in results)
     if not clients:
         return {}
@@ -1419,10 +1422,11 @@ def link_metrics(results: list[dict[str, Any]]) -> dict[str, Any]:
             age[int(bucket)] = age.get(int(bucket), 0) + int(count)
     found: dict[str, Any] = {"clients": clients}
     for key in (
-        "connected", "trades", "trade_gaps", "quotes", "quotes_reordered",
+        "connected", "bytes", "trades", "trade_gaps", "quotes", "quotes_reordered",
         "conflating", "caught_up", "dropped",
     ):  # fmt: skip
         found[key] = sum(int(r.get(f"link_{key}", 0)) for r in results)
+    found["trades_ratio"] = found["trades"] / clients / trades_each if trades_each else float("nan")
     found["quote_age_ms"] = {
         name: percentile(age, fraction) / 1000 if age else float("nan")
         for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
@@ -1598,7 +1602,7 @@ def step_metrics(
         "disconnects": total("disconnects"),
         "slow_consumer": total("slow_consumer"),
         "slow_dropped": total("slow_dropped"),
-        "link": link_metrics(results),
+        "link": link_metrics(results, received / normal_subscribed if normal_subscribed else 0.0),
         "close_codes": close_codes,
         "client_errors": [e for r in results for e in r["errors"]][:5],
         "connect_failures": connect["failures"],

@@ -168,6 +168,7 @@ class Scenario:
     drop_at: float | None = None  # seconds into the window: the simulator drops the upstream
     client_procs: int = 2
     window: float | None = None  # overrides --duration (a scenario that needs longer)
+    warmup: float = 0.0  # at least this long before the first window (over --warmup)
     servers: tuple[Server, ...] = (FASTRELAY,)
     about: str = ""
     baseline_of: str | None = None  # this is the slow-consumer-free twin of that scenario
@@ -299,27 +300,29 @@ SCENARIOS: dict[str, Scenario] = {
             about="the same 100 clients without the slow ones",
         ),
         # Conflation (fastrelay/conflation.py): 10 clients on T.* and Q.* whose links carry a
-        # tenth of that feed (5,000 events/s, about 0.8 MB/s with the bench's stamps), trades
+        # tenth of that feed (10,000 events/s, about 1.6 MB/s with the bench's stamps), trades
         # 5 % of it (about half the link): with conflation they stay, get every trade and fresh
         # quotes; without (slow-link-off, ?conflate=0) they are dropped; slow-link-base: the
-        # 100 normal clients alone, on the same feed.
+        # 100 normal clients alone, on the same feed (the relay holds Q.* for nobody). The
+        # warm-up lets the links read what they owed before conflation started (the first
+        # --conflate-above, 512 KiB: about 3 s at their 160 KB/s) and the others be dropped.
         Scenario(
-            "slow-link", "slow links, conflated", clients=100, symbols=100, t_rates=(250,),
+            "slow-link", "slow links, conflated", clients=100, symbols=100, t_rates=(500,),
             trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
-            slow_query="?conflate=1", link_rate=80_000, window=8.0, max_repeats=2,
+            slow_query="?conflate=1", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
             server_args=("--keep-channels", "Q.*"),
             about="100 clients on T.* plus 10 on T.*,Q.* whose links carry a tenth of it (conflated)",
         ),
         Scenario(
-            "slow-link-off", "slow links, not conflated", clients=100, symbols=100, t_rates=(250,),
+            "slow-link-off", "slow links, not conflated", clients=100, symbols=100, t_rates=(500,),
             trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
-            slow_query="?conflate=0", link_rate=80_000, window=8.0, max_repeats=2,
+            slow_query="?conflate=0", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
             server_args=("--keep-channels", "Q.*"),
             about="the same with ?conflate=0: the slow links are dropped (1013), as before",
         ),
         Scenario(
-            "slow-link-base", "slow links: baseline", clients=100, symbols=100, t_rates=(250,),
-            trade_share=0.05, window=8.0, max_repeats=2, baseline_of="slow-link",
+            "slow-link-base", "slow links: baseline", clients=100, symbols=100, t_rates=(500,),
+            trade_share=0.05, window=8.0, warmup=6.0, max_repeats=2, baseline_of="slow-link",
             server_args=("--keep-channels", "Q.*"),
             about="the same 100 clients and feed without the slow links",
         ),
