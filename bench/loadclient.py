@@ -45,6 +45,13 @@ Client modes, so that the load generator is never the bottleneck:
   its receive buffer so the backlog builds in the server, not in the kernel);
   reads again at the window end, to see whether the server dropped it.
 
+* ``link``: a client whose link carries ``link_rate`` bytes/s (the spec's): it reads no
+  faster (reading paused while over its budget), from the start, with a receive buffer locked
+  at 64 KiB (see ``on_ws_connected``). It
+  decodes everything it reads, for the conflation scenario: trades in the window and any gap
+  in their ``q``, quotes and any out of order, the age of the quotes it gets (``sim_ns`` to
+  arrival), ``conflating`` and ``caught_up`` statuses, whether it was dropped.
+
 * ``chart``: a browser opening a chart (the charts scenario): subscribed to a live
   aggregate channel and its minute bars (``A.X,AM.X``); at each ``history`` command it
   sends ``{"action":"history","params":"AM.X"}`` and times the first history event and
@@ -111,6 +118,7 @@ _SLOW_RCVBUF = 4096
 # What browsers offer (the compression scenarios); the client limits only its own window.
 _DEFLATE_OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: appended before inflating
+_LINK_RCVBUF = 64 * 1024
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -159,6 +167,16 @@ class Totals:
     slow_consumer: int = 0
     disconnects: int = 0  # normal (not slow) connections lost after they were subscribed
     slow_dropped: int = 0  # slow clients the server disconnected
+    # Link clients (throttled reads), in-window events: trades and gaps in their q, quotes
+    # and quotes older than one already received, quote age (us bucket -> quotes), statuses.
+    link_bytes: int = 0  # read by link clients during the window (what their links carried)
+    link_trades: int = 0
+    link_trade_gaps: int = 0
+    link_quotes: int = 0
+    link_quotes_reordered: int = 0
+    link_quote_age: dict[int, int] = field(default_factory=dict)
+    link_conflating: int = 0
+    link_caught_up: int = 0
     close_codes: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # first few error statuses
     hist: dict[int, int] = field(default_factory=dict)  # latency bucket (us) -> events
@@ -232,6 +250,11 @@ class LoadClient(WSListener):
         "failed",
         "inflater",
         "last_q",
+        "link_allowance",
+        "link_at",
+        "link_past_end",
+        "link_paused",
+        "link_rate",
         "max_q",
         "mode",
         "outage_since",
@@ -282,9 +305,22 @@ class LoadClient(WSListener):
         self.chart_phases: dict[str, ChartPhase] = {}
         self.chart_waiting: ChartPhase | None = None
         self.chart_q: int | None = None
+        # Link clients: bytes/s their link carries, the budget left, when it was topped up.
+        self.link_rate = process.link_rate
+        self.link_allowance = 0.0
+        self.link_at = time.monotonic()
+        self.link_paused = False
+        self.link_past_end = False  # read an event sent after the window: the window is all in
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        if self.mode == "link":
+            # Locked: Linux would grow a slowly read buffer to megabytes (tcp_rmem), seconds of
+            # data queued in this kernel, not in the server; a tiny one (the slow mode's 4 KiB)
+            # stalls on the server's zero-window probes. The link's own queue: about 0.5 s.
+            sock = transport.underlying_transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LINK_RCVBUF)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         now = time.time_ns()
@@ -316,6 +352,9 @@ class LoadClient(WSListener):
             return
         if self.mode == "chart":
             self._chart(payload, now)
+            return
+        if self.mode == "link":
+            self._link(payload, now)
             return
         if self.mode == "slow":
             # Not measured: only statuses matter (slow_consumer, if it ever gets through).
@@ -351,6 +390,69 @@ class LoadClient(WSListener):
             self.inflater = zlib.decompressobj(-15)
         data: bytes = self.inflater.decompress(payload + _DEFLATE_TAIL)
         return data
+
+    def _link(self, payload: bytes, now: int) -> None:
+        """A frame through the throttled link: counted, then reading waits for its bytes."""
+        totals = self.process.totals
+        start, end = totals.window
+        if start <= now < end:
+            totals.link_bytes += len(payload)
+        for event in _decode(payload):
+            if event.ev == "status":
+                if event.status == "conflating":
+                    totals.link_conflating += 1
+                elif event.status == "caught_up":
+                    totals.link_caught_up += 1
+                self._status(event, now)
+                continue
+            sym, q, sent = event.sym or "", event.q, event.sim_ns
+            if q is None or sent is None:
+                continue
+            if sent >= end:
+                self.link_past_end = True
+            inside = start <= sent < end
+            if event.ev == "T":
+                last = self.last_q.get(sym)
+                if inside:
+                    totals.link_trades += 1
+                    if last is not None and q > last + 1:
+                        totals.link_trade_gaps += q - last - 1
+                self.last_q[sym] = q
+            elif event.ev == "Q":
+                highest = self.max_q.get(sym, 0)
+                if inside:
+                    totals.link_quotes += 1
+                    if q <= highest:
+                        totals.link_quotes_reordered += 1
+                    bucket = latency_bucket((now - sent) // 1000)
+                    totals.link_quote_age[bucket] = totals.link_quote_age.get(bucket, 0) + 1
+                self.max_q[sym] = max(highest, q)
+        self._link_take(len(payload))
+
+    def _link_take(self, size: int) -> None:
+        self._link_refill()
+        self.link_allowance -= size
+        if self.link_allowance < 0 and not self.link_paused and self.transport is not None:
+            self.link_paused = True
+            with contextlib.suppress(RuntimeError):
+                self.transport.underlying_transport.pause_reading()
+            asyncio.get_running_loop().call_later(-self.link_allowance / self.link_rate, self._link_resume)
+
+    def _link_refill(self) -> None:
+        now = time.monotonic()
+        self.link_allowance = min(self.link_allowance + (now - self.link_at) * self.link_rate, 16 * 1024)
+        self.link_at = now
+
+    def _link_resume(self) -> None:
+        # Frames of the read that paused it kept coming after the pause: wait for them too.
+        self._link_refill()
+        if self.link_allowance < 0:
+            asyncio.get_running_loop().call_later(-self.link_allowance / self.link_rate, self._link_resume)
+            return
+        self.link_paused = False
+        if self.transport is not None and not self.transport.is_disconnected:
+            with contextlib.suppress(RuntimeError):
+                self.transport.underlying_transport.resume_reading()
 
     def _probe(self, payload: Any, now: int, record: bool = True) -> None:
         """Every event: count, latency, q gaps and ranges (``record``: this is a probe client)."""
@@ -610,8 +712,9 @@ class LoadClient(WSListener):
 class Process:
     """This process's clients and the totals of the current window."""
 
-    def __init__(self, token: str = "bench") -> None:
+    def __init__(self, token: str = "bench", link_rate: float = 0.0) -> None:
         self.totals = Totals()
+        self.link_rate = link_rate  # bytes/s of each link client's link
         self.clients: list[LoadClient] = []
         self.token = token  # every client's auth (a relay in open mode takes any)
         self.chart = ChartTotals()
@@ -714,6 +817,7 @@ async def _measure(
         client.recovered_ns = 0
         client.seen_after_mark = set()
         client.statuses = []
+        client.link_past_end = False
     slow = [c for c in process.clients if c.mode == "slow" and c.subscribed]
 
     def pause_all() -> None:
@@ -739,6 +843,11 @@ async def _measure(
             break
         if message.get("cmd") == "mark":
             totals.mark_ns = int(message["ns"])
+    # Link clients lag by design: wait (up to slow_drain) until each has read past the window.
+    links = [c for c in process.clients if c.mode == "link" and c.subscribed]
+    drain_until = time.monotonic() + slow_drain
+    while any(c.connected and not c.link_past_end for c in links) and time.monotonic() < drain_until:
+        await asyncio.sleep(0.05)
     # A dropped slow client sees its end only once it has read what the
     # server's kernel had buffered for it (the server closed behind that).
     drain_until = time.monotonic() + slow_drain
@@ -762,7 +871,7 @@ async def _measure(
                     file=sys.stderr,
                 )
     process.totals = Totals()  # nothing more counts in this window
-    measured = [c for c in process.clients if c.subscribed and c.mode != "slow"]
+    measured = [c for c in process.clients if c.subscribed and c.mode not in ("slow", "link")]
     per_client = [c.received for c in measured]
     recovered = [c.recovered_ns - totals.mark_ns for c in measured if totals.mark_ns and c.recovered_ns]
     _emit(
@@ -784,6 +893,17 @@ async def _measure(
             "disconnects": totals.disconnects,
             "slow_clients": len(slow),
             "slow_dropped": totals.slow_dropped,
+            "link_clients": len(links),
+            "link_connected": sum(1 for c in links if c.connected),
+            "link_bytes": totals.link_bytes,
+            "link_trades": totals.link_trades,
+            "link_trade_gaps": totals.link_trade_gaps,
+            "link_quotes": totals.link_quotes,
+            "link_quotes_reordered": totals.link_quotes_reordered,
+            "link_quote_age": {str(k): v for k, v in totals.link_quote_age.items()},
+            "link_conflating": totals.link_conflating,
+            "link_caught_up": totals.link_caught_up,
+            "link_dropped": len(links) - sum(1 for c in links if c.connected),  # since they connected
             "close_codes": totals.close_codes,
             "errors": totals.errors,
             "per_client_min": min(per_client, default=0),
@@ -873,7 +993,7 @@ async def main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     spec = await _read_json_line(reader)
     grace: float = spec.get("grace", 1.0)
-    process = Process(spec.get("token", "bench"))
+    process = Process(spec.get("token", "bench"), spec.get("link_rate", 0.0))
     ready = await _connect_all(
         process,
         spec["url"],

@@ -462,15 +462,16 @@ class Run:
         sim_argv = [
             *_fastrelay(), "sim", "--port", str(sim_port), "--sim-key", SIM_KEY,
             "--rate", f"{base_rate:g}", "--events-per-frame", str(scenario.events_per_frame),
+            "--trade-share", f"{scenario.trade_share:g}",
             "--symbol-count", str(scenario.symbols), "--stamp", "true", "--markets", MARKET,
         ]  # fmt: skip
         # The clients, spread round-robin over the load-generator processes
         # (and, for the scale-out, evenly over its edges).
         spec = scenario.clients_spec(server_spec.edges)
-        normal = [c for c in spec if c[1] != "slow"]
+        normal = [c for c in spec if c[1] not in ("slow", "link")]
         shares = max(1, min(options.client_procs or scenario.client_procs, len(normal)))
         groups = [normal[index::shares] for index in range(shares)]
-        slow = [c for c in spec if c[1] == "slow"]
+        slow = [c for c in spec if c[1] in ("slow", "link")]
         if slow:
             # Their own process: draining what a slow client was sent, once it
             # reads again, must not delay the measured clients.
@@ -498,7 +499,11 @@ class Run:
                 child,
                 {
                     "url": urls[0],
-                    "clients": [[params, mode, urls[edge]] for params, mode, edge in clients],
+                    "clients": [
+                        [params, mode, urls[edge] + (scenario.slow_query if mode in ("slow", "link") else "")]
+                        for params, mode, edge in clients
+                    ],
+                    "link_rate": scenario.link_rate,
                     "grace": options.grace,
                     "connect_concurrency": 50 if scenario.clients < 5000 else 25,
                     # A server that cannot keep up may never acknowledge: give up sooner.
@@ -591,7 +596,8 @@ class Run:
         duration = scenario.window or options.duration
         if scenario.attacks:
             duration = max(duration, ABUSE_MIN_WINDOW)
-        start_ns = time.time_ns() + int((options.warmup if index == 0 else options.settle) * 1e9)
+        warmup = max(options.warmup, scenario.warmup)
+        start_ns = time.time_ns() + int((warmup if index == 0 else options.settle) * 1e9)
         end_ns = start_ns + int(duration * 1e9)
         for child in self.clients:
             await _send_line(child, {"cmd": "window", "start_ns": start_ns, "end_ns": end_ns})
@@ -1405,6 +1411,32 @@ def _saturated(metrics: dict[str, Any]) -> str | None:
     return None
 
 
+def link_metrics(results: list[dict[str, Any]], trades_each: float) -> dict[str, Any]:
+    """The link clients' (throttled reads, the slow-link scenarios) window, summed: still
+    connected, trades and their gaps, quotes, quotes out of order, quote age, statuses.
+    ``trades_each``: the trades a normal client (T.*) received in the window: every link
+    client should have them all (``trades_ratio`` 1)."""
+    clients = sum(int(r.get("link_clients", 0)) for r in results)
+    if not clients:
+        return {}
+    age: dict[int, int] = {}
+    for r in results:
+        for bucket, count in r.get("link_quote_age", {}).items():
+            age[int(bucket)] = age.get(int(bucket), 0) + int(count)
+    found: dict[str, Any] = {"clients": clients}
+    for key in (
+        "connected", "bytes", "trades", "trade_gaps", "quotes", "quotes_reordered",
+        "conflating", "caught_up", "dropped",
+    ):  # fmt: skip
+        found[key] = sum(int(r.get(f"link_{key}", 0)) for r in results)
+    found["trades_ratio"] = found["trades"] / clients / trades_each if trades_each else float("nan")
+    found["quote_age_ms"] = {
+        name: percentile(age, fraction) / 1000 if age else float("nan")
+        for name, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+    }
+    return found
+
+
 def _log_findings(server: Deployment, scenario: Scenario, keep: int = 5) -> dict[str, Any]:
     """Warnings and errors the server's processes logged during the run (a relay that complains is news)."""
     lines: list[str] = []
@@ -1579,6 +1611,7 @@ def step_metrics(
         "disconnects": total("disconnects"),
         "slow_consumer": total("slow_consumer"),
         "slow_dropped": total("slow_dropped"),
+        "link": link_metrics(results, received / normal_subscribed if normal_subscribed else 0.0),
         "close_codes": close_codes,
         "client_errors": [e for r in results for e in r["errors"]][:5],
         "connect_failures": connect["failures"],

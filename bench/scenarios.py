@@ -174,11 +174,20 @@ class Scenario:
     events_per_frame: int = 1
     wildcard: bool = True  # every client on T.*, or each on one T.<ticker>, spread evenly
     slow_clients: int = 0  # clients that stop reading during the window
+    # What the slow clients are: "slow" (stop reading in the window) or "link" (read at
+    # link_rate bytes/s from the start: bench/loadclient.py), their channels (None: the
+    # normal clients'), and what their URL adds (?conflate=1: conflation on a market path).
+    slow_mode: str = "slow"
+    slow_params: str | None = None
+    slow_query: str = ""
+    link_rate: float = 0.0
+    trade_share: float = TRADE_SHARE  # of the simulator's stocks events (--trade-share)
     quiet: bool = False  # one channel nothing is published on (idle connections)
     quiet_channels: int = 1000
     drop_at: float | None = None  # seconds into the window: the simulator drops the upstream
     client_procs: int = 2
     window: float | None = None  # overrides --duration (a scenario that needs longer)
+    warmup: float = 0.0  # at least this long before the first window (over --warmup)
     servers: tuple[Server, ...] = (FASTRELAY,)
     about: str = ""
     baseline_of: str | None = None  # this is the slow-consumer-free twin of that scenario
@@ -206,7 +215,7 @@ class Scenario:
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
-        return t_rate / TRADE_SHARE / self.events_per_frame
+        return t_rate / self.trade_share / self.events_per_frame
 
     def ticker(self, index: int) -> str:
         # The simulator's synthetic names: S0001.. (at least 4 digits).
@@ -264,7 +273,8 @@ class Scenario:
         spec = [(p, "probe" if i % stride == 0 else "count") for i, p in enumerate(self.subscriptions())]
         if self.chart_tickers:
             spec = [(p, "chart") for p in self.subscriptions()]
-        spec += [("T.*" if self.wildcard else spec[0][0], "slow")] * self.slow_clients
+        slow = self.slow_params or ("T.*" if self.wildcard else spec[0][0])
+        spec += [(slow, self.slow_mode)] * self.slow_clients
         taken: dict[tuple[str, str], int] = {}
         channels: dict[str, int] = {}
         placed = []
@@ -317,6 +327,33 @@ SCENARIOS: dict[str, Scenario] = {
             "slow-base", "slow consumers: baseline", clients=100, symbols=100, t_rates=(10000,),
             window=8.0, max_repeats=2, baseline_of="slow",
             about="the same 100 clients without the slow ones",
+        ),
+        # Conflation (fastrelay/conflation.py): 10 clients on T.* and Q.* whose links carry a
+        # tenth of that feed (10,000 events/s, about 1.6 MB/s with the bench's stamps), trades
+        # 5 % of it (about half the link): with conflation they stay, get every trade and fresh
+        # quotes; without (slow-link-off, ?conflate=0) they are dropped; slow-link-base: the
+        # 100 normal clients alone, on the same feed (the relay holds Q.* for nobody). The
+        # warm-up lets the links read what they owed before conflation started (the first
+        # --conflate-above, 512 KiB: about 3 s at their 160 KB/s) and the others be dropped.
+        Scenario(
+            "slow-link", "slow links, conflated", clients=100, symbols=100, t_rates=(500,),
+            trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
+            slow_query="?conflate=1", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
+            server_args=("--keep-channels", "Q.*"),
+            about="100 clients on T.* plus 10 on T.*,Q.* whose links carry a tenth of it (conflated)",
+        ),
+        Scenario(
+            "slow-link-off", "slow links, not conflated", clients=100, symbols=100, t_rates=(500,),
+            trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
+            slow_query="?conflate=0", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
+            server_args=("--keep-channels", "Q.*"),
+            about="the same with ?conflate=0: the slow links are dropped (1013), as before",
+        ),
+        Scenario(
+            "slow-link-base", "slow links: baseline", clients=100, symbols=100, t_rates=(500,),
+            trade_share=0.05, window=8.0, warmup=6.0, max_repeats=2, baseline_of="slow-link",
+            server_args=("--keep-channels", "Q.*"),
+            about="the same 100 clients and feed without the slow links",
         ),
         Scenario(
             "reconnect", "upstream reconnect", clients=100, symbols=100, t_rates=(1000,), drop_at=2.0,
@@ -413,7 +450,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 # ``--scenarios slow`` runs its baseline too: the target compares the two; ``charts`` its
 # spread twin.
-COMPANIONS = {"slow": ("slow-base",), "charts": ("charts-spread",)}
+COMPANIONS = {
+    "slow": ("slow-base",),
+    "slow-link": ("slow-link-off", "slow-link-base"),
+    "charts": ("charts-spread",),
+}
 # Names for a set of scenarios.
 GROUPS = {
     "deflate": ("deflate-firehose", "deflate-sparse", "deflate-watchlist"),

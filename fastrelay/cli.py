@@ -195,6 +195,7 @@ def _run_sim(flags: SimConfigFlags) -> None:
         api_key=flags.sim_key,
         rate=flags.rate,
         events_per_frame=flags.events_per_frame,
+        trade_share=flags.trade_share,
         symbol_count=flags.symbol_count,
         stamp_ns=flags.stamp,
         markets=flags.markets,

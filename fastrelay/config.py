@@ -75,6 +75,12 @@ class RelayConfig:
     # Unsent bytes a client may owe before it is dropped as a slow consumer:
     # a few seconds of a busy wildcard feed for a browser on a poor link.
     max_client_buffer: int = 4 * MIB
+    # Conflation (README, "Conflation"): on these paths a client owing more than
+    # conflate_above is sent every trade and only the latest quote/aggregate/value
+    # of each channel until it catches up, instead of being dropped at
+    # max_client_buffer; a client may ask otherwise (?conflate=0 or 1).
+    conflate_paths: list[str] = field(default_factory=lambda: ["/api/socket"])
+    conflate_above: int = 0  # 0: an eighth of max_client_buffer (512 KiB of 4 MiB)
     max_channels: int = 2000  # per client connection
     # permessage-deflate with clients that offer it (fastrelay/deflate.py): "shared" compresses
     # each frame once for every client of an audience; "off" never negotiates it. Frames
@@ -195,6 +201,7 @@ class SimConfigFlags:
     sim_key: str = "sim-key"
     rate: float = 20.0
     events_per_frame: int = 1
+    trade_share: float | None = None
     symbol_count: int = 0
     stamp: bool = False
     markets: tuple[str, ...] = markets.MARKETS  # markets that generate data (all paths answer)
@@ -537,6 +544,24 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         size,
         "unsent bytes before a client is dropped as a slow consumer",
         "max_client_buffer",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "conflate-paths",
+        protocol.split_params,
+        "client paths where conflation is on unless the client says ?conflate=0 (comma-separated, "
+        "e.g. /api/socket,/stocks; '' for none)",
+        "conflate_paths",
+        G.CLIENTS,
+        TO_CLIENTS,
+    ),
+    Option(
+        "conflate-above",
+        size,
+        "unsent bytes past which a conflating client gets the latest quotes/aggregates/values and "
+        f"every trade until it catches up (0: an eighth of --max-client-buffer; {SIZE_HELP})",
+        "conflate_above",
         G.CLIENTS,
         TO_CLIENTS,
     ),
@@ -991,6 +1016,14 @@ SIM_OPTIONS: tuple[Option, ...] = (
         SIM_COMMANDS,
     ),
     Option(
+        "trade-share",
+        _non_negative(float),
+        "share of trades among trades and quotes, 0 to 1 (default: half)",
+        "trade_share",
+        G.SIMULATOR,
+        SIM_COMMANDS,
+    ),
+    Option(
         "symbol-count",
         _non_negative(int),
         "synthetic tickers per market (0: the built-in list)",
@@ -1192,6 +1225,11 @@ def tokens_summary(config: RelayConfig) -> str:
     return "open mode (no tokens)"
 
 
+def conflate_above(config: RelayConfig) -> int:
+    """The soft limit of conflation: --conflate-above, or an eighth of --max-client-buffer."""
+    return config.conflate_above or config.max_client_buffer // 8
+
+
 def validate(config: RelayConfig) -> None:
     """Checks across settings, with messages an operator can act on (roles add their own)."""
     for flag, host in (("--host", config.host), ("--metrics-host", config.metrics_host)):
@@ -1226,6 +1264,18 @@ def validate(config: RelayConfig) -> None:
         raise ConfigError(
             f"--client-tokens: {len(short)} token(s) shorter than {MIN_TOKEN_LENGTH} characters "
             "(a short token is guessed; e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    served = {"/api/socket", *(f"/{m}" for m in config.markets)}
+    stray = [p for p in config.conflate_paths if p not in served]
+    if stray:
+        raise ConfigError(
+            f"--conflate-paths: {', '.join(p[:40] for p in stray)} not a client path of this relay "
+            f"({', '.join(sorted(served))})"
+        )
+    if config.conflate_above >= config.max_client_buffer > 0:
+        raise ConfigError(
+            f"--conflate-above ({config.conflate_above}) must be below --max-client-buffer "
+            f"({config.max_client_buffer}): conflation starts before the drop"
         )
     if config.max_frame_size < 1024:
         raise ConfigError("--max-frame-size must be at least 1024 bytes")

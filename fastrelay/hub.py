@@ -15,6 +15,10 @@ does per-event work per audience, not per client:
    builds the frames once and writes the same bytes to every member (one
    write per member per flush whatever the number of events) and drops
    members whose backlog passes the limit.
+3. A member that fell behind (over ``--conflate-above``, conflation on) leaves
+   its audience's ``members`` for its ``conflating`` set: ``flush`` looks at
+   that set once per audience, and ``conflation.Conflator`` sends each such
+   member every trade and the latest of each state channel until it catches up.
 
 Membership changes (``attach``, ``subscribe``, ``unsubscribe``, ``detach``)
 move a member between audiences, and every reference a member takes or drops
@@ -26,11 +30,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from fastrelay import markets
+from fastrelay.conflation import ConflationPolicy, Conflator
 from fastrelay.events import EventHead, RawEvent, ticker_of
 from fastrelay.framing import tag_market
 from fastrelay.histogram import RELAY_LATENCY_BOUNDS, Histogram
@@ -68,7 +73,9 @@ class Interest(Protocol):
 class Audience:
     """Members with one channel set: they share every frame."""
 
-    __slots__ = ("channels", "first_arrival", "flushed_at", "market", "members", "pending", "tagged")
+    __slots__ = (
+        "channels", "conflating", "first_arrival", "flushed_at", "market", "members", "pending", "tagged",
+    )  # fmt: skip
 
     def __init__(self, channels: frozenset[Channel], tagged: bool) -> None:
         self.channels = channels
@@ -78,6 +85,8 @@ class Audience:
         spanned = {channel.market for channel in channels}
         self.market = spanned.pop() if len(spanned) == 1 else "mixed"
         self.members: dict[Member, None] = {}  # an ordered set
+        # Members that fell behind (conflation.py), while there are any: an ordered set.
+        self.conflating: dict[Member, None] | None = None
         self.pending: list[RawEvent] = []
         self.first_arrival = 0.0  # perf_counter() arrival of the oldest pending event
         self.flushed_at = -math.inf  # perf_counter() of the last write
@@ -106,6 +115,8 @@ class Hub:
         interest: Interest,
         max_channels_per_client: int,
         max_contracts_per_client: int = markets.OPTIONS_CONTRACT_CAP,
+        conflation: ConflationPolicy | None = None,
+        clock: Callable[[], float] = time.perf_counter,  # conflation's; tests use a fake one
     ) -> None:
         self.outbox = outbox
         self.interest = interest
@@ -123,6 +134,12 @@ class Hub:
         self.latency = Histogram(RELAY_LATENCY_BOUNDS)
         self.members = 0
         self.subscriptions = 0  # channels summed over members
+        # Members that fell behind get the conflated stream instead of a drop (conflation.py).
+        self.conflator: Conflator | None = None
+        if conflation is not None:
+            self.conflator = Conflator(outbox, conflation, clock)
+            outbox.soft_limit = conflation.start_above
+            outbox.on_behind = self._fell_behind
 
     # --- membership -----------------------------------------------------------
     def attach(self, member: Member) -> None:
@@ -141,6 +158,8 @@ class Hub:
             self.interest.remove(channel)
         member.channels.clear()
         self._leave_audience(member)
+        if self.conflator is not None:
+            self.conflator.leave(member)
 
     def subscribe(self, member: Member, channels: Iterable[Channel]) -> SubscribeResult:
         """Add channels, each on its own: what fits is taken, the rest refused one by one
@@ -243,15 +262,25 @@ class Hub:
         if audience is None:
             audience = self._audiences[key] = Audience(channels, tagged)
             self._index_audience(audience)
-        audience.members[member] = None
+        if self.conflator is not None and self.conflator.is_conflating(member):
+            if audience.conflating is None:
+                audience.conflating = {}
+            audience.conflating[member] = None
+        else:
+            audience.members[member] = None
         self._audience_of[member] = audience
 
     def _leave_audience(self, member: Member) -> None:
         audience = self._audience_of.pop(member, None)
         if audience is None:
             return
-        del audience.members[member]
-        if not audience.members:
+        if member in audience.members:
+            del audience.members[member]
+        elif audience.conflating is not None:
+            del audience.conflating[member]
+            if not audience.conflating:
+                audience.conflating = None
+        if not audience.members and audience.conflating is None:
             del self._audiences[(audience.channels, audience.tagged)]
             self._unindex_audience(audience)
             # Events still pending for nobody: drop them, skip the flush.
@@ -364,7 +393,28 @@ class Hub:
         audience.pending = []
         audience.flushed_at = now
         self.latency.observe(now - audience.first_arrival)
-        self.outbox.fan_out(audience.members, events, audience.market)
+        if audience.conflating is None:
+            self.outbox.fan_out(audience.members, events, audience.market)
+        else:  # members that fell behind: the one test per audience conflation costs a flush
+            self._write_conflating(audience, events)
+
+    # --- conflation (conflation.py) ----------------------------------------------
+    def _write_conflating(self, audience: Audience, events: list[RawEvent]) -> None:
+        if audience.members:
+            self.outbox.fan_out(audience.members, events, audience.market)
+        assert self.conflator is not None
+        self.conflator.flush(audience, events)
+
+    def _fell_behind(self, member: Member) -> None:
+        """The outbox's ``on_behind``: ``member`` owes more than the soft limit."""
+        audience = self._audience_of.get(member)
+        if audience is not None and self.conflator is not None:
+            self.conflator.start(member, audience)
+
+    def drained(self, member: Member) -> None:
+        """The member's socket drained to its low-water mark (the shell's ``resume_writing``)."""
+        if self.conflator is not None:
+            self.conflator.drained(member, self._audience_of.get(member))
 
     # --- beyond the feed ---------------------------------------------------------
     def members_holding(self, channel: Channel) -> list[Member]:
@@ -373,7 +423,7 @@ class Hub:
             member
             for audience in self._audiences.values()
             if channel in audience.channels
-            for member in audience.members
+            for member in _everyone(audience)
         ]
 
     def members_on(self, market: str) -> list[Member]:
@@ -382,8 +432,15 @@ class Hub:
             member
             for audience in self._audiences.values()
             if any(c.market == market for c in audience.channels)
-            for member in audience.members
+            for member in _everyone(audience)
         ]
 
     def audience_count(self) -> int:
         return len(self._audiences)
+
+
+def _everyone(audience: Audience) -> list[Member]:
+    """Plain and conflating members."""
+    if audience.conflating is None:
+        return list(audience.members)
+    return [*audience.members, *audience.conflating]

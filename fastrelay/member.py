@@ -30,7 +30,9 @@ class Member:
     """The core's view of one client connection."""
 
     # Thousands at once: slots keep each small.
-    __slots__ = ("address", "buffered", "channels", "closed", "deflate", "owner", "tags_markets", "write")
+    __slots__ = (
+        "address", "buffered", "channels", "closed", "conflates", "deflate", "owner", "tags_markets", "write",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -40,6 +42,7 @@ class Member:
         tags_markets: bool = False,
         address: AddressState | None = None,
         deflate: bool = False,
+        conflates: bool = False,
     ) -> None:
         self.owner = owner
         # The budgets it shares with every connection from its address (None: none).
@@ -54,3 +57,6 @@ class Member:
         self.deflate = deflate
         self.channels: set[Channel] = set()
         self.closed = False  # detached from the hub: nothing more is written to it
+        # Behind by more than --conflate-above, it is sent the conflated stream instead of
+        # being dropped (conflation.py); off: dropped past --max-client-buffer only.
+        self.conflates = conflates

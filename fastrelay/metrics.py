@@ -202,6 +202,29 @@ class RelayCollector(Collector):
             "Largest unsent backlog of any client since the previous rendering of /metrics.",
             value=outbox.take_max_backlog(),
         )
+        if hub.conflator is not None:
+            conflation = hub.conflator.stats
+            yield GaugeMetricFamily(
+                "fastrelay_client_conflating",
+                "Clients behind by more than --conflate-above, sent every trade and the latest "
+                "quote/aggregate/value of each channel until they catch up.",
+                value=conflation.conflating,
+            )
+            yield CounterMetricFamily(
+                "fastrelay_client_conflation_episodes",
+                "Times a client started conflating (a conflating status sent).",
+                value=conflation.episodes,
+            )
+            yield CounterMetricFamily(
+                "fastrelay_client_conflation_caught_up",
+                "Times a conflating client caught up (a caught_up status sent).",
+                value=conflation.caught_up,
+            )
+            yield CounterMetricFamily(
+                "fastrelay_client_conflated_events",
+                "Events not sent to a conflating client: replaced by a later event of their state channel.",
+                value=conflation.superseded,
+            )
         yield GaugeMetricFamily(
             "fastrelay_audiences", "Groups of clients sharing a channel set.", value=hub.audience_count()
         )

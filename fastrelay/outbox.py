@@ -13,6 +13,10 @@ replies (statuses, acknowledgements, last values, history: ``send`` and
 * checks each member's unsent backlog after writing, and drops a member past
   ``--max-client-buffer``: a ``slow_consumer`` status (if the socket still
   takes it), then a close with 1013, as Massive does. Nobody else waits.
+  With conflation on, a member that may conflate and owes more than the soft
+  limit (``--conflate-above``) but not the hard one is handed to
+  ``on_behind`` instead (the hub: conflation.py); the loop compares with one
+  limit either way.
 
 Compression (RFC 7692, deflate.py) happens here too, once per call: the first
 member that negotiated it has the payloads compressed by the relay's one
@@ -29,7 +33,7 @@ with recording sinks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from fastrelay import protocol
@@ -70,6 +74,10 @@ class Outbox:
         self.max_frame_payload = max_frame_payload
         self.max_client_buffer = max_client_buffer
         self.deflater = deflater  # None: compression off, whatever clients offer
+        # Conflation (conflation.py): a member owing more than soft_limit is checked by
+        # _behind; unset, the soft limit is the hard one and nothing changes.
+        self.soft_limit = max_client_buffer
+        self.on_behind: Callable[[Member], None] | None = None
         self.stats = DeliveryStatistics()
         self._slow_log = LogThrottle(log, interval=10.0)
 
@@ -118,7 +126,7 @@ class Outbox:
         stats = self.stats
         stats.deliveries += events * count
         stats.frames += len(frames) * count
-        limit = self.max_client_buffer
+        limit = self.soft_limit
         max_backlog = stats.max_backlog
         slow: list[Member] | None = None
         packed: list[bytes] | None = None  # the compressed frames, built for the first taker
@@ -154,7 +162,7 @@ class Outbox:
         if slow:
             # After the loop: closing detaches members, which changes audiences.
             for member in slow:
-                self._drop_slow_consumer(member)
+                self._behind(member)
 
     def _compressed(self, payloads: Sequence[bytes], frames: list[bytes]) -> list[bytes]:
         """Each payload compressed (an RSV1 frame) where it pays, else its plain frame;
@@ -171,7 +179,17 @@ class Outbox:
                 packed[index] = compressed_text_frame(compressed)
         return frames if packed is None else packed
 
-    def _drop_slow_consumer(self, member: Member) -> None:
+    def _behind(self, member: Member) -> None:
+        """Over the soft limit: dropped past the hard one (without conflation the two are
+        one), else conflated if it may be; a member that may not waits, as it always did."""
+        if member.closed:
+            return
+        if member.buffered() > self.max_client_buffer:
+            self.drop_slow_consumer(member)
+        elif self.on_behind is not None and member.conflates:
+            self.on_behind(member)
+
+    def drop_slow_consumer(self, member: Member) -> None:
         if member.closed:
             return
         self.stats.slow_consumers += 1

@@ -27,6 +27,9 @@ ERROR: Final = "error"
 MAX_CONNECTIONS: Final = "max_connections"
 FORCE_DISCONNECT: Final = "force_disconnect"
 SLOW_CONSUMER: Final = "slow_consumer"
+# fastrelay's own (docs/protocol.md, "Conflation"): a client fell behind, and caught up again.
+CONFLATING: Final = "conflating"
+CAUGHT_UP: Final = "caught_up"
 
 MAX_TICKER_LENGTH: Final = 64
 # What of a client's own input an error status may echo.

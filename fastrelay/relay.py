@@ -37,7 +37,8 @@ from typing import Protocol
 from fastrelay import markets, protocol
 from fastrelay.bars import AccountBars
 from fastrelay.cache import Cache
-from fastrelay.config import RelayConfig, api_key_of, upstream_of
+from fastrelay.config import RelayConfig, api_key_of, conflate_above, upstream_of
+from fastrelay.conflation import ConflationPolicy
 from fastrelay.deflate import SharedDeflater
 from fastrelay.events import EventHead, RawEvent
 from fastrelay.feed import Feed
@@ -106,7 +107,12 @@ class Relay:
             )
         self.outbox = Outbox(config.max_frame_size, config.max_client_buffer, deflater)
         self.hub = Hub(
-            config.markets, self.outbox, self.demand, config.max_channels, config.max_contracts_per_client
+            config.markets,
+            self.outbox,
+            self.demand,
+            config.max_channels,
+            config.max_contracts_per_client,
+            conflation=ConflationPolicy.of(conflate_above(config), config.max_client_buffer),
         )
         # market -> why its feed is down, while it is: new subscribers are told too.
         self.outages: dict[str, str] = {}

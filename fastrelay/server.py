@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
+from urllib.parse import parse_qs
 
 from picows import (
     WSCloseCode,
@@ -69,6 +70,7 @@ PASS_SHARE = 0.002
 # before the socket is aborted (a slow consumer may never read again).
 CLOSE_GRACE = 1.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value
 
 
 @dataclass
@@ -105,6 +107,7 @@ class ClientConnection(WSListener):
         "_address_state",
         "_budget",
         "_close_reason",
+        "_conflates",
         "_deflate",
         "_forwarded",
         "_fragments",
@@ -125,11 +128,13 @@ class ClientConnection(WSListener):
         market: str | None,
         path: str,
         forwarded: str | None,
+        conflates: bool = False,
         deflate: bool = False,
     ) -> None:
         self._server = server
         self._market = market
         self._path = path
+        self._conflates = conflates  # behind, it gets the conflated stream (conflation.py)
         self._deflate = deflate  # negotiated permessage-deflate
         self._forwarded = forwarded  # X-Forwarded-For as sent, judged once the peer is known
         self._address: str | None = None
@@ -171,8 +176,23 @@ class ClientConnection(WSListener):
             self,
             tags_markets=self._market is None,
             address=state,
+            conflates=self._conflates,
             deflate=self._deflate,
         )
+        conflator = server.relay.hub.conflator
+        if self._conflates and conflator is not None:
+            # resume_writing (below) fires when the buffer drains to the low mark: a
+            # conflating client's queue goes out then.
+            policy = conflator.policy
+            raw.set_write_buffer_limits(high=policy.hold_above, low=policy.resume_at)
+            # The kernel keeps at most this much unsent beyond what is in flight; the rest
+            # waits in the transport's buffer, where the backlog (and conflation) sees it.
+            # Without it Linux grows a slow client's send buffer to megabytes (tcp_wmem),
+            # seconds of stale data that conflation could never replace.
+            sock = raw.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, policy.resume_at)
         server.relay.hub.attach(member)
         self.session = ClientSession(server.session_context, member, self._market)
         server.connections.add(self)
@@ -227,6 +247,14 @@ class ClientConnection(WSListener):
         elif msg_type is WSMsgType.CLOSE:
             self._closed_by_client(transport, frame)
         # A PONG only marks the peer alive (above).
+
+    def pause_writing(self) -> None:
+        """Over the transport's high-water mark: the outbox watches backlogs itself."""
+
+    def resume_writing(self) -> None:
+        """Drained to the low-water mark: a conflating client's queue can go out."""
+        if self.session is not None and self._close_reason is None:
+            self._server.relay.hub.drained(self.session.member)
 
     def _message(self, binary: bool, payload: bytes, compressed: bool) -> None:
         """A whole message: handled now, or queued behind the ones this client already has
@@ -515,6 +543,18 @@ class UnservedMarket(WSListener):
         transport.send(WSMsgType.TEXT, protocol.status_frame(protocol.ERROR, message))
         transport.send_close(WSCloseCode(CloseReason.UNSERVED.code), b"market not served")
         transport.disconnect(graceful=True)
+
+
+def conflation_wanted(query: str, default: bool) -> bool | None:
+    """A client's ``?conflate=0`` or ``1`` (else the path's default), None if it is neither."""
+    if "conflate" not in query:
+        return default
+    values = parse_qs(query, keep_blank_values=True).get("conflate")
+    if values is None:
+        return default
+    if len(values) == 1 and values[0] in ("0", "1"):
+        return values[0] == "1"
+    return None
 
 
 def _normalise_upgrade_headers(request: WSUpgradeRequest) -> None:
@@ -884,7 +924,7 @@ class RelayServer:
         return TokenBucket(config.max_messages_per_second, config.message_burst)
 
     def _route(self, request: WSUpgradeRequest) -> Routed:
-        path = request.path.decode("latin-1").split("?", 1)[0]
+        path, _, query = request.path.decode("latin-1").partition("?")
         if len(path) > 1:
             path = path.rstrip("/")
         market = path[1:]
@@ -900,11 +940,19 @@ class RelayServer:
             if refusal is not None:
                 self.stats.count_close(path, CloseReason.POLICY if refusal[0] == 403 else CloseReason.LIMIT)
                 return _plain(*refusal)
+            conflates = conflation_wanted(query, path in self.relay.config.conflate_paths)
+            if conflates is None:
+                return _plain(400, b"conflate: expected 0 or 1\n")
             _normalise_upgrade_headers(request)
             forwarded = request.headers.get("x-forwarded-for")
             extensions = self._extensions(request)
             connection = ClientConnection(
-                self, None if path == API_SOCKET_PATH else market, path, forwarded, extensions is not None
+                self,
+                None if path == API_SOCKET_PATH else market,
+                path,
+                forwarded,
+                conflates,
+                deflate=extensions is not None,
             )
             if extensions is None:
                 return connection

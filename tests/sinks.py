@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 
 from fastrelay.cache import Cache
 from fastrelay.closes import CloseReason
+from fastrelay.conflation import ConflationPolicy
 from fastrelay.deflate import SharedDeflater
 from fastrelay.events import decode_frame
 from fastrelay.feed import FeedStatistics
@@ -82,9 +84,13 @@ class Core:
         self.cache[market].record(heads, raws)
         self.hub.route(market, heads, raws)
 
-    def member(self, tags_markets: bool = False, deflate: bool = False) -> tuple[Member, RecordingSink]:
+    def member(
+        self, tags_markets: bool = False, conflates: bool = False, deflate: bool = False
+    ) -> tuple[Member, RecordingSink]:
         sink = RecordingSink()
-        m = Member(sink.write, sink.buffered, sink, tags_markets=tags_markets, deflate=deflate)
+        m = Member(
+            sink.write, sink.buffered, sink, tags_markets=tags_markets, conflates=conflates, deflate=deflate
+        )
 
         def closed() -> None:
             self.dropped.append(m)
@@ -124,12 +130,15 @@ def make_core(
     max_frame_payload: int = 64 * 1024,
     history_size: int = 500,
     linger: float = 0.0,
+    conflation: ConflationPolicy | None = None,
+    clock: Callable[[], float] = lambda: 0.0,
     deflater: SharedDeflater | None = None,
 ) -> Core:
     cache = Cache(markets, history_size)
     demand = Demand(markets, linger, lambda: 0.0, on_first=cache.watch, on_last=cache.unwatch)
     outbox = Outbox(max_frame_payload, max_client_buffer, deflater)
-    return Core(Hub(markets, outbox, demand, max_channels), cache, demand, outbox)
+    hub = Hub(markets, outbox, demand, max_channels, conflation=conflation, clock=clock)
+    return Core(hub, cache, demand, outbox)
 
 
 class RecordingFeed:

@@ -19,6 +19,7 @@ PURE = (
     "fastrelay.cache",
     "fastrelay.closes",
     "fastrelay.config",
+    "fastrelay.conflation",
     "fastrelay.events",
     "fastrelay.feed",
     "fastrelay.framing",

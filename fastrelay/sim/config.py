@@ -29,6 +29,9 @@ class SimulatorConfig:
     rate: float = 20.0
     # Trade/quote events in each of those frames, of random symbols.
     events_per_frame: int = 1
+    # The share of tick events that are trades where a market has trades and quotes
+    # (T/Q, XT/XQ); None: each tick ev equally likely.
+    trade_share: float | None = None
     aggregates: bool = True
     # Length of the "minute" window of AM, CA and XA; tests shrink it.
     agg_minute_seconds: float = 60.0
@@ -70,6 +73,8 @@ class SimulatorConfig:
             raise ValueError("rate must be > 0")
         if self.events_per_frame < 1:
             raise ValueError("events_per_frame must be >= 1")
+        if self.trade_share is not None and not 0.0 <= self.trade_share <= 1.0:
+            raise ValueError("trade_share must be between 0 and 1")
         if self.symbol_count < 0:
             raise ValueError("symbol_count must be >= 0")
         if self.agg_minute_seconds < 0.001:

@@ -287,9 +287,13 @@ class Feed:
         makers = self.tick_makers
         n_symbols = len(symbols)
         n_makers = len(makers)
+        trade_share = self.config.trade_share if n_makers == 2 else None
         for _ in range(self.config.events_per_frame):
             sym = symbols[int(rng.random() * n_symbols)]
-            makers[int(rng.random() * n_makers) if n_makers > 1 else 0](sym, t, out)
+            if trade_share is not None:  # the trade maker first (_KINDS), the quote maker second
+                makers[0 if rng.random() < trade_share else 1](sym, t, out)
+            else:
+                makers[int(rng.random() * n_makers) if n_makers > 1 else 0](sym, t, out)
         self.events_generated += self.config.events_per_frame
         return out
 

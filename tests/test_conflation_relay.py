@@ -1,0 +1,260 @@
+"""Conflation through a real relay: a client on a slow link stays, gets every trade and the latest quotes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.attacks import RawClient, handshake, text
+from fastrelay.app import RunningRelay, running_relay
+from fastrelay.server import conflation_wanted
+from fastrelay.sim import Simulator
+from tests.conftest import sim_config
+from tests.test_metrics import scrape, value
+from tests.utils import TIMEOUT, Client, fast_relay_config, sequence_gaps, wait_until
+
+KIB = 1024
+# The link of the slow client, bytes/s: under the feed it subscribes (T.AAPL and Q.* of four
+# tickers: about 120 KB/s at 600 frames/s of 2 events), over its trades alone (about 20 KB/s).
+LINK = 40_000
+
+
+class ThrottledReader:
+    """A raw WebSocket client whose link carries ``rate`` bytes/s: it reads no faster.
+
+    A small receive buffer (set before connecting, so the advertised window follows it)
+    keeps the backlog in the relay, where conflation sees it, not in the kernel.
+    """
+
+    def __init__(self, sock: socket.socket, rate: float) -> None:
+        self.sock = sock
+        self.rate = rate
+        self.buffer = b""
+        self.events: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.eof = False
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, port: int, path: str, params: str, rate: float) -> ThrottledReader:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(
+            sock,
+            handshake(path)
+            + text({"action": "auth", "params": "x"})
+            + text({"action": "subscribe", "params": params}),
+        )
+        reader = cls(sock, rate)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await asyncio.wait_for(loop.sock_recv(sock, 1), TIMEOUT)
+        assert b" 101 " in head.split(b"\r\n", 1)[0], head
+        reader._task = loop.create_task(reader._read())
+        return reader
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        allowance, last = 0.0, time.monotonic()
+        while not self.eof:
+            now = time.monotonic()
+            allowance = min(allowance + (now - last) * self.rate, 8 * KIB)
+            last = now
+            if allowance < 512:
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                chunk = await loop.sock_recv(self.sock, int(allowance))
+            except ConnectionError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                return
+            allowance -= len(chunk)
+            self.buffer += chunk
+            self._frames()
+
+    def _frames(self) -> None:
+        while len(self.buffer) >= 2:
+            opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+            offset = 2
+            if length == 126:
+                if len(self.buffer) < 4:
+                    return
+                length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
+            elif length == 127:
+                if len(self.buffer) < 10:
+                    return
+                length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
+            if len(self.buffer) < offset + length:
+                return
+            payload = self.buffer[offset : offset + length]
+            self.buffer = self.buffer[offset + length :]
+            if opcode == 0x8:
+                self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            elif opcode == 0x1:
+                for message in orjson.loads(payload):
+                    (self.statuses if message.get("ev") == "status" else self.events).append(message)
+
+    def status_names(self) -> list[str]:
+        return [s["status"] for s in self.statuses]
+
+    async def close(self) -> None:
+        self.eof = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sock.close()
+
+
+def last_q(events: list[dict[str, Any]], ev: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for event in events:
+        if event["ev"] == ev:
+            found[event["sym"]] = event["q"]
+    return found
+
+
+def cached_last_quotes(relay: RunningRelay) -> dict[str, int]:
+    cache = relay.relay.cache["stocks"]
+    found = {}
+    for sym in ("AAPL", "MSFT", "TSLA", "BRK.B"):
+        raw = cache.last_value("Q", sym)
+        if raw is not None:
+            found[sym] = orjson.loads(raw)["q"]
+    return found
+
+
+async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_latest_quotes() -> None:
+    """/api/socket (conflation on by default), a link at a third of its feed: a conflating status,
+    no drop, every trade in order, quotes never out of order; once the feed stops, the latest quote
+    of every ticker; when its link carries the feed again, caught_up. A client that keeps up gets all."""
+    async with (
+        Simulator(sim_config(rate=600.0, events_per_frame=2)) as sim,
+        running_relay(
+            fast_relay_config(
+                sim.base_url,
+                "sim-key",
+                max_client_buffer=512 * KIB,
+                conflate_above=32 * KIB,
+                metrics_interval=0.1,
+            )
+        ) as relay,
+    ):
+        await wait_until(lambda: relay.ready, what="relay ready")
+        fast = await Client.connect(f"ws://127.0.0.1:{relay.port}/api/socket")
+        await fast.subscribe("T.AAPL,Q.*")
+        slow = await ThrottledReader.open(relay.port, "/api/socket", "T.AAPL,Q.*", LINK)
+        try:
+            conflator = relay.relay.hub.conflator
+            assert conflator is not None
+            await wait_until(lambda: "conflating" in slow.status_names(), TIMEOUT * 3, "conflating status")
+            assert conflator.stats.episodes == 1 and conflator.stats.conflating == 1
+            # A while on the conflated stream, then the feed stops.
+            seen = len(slow.events)
+            await wait_until(lambda: len(slow.events) > seen + 200, TIMEOUT * 2, "conflated events")
+            sim.fault("slow", "stocks", factor=0.0, delay=0.0)
+            latest: dict[str, int] = {}
+
+            def fast_has_all() -> bool:
+                latest.update(cached_last_quotes(relay))
+                return len(latest) == 4 and last_q(fast.events, "Q") == latest
+
+            await fast.wait_for(fast_has_all, TIMEOUT * 2, "the fast client to have every last quote")
+            await wait_until(lambda: last_q(slow.events, "Q") == latest, TIMEOUT * 3, "the latest quotes")
+            await wait_until(
+                lambda: last_q(slow.events, "T") == last_q(fast.events, "T"), TIMEOUT, "the last trade"
+            )
+            trades = [e for e in slow.events if e["ev"] == "T"]
+            assert trades and sequence_gaps(trades) == []  # every trade, in order
+            for sym in latest:
+                quotes = [e["q"] for e in slow.events if e["ev"] == "Q" and e["sym"] == sym]
+                assert quotes == sorted(set(quotes)), sym  # never an older quote after a newer one
+            fast_quotes = sum(1 for e in fast.events if e["ev"] == "Q")
+            assert sum(1 for e in slow.events if e["ev"] == "Q") < fast_quotes
+            assert conflator.stats.superseded > 0
+            assert sequence_gaps(fast.events) == []
+            # A trickle the link carries: nothing held for CATCH_UP_QUIET, then caught_up.
+            sim.fault("slow", "stocks", factor=0.05, delay=0.0)
+            await wait_until(lambda: "caught_up" in slow.status_names(), TIMEOUT * 2, "caught_up status")
+            assert slow.status_names().count("conflating") == 1
+            assert conflator.stats.conflating == 0 and conflator.stats.caught_up == 1
+            assert slow.close_code is None and not slow.eof
+            assert relay.server.stats.closed["slow_consumer"] == 0
+            assert relay.relay.outbox.stats.slow_consumers == 0
+            text = await scrape(relay)
+            assert value(text, "fastrelay_client_conflating") == 0
+            assert value(text, "fastrelay_client_conflation_episodes_total") == 1
+            assert value(text, "fastrelay_client_conflation_caught_up_total") == 1
+            assert value(text, "fastrelay_client_conflated_events_total") == conflator.stats.superseded > 0
+        finally:
+            await slow.close()
+            await fast.close()
+
+
+async def test_a_client_that_opts_out_is_dropped_with_1013_as_before() -> None:
+    """/api/socket?conflate=0 and not reading: slow_consumer, then 1013, no conflation episode."""
+    async with (
+        Simulator(sim_config(rate=2000.0, events_per_frame=5)) as sim,
+        running_relay(fast_relay_config(sim.base_url, "sim-key", max_client_buffer=64 * KIB)) as relay,
+    ):
+        await wait_until(lambda: relay.ready, what="relay ready")
+        stuck = await RawClient.connect(
+            "127.0.0.1", relay.port, "/api/socket?conflate=0", receive_buffer=4096
+        )
+        try:
+            assert stuck.upgraded
+            await stuck.send(
+                text({"action": "auth", "params": "x"}) + text({"action": "subscribe", "params": "T.*,Q.*"})
+            )
+            outbox = relay.relay.outbox
+            await wait_until(lambda: outbox.stats.slow_consumers >= 1, TIMEOUT * 3, "slow consumer drop")
+            messages = await stuck.messages(TIMEOUT)
+            assert stuck.close_code == 1013 or stuck.reset
+            statuses = [m["status"] for m in messages if m.get("ev") == "status"]
+            assert "slow_consumer" in statuses or stuck.reset
+            assert "conflating" not in statuses
+            conflator = relay.relay.hub.conflator
+            assert conflator is not None and conflator.stats.episodes == 0
+            assert relay.server.stats.closed_by_path["/api/socket"]["slow_consumer"] == 1
+        finally:
+            stuck.writer.close()
+
+
+async def test_a_bad_conflate_parameter_is_refused_before_the_upgrade(relay: RunningRelay) -> None:
+    """?conflate=maybe: HTTP 400 naming the parameter, no connection."""
+    client = await RawClient.connect("127.0.0.1", relay.port, "/stocks?conflate=maybe")
+    try:
+        assert not client.upgraded and b" 400 " in client.status_line
+    finally:
+        client.writer.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "default", "wanted"),
+    [
+        ("", True, True),
+        ("", False, False),
+        ("conflate=0", True, False),
+        ("conflate=1", False, True),
+        ("apiKey=x&conflate=1", False, True),
+        ("conflatex=1", False, False),
+        ("conflate=yes", True, None),
+        ("conflate=1&conflate=0", True, None),
+        ("conflate=", True, None),
+    ],
+)
+def test_the_conflate_parameter(query: str, default: bool, wanted: bool | None) -> None:
+    assert conflation_wanted(query, default) is wanted
