@@ -18,6 +18,7 @@ from fastrelay.config import (
     add_options,
     build,
 )
+from fastrelay.workers import plan as workers_plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--role={args.role} contradicts the command {args.command!r}")
             config.role = args.command
         roles.validate(config)
+        workers_plan.validate(config)
         needs_key = roles.kind_of(config).needs_api_key  # an edge never talks to Massive
         simulated = args.command == "run"  # `run` without a key serves the simulator
         if needs_key and not config.api_key and not simulated:
@@ -80,9 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fastrelay: configuration error: {exc}", file=sys.stderr)
         return 2
+    tree = config.workers > 1  # a supervisor and its workers (docs/workers.md)
     if args.command == "check-config":
-        print(f"fastrelay: configuration OK: {roles.describe(config)}")
+        if tree:
+            from fastrelay.workers.supervisor import describe
+
+            print(f"fastrelay: configuration OK: {describe(config)}")
+        else:
+            print(f"fastrelay: configuration OK: {roles.describe(config)}")
         return 0
+    if tree:
+        from fastrelay.workers import supervisor
+
+        logs.configure(config.log_level, config.log_format, worker=workers_plan.SUPERVISOR)
+        return supervisor.main(config, simulated=needs_key and not config.api_key)
     logs.configure(config.log_level, config.log_format)
     from fastrelay import app
 

@@ -171,6 +171,27 @@ class RelayConfig:
     # (clocks of ingest and edges must agree to well within it: NTP).
     max_event_age: float = 2.0
     instance_name: str = field(default_factory=lambda: f"{platform.node()}-{os.getpid()}")
+    # Processes serving clients on this machine (docs/workers.md): 1 is the one process; N > 1
+    # a supervisor with a private nats-server, an ingest and N edges sharing --port.
+    workers: int = 1
+    # Set by that supervisor for its edges (never a flag): the client port is shared
+    # (SO_REUSEPORT), the kernel spreads new connections over the edges.
+    reuse_port: bool = False
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0))
+
+
+def _workers(text: str) -> int:
+    value = text.strip().lower()
+    if value == "auto":
+        return usable_cores()
+    count = int(value)
+    if count < 1:
+        raise ValueError(f"must be at least 1 (or auto): {text}")
+    return count
 
 
 @dataclass
@@ -558,6 +579,13 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "max_event_age",
     ),
     Option("instance-name", str, "this process's name on NATS (default: HOST-PID)", "instance_name"),
+    Option(
+        "workers",
+        _workers,
+        "processes serving clients (auto: one per usable core); over 1, a supervisor runs "
+        "an ingest and that many edges on --port over a private nats-server",
+        "workers",
+    ),
 )
 
 SIM_OPTIONS: tuple[Option, ...] = (

@@ -10,7 +10,12 @@ import orjson
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception)."""
+    """One JSON object per line: time, level, logger, message (and the exception); and the
+    worker of a ``--workers`` tree that wrote it."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -19,18 +24,23 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
 
 
-def configure(level: str, log_format: str = "text") -> None:
+def configure(level: str, log_format: str = "text", worker: str | None = None) -> None:
+    """``worker``: the name of a ``--workers`` tree's process, in every line it writes (they
+    all share the supervisor's stderr)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        formatter: logging.Formatter = JsonFormatter()
+        formatter: logging.Formatter = JsonFormatter(worker)
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        tag = "" if worker is None else f"[{worker}] "
+        formatter = logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

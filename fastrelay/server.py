@@ -690,6 +690,8 @@ class RelayServer:
             # Sized for reconnect storms: every browser of a restarted relay comes
             # back within seconds (the kernel caps it at net.core.somaxconn).
             backlog=config.listen_backlog,
+            # The edges of a --workers tree share the port (docs/workers.md).
+            reuse_port=config.reuse_port or None,
         )
         self.pings.start()
         if config.metrics_port is not None:
