@@ -30,7 +30,8 @@ class _ProbeDoor(asyncio.Protocol):
         self._connection: RestConnection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._connection = RestConnection(transport, self._answer, "http", self._open)
+        # One answer per connection, as the workers' own probes (picows) answer.
+        self._connection = RestConnection(transport, self._answer, "http", self._open, keep_alive=False)
 
     async def _answer(
         self, method: str, target: str, headers: dict[str, str], origin: str, peer: str
