@@ -211,6 +211,27 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(p) for p in (pid, *descendants(pid)))
 
 
+def tree_cpu_by_worker(pid: int) -> dict[str, float]:
+    """CPU seconds of a ``--workers`` tree by process: ``supervisor`` (``pid``), ``nats``,
+    ``ingest``, ``edge-1``... (named from their command lines); ``--workers 1``: ``relay``."""
+    children = descendants(pid)
+    found = {"supervisor" if children else "relay": cpu_seconds(pid)}
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if "fastrelay.workers.worker" in argv[:-1]:
+            name = argv[argv.index("fastrelay.workers.worker") + 1]
+        elif argv and argv[0].endswith("nats-server"):
+            name = "nats"
+        else:
+            name = "other"
+        found[name] = found.get(name, 0.0) + cpu_seconds(child)
+    return found
+
+
 def tree_memory_kib(pid: int) -> dict[str, int]:
     """``memory_kib`` summed over ``pid`` and every process under it."""
     total: dict[str, int] = {}

@@ -299,6 +299,8 @@ class Sample:
         self.sim_ok = bool(market)
         self.nats = nats_varz(server.nats_monitor)
         self.part_cpu = {name: server.cpu(child) for name, child in server.parts.items()}
+        # A --workers tree's processes one by one (supervisor, nats, ingest, edge-N).
+        self.tree_cpu = procs.tree_cpu_by_worker(server.primary.pid) if server.tree else {}
         self.server_cpu = sum(self.part_cpu.values())
         self.sim_cpu = procs.cpu_seconds(sim.pid)
         self.client_cpu = sum(procs.cpu_seconds(c.pid) for c in clients)
@@ -1610,6 +1612,10 @@ def step_metrics(
         # Every process of the server on its own (one for all but the scale-out), share of a core.
         "parts_cpu": {name: (last.part_cpu[name] - cpu) / wall for name, cpu in first.part_cpu.items()},
         "parts_rss_mib": {name: kib / 1024 for name, kib in last.part_memory.items()},
+        # A --workers tree's CPU by process (a worker restarted in the window counts from 0).
+        "tree_cpu": {
+            name: (cpu - first.tree_cpu.get(name, 0.0)) / wall for name, cpu in last.tree_cpu.items()
+        },
         "server_us_per_event": server_cpu * 1e6 / received if received else float("nan"),
         "server_rss_mib": end_memory / 1024,
         "server_peak_rss_mib": last.server_memory.get("VmHWM", 0) / 1024,
@@ -1680,6 +1686,9 @@ _FAULT_TOTALS = (
 )  # fmt: skip
 
 
+_DICT_MEDIANS = ("latency_ms", "recovery_ms", "parts_cpu", "parts_rss_mib", "tree_cpu")
+
+
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of every number over the repeats of one configuration's step."""
 
@@ -1690,8 +1699,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"repeats": len(runs)}
     for key, value in runs[0].items():
-        if isinstance(value, dict) and key in ("latency_ms", "recovery_ms", "parts_cpu", "parts_rss_mib"):
-            summary[key] = {k: median_of([r[key][k] for r in runs]) for k in value}
+        if isinstance(value, dict) and key in _DICT_MEDIANS:
+            summary[key] = {k: median_of([r[key].get(k, math.nan) for r in runs]) for k in value}
         elif isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
             summary[key] = median_of([r[key] for r in runs])
         else:
@@ -1747,7 +1756,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="servers for every scenario instead of each one's default: fastrelay[@MS], websockets, node, "
         "ceiling[@MS], scaleout[@batch|@event][@wMS][@MS] (MS: flush window; scaleout: nats-server, "
-        "1 ingest, 2 edges; wMS: the ingest's --nats-window)",
+        "1 ingest, 2 edges; wMS: the ingest's --nats-window), workersN (fastrelay serve --workers N)",
     )
     parser.add_argument("--duration", type=float, default=4.0, help="measured window per step, s")
     parser.add_argument("--warmup", type=float, default=1.0, help="traffic before the first window, s")

@@ -251,6 +251,22 @@ async def test_a_signal_drains_the_tree_and_it_exits_0_within_the_shutdown_timeo
         assert not [line for line in lines if line["level"] in ("error", "critical")]
 
 
+async def test_a_second_signal_kills_the_tree_at_once(sim: Simulator, tmp_path: Path) -> None:
+    async with running_tree(tmp_path, *tree_args(sim)) as tree:
+        await tree.wait_serving()
+        url = f"ws://127.0.0.1:{tree.port}/stocks"
+        clients = await asyncio.gather(*(Client.connect(url) for _ in range(CLIENTS)))
+        workers = tree.workers()
+        tree.proc.send_signal(signal.SIGTERM)
+        await tree.wait_log("stopping the tree")
+        tree.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(tree.proc.wait(), TIMEOUT) == 1
+        assert "a second signal: every worker killed now" in tree.log_text()
+        await wait_until(lambda: not any(alive(pid) for pid in workers.values()), what="every worker gone")
+        for client in clients:
+            await client.ws.close()
+
+
 async def test_probes_and_one_scrape_target_for_the_whole_tree(sim: Simulator, tmp_path: Path) -> None:
     async with running_tree(tmp_path, *tree_args(sim)) as tree:
         await tree.wait_serving()

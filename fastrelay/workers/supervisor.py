@@ -18,7 +18,7 @@ Process tree (docs/workers.md):
 * **Signals.** SIGTERM or SIGINT stops the tree as one relay: the edges first (each closes
   its clients with 1012 over the first part of ``--shutdown-timeout`` and says goodbye on
   NATS), then the ingest (its upstreams), then nats-server; anything still running at the
-  deadline is killed and the exit status is 1.
+  deadline is killed and the exit status is 1. A second signal kills every worker at once.
 * **No orphans.** Every child dies with the supervisor, even by kill -9 (``children.py``).
 """
 
@@ -126,6 +126,7 @@ class Supervisor:
         self.nats: PrivateNats | None = None
         self.probe_server: probes.ProbeServer | None = None
         self._keepers: list[asyncio.Task[None]] = []
+        self._signals = 0
         self._registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self._registry)
         self._nats_registry = CollectorRegistry(auto_describe=False)
@@ -135,7 +136,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._signalled)
         config = self.config
         reservation = reserve_port(config.host, config.port)
         try:
@@ -195,6 +196,20 @@ class Supervisor:
         await self._stop_tree()
         if self.probe_server is not None:
             await self.probe_server.stop()
+
+    def _signalled(self) -> None:
+        """The first SIGTERM or SIGINT stops the tree in order; a second one, at once (as a
+        second signal ends one process without its drain), and the exit status is then 1."""
+        self._signals += 1
+        if self._signals == 1:
+            self.stopping.set()
+            return
+        if self._signals == 2:
+            log.warning("a second signal: every worker killed now, without the drain")
+            self.failure = self.failure or "stopped at once by a second signal"
+            for worker in self.workers.values():
+                if worker.child is not None:
+                    worker.child.signal(signal.SIGKILL)
 
     async def _keep(self, worker: Worker, up: asyncio.Event | None = None) -> None:
         """Run ``worker``, and run it again whenever it exits while the tree is up."""
