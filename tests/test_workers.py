@@ -191,6 +191,38 @@ async def test_an_edge_killed_with_9_is_restarted_and_its_clients_reconnect(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["nats", "ingest"])
+async def test_nats_server_or_the_ingest_killed_with_9_comes_back_and_the_feed_is_restored(
+    sim: Simulator, tmp_path: Path, victim: str
+) -> None:
+    """nats-server comes back on the same port with its JetStream store (the ingest's terms keep
+    growing, so the edges follow the new term); a new ingest wins the lease once the dead one's
+    runs out. Clients stay connected and see the outage as statuses, then data again."""
+    async with running_tree(tmp_path, *tree_args(sim, "--lease-ttl", "1")) as tree:
+        await tree.wait_serving()
+        url = f"ws://127.0.0.1:{tree.port}/stocks"
+        clients = await asyncio.gather(*(Client.connect(url) for _ in range(4)))
+        for client in clients:
+            await client.subscribe("T.*")
+            await client.wait_events(5)
+        pid = tree.workers()[victim]
+        os.kill(pid, signal.SIGKILL)
+        await tree.wait_log(f"worker {victim} (pid {pid}) exited (killed by SIGKILL)")
+        reason = "nats" if victim == "nats" else "ingest"
+        for client in clients:
+            down = await client.wait_status("error", timeout=TIMEOUT * 2)
+            assert down["message"].startswith(f"stocks feed interrupted ({reason})"), down
+            up = await client.wait_status("success", timeout=TIMEOUT * 4)
+            assert up["message"].startswith("stocks feed restored"), up
+            seen = len(client.events)
+            await client.wait_events(seen + 5, timeout=TIMEOUT * 2)
+        await tree.wait_metric("fastrelay_worker_restarts_total", lambda v: v.get(victim) == 1, "restarted")
+        await tree.wait_metric("fastrelay_worker_up", lambda v: v.get(victim) == 1, "serving again")
+        for client in clients:
+            await client.close()
+
+
 async def test_kill_9_of_the_supervisor_leaves_no_process_behind(sim: Simulator, tmp_path: Path) -> None:
     async with running_tree(tmp_path, *tree_args(sim)) as tree:
         await tree.wait_serving()

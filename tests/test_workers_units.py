@@ -210,7 +210,7 @@ def test_the_private_nats_server_listens_on_loopback_for_one_nkey(tmp_path: Path
 
 
 def test_the_client_port_is_reserved_for_the_edges_and_refused_to_others() -> None:
-    reservation = supervisor.reserve_port("127.0.0.1", 0)
+    (reservation,) = supervisor.reserve_port("127.0.0.1", 0)
     port = reservation.getsockname()[1]
     try:
         edge = socket.socket()

@@ -46,10 +46,6 @@ MISSING = (
 )
 
 
-class NatsMissing(RuntimeError):
-    """The nats-server binary is nowhere to be found."""
-
-
 @dataclass(frozen=True)
 class Credential:
     public_key: str  # U...: in the server's configuration
@@ -87,7 +83,6 @@ class PrivateNats:
         self.directory = directory
         self.credential = credential
         self.port: int | None = None  # known after the first start
-        self.child: Child | None = None
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -95,22 +90,22 @@ class PrivateNats:
         assert self.port is not None
         return f"nats://{LOOPBACK}:{self.port}"
 
-    async def start(self) -> Child:
-        """A running nats-server, listening; raises RuntimeError if it does not come up."""
+    def spawn(self) -> Child:
+        """nats-server started (``wait_listening`` says when it listens)."""
         conf = self.directory / "nats.conf"
         conf.write_text(
             config_text(self.port, self.directory / "jetstream", self.directory, self.credential.public_key)
         )
-        child = self.child = Child(
-            [self.binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        assert child.process.stdout is not None
+        child = Child([self.binary, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = asyncio.get_running_loop().create_task(_forward_log(child))
+        return child
+
+    async def wait_listening(self, child: Child) -> None:
+        """Until ``child`` listens (its port noted the first time); RuntimeError if it does not."""
         ports_file = self.directory / f"{Path(self.binary).name}_{child.pid}.ports"
         port = await _listening_port(ports_file, child)
         if self.port is None:
             self.port = port
-        return child
 
     async def stop_reading(self) -> None:
         if self._reader is not None:

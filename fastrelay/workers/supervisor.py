@@ -39,13 +39,12 @@ from pathlib import Path
 
 import msgspec
 import orjson
-from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 from fastrelay import __version__, roles
 from fastrelay.config import ConfigError, RelayConfig
-from fastrelay.metrics import CONTENT_TYPE
+from fastrelay.metrics import CONTENT_TYPE, BootTimeProcessCollector
 from fastrelay.restapi import Answer
 from fastrelay.roles import SingleProcess
 from fastrelay.scaleout.natsbin import nats_server_path
@@ -61,10 +60,6 @@ WORKER_MODULE = "fastrelay.workers.worker"
 _PRIVATE_ENV = ("FASTRELAY_", "MASSIVE_API_KEY")
 
 
-class TreeFailed(RuntimeError):
-    """The tree could not be started or kept up (the message says which worker and why)."""
-
-
 @dataclass
 class Worker:
     """One place in the tree: what runs there, and its current process."""
@@ -73,8 +68,7 @@ class Worker:
     config: RelayConfig | None  # None: nats-server
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     child: Child | None = None
-    port: int | None = None  # where it serves (an edge: the client port)
-    probe: int | None = None  # where its /metrics and /readyz answer (loopback)
+    probe: int | None = None  # where its /metrics and /readyz answer (loopback), once it serves
     restarts: int = 0
 
     @property
@@ -82,21 +76,30 @@ class Worker:
         return self.child is not None and self.child.running and self.probe is not None
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket on ``host:port`` with ``SO_REUSEPORT``, bound and never listening: the port is
-    this tree's (only sockets of this user with the option may join), no connection lands on it."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+def reserve_port(host: str, port: int) -> list[socket.socket]:
+    """Sockets on ``host:port`` (each address it resolves to, as the edges' servers bind them)
+    with ``SO_REUSEPORT``, bound and never listening: the port is this tree's (only sockets of
+    this user with the option may join), and no connection lands on them. Port 0: the kernel's
+    choice for the first address, the same for the others."""
+    reserved: list[socket.socket] = []
+    chosen = port
     try:
-        sock.bind(address)
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, kind, proto)
+            reserved.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's servers
+            sock.bind((address[0], chosen, *address[2:]))
+            chosen = int(sock.getsockname()[1])
     except OSError as exc:
-        sock.close()
+        for sock in reserved:
+            sock.close()
         raise ConfigError(f"--port {port} on {host or '*'}: {exc.strerror}") from None
-    return sock
+    return reserved
 
 
 def describe(config: RelayConfig) -> str:
@@ -127,10 +130,12 @@ class Supervisor:
         self.probe_server: probes.ProbeServer | None = None
         self._keepers: list[asyncio.Task[None]] = []
         self._signals = 0
+        # process_* of the supervisor and of nats-server (BootTime...: also where systemd hides
+        # /proc/stat, as the shipped unit does).
         self._registry = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self._registry)
+        BootTimeProcessCollector(registry=self._registry)
         self._nats_registry = CollectorRegistry(auto_describe=False)
-        ProcessCollector(pid=self._nats_pid, registry=self._nats_registry)
+        BootTimeProcessCollector(pid=self._nats_pid, registry=self._nats_registry)
 
     # --- the tree ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -138,14 +143,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._signalled)
         config = self.config
-        reservation = reserve_port(config.host, config.port)
+        reserved = reserve_port(config.host, config.port)
         try:
-            port = int(reservation.getsockname()[1])
-            self.config = config = replace(config, port=port)
+            self.config = replace(config, port=int(reserved[0].getsockname()[1]))
             with tempfile.TemporaryDirectory(prefix="fastrelay-workers-") as directory:
                 await self._run(Path(directory))
         finally:
-            reservation.close()
+            for sock in reserved:
+                sock.close()
         return 1 if self.failure else 0
 
     async def _run(self, directory: Path) -> None:
@@ -161,20 +166,22 @@ class Supervisor:
                 "takes the request; set --metrics-port to scrape the whole tree"
             )
         credential = make_credential(directory)
-        # The workers' settings pass the checks their roles make, before anything starts.
+        # The workers' settings pass the checks their roles make, before anything starts (the
+        # server's port is not known yet: any will do for the checks).
+        placeholder = "nats://127.0.0.1:4222"
         for derived in (
-            plan.ingest_config(config, "nats://127.0.0.1:4222", str(credential.seed_file)),
-            plan.edge_config(config, 1, "nats://127.0.0.1:4222", str(credential.seed_file)),
+            plan.ingest_config(config, placeholder, str(credential.seed_file)),
+            plan.edge_config(config, 1, placeholder, str(credential.seed_file)),
         ):
             roles.validate(derived)
         self.nats = PrivateNats(self.nats_binary, directory, credential)
         nats = self.workers[plan.NATS] = Worker(plan.NATS, None)
         nats_up = asyncio.Event()
         self._keepers.append(asyncio.create_task(self._keep(nats, nats_up)))
-        await asyncio.wait(
-            {asyncio.create_task(nats_up.wait()), asyncio.create_task(self.stopping.wait())},
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        waits = {asyncio.create_task(nats_up.wait()), asyncio.create_task(self.stopping.wait())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
         if nats_up.is_set() and not self.stopping.is_set():
             seed = str(credential.seed_file)
             url = self.nats.url
@@ -254,10 +261,12 @@ class Supervisor:
             worker.restarts += 1
 
     async def _start(self, worker: Worker) -> Child:
-        worker.port = worker.probe = None
+        worker.probe = None
         if worker.config is None:
             assert self.nats is not None
-            child = worker.child = await self.nats.start()
+            # Known at once: a stop while it comes up must find it.
+            child = worker.child = self.nats.spawn()
+            await self.nats.wait_listening(child)
             worker.probe = self.nats.port
             return child
         readable, writable = os.pipe()
@@ -315,10 +324,11 @@ class Supervisor:
         log.info("tree stopped in %.1f s", loop.time() - started)
 
     # --- the supervisor's port ------------------------------------------------------------------
-    def _nats_pid(self) -> int | str:
+    def _nats_pid(self) -> int:
+        """nats-server's pid; 0 (no /proc entry: no series) while it is not running."""
         worker = self.workers.get(plan.NATS)
         if worker is None or worker.child is None or not worker.child.running:
-            return "self"
+            return 0
         return worker.child.pid
 
     async def _answer(self, path: str) -> Answer:
@@ -373,8 +383,7 @@ class Supervisor:
         ready = {name: pages.worker_ready(families) for name, families in parsed.items()}
         # The supervisor's and nats-server's process_* series join the workers' families.
         parsed[plan.SUPERVISOR] = list(self._registry.collect())
-        if self._nats_pid() != "self":
-            parsed[plan.NATS] = list(self._nats_registry.collect())
+        parsed[plan.NATS] = list(self._nats_registry.collect())
         return pages.render(pages.merge(parsed) + self._tree_families(pages.tree_ready(ready)))
 
     def _tree_families(self, ready: bool) -> list[Metric]:
@@ -433,7 +442,7 @@ def _read_status(readable: int, worker: Worker, child: Child) -> None:
             with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 said = orjson.loads(line)
                 if worker.child is child:
-                    worker.port, worker.probe = int(said["port"]), int(said["probe"])
+                    worker.probe = int(said["probe"])
 
     loop.add_reader(readable, on_readable)
 

@@ -10,7 +10,7 @@ edge, and one still starting would refuse them (503). Until then, and after, eve
 logs names it (``[edge-1]``), since the whole tree writes to the supervisor's stderr.
 
 When serving it writes one JSON line to ``STATUS_FD``, the supervisor's pipe:
-``{"port": P, "probe": Q}`` (its client port, and where its /metrics and /readyz answer).
+``{"probe": Q}``, the port where its /metrics and /readyz answer.
 SIGTERM drains its clients as ``serve`` does (close code 1012), then it exits 0.
 """
 
@@ -56,7 +56,7 @@ async def serve(config: RelayConfig, name: str, status: int) -> None:
     async with running_relay(config, listen_when) as running:
         if not stop.is_set():
             probe = running.server.metrics_port or running.port
-            os.write(status, orjson.dumps({"port": running.port, "probe": probe}) + b"\n")
+            os.write(status, orjson.dumps({"probe": probe}) + b"\n")
             log.info("%s serving on port %d: %s", name, running.port, running.role.describe())
             await stop.wait()
         await shutdown(running, config.shutdown_timeout)
