@@ -299,10 +299,22 @@ async def test_a_second_signal_kills_the_tree_at_once(sim: Simulator, tmp_path: 
             await client.ws.close()
 
 
-async def test_probes_and_one_scrape_target_for_the_whole_tree(sim: Simulator, tmp_path: Path) -> None:
-    async with running_tree(tmp_path, *tree_args(sim)) as tree:
+async def test_probes_tokens_and_one_scrape_target_for_the_whole_tree(sim: Simulator, tmp_path: Path) -> None:
+    token = "a-client-token-for-the-tree"
+    async with running_tree(tmp_path, *tree_args(sim, "--client-tokens", token)) as tree:
         await tree.wait_serving()
         assert tree.metrics_port is not None
+        # The tree's tokens, on every edge: a wrong one is refused as by one process (1008).
+        url = f"ws://127.0.0.1:{tree.port}/stocks"
+        for _ in range(4):
+            wrong = await Client.connect(url, auth=None)
+            await wrong.send({"action": "auth", "params": "not-the-token-at-all"})
+            await wrong.wait_status("auth_failed")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await wrong.ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            right = await Client.connect(url, auth=token)
+            await right.close()
         status, body = await http_get(tree.metrics_port, "/readyz")
         assert status == 200 and body.startswith(b"ready\n")
         assert {line.split(b":")[0] for line in body.splitlines()[1:]} == {b"ingest", b"edge-1", b"edge-2"}
