@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastrelay.cli import _parser, main
 from fastrelay.config import RELAY_OPTIONS, ConfigError, RelayConfig, build, usable_cores
+from fastrelay.scaleout import natsbin
 from fastrelay.workers import pages, plan, supervisor
 from fastrelay.workers.children import describe_status
 from fastrelay.workers.natsd import config_text
@@ -242,6 +243,15 @@ def test_a_port_in_use_is_one_clear_line() -> None:
     assert result.stderr.strip().splitlines() == [
         f"fastrelay: configuration error: --port {port} on 127.0.0.1: Address already in use"
     ]
+
+
+def test_nats_server_is_found_without_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv's console script runs without the venv activated: PATH may not lead to its bin."""
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    found = natsbin.nats_server_path()
+    assert found is not None and Path(found).name == "nats-server" and os.access(found, os.X_OK)
+    assert subprocess.run([found, "--version"], capture_output=True, timeout=30, check=True).stdout
 
 
 def test_a_missing_nats_server_is_one_clear_line(
