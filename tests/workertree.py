@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,13 +67,16 @@ class Tree:
     port: int
     metrics_port: int | None
     log: Path
+    seen: set[int] = field(default_factory=set)  # every worker pid seen: stopped at the end
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
     def workers(self) -> dict[str, int]:
         """Worker name -> pid."""
-        return {name: pid for pid, name in children_of(self.proc.pid).items()}
+        found = {name: pid for pid, name in children_of(self.proc.pid).items()}
+        self.seen.update(found.values())
+        return found
 
     async def wait_log(self, text: str, timeout: float = TIMEOUT * 2) -> None:
         deadline = time.monotonic() + timeout
@@ -98,6 +101,7 @@ class Tree:
         await self.wait_metric(
             "fastrelay_worker_up", lambda v: len(v) > 2 and all(v.values()), "every worker serving"
         )
+        self.workers()
 
     async def samples(self) -> list[tuple[str, dict[str, str], float]]:
         """Every sample of the tree's /metrics (on the metrics port)."""
@@ -146,13 +150,16 @@ async def running_tree(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fastrelay", command, "--workers", str(workers),
             "--host", "127.0.0.1", "--port", str(port), *flags, *args,
-            env=_clean_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err,
+            # Its private directory in the test's: one killed with -9 leaves it behind.
+            env={**_clean_env(), "TMPDIR": str(tmp_path)},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     tree = Tree(proc, port, metrics_port, log)
     try:
         yield tree
     finally:
-        started = set(children_of(proc.pid))
+        # Those seen during the test too: a dead supervisor's children are no longer its own.
+        started = tree.seen | set(children_of(proc.pid))
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
