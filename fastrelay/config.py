@@ -190,6 +190,30 @@ class RelayConfig:
     instance_name: str = field(default_factory=lambda: f"{platform.node()}-{os.getpid()}")
     # Not a flag: `fastrelay run` without a key points the upstreams at its built-in simulator.
     simulated: bool = False
+    # Processes serving clients on this machine (docs/workers.md): 1 is the one process; N > 1
+    # a supervisor with a private nats-server, an ingest and N edges sharing --port.
+    workers: int = 1
+    # Set by that supervisor for its edges (never a flag): the client port is shared
+    # (SO_REUSEPORT), the kernel spreads new connections over the edges.
+    reuse_port: bool = False
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0))
+
+
+def _workers(text: str) -> int:
+    value = text.strip().lower()
+    if value == "auto":
+        return usable_cores()
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of workers (1, 2, ... or auto)") from None
+    if count < 1:
+        raise ValueError(f"must be at least 1 (or auto): {text}")
+    return count
 
 
 @dataclass
@@ -999,6 +1023,15 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "instance_name",
         G.SCALE_OUT,
         SCALE_OUT,
+    ),
+    Option(
+        "workers",
+        _workers,
+        "processes serving clients on this machine (auto: one per usable core); over 1, a "
+        "supervisor runs an ingest and that many edges on --port over a private nats-server",
+        "workers",
+        G.LISTENING,
+        SINGLE,
     ),
 )
 

@@ -248,7 +248,8 @@ class FrontDoor(asyncio.Protocol):
 
 
 class RestConnection:
-    """One keep-alive HTTP/1.1 connection of REST requests (h11), one request at a time."""
+    """One keep-alive HTTP/1.1 connection of REST requests (h11), one request at a time
+    (``keep_alive=False``: closed after the first answer, as picows answers probes)."""
 
     def __init__(
         self,
@@ -316,7 +317,7 @@ class RestConnection:
             # The path only: the query may hold a key.
             log.exception("REST %s %s failed", method, target.partition("?")[0])
             answer = Answer(500, b'{"status":"ERROR","error":"internal error"}')
-        self._send(answer, head=method == "HEAD")
+        self._send(answer, close=not self._keep_alive, head=method == "HEAD")
 
     def _send(self, answer: Answer, close: bool = False, head: bool = False) -> None:
         if self._transport.is_closing():

@@ -28,7 +28,12 @@ def extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, every extra field, the exception."""
+    """One JSON object per line: time, level, logger, message, every extra field, the exception;
+    and the worker of a ``--workers`` tree that wrote it."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -37,6 +42,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         for key, value in extras(record).items():
             entry[f"extra_{key}" if key in _RESERVED else key] = value
         if record.exc_info:
@@ -57,16 +64,18 @@ _DIM, _RESET = "\x1b[2m", "\x1b[0m"
 
 
 class TextFormatter(logging.Formatter):
-    """``2025-01-02 15:04:05 INFO     fastrelay: message``, the level coloured on a terminal."""
+    """``2025-01-02 15:04:05 INFO     fastrelay: message``, the level coloured on a terminal;
+    ``[edge-1] fastrelay: ...`` in a ``--workers`` tree's process."""
 
-    def __init__(self, colour: bool) -> None:
+    def __init__(self, colour: bool, worker: str | None = None) -> None:
         super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
         self.colour = colour
+        self.tag = "" if worker is None else f"[{worker}] "
 
     def format(self, record: logging.LogRecord) -> str:
         when = self.formatTime(record, self.datefmt)
         level = f"{record.levelname:<8}"
-        line = f"{record.name}: {record.getMessage()}"
+        line = f"{self.tag}{record.name}: {record.getMessage()}"
         if self.colour:
             colour = _COLOURS.get(record.levelno, "")
             text = f"{_DIM}{when}{_RESET} {colour}{level}{_RESET} {line}"
@@ -85,13 +94,15 @@ def wants_colour(stream: TextIO, environ: dict[str, str] | os._Environ[str] = os
     return bool(isatty and isatty())
 
 
-def configure(level: str, log_format: str = "text") -> None:
+def configure(level: str, log_format: str = "text", worker: str | None = None) -> None:
+    """``worker``: the name of a ``--workers`` tree's process, in every line it writes (they
+    all share the supervisor's stderr)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        formatter: logging.Formatter = JsonFormatter()
+        formatter: logging.Formatter = JsonFormatter(worker)
         formatter.converter = time.gmtime
     else:
-        formatter = TextFormatter(colour=wants_colour(sys.stderr))
+        formatter = TextFormatter(colour=wants_colour(sys.stderr), worker=worker)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

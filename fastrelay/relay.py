@@ -119,8 +119,9 @@ class Relay:
         self.feeds: dict[str, Feed] = {m: make_feed(m, self) for m in config.markets}
         self.tap: Tap | None = None
         self.fills: FillSource | None = None  # a scale-out edge's (scaleout/fills.py)
-        # Massive's REST aggregates for chart history; an edge holds no key, so none.
-        self.bars = AccountBars.from_config(config) if config.role != "edge" else None
+        # Massive's REST aggregates for chart history, with a key: a scale-out edge holds none
+        # (none), the edges of a --workers tree do (their share of the account's budget).
+        self.bars = AccountBars.from_config(config)
         self._flush_interval = config.flush_interval / 1000.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_due = 0.0  # perf_counter() time the flush timer is set for

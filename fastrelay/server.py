@@ -821,6 +821,8 @@ class RelayServer:
             # Sized for reconnect storms: every browser of a restarted relay comes
             # back within seconds (the kernel caps it at net.core.somaxconn).
             backlog=config.listen_backlog,
+            # The edges of a --workers tree share the port (docs/workers.md).
+            reuse_port=config.reuse_port or None,
         )
         if config.metrics_port is not None:
             make_probes = picows_protocol_factory(self._route_probes, logger_name="metrics")

@@ -36,6 +36,8 @@ PURE = (
     "fastrelay.scaleout.messages",
     "fastrelay.scaleout.registry",
     "fastrelay.scaleout.subjects",
+    "fastrelay.workers.plan",
+    "fastrelay.workers.policy",
 )
 # Libraries that mean I/O, a loop or a metrics registry.
 IMPURE_LIBRARIES = {"asyncio", "picows", "nats", "uvloop", "prometheus_client", "socket", "ssl"}
