@@ -501,7 +501,9 @@ GROUPS = {
     )
 }  # fmt: skip
 # Not in the default set: the scale-out scenarios (``--scenarios scaleout``, about 10 minutes).
-DEFAULT_SCENARIOS = ("firehose", "batched", "sparse", "idle", "slow", "reconnect", "abuse", "deflate")
+DEFAULT_SCENARIOS = (
+    "firehose", "batched", "sparse", "idle", "slow", "slow-link", "reconnect", "abuse", "deflate",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
