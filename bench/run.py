@@ -1744,7 +1744,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(value, dict) and key in _DICT_MEDIANS:
             summary[key] = {k: median_of([r[key].get(k, math.nan) for r in runs]) for k in value}
         elif isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
-            summary[key] = median_of([r[key] for r in runs])
+            summary[key] = median_of([r.get(key, math.nan) for r in runs])
         else:
             summary[key] = value
     # Faults count over all repeats, not as a median.
