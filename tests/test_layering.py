@@ -20,6 +20,7 @@ PURE = (
     "fastrelay.closes",
     "fastrelay.config",
     "fastrelay.conflation",
+    "fastrelay.deflate",
     "fastrelay.events",
     "fastrelay.feed",
     "fastrelay.framing",
