@@ -653,7 +653,9 @@ class LoadClient(WSListener):
             self.statuses.append(("restored", now))
         if event.status == "slow_consumer":
             totals.slow_consumer += 1
-        if event.status != "success" and len(totals.errors) < 10:
+        # conflating / caught_up tell a slow link what it gets (the link clients count them).
+        informational = event.status in ("success", "conflating", "caught_up")
+        if not informational and len(totals.errors) < 10:
             totals.errors.append(f"{event.status}: {event.message}")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
