@@ -259,6 +259,41 @@ async def test_client_stops_on_auth_failed_and_pauses_after_slow_consumer(
                         f"ws://127.0.0.1:{port}/api/socket",
                     )
                 assert info["code"] == 1013 and 5000 <= info["delay"] <= 5000 + BACKOFF_BASE * MS, info
+
+                # A slow link the relay conflates (docs/protocol.md, "Conflation"): the client
+                # reports reduced updates from `conflating` to `caught_up`, and again at the next
+                # episode until the connection closes.
+                async def conflating(ws: websockets.ServerConnection) -> None:
+                    await ws.send('[{"ev":"status","status":"connected","message":"Connected Successfully"}]')
+                    await ws.recv()
+                    await ws.send('[{"ev":"status","status":"auth_success","message":"authenticated"}]')
+                    for status in ("conflating", "caught_up", "conflating"):
+                        await ws.send(f'[{{"ev":"status","status":"{status}","message":"m"}}]')
+                    await ws.close(1000, "bye")
+
+                async with websockets.serve(conflating, "127.0.0.1", 0) as server:
+                    port = server.sockets[0].getsockname()[1]
+                    seen = await page.evaluate(
+                        """(url) => new Promise((resolve) => {
+                            const c = new FastRelayClient({url: url});
+                            const seen = [];
+                            c.on('reduced', (reduced) => {
+                                seen.push(reduced);
+                                if (seen.length === 4) { c.stop(); resolve(seen); }
+                            });
+                            c.start();
+                        })""",
+                        f"ws://127.0.0.1:{port}/api/socket",
+                    )
+                assert seen == [True, False, True, False]  # the close ends the last episode
+
+                # The dashboard shows it while its own connection is live.
+                status = '[{"ev":"status","status":"%s","message":"m"}]'
+                await page.evaluate("(f) => window.dashboard.client._onMessage({data: f})", status % "conflating")
+                await page.wait_for_selector('#conn[data-reduced="true"]')
+                assert "reduced updates" in await page.inner_text("#conn-detail")
+                await page.evaluate("(f) => window.dashboard.client._onMessage({data: f})", status % "caught_up")
+                await page.wait_for_selector('#conn:not([data-reduced])')
                 assert problems == []
                 await page.close()
 

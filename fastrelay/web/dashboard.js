@@ -264,6 +264,9 @@
     renderConnDetail(info);
   });
 
+  // A slow link: the relay sends the latest quotes and bars only (every trade) until it catches up.
+  client.on("reduced", () => renderConnDetail(null));
+
   client.on("status", (status) => {
     const message = status.message || "";
     const handled = onHistoryStatus(status);
@@ -466,8 +469,12 @@
     const conn = $("conn");
     if (client.state === "live" && feedsDown.size) conn.dataset.feed = "interrupted";
     else delete conn.dataset.feed;
+    if (client.state === "live" && client.reduced) conn.dataset.reduced = "true";
+    else delete conn.dataset.reduced;
     if (client.state === "live" && feedsDown.size) {
       detail.textContent = `${Array.from(feedsDown).join(", ")} feed interrupted: the relay is reconnecting`;
+    } else if (client.state === "live" && client.reduced) {
+      detail.textContent = "reduced updates: the link is behind, latest quotes only (every trade)";
     } else if (client.state === "reconnecting" && client.nextRetryAt) {
       const left = Math.max(0, (client.nextRetryAt - Date.now()) / 1000);
       detail.textContent = `retry in ${left.toFixed(1)} s · attempt ${client.retries}`;

@@ -6,6 +6,7 @@
  *   client.on("state", (state, info) => ...);        // connecting | live | reconnecting | stopped
  *   client.on("T", (trade) => ...);                  // events by their "ev"; "event" for all
  *   client.on("status", (status) => ...);            // every {"ev":"status"} object
+ *   client.on("reduced", (reduced) => ...);          // true: the relay conflates this slow link
  *   client.subscribe("T.AAPL,Q.AAPL");               // remembered; resent after every reconnect
  *   client.history("AM.AAPL", {timespan: "minute", multiplier: 5});  // bars, then a status
  *   client.start();
@@ -69,6 +70,9 @@
       this.frames = 0;
       this.nextRetryAt = 0; // Date.now() of the scheduled reconnect, 0 if none
       this.lastClose = null; // {code, reason, clean}
+      // The relay conflates this connection (a slow link): quotes and aggregates arrive as
+      // their latest only, trades all, until it says caught_up (docs/protocol.md, "Conflation").
+      this.reduced = false;
       this._retryTimer = null;
       this._healthyTimer = null;
       this._handshakeTimer = null;
@@ -252,7 +256,15 @@
         this._fatal = "authentication failed: check the token (?token=...)";
       } else if (kind === "slow_consumer") {
         this._pendingPause = this.slowConsumerPause;
+      } else if (kind === "conflating" || kind === "caught_up") {
+        this._setReduced(kind === "conflating");
       }
+    }
+
+    _setReduced(reduced) {
+      if (this.reduced === reduced) return;
+      this.reduced = reduced;
+      this._emit("reduced", reduced);
     }
 
     _becomeLive() {
@@ -271,6 +283,7 @@
       if (socket !== this.socket) return; // a socket already given up on
       this._detach(socket);
       this.socket = null;
+      this._setReduced(false); // a new connection starts with the full stream
       this._clearTimer("_healthyTimer");
       this._clearTimer("_handshakeTimer");
       this.lastClose = { code: code, reason: reason || "", clean: !!clean };
