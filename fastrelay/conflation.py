@@ -32,7 +32,8 @@ bytes plus one batch behind, instead of the megabytes of a full backlog.
 Caught up: a client that went ``quiet`` seconds without anything held back
 received every event in that time (nothing could be superseded) with at most
 ``hold_above`` bytes unsent: its link carries the full stream again, and it
-rejoins the plain member set. To fall behind again it must owe
+rejoins the plain member set; on a quiet feed no flush comes, and the relay's
+once-a-second ``sweep`` does the same. To fall behind again it must owe
 ``--conflate-above`` once more, far above ``hold_above``: the two statuses
 (``conflating``, ``caught_up``) cannot alternate faster than that hysteresis
 allows. A client still owing more than ``--max-client-buffer`` (socket plus
@@ -254,6 +255,17 @@ class Conflator:
         state = self._states.get(member)
         if state is not None and group is not None and not member.closed:
             self._send(member, state, group, self._clock())
+
+    def sweep(self, group_of: Callable[[Member], Group | None]) -> None:
+        """Called about once a second (the relay's timer): a conflating client whose feed went
+        quiet gets no flush that would send its queue or say ``caught_up``; this does both."""
+        if not self._states:
+            return
+        now = self._clock()
+        for member, state in list(self._states.items()):  # a catch-up or a drop changes the dict
+            group = group_of(member)
+            if group is not None and not member.closed and member in self._states:
+                self._send(member, state, group, now)
 
     def _send(self, member: Member, state: Conflation, group: Group, now: float) -> None:
         backlog = member.buffered()

@@ -411,6 +411,11 @@ class Hub:
         if audience is not None and self.conflator is not None:
             self.conflator.start(member, audience)
 
+    def sweep_conflation(self) -> None:
+        """Conflating members of audiences with no events lately: their queue, or caught_up."""
+        if self.conflator is not None:
+            self.conflator.sweep(self._audience_of.get)
+
     def drained(self, member: Member) -> None:
         """The member's socket drained to its low-water mark (the shell's ``resume_writing``)."""
         if self.conflator is not None:

@@ -50,6 +50,9 @@ from fastrelay.ratelimit import LogThrottle
 from fastrelay.session import FillSource
 from fastrelay.upstream import UpstreamSession
 
+# Seconds between two sweeps of the conflating clients (a quiet feed flushes nothing).
+CONFLATION_SWEEP = 1.0
+
 log = logging.getLogger("fastrelay.relay")
 
 # A channel Massive refused is refused at once (and not asked again) for this long:
@@ -129,6 +132,7 @@ class Relay:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._start_outcomes: dict[str, str] | None = {}  # None once the summary is logged
         self._summary_timer: asyncio.TimerHandle | None = None
+        self._conflation_timer: asyncio.TimerHandle | None = None
         self._rejections_log = LogThrottle(log, interval=10.0)
         for name in config.keep_channels:  # validated in config.validate
             self.hold(protocol.parse_api_channel(name))
@@ -143,6 +147,8 @@ class Relay:
             self._summary_timer = self.loop.call_later(
                 self.config.upstream_timers.handshake_timeout, self._log_start_summary
             )
+        if self.hub.conflator is not None and self._conflation_timer is None:
+            self._conflation_timer = self.loop.call_later(CONFLATION_SWEEP, self._sweep_conflation)
 
     async def stop_feeds(self, reason: str) -> None:
         """Close every upstream (a deposed ingest); live markets go down for ``reason``."""
@@ -151,8 +157,16 @@ class Relay:
         for feed in live:
             self.feed_down(feed, reason)
 
+    def _sweep_conflation(self) -> None:
+        """Once a second: conflating clients of a quiet feed still get their queue and
+        caught_up (conflation.py, Conflator.sweep); nothing to do while nobody conflates."""
+        self.hub.sweep_conflation()
+        self._conflation_timer = self.loop.call_later(CONFLATION_SWEEP, self._sweep_conflation)
+
     async def stop(self) -> None:
-        for timer in (self._flush_timer, self._linger_timer, self._summary_timer):
+        timers = (self._flush_timer, self._linger_timer, self._summary_timer, self._conflation_timer)
+        self._conflation_timer = None
+        for timer in timers:
             if timer is not None:
                 timer.cancel()
         await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))

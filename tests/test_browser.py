@@ -289,11 +289,15 @@ async def test_client_stops_on_auth_failed_and_pauses_after_slow_consumer(
 
                 # The dashboard shows it while its own connection is live.
                 status = '[{"ev":"status","status":"%s","message":"m"}]'
-                await page.evaluate("(f) => window.dashboard.client._onMessage({data: f})", status % "conflating")
+                await page.evaluate(
+                    "(f) => window.dashboard.client._onMessage({data: f})", status % "conflating"
+                )
                 await page.wait_for_selector('#conn[data-reduced="true"]')
                 assert "reduced updates" in await page.inner_text("#conn-detail")
-                await page.evaluate("(f) => window.dashboard.client._onMessage({data: f})", status % "caught_up")
-                await page.wait_for_selector('#conn:not([data-reduced])')
+                await page.evaluate(
+                    "(f) => window.dashboard.client._onMessage({data: f})", status % "caught_up"
+                )
+                await page.wait_for_selector("#conn:not([data-reduced])")
                 assert problems == []
                 await page.close()
 

@@ -178,6 +178,28 @@ def test_after_a_quiet_while_it_catches_up_and_shares_frames_again() -> None:
     assert conflator is not None and conflator.stats.conflating == 0 and conflator.stats.caught_up == 1
 
 
+def test_on_a_quiet_feed_the_sweep_sends_the_queue_and_then_caught_up() -> None:
+    """No flush comes when the feed goes quiet: the relay's once-a-second sweep sends what is
+    held once the socket is under the mark, and caught_up after `quiet` seconds of nothing held."""
+    core, clock = conflating_core()
+    _slow, sink = subscribed(core, "Q.*")
+    sink.backlog = START + 1
+    publish(core, ev("Q", "A", 1))
+    publish(core, ev("Q", "A", 2))
+    publish(core, ev("Q", "A", 3))  # held: the socket is over the mark; then the feed goes quiet
+    core.hub.sweep_conflation()
+    assert [q for _, _, q in seen(sink)] == [1]  # still over the mark: nothing more
+    sink.backlog = 0
+    clock.now += 1.0
+    core.hub.sweep_conflation()
+    assert [q for _, _, q in seen(sink)] == [1, 3]  # the latest, without a flush
+    assert [s for s, _ in sink.statuses()] == [CONFLATING]
+    clock.now += 2.0
+    core.hub.sweep_conflation()
+    assert [s for s, _ in sink.statuses()] == [CONFLATING, CAUGHT_UP]
+    assert core.hub.conflator is not None and core.hub.conflator.stats.conflating == 0
+
+
 def test_a_member_without_conflation_waits_between_the_limits_and_is_dropped_past_the_hard_one() -> None:
     """Opted out: no status, every event between the limits; slow_consumer and 1013 past the hard one."""
     core, _ = conflating_core()
