@@ -174,7 +174,7 @@ def test_committed_report_is_linked_and_self_contained() -> None:
     assert found and all(svg.startswith("<svg") for _, svg in found.values())
     assert "firehose" in found and {"fastrelay", "websockets", "node-ws"} <= svg_texts(found["firehose"][1])
     assert_self_contained(page)
-    assert len(page) < 400_000, "keep the committed report small"
+    assert len(page) < 512 * 1024, "keep the committed report small (a default run, all its scenarios)"
 
 
 @pytest.fixture
