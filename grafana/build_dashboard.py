@@ -515,6 +515,28 @@ def clients() -> list[timeseries.Panel]:
             q(f"sum({only(f'fastrelay_audiences{{{SEL}}}')})", "audiences", "B"),
         ),
         graph(
+            "Conflation (slow links)",
+            "Clients now conflated (their link is behind: every trade, but only the latest quote, "
+            "aggregate or value of each channel, until caught_up), episodes started per minute, and "
+            "events per second left out because a later one of the same channel replaced them; "
+            "summed over the selected instances. A client still past --max-client-buffer is dropped "
+            "(Slow-consumer drops).",
+            units.Short,
+            q(f"sum({only(f'fastrelay_client_conflating{{{SEL}}}')})", "conflating now"),
+            q(
+                "sum("
+                f"{only(f'rate(fastrelay_client_conflation_episodes_total{{{SEL}}}[$__rate_interval])')}"
+                ") * 60",
+                "episodes / min",
+                "B",
+            ),
+            q(
+                f"sum({only(f'rate(fastrelay_client_conflated_events_total{{{SEL}}}[$__rate_interval])')})",
+                "events left out / s",
+                "C",
+            ),
+        ).links(runbooks("FastrelaySlowConsumerDrops")),
+        graph(
             "Compression: egress before and after",
             "For clients that negotiated permessage-deflate, by market (an audience's market, "
             "mixed for /api/socket audiences over several, replies): bytes per second they would "
@@ -559,7 +581,7 @@ def clients() -> list[timeseries.Panel]:
             ),
             "C",
             units.PercentUnit,
-        ).span(24),
+        ).span(16),
     ]
 
 
