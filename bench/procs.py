@@ -19,6 +19,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -183,9 +184,8 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _CLOCK_TICKS
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes under ``pid``: its children, theirs, and so on (from /proc's parent pids)."""
-    children: dict[int, list[int]] = {}
+def _stats() -> Iterator[tuple[int, bytes]]:
+    """(pid, /proc/PID/stat) of every process still there while it is read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -194,8 +194,15 @@ def descendants(pid: int) -> list[int]:
                 data = f.read()
         except OSError:
             continue  # exited meanwhile
+        yield int(entry), data
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid``: its children, theirs, and so on (from /proc's parent pids)."""
+    children: dict[int, list[int]] = {}
+    for entry, data in _stats():
         parent = int(data[data.rindex(b")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry))
+        children.setdefault(parent, []).append(entry)
     found: list[int] = []
     todo = [pid]
     while todo:
@@ -244,17 +251,10 @@ def tree_memory_kib(pid: int) -> dict[str, int]:
 def all_cpu_seconds() -> dict[int, tuple[str, float]]:
     """Every process's (command name, CPU seconds): to see what else loaded the machine."""
     found: dict[int, tuple[str, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue  # exited meanwhile
+    for entry, data in _stats():
         name = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
         fields = data[data.rindex(b")") + 2 :].split()
-        found[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+        found[entry] = (name, (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
     return found
 
 

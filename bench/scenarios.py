@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The simulator's stocks frames carry a T or a Q event at random, and the
 # servers subscribe upstream only what clients want (T), so the simulator
@@ -319,6 +319,21 @@ class Scenario:
         return f"{t_rate / 1000:g}k" if t_rate >= 1000 else f"{t_rate:g}"
 
 
+# Conflation (fastrelay/conflation.py): 10 clients on T.* and Q.* whose links carry a
+# tenth of that feed (10,000 events/s, about 1.6 MB/s with the bench's stamps), trades
+# 5 % of it (about half the link): with conflation they stay, get every trade and fresh
+# quotes; without (slow-link-off, ?conflate=0) they are dropped; slow-link-base: the
+# 100 normal clients alone, on the same feed (the relay holds Q.* for nobody). The
+# warm-up lets the links read what they owed before conflation started (the first
+# --conflate-above, 512 KiB: about 3 s at their 160 KB/s) and the others be dropped.
+SLOW_LINK = Scenario(
+    "slow-link", "slow links, conflated", clients=100, symbols=100, t_rates=(500,),
+    trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
+    slow_query="?conflate=1", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
+    server_args=("--keep-channels", "Q.*"),
+    about="100 clients on T.* plus 10 on T.*,Q.* whose links carry a tenth of it (conflated)",
+)  # fmt: skip
+
 SCENARIOS: dict[str, Scenario] = {
     s.key: s
     for s in (
@@ -354,25 +369,10 @@ SCENARIOS: dict[str, Scenario] = {
             window=8.0, max_repeats=2, baseline_of="slow",
             about="the same 100 clients without the slow ones",
         ),
-        # Conflation (fastrelay/conflation.py): 10 clients on T.* and Q.* whose links carry a
-        # tenth of that feed (10,000 events/s, about 1.6 MB/s with the bench's stamps), trades
-        # 5 % of it (about half the link): with conflation they stay, get every trade and fresh
-        # quotes; without (slow-link-off, ?conflate=0) they are dropped; slow-link-base: the
-        # 100 normal clients alone, on the same feed (the relay holds Q.* for nobody). The
-        # warm-up lets the links read what they owed before conflation started (the first
-        # --conflate-above, 512 KiB: about 3 s at their 160 KB/s) and the others be dropped.
-        Scenario(
-            "slow-link", "slow links, conflated", clients=100, symbols=100, t_rates=(500,),
-            trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
-            slow_query="?conflate=1", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
-            server_args=("--keep-channels", "Q.*"),
-            about="100 clients on T.* plus 10 on T.*,Q.* whose links carry a tenth of it (conflated)",
-        ),
-        Scenario(
-            "slow-link-off", "slow links, not conflated", clients=100, symbols=100, t_rates=(500,),
-            trade_share=0.05, slow_clients=10, slow_mode="link", slow_params="T.*,Q.*",
-            slow_query="?conflate=0", link_rate=160_000, window=8.0, warmup=6.0, max_repeats=2,
-            server_args=("--keep-channels", "Q.*"),
+        # Conflation: SLOW_LINK above; -off without it, -base without the slow links.
+        SLOW_LINK,
+        replace(
+            SLOW_LINK, key="slow-link-off", title="slow links, not conflated", slow_query="?conflate=0",
             about="the same with ?conflate=0: the slow links are dropped (1013), as before",
         ),
         Scenario(

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +22,8 @@ from tests.test_observability import (
     ALERTS,
     ChartOpener,
     Proc,
-    PrometheusApi,
     Reader,
+    Stack,
     eventually,
     free_port,
     grafana_regex_escape,
@@ -44,29 +42,8 @@ from tests.test_observability import (
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Tree(PrometheusApi):
-    workdir: Path
-    sim_port: int
-    port: int
-    metrics_port: int
-    prom_port: int
-    procs: dict[str, Proc] = field(default_factory=dict)
-    readers: list[Reader] = field(default_factory=list)
-    openers: list[ChartOpener] = field(default_factory=list)
-
-    @property
-    def instance(self) -> str:
-        return f"127.0.0.1:{self.metrics_port}"
-
-    def assert_running(self) -> None:
-        for proc in self.procs.values():
-            proc.assert_running()
-
-    def metrics_text(self) -> str:
-        status, body = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        assert status == 200, body
-        return body.decode()
+class Tree(Stack):
+    """The Prometheus stack of test_observability.py, with a --workers tree as its relay."""
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +74,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         eventually(lambda: answers(f"http://127.0.0.1:{tree.sim_port}/sim/health"), "the simulator")
         tree.procs["tree"] = Proc.start(
             "tree",
-            [*fastrelay, "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(tree.port),
+            [*fastrelay, "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(tree.relay_port),
              "--metrics-port", str(tree.metrics_port), "--metrics-interval", "0.25",
              "--upstream", f"ws://127.0.0.1:{tree.sim_port}", "--api-key", "sim-key",
              "--rest-url", f"http://127.0.0.1:{tree.sim_port}", "--history-per-minute", "600",
@@ -108,12 +85,12 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         eventually(all_serving, "both edges serving")
         for path in ("stocks", "options"):
             for _ in range(4):  # over both edges, most likely
-                reader = Reader(f"ws://127.0.0.1:{tree.port}/{path}", "T.*,Q.*")
+                reader = Reader(f"ws://127.0.0.1:{tree.relay_port}/{path}", "T.*,Q.*")
                 tree.readers.append(reader)
                 reader.start()
         for reader in tree.readers:
             eventually(partial(reader_flows, reader), f"events at {reader.url}")
-        opener = ChartOpener(tree.port)
+        opener = ChartOpener(tree.relay_port)
         tree.openers.append(opener)
         opener.start()
         eventually(lambda: opener.answers >= 2 or None, "REST answers from the edges")
