@@ -88,40 +88,41 @@ class Outbox:
         ``market`` labels the compression metrics. The hub's audiences never hold
         a closed member, so there is no check here.
         """
-        payloads = event_arrays(events, self.max_frame_payload)
-        self._write(members, payloads, [text_frame(p) for p in payloads], len(events), market)
+        self._write(members, event_arrays(events, self.max_frame_payload), len(events), market)
 
     def send_events(self, member: Member, events: list[RawEvent]) -> None:
         """Events (last values, history, fills) to one member, split under the frame cap."""
         if events and not member.closed:
-            payloads = event_arrays(events, self.max_frame_payload)
-            self._write((member,), payloads, [text_frame(p) for p in payloads], len(events), REPLIES)
+            self._write((member,), event_arrays(events, self.max_frame_payload), len(events), REPLIES)
 
     def send(self, member: Member, payloads: Sequence[bytes]) -> None:
         """JSON payloads (statuses, replies), one frame each, in order."""
         if payloads and not member.closed:
-            self._write((member,), payloads, [text_frame(p) for p in payloads], 0, REPLIES)
+            self._write((member,), payloads, 0, REPLIES)
 
     def pong(self, member: Member, payload: bytes) -> None:
         """The answer to a client's ping (a control frame: never compressed)."""
         if not member.closed:
-            self._write((member,), (), [pong_frame(payload)], 0, REPLIES)
+            self._write((member,), (), 0, REPLIES, [pong_frame(payload)])
 
     def broadcast(self, members: Collection[Member], payload: bytes) -> None:
         """One JSON payload to many members (an outage status), framed once."""
         if members:
-            self._write(members, (payload,), [text_frame(payload)], 0, REPLIES)
+            self._write(members, (payload,), 0, REPLIES)
 
     # --- how it is sent -----------------------------------------------------------------
     def _write(
         self,
         members: Collection[Member],
         payloads: Sequence[bytes],
-        frames: list[bytes],
         events: int,
         label: str,
+        frames: list[bytes] | None = None,
     ) -> None:
-        """``frames`` (``payloads`` framed; none for a control frame) to every member."""
+        """``payloads`` as text frames, built once, to every member; or ``frames`` as given
+        (a control frame: no payloads, never compressed)."""
+        if frames is None:
+            frames = [text_frame(p) for p in payloads]
         count = len(members)
         stats = self.stats
         stats.deliveries += events * count
