@@ -124,11 +124,25 @@ async def stop_all(children: list[Child], timeout: float = 3.0) -> None:
             os.killpg(child.pid, signal.SIGKILL)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port the kernel just considered free (a small race, fine on a quiet loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port the kernel just considered free and this process has not handed out before.
+
+    The kernel may return the same ephemeral port to two binds in a row once the
+    first socket is closed, so a caller asking for a client port and a metrics
+    port could get one number twice (CI saw it: "--metrics-port is --port's").
+    Remembering what was handed out rules that out; the remaining race (another
+    program binding the port before the child does) is fine on a quiet loopback.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:

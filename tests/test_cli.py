@@ -17,15 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
+from bench.procs import free_port
 from fastrelay.cli import _parser, main
 from fastrelay.config import RELAY_OPTIONS, ConfigError, RelayConfig, build
 from tests.utils import TIMEOUT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from bench.procs import free_port
 from tests.utils import TIMEOUT
 
 pytestmark = pytest.mark.slow
@@ -62,12 +63,6 @@ T = TypeVar("T")
 
 
 # --- processes and polling ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def reader_flows(reader: Reader) -> bool:

@@ -28,14 +28,9 @@ import pytest
 import websockets
 
 from bench.attacks import text
+from bench.procs import free_port
 from fastrelay.sim import Simulator
 from tests.utils import TIMEOUT, Client, http_get, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import free_port
 from fastrelay.static import PACKAGED_WEB_ROOT
 from tests.utils import TIMEOUT
 
@@ -46,12 +47,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def site_setting(pattern: str) -> str:
