@@ -5,9 +5,15 @@ client in this process (on ``T.*``: every trade, with the simulator's send
 stamp), and one attack from ``bench/attacks.py`` in a process of its own, so
 that neither the attacker's nor the simulator's work runs on the loop that
 measures. Each asserts what the attack got (a close with the documented
-code, a bounded answer, a bounded relay memory) and that the observer kept
-its latency (p99 under 100 ms from the simulator's stamps, over the attack)
-and lost no event (per-channel sequence numbers without a gap).
+code, a bounded answer, a bounded relay memory) and that the observer was
+never stalled (99 % of the attack window's events within half a second
+from the simulator's stamp) and lost no event (per-channel sequence numbers
+without a gap).
+
+How much the observer's latency moves is a speed claim, so it is measured
+where speed is: ``make bench``'s abuse scenario, one window per attack beside
+a window without one, in the same run. Here the bound is a stall detector
+with room for a shared CI machine (observed p99 here: 5-45 ms).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from tests.webtools import free_port, running_nginx
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-P99_BUDGET = 0.100  # seconds: an observer's latency over an attack
+STALL = 0.5  # seconds: an observer event later than this means the attack stalled the relay
 MEMORY_BUDGET = 64 * 1024 * 1024  # growth of the relay's peak RSS during one attack
 
 
@@ -100,7 +106,7 @@ class Arena:
         return report
 
     async def unharmed_during(self, started_ns: int, before: int) -> None:
-        """The observer kept its latency through the attack and lost nothing.
+        """The observer was not stalled by the attack and lost nothing.
 
         The window runs from the attack's start to at least a second after it: a
         stall the attack caused shows in the events sent just after it too.
@@ -111,7 +117,7 @@ class Arena:
             lambda: any(sent > ended_ns for sent, _ in self.observer.latencies[-5:]), what="the window's end"
         )
         p99 = self.observer.p99(started_ns, ended_ns)
-        assert p99 < P99_BUDGET, f"observer p99 {p99 * 1000:.1f} ms during the attack"
+        assert p99 < STALL, f"observer p99 {p99 * 1000:.1f} ms during the attack: the relay stalled"
         assert sequence_gaps(self.observer.client.events) == []
         assert self.observer.task is not None and not self.observer.task.done()
 
