@@ -202,6 +202,11 @@ class RelayCollector(Collector):
             "Largest unsent backlog of any client since the previous rendering of /metrics.",
             value=outbox.take_max_backlog(),
         )
+        yield GaugeMetricFamily(
+            "fastrelay_client_buffer_limit_bytes",
+            "--max-client-buffer: a client owing more unsent bytes than this is dropped (slow_consumer).",
+            value=outbox.max_client_buffer,
+        )
         if hub.conflator is not None:
             conflation = hub.conflator.stats
             yield GaugeMetricFamily(

@@ -66,8 +66,6 @@ SCALEOUT_ROW = "Scale-out (NATS)"
 RELAY_P99_BUDGET_S = 0.05
 CPU_SATURATION = 0.9
 NATS_LAG_P99_BUDGET_S = 0.1
-# --max-client-buffer's default (fastrelay/config.py): past it a client is dropped as slow.
-CLIENT_BUFFER_LIMIT_BYTES = 4 * 1024 * 1024
 # Where the runbooks are: the base of grafana/alerts.yml's runbook_url (keep them equal).
 DOCS_URL = "file:///opt/fastrelay/docs"
 # A graph's legend: one row per series with these columns, the worst (highest max) first.
@@ -150,6 +148,19 @@ def with_limit(panel: timeseries.Panel, limit: float) -> timeseries.Panel:
     """A dashed red line at an alert threshold."""
     return panel.thresholds(thresholds((None, "green"), (limit, "red"))).thresholds_style(
         common_builders.GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.DASHED)
+    )
+
+
+def limit_line(panel: timeseries.Panel, ref: str) -> timeseries.Panel:
+    """Query ``ref`` drawn as a dashed red line without fill: a limit the relay exports, so the
+    line is where the running relays drop, whatever they were configured with."""
+    return panel.override_by_query(
+        ref,
+        [
+            DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+            DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+            DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+        ],
     )
 
 
@@ -476,17 +487,18 @@ def clients() -> list[timeseries.Panel]:
                 "{{role}} {{instance}}",
             ),
         ).links(runbooks("FastrelaySlowConsumerDrops")),
-        with_limit(
+        limit_line(
             graph(
                 "Largest client backlog",
                 "Largest unsent backlog of any one client at the last flush, per instance; a client "
-                "is dropped (slow_consumer, close 1013) when it exceeds --max-client-buffer. The "
-                f"dashed line is its default ({CLIENT_BUFFER_LIMIT_BYTES // (1024 * 1024)} MiB); a "
-                "relay run with another value drops at that value instead.",
+                "is dropped (slow_consumer, close 1013) when it exceeds --max-client-buffer, the "
+                "dashed red line (the relay's configured value, from "
+                "fastrelay_client_buffer_limit_bytes).",
                 units.BytesIEC,
                 q(labelled(f"fastrelay_client_max_backlog_bytes{{{SEL}}}"), "{{role}} {{instance}}"),
+                q(f"min({only(f'fastrelay_client_buffer_limit_bytes{{{SEL}}}')})", "limit", "LIMIT"),
             ),
-            CLIENT_BUFFER_LIMIT_BYTES,
+            "LIMIT",
         ).links(runbooks("FastrelaySlowConsumerDrops")),
         graph(
             "Client connects and disconnects / min",

@@ -682,12 +682,26 @@ def dashed_line_at(found: dict[str, Any]) -> float:
     return float(steps[0])
 
 
-def test_backlog_limit_and_cpu_lines_match_the_relay_and_the_alert() -> None:
-    """The backlog panel's line is --max-client-buffer's default; the CPU panel's title, unit and
-    line agree with each other and with FastrelayCpuSaturated."""
-    from fastrelay.config import RelayConfig
+def limit_query(found: dict[str, Any]) -> str:
+    """The expr of a panel's query drawn as a dashed red limit line (``limit_line``)."""
+    styled = []
+    for override in found["fieldConfig"]["overrides"]:
+        props = {prop["id"]: prop["value"] for prop in override["properties"]}
+        if props.get("custom.lineStyle", {}).get("fill") == "dash" and props["color"]["fixedColor"] == "red":
+            styled.append(override["matcher"]["options"])
+    (ref,) = styled
+    (expr,) = [t["expr"] for t in found["targets"] if t["refId"] == ref]
+    return str(expr)
 
-    assert dashed_line_at(panel("Largest client backlog")) == RelayConfig().max_client_buffer
+
+def test_backlog_limit_is_the_relays_own_and_cpu_lines_match_the_alert() -> None:
+    """The backlog panel's dashed line is the limit the relays export (so a relay run with another
+    --max-client-buffer draws its own); the CPU panel's title, unit and line agree with each other
+    and with FastrelayCpuSaturated."""
+    assert metric_names(limit_query(panel("Largest client backlog"))) == {
+        "fastrelay_client_buffer_limit_bytes",
+        "fastrelay_build_info",
+    }
     cpu = [p for p in panels() if p["title"].startswith("CPU")]
     assert [p["title"] for p in cpu] == ["CPU (% of one core)"]
     assert cpu[0]["fieldConfig"]["defaults"]["unit"] == "percentunit"  # 1.0 shown as 100 %
@@ -740,6 +754,16 @@ def run_queries(
             problems.append(f"{title}: no finite sample from {query}: {result}")
         results[title, expr] = finite
     return results, problems
+
+
+def test_backlog_limit_line_is_the_configured_limit(stack: Stack) -> None:
+    """With --max-client-buffer 64 KiB (not the default), the backlog panel's line is at 64 KiB."""
+    found = variables()
+    every = {"role": found["role"]["allValue"], "instance": found["instance"]["allValue"]}
+    values = {"job": "fastrelay", **every}
+    query = substitute(limit_query(panel("Largest client backlog")), values)
+    (sample,) = stack.query(query)
+    assert float(sample["value"][1]) == MAX_CLIENT_BUFFER
 
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
