@@ -5,7 +5,8 @@ looks at it, and every answer it provokes costs bytes on the wire, so each
 connection has a budget (``ClientBudget``: frames and bytes per second, with
 a burst): the frames it sends, control frames included, and the bytes it sends
 and is answered with (acknowledgements, errors, last values; its data and its
-history replies have their own limits). A connection over budget is closed
+history replies have their own limits), and the loop time spent on it: on its
+messages, and on its conflated stream while it is behind (conflation.py). A connection over budget is closed
 (``CloseReason.FLOOD``), not answered: an answer per excess message is what
 turns a flood into a denial of service for everyone else.
 
@@ -49,8 +50,7 @@ class ClientBudget:
         self._cpu = limits.cpu_burst
         self._updated = now
 
-    def take(self, size: int, now: float) -> bool:
-        """Charge one frame of ``size`` bytes; False once the connection is over budget."""
+    def _refill(self, now: float) -> None:
         limits = self._limits
         elapsed = now - self._updated
         if elapsed > 0:
@@ -58,6 +58,10 @@ class ClientBudget:
             self._frames = min(limits.frame_burst, self._frames + elapsed * limits.frames_per_second)
             self._bytes = min(limits.byte_burst, self._bytes + elapsed * limits.bytes_per_second)
             self._cpu = min(limits.cpu_burst, self._cpu + elapsed * limits.cpu_per_second)
+
+    def take(self, size: int, now: float) -> bool:
+        """Charge one frame of ``size`` bytes; False once the connection is over budget."""
+        self._refill(now)
         self._frames -= 1
         self._bytes -= size
         return self._frames >= 0 and self._bytes >= 0
@@ -72,6 +76,13 @@ class ClientBudget:
 
     def charge_cpu(self, seconds: float) -> bool:
         """Charge loop time spent on this client's messages; False when over."""
+        self._cpu -= seconds
+        return self._cpu >= 0
+
+    def spend_cpu(self, seconds: float, now: float) -> bool:
+        """Charge loop time spent for this client outside its own messages (its conflated
+        stream: conflation.py), refilled first since no frame of it came; False when over."""
+        self._refill(now)
         self._cpu -= seconds
         return self._cpu >= 0
 

@@ -713,7 +713,8 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     Option(
         "max-cpu-ms-per-second",
         _non_negative(float),
-        "ms of the relay's loop a client's messages may take per second; past it: closed (1008)",
+        "ms of the relay's loop a client's messages may take per second; past it: closed (1008); "
+        "its conflated stream is charged too (past it: slow_consumer, 1013)",
         "max_cpu_ms_per_second",
         G.CLIENTS,
         TO_CLIENTS,

@@ -40,6 +40,16 @@ allows. A client still owing more than ``--max-client-buffer`` (socket plus
 queue: trades alone can outrun a link) is dropped with ``slow_consumer`` and
 1013, as without conflation.
 
+Conflation costs the relay loop time per event and per conflating client (a
+client that keeps up costs one write per audience flush instead), so it is a
+courtesy within the client's own budget: the time spent on a client's queue
+(its share of the flush's decode, the queue, its writes) is charged to its
+loop-time budget (``Connection.charge_loop_time``, ``budget.ClientBudget``),
+and a client over it is dropped with ``slow_consumer`` and 1013 like one over
+the hard limit. A well-behaved slow link costs a few ms per second; what the
+budget stops is a client that subscribes to everything and reads slowly on
+purpose, to make the relay do per-event work for it.
+
 The fast path does not see any of it: a client that keeps up never passes the
 soft limit, and the hub's only addition to a flush is one attribute test per
 audience (``bench/micro``: ``test_fan_out_keeping_up``).
@@ -168,6 +178,7 @@ class ConflationStatistics:
     episodes: int = 0  # times a client started conflating
     caught_up: int = 0  # times a client caught up and left conflation
     superseded: int = 0  # events not sent: a later event of their state channel replaced them
+    over_budget: int = 0  # clients dropped: their conflated stream cost more loop time than their budget
 
 
 @dataclass(frozen=True)
@@ -202,7 +213,7 @@ class Writer(Protocol):
 
     def send_events(self, member: Member, events: list[RawEvent]) -> None: ...
 
-    def drop_slow_consumer(self, member: Member) -> None: ...
+    def drop_slow_consumer(self, member: Member, why: str = "") -> None: ...
 
 
 class Conflator:
@@ -242,30 +253,47 @@ class Conflator:
         conflating = group.conflating
         if not conflating or not events:
             return
+        clock = self._clock
+        began = clock()
         keys = state_keys(events)
-        now = self._clock()
+        now = clock()
+        decode_share = (now - began) / len(conflating)  # one decode for all: each pays its part
         # A copy: a drop detaches the member, a catch-up moves it back to the plain set.
         for member in list(conflating):
             state = self._states[member]
             self.stats.superseded += state.add(events, keys)
             self._send(member, state, group, now)
+            done = clock()
+            self._charge(member, decode_share + done - now)
+            now = done
 
     def drained(self, member: Member, group: Group | None) -> None:
         """The member's socket drained to the low-water mark: its queue goes out."""
         state = self._states.get(member)
         if state is not None and group is not None and not member.closed:
-            self._send(member, state, group, self._clock())
+            self._send_charged(member, state, group)
 
     def sweep(self, group_of: Callable[[Member], Group | None]) -> None:
         """Called about once a second (the relay's timer): a conflating client whose feed went
         quiet gets no flush that would send its queue or say ``caught_up``; this does both."""
         if not self._states:
             return
-        now = self._clock()
         for member, state in list(self._states.items()):  # a catch-up or a drop changes the dict
             group = group_of(member)
             if group is not None and not member.closed and member in self._states:
-                self._send(member, state, group, now)
+                self._send_charged(member, state, group)
+
+    def _send_charged(self, member: Member, state: Conflation, group: Group) -> None:
+        began = self._clock()
+        self._send(member, state, group, began)
+        self._charge(member, self._clock() - began)
+
+    def _charge(self, member: Member, seconds: float) -> None:
+        """The loop time spent on ``member``'s conflated stream, out of its own budget."""
+        if member.closed or member.owner.charge_loop_time(seconds):
+            return
+        self.stats.over_budget += 1
+        self._writer.drop_slow_consumer(member, "its conflated stream costs more loop time than its budget")
 
     def _send(self, member: Member, state: Conflation, group: Group, now: float) -> None:
         backlog = member.buffered()

@@ -25,6 +25,10 @@ class Connection(Protocol):
     def close(self, reason: CloseReason, message: str) -> None:
         """End the connection with ``reason``'s close code."""
 
+    def charge_loop_time(self, seconds: float) -> bool:
+        """Charge loop time spent for this client beyond its messages (its conflated stream)
+        to its budget; False once it is over (the caller drops it)."""
+
 
 class Member:
     """The core's view of one client connection."""

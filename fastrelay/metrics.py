@@ -230,6 +230,12 @@ class RelayCollector(Collector):
                 "Events not sent to a conflating client: replaced by a later event of their state channel.",
                 value=conflation.superseded,
             )
+            yield CounterMetricFamily(
+                "fastrelay_client_conflation_over_budget",
+                "Conflating clients dropped (slow_consumer) because their conflated stream cost more "
+                "loop time than their budget (--max-cpu-ms-per-second).",
+                value=conflation.over_budget,
+            )
         yield GaugeMetricFamily(
             "fastrelay_audiences", "Groups of clients sharing a channel set.", value=hub.audience_count()
         )

@@ -190,15 +190,17 @@ class Outbox:
         elif self.on_behind is not None and member.conflates:
             self.on_behind(member)
 
-    def drop_slow_consumer(self, member: Member) -> None:
+    def drop_slow_consumer(self, member: Member, why: str = "") -> None:
+        """Close ``member`` with slow_consumer (1013); ``why``: what it outran (default: the
+        buffer limit)."""
         if member.closed:
             return
         self.stats.slow_consumers += 1
         self._slow_log.log(
             logging.WARNING,
-            "dropped a slow consumer (%s): more than %d bytes unsent (total dropped: %d)",
+            "dropped a slow consumer (%s): %s (total dropped: %d)",
             member.owner.describe(),
-            self.max_client_buffer,
+            why or f"more than {self.max_client_buffer} bytes unsent",
             self.stats.slow_consumers,
             extra={
                 "client": member.address.address if member.address is not None else None,

@@ -215,10 +215,7 @@ class ClientConnection(WSListener):
         self.pinged = False
         server = self._server
         now = server.clock()
-        budget = self._budget
-        if budget is None:  # made at the first frame: idle connections carry none
-            budget = self._budget = ClientBudget(server.budget_limits, now)
-        if not budget.take(frame.payload_size, now):
+        if not self._budget_at(now).take(frame.payload_size, now):
             self._flooded()
             return
         msg_type = frame.msg_type
@@ -467,6 +464,16 @@ class ClientConnection(WSListener):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             transport.disconnect(graceful=False)
+
+    def _budget_at(self, now: float) -> ClientBudget:
+        budget = self._budget
+        if budget is None:  # made at the first need: idle connections carry none
+            budget = self._budget = ClientBudget(self._server.budget_limits, now)
+        return budget
+
+    def charge_loop_time(self, seconds: float) -> bool:
+        now = self._server.clock()
+        return self._budget_at(now).spend_cpu(seconds, now)
 
     def describe(self) -> str:
         """Who this is, for logs: address, path, channel count (never a token)."""

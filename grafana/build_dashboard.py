@@ -532,7 +532,8 @@ def clients() -> list[timeseries.Panel]:
             "aggregate or value of each channel, until caught_up), episodes started per minute, and "
             "events per second left out because a later one of the same channel replaced them; "
             "summed over the selected instances. A client still past --max-client-buffer is dropped "
-            "(Slow-consumer drops).",
+            "(Slow-consumer drops), as is one whose conflated stream costs more loop time than its "
+            "budget (--max-cpu-ms-per-second: dropped over budget / min).",
             units.Short,
             q(f"sum({only(f'fastrelay_client_conflating{{{SEL}}}')})", "conflating now"),
             q(
@@ -546,6 +547,13 @@ def clients() -> list[timeseries.Panel]:
                 f"sum({only(f'rate(fastrelay_client_conflated_events_total{{{SEL}}}[$__rate_interval])')})",
                 "events left out / s",
                 "C",
+            ),
+            q(
+                "sum("
+                f"{only(f'rate(fastrelay_client_conflation_over_budget_total{{{SEL}}}[$__rate_interval])')}"
+                ") * 60",
+                "dropped over budget / min",
+                "D",
             ),
         ).links(runbooks("FastrelaySlowConsumerDrops")),
         graph(

@@ -33,6 +33,9 @@ class RecordingSink:
         self.backlog = 0
         self.closes: list[tuple[CloseReason, str]] = []
         self.on_close = lambda: None
+        # Loop time charged to this client (conflation), and how much it may still take.
+        self.charged = 0.0
+        self.loop_time_left = float("inf")
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -46,6 +49,11 @@ class RecordingSink:
     def close(self, reason: CloseReason, message: str) -> None:
         self.closes.append((reason, message))
         self.on_close()
+
+    def charge_loop_time(self, seconds: float) -> bool:
+        self.charged += seconds
+        self.loop_time_left -= seconds
+        return self.loop_time_left >= 0
 
     def payloads(self) -> list[bytes]:
         """Every frame's payload, in order."""

@@ -228,6 +228,55 @@ def test_a_conflating_member_still_over_the_hard_limit_is_dropped() -> None:
     assert core.hub.audience_count() == 0
 
 
+class TickingClock(Clock):
+    """Every reading is ``tick`` seconds after the previous one: work takes time."""
+
+    def __init__(self, tick: float) -> None:
+        super().__init__()
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_the_conflated_stream_is_charged_to_its_client() -> None:
+    """Loop time spent on a conflating member's queue comes out of its own budget; a member that
+    keeps up is charged nothing for the same events."""
+    clock = TickingClock(0.001)
+    core = make_core(max_client_buffer=HARD, conflation=POLICY, clock=clock)
+    fast, fast_sink = subscribed(core, "T.*,Q.*")
+    slow, slow_sink = subscribed(core, "T.*,Q.*")
+    slow_sink.backlog = START + 1
+    publish(core, ev("Q", "A", 1))  # starts conflating
+    assert slow_sink.charged == 0.0
+    publish(core, ev("Q", "A", 2), ev("T", "A", 1))
+    after_flush = slow_sink.charged
+    assert after_flush > 0.0
+    slow_sink.backlog = 0
+    core.hub.drained(slow)  # the queue goes out: charged too
+    assert slow_sink.charged > after_flush
+    assert fast_sink.charged == 0.0 and not fast.closed
+
+
+def test_a_conflating_member_over_its_loop_time_budget_is_dropped() -> None:
+    """A client that reads slowly on purpose to make the relay work per event for it: once its
+    conflated stream has cost its budget, slow_consumer (1013), counted; the others go on."""
+    clock = TickingClock(0.001)
+    core = make_core(max_client_buffer=HARD, conflation=POLICY, clock=clock)
+    greedy, greedy_sink = subscribed(core, "T.*,Q.*")
+    modest, modest_sink = subscribed(core, "T.*,Q.*")
+    greedy_sink.loop_time_left = 0.0025
+    greedy_sink.backlog = modest_sink.backlog = START + 1
+    publish(core, ev("Q", "A", 1))  # both start conflating
+    for q in range(2, 6):
+        publish(core, ev("Q", "A", q))
+    assert greedy.closed and greedy_sink.closes == [(CloseReason.SLOW_CONSUMER, "slow consumer")]
+    assert greedy_sink.statuses()[-1][0] == SLOW_CONSUMER
+    assert core.hub.conflator is not None and core.hub.conflator.stats.over_budget == 1
+    assert not modest.closed and core.dropped == [greedy]
+
+
 def test_subscribing_while_conflating_keeps_the_queue() -> None:
     """A conflating member that changes its channels moves audiences with its queue and state."""
     core, _ = conflating_core()

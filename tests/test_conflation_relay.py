@@ -233,6 +233,49 @@ async def test_a_client_that_opts_out_is_dropped_with_1013_as_before() -> None:
             stuck.writer.close()
 
 
+async def test_a_conflated_stream_over_the_clients_loop_time_budget_is_dropped_with_1013() -> None:
+    """The loop time the relay spends on a conflating client is its own: with a budget far under
+    what its conflated stream costs, it is dropped (slow_consumer, 1013), counted and exported;
+    a client that keeps up, on the same feed and budget, stays."""
+    async with (
+        Simulator(sim_config(rate=600.0, events_per_frame=2)) as sim,
+        running_relay(
+            fast_relay_config(
+                sim.base_url,
+                "sim-key",
+                max_client_buffer=512 * KIB,
+                conflate_above=32 * KIB,
+                max_cpu_ms_per_second=0.01,
+                cpu_burst_ms=20.0,
+                metrics_interval=0.1,
+            )
+        ) as relay,
+    ):
+        await wait_until(lambda: relay.ready, what="relay ready")
+        fast = await Client.connect(f"ws://127.0.0.1:{relay.port}/api/socket")
+        await fast.subscribe("T.AAPL,Q.*")
+        slow = await ThrottledReader.open(relay.port, "/api/socket", "T.AAPL,Q.*", LINK)
+        try:
+            conflator = relay.relay.hub.conflator
+            assert conflator is not None
+            await wait_until(lambda: "conflating" in slow.status_names(), TIMEOUT * 3, "conflating status")
+            await wait_until(lambda: conflator.stats.over_budget == 1, TIMEOUT * 3, "the over-budget drop")
+            await wait_until(lambda: slow.eof, TIMEOUT * 2, "the slow client closed")
+            # 1013 when the close frame got through its backlog; the relay resets a dropped
+            # slow consumer's socket rather than keep its backlog, so it may not have.
+            assert slow.close_code in (1013, None)
+            assert relay.server.stats.closed_by_path["/api/socket"]["slow_consumer"] == 1
+            assert conflator.stats.conflating == 0
+            text = await scrape(relay)
+            assert value(text, "fastrelay_client_conflation_over_budget_total") == 1
+            seen = len(fast.events)
+            await fast.wait_for(lambda: len(fast.events) > seen + 100, TIMEOUT, "the fast client still fed")
+            assert sequence_gaps(fast.events) == []
+        finally:
+            await slow.close()
+            await fast.close()
+
+
 async def test_a_bad_conflate_parameter_is_refused_before_the_upgrade(relay: RunningRelay) -> None:
     """?conflate=maybe: HTTP 400 naming the parameter, no connection."""
     client = await RawClient.connect("127.0.0.1", relay.port, "/stocks?conflate=maybe")

@@ -58,6 +58,9 @@ class NullSink:
     def close(self, reason: CloseReason, message: str) -> None:
         pass
 
+    def charge_loop_time(self, seconds: float) -> bool:
+        return True
+
 
 class Core:
     """The relay's data path without sockets: cache and hub, writing through an outbox."""
