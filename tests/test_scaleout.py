@@ -71,8 +71,9 @@ class Deployment:
         self.ingest = await self.ingest_stack.enter_async_context(running_relay(config))
 
 
-@pytest.fixture(params=["batch", "event"])
-async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Deployment]:
+@contextlib.asynccontextmanager
+async def deployed(tmp_path: Path, granularity: str, **overrides: Any) -> AsyncIterator[Deployment]:
+    """nats-server, the simulator, one ingest and two edges (``overrides``: their settings)."""
     async with running_nats(tmp_path / "nats.log") as nats, Simulator(sim_config()) as sim:
         base = fast_relay_config(
             sim.base_url,
@@ -80,7 +81,8 @@ async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             nats=nats.url,
             heartbeat_interval=HEARTBEAT,
             peer_timeout=PEER_TIMEOUT,
-            nats_granularity=request.param,
+            nats_granularity=granularity,
+            **overrides,
         )
         ingest_config = replace(base, role="ingest", instance_name="ingest")
         async with (
@@ -98,11 +100,42 @@ async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
                 await deployment.stop_ingest()
 
 
+@pytest.fixture(params=["batch", "event"])
+async def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Deployment]:
+    async with deployed(tmp_path, request.param) as found:
+        yield found
+
+
 def by_channel(events: list[dict[str, Any]]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for event in events:
         found.setdefault(f"{event['ev']}.{event['sym']}", []).append(event["q"])
     return found
+
+
+@pytest.mark.parametrize("granularity", ["batch", "event"])
+async def test_a_last_value_fetched_from_the_ingest_is_never_sent_twice(
+    tmp_path: Path, granularity: str
+) -> None:
+    """The ingest records an event in its cache when it arrives and publishes it at the end of its
+    --nats-window: a snapshot taken in between holds an event still waiting to be published. Its
+    reply must not overtake that event, or a new subscriber on an edge gets the event twice (as its
+    last value, then live). A 200 ms window makes the overlap near certain; CI once saw it at 5 ms."""
+    async with deployed(tmp_path, granularity, nats_window=200.0) as deployment:
+        watcher = await Client.connect(deployment.url(1))
+        await watcher.subscribe("Q.*")  # the ingest holds every quote: any ticker has a last value
+        await watcher.wait_for(lambda: len(by_channel(watcher.events)) >= 4, what="quotes at the ingest")
+        clients = []
+        for ticker in ("AAPL", "MSFT", "TSLA", "BRK.B"):  # each one a fetch from the ingest
+            client = await Client.connect(deployment.url(0))
+            await client.subscribe(f"Q.{ticker}")
+            clients.append(client)
+        for client in clients:
+            await client.wait_for(lambda c=client: len(c.events) >= 10, what="10 quotes")
+            assert sequence_gaps(client.events) == [], client.events[:3]
+        assert deployment.edge_role(0).fills.requested >= 4  # each asked of the ingest
+        for client in (*clients, watcher):
+            await client.close()
 
 
 async def test_clients_on_both_edges_get_the_same_events_in_order(deployment: Deployment) -> None:

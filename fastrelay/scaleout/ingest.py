@@ -71,6 +71,11 @@ class Ingest:
         self._window = config.nats_window / 1000.0
         self._armed = False
         self._wake = asyncio.Event()
+        # Publishing passes the loop has taken, and finished (every event of them handed to
+        # NATS or dropped): a snapshot reply waits for the pass that holds its newest events.
+        self._passes_taken = 0
+        self._passes_done = 0
+        self._pass_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._publisher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
         self._beat: asyncio.TimerHandle | None = None
@@ -234,35 +239,68 @@ class Ingest:
         self._publish_state()
 
     async def _publish_loop(self) -> None:
-        stats = self.link.stats
         while True:
             await self._wake.wait()
             self._wake.clear()
             self._armed = False
             pending, self._pending = self._pending, {}
-            if not self.link.connected:
-                stats.publish_dropped_down += sum(map(len, pending.values()))
+            self._passes_taken += 1
+            try:
+                await self._publish_pass(pending)
+            finally:
+                self._pass_done()
+
+    def _pass_done(self) -> None:
+        done = self._passes_done = self._passes_taken
+        waiting = []
+        for target, waiter in self._pass_waiters:
+            if target > done:
+                waiting.append((target, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._pass_waiters = waiting
+
+    async def published(self) -> None:
+        """Return once every event recorded so far has been handed to NATS (or dropped).
+
+        The relay records an event in its cache when it arrives and publishes it at the end
+        of the window, so a snapshot may hold events not yet published. NATS keeps one
+        connection's messages in order, so a reply sent after this reaches an edge after
+        those events: it cannot overtake them (a new subscriber would get an event twice,
+        as its last value and live, or an older one after a newer).
+        """
+        target = self._passes_taken + (1 if self._pending else 0)
+        if self._passes_done >= target:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._pass_waiters.append((target, waiter))
+        await waiter
+
+    async def _publish_pass(self, pending: dict[str, list[RawEvent]]) -> None:
+        stats = self.link.stats
+        if not self.link.connected:
+            stats.publish_dropped_down += sum(map(len, pending.values()))
+            return
+        read_at, term = self._read_at, self.election.term
+        # A window of a busy feed (or one huge upstream frame) may pass NATS'
+        # max_payload: split, in order, never cutting an event.
+        limit = self.link.max_payload - ENVELOPE_HEADER
+        for subject, events in pending.items():
+            if not self.election.leading():  # fencing: the lease may end mid-window
+                self.fenced += len(events)
                 continue
-            read_at, term = self._read_at, self.election.term
-            # A window of a busy feed (or one huge upstream frame) may pass NATS'
-            # max_payload: split, in order, never cutting an event.
-            limit = self.link.max_payload - ENVELOPE_HEADER
-            for subject, events in pending.items():
-                if not self.election.leading():  # fencing: the lease may end mid-window
-                    self.fenced += len(events)
+            for payload in event_array_payloads(events, limit):
+                data = seal(payload, read_at, term)
+                try:
+                    await self.link.publish(subject, data)
+                except Exception as exc:
+                    stats.publish_failed += 1
+                    self._throttle.log(
+                        logging.WARNING, "NATS publish to %s failed: %s", subject, type(exc).__name__
+                    )
                     continue
-                for payload in event_array_payloads(events, limit):
-                    data = seal(payload, read_at, term)
-                    try:
-                        await self.link.publish(subject, data)
-                    except Exception as exc:
-                        stats.publish_failed += 1
-                        self._throttle.log(
-                            logging.WARNING, "NATS publish to %s failed: %s", subject, type(exc).__name__
-                        )
-                        continue
-                    stats.published += 1
-                    stats.published_bytes += len(data)
+                stats.published += 1
+                stats.published_bytes += len(data)
 
     # --- control: heartbeats, edges' interest, snapshots ----------------------------------
     def _tick(self) -> None:
@@ -396,6 +434,7 @@ class Ingest:
             else messages.SnapshotReply(error="bad control message: expected a snapshot request")
         )
         if msg.reply:
+            await self.published()  # the snapshot's events go first (published, above)
             await msg.respond(messages.encode(reply))
 
     def snapshot(self, request: messages.SnapshotRequest) -> messages.SnapshotReply:
