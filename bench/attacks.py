@@ -208,6 +208,93 @@ def _parse(buffer: bytes) -> tuple[int, bytes, int] | None:
     return opcode, buffer[offset : offset + size], offset + size
 
 
+class ThrottledReader:
+    """A raw WebSocket client whose link carries ``rate`` bytes/s: it reads no faster.
+
+    A small receive buffer (set before connecting, so the advertised window follows it)
+    keeps the backlog in the relay, where conflation sees it, not in the kernel.
+    """
+
+    def __init__(self, sock: socket.socket, rate: float) -> None:
+        self.sock = sock
+        self.rate = rate
+        self.buffer = b""
+        self.events: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.eof = False
+        self.reset = False  # the relay reset the connection (a dropped slow consumer's usual end)
+        self.ended_at: float | None = None  # time.monotonic() at the close, reset or EOF
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, port: int, path: str, params: str, rate: float, token: str = "x", host: str = "127.0.0.1"
+    ) -> ThrottledReader:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, (host, port))
+        await loop.sock_sendall(
+            sock,
+            handshake(path)
+            + text({"action": "auth", "params": token})
+            + text({"action": "subscribe", "params": params}),
+        )
+        reader = cls(sock, rate)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10.0)
+        assert b" 101 " in head.split(b"\r\n", 1)[0], head
+        reader._task = loop.create_task(reader._read())
+        return reader
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        allowance, last = 0.0, time.monotonic()
+        while not self.eof:
+            now = time.monotonic()
+            allowance = min(allowance + (now - last) * self.rate, 8 * 1024)
+            last = now
+            if allowance < 512:
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                chunk = await loop.sock_recv(self.sock, int(allowance))
+            except ConnectionError:
+                self.reset = True
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                self.ended_at = time.monotonic()
+                return
+            allowance -= len(chunk)
+            self.buffer += chunk
+            self._frames()
+
+    def _frames(self) -> None:
+        while (found := _parse(self.buffer)) is not None:
+            opcode, payload, used = found
+            self.buffer = self.buffer[used:]
+            if opcode == CLOSE:
+                self.close_code = _close_code(payload) if payload else 1005
+            elif opcode == TEXT:
+                for message in orjson.loads(payload):
+                    (self.statuses if message.get("ev") == "status" else self.events).append(message)
+
+    def status_names(self) -> list[str]:
+        return [s["status"] for s in self.statuses]
+
+    async def close(self) -> None:
+        self.eof = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sock.close()
+
+
 async def authed(host: str, port: int, token: str = "token", **kwargs: Any) -> RawClient:
     client = await RawClient.connect(host, port, **kwargs)
     await client.send(text({"action": "auth", "params": token}))
@@ -409,6 +496,44 @@ async def heavy_messages(host: str, port: int, messages: int = 60, token: str = 
     return report
 
 
+async def slow_readers(
+    host: str,
+    port: int,
+    connections: int = 20,
+    rate: float = 2_000.0,
+    duration: float = 3.0,
+    params: str = "T.*,Q.*",
+    token: str = "token",
+) -> AttackReport:
+    """Clients on /api/socket (conflation on) subscribed to everything, each reading ``rate``
+    bytes/s: once behind, each makes the relay do per-event work for it (its conflated stream),
+    which the relay charges to its loop-time budget. Held until the relay closes them or time is up."""
+    report = AttackReport("slow-readers", connections=connections)
+    path = "/api/socket?conflate=1"
+    readers = [
+        await ThrottledReader.open(port, path, params, rate, token=token, host=host)
+        for _ in range(connections)
+    ]
+    report.frames_sent = 2 * connections
+    started = time.monotonic()
+    while time.monotonic() - started < duration and not all(r.eof for r in readers):
+        await asyncio.sleep(0.1)
+    report.duration = time.monotonic() - started
+    ended = [r.ended_at - started for r in readers if r.ended_at is not None]
+    report.notes["closed"] = len(ended)
+    report.notes["reset"] = sum(1 for r in readers if r.reset)
+    report.notes["events"] = sum(len(r.events) for r in readers)
+    for reader in readers:
+        for name in reader.status_names():
+            report.statuses[name] = report.statuses.get(name, 0) + 1
+    codes = [r.close_code for r in readers if r.close_code is not None]
+    report.close_code = max(set(codes), key=codes.count) if codes else None
+    report.closed_after = max(ended) if len(ended) == connections else None
+    for reader in readers:
+        await reader.close()
+    return report
+
+
 async def contract_capture(host: str, port: int, contracts: int = 1000) -> AttackReport:
     """One client subscribing the whole options quote cap with contracts nobody trades."""
     report = AttackReport("contract-capture", connections=1)
@@ -468,6 +593,7 @@ ATTACKS: dict[str, Callable[[str, int, argparse.Namespace], Coroutine[Any, Any, 
     ),
     "heavy-messages": lambda h, p, a: heavy_messages(h, p, token=a.token),
     "junk-subscriptions": lambda h, p, a: junk_subscriptions(h, p, token=a.token),
+    "slow-readers": lambda h, p, a: slow_readers(h, p, rate=a.rate, duration=a.duration, token=a.token),
     "nested-json": lambda h, p, a: nested_json(h, p),
     "token-guessing": lambda h, p, a: token_guessing(h, p),
 }
@@ -481,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--token", default="token", help="the token of the attacks that authenticate")
     parser.add_argument("--symbol", default="AAPL", help="history-amplification: its A and AM channels")
+    parser.add_argument("--rate", type=float, default=2_000.0, help="slow-readers: bytes/s each one reads")
     args = parser.parse_args(argv)
     report = asyncio.run(ATTACKS[args.attack](args.host, args.port, args))
     report.notes.pop("client", None)

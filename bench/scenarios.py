@@ -75,7 +75,7 @@ CHART_WARM_AFTER = 0.5
 # too, were they to reconnect) would connect from there.
 ATTACK_CLASSES = (
     "frame-flood-text", "frame-flood-binary", "frame-flood-ping", "byte-flood", "silent-pings",
-    "history-amplification", "junk-subscriptions", "nested-json", "token-guessing",
+    "history-amplification", "junk-subscriptions", "slow-readers", "nested-json", "token-guessing",
 )  # fmt: skip
 # The relay runs with this client token (16+ characters), which the normal clients and
 # the attackers that authenticate use, so that token-guessing has something to guess.

@@ -277,6 +277,30 @@ async def test_junk_subscriptions_from_one_address_are_capped(tmp_path: Path) ->
         assert upstream <= 5000
 
 
+async def test_slow_readers_on_everything_pay_for_their_conflation(tmp_path: Path) -> None:
+    """Twenty clients on /api/socket subscribed to T.*,Q.* and reading 2 KB/s: each falls behind
+    and conflates, which is per-event work the relay does for it alone, charged to its loop-time
+    budget (tightened here to 0.05 ms/s with a 5 ms burst, so that it runs out within the attack):
+    every one is dropped with slow_consumer and counted as over budget; the observer goes on."""
+    args = ("--conflate-above", "32KiB", "--max-cpu-ms-per-second", "0.05", "--cpu-burst-ms", "5")
+    async with arena(tmp_path, *args) as a:
+        before, started = a.observer.count(), time.time_ns()
+        report = await a.attack("slow-readers", duration=10.0)
+        await a.unharmed_during(started, before)
+        print(
+            "SRREPORT",
+            report,
+            await a.metric("fastrelay_client_conflation_over_budget_total"),
+            await a.metric("fastrelay_client_conflation_episodes_total"),
+        )
+        assert report["notes"]["closed"] == 20, report
+        assert await a.metric("fastrelay_client_conflation_over_budget_total") == 20
+        assert await a.metric("fastrelay_client_conflation_episodes_total") == 20
+        dropped = {"path": "/api/socket", "reason": "slow_consumer"}
+        assert await a.metric("fastrelay_client_disconnections_total", **dropped) == 20
+        assert await a.metric("fastrelay_client_conflating") == 0
+
+
 async def test_one_client_cannot_take_the_options_contract_cap(tmp_path: Path) -> None:
     """A client asking for 1,000 contracts gets its share (--max-contracts-per-client); another
     client still gets its contracts."""

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
-import struct
-import time
 from typing import Any
 
 import orjson
 import pytest
 
-from bench.attacks import RawClient, handshake, text
+from bench.attacks import RawClient, ThrottledReader, text
 from fastrelay.app import RunningRelay, running_relay
 from fastrelay.server import conflation_wanted
 from fastrelay.sim import Simulator
@@ -24,99 +19,6 @@ KIB = 1024
 # The link of the slow client, bytes/s: under the feed it subscribes (T.AAPL and Q.* of four
 # tickers: about 120 KB/s at 600 frames/s of 2 events), over its trades alone (about 20 KB/s).
 LINK = 40_000
-
-
-class ThrottledReader:
-    """A raw WebSocket client whose link carries ``rate`` bytes/s: it reads no faster.
-
-    A small receive buffer (set before connecting, so the advertised window follows it)
-    keeps the backlog in the relay, where conflation sees it, not in the kernel.
-    """
-
-    def __init__(self, sock: socket.socket, rate: float) -> None:
-        self.sock = sock
-        self.rate = rate
-        self.buffer = b""
-        self.events: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
-        self.close_code: int | None = None
-        self.eof = False
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def open(cls, port: int, path: str, params: str, rate: float) -> ThrottledReader:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        await loop.sock_sendall(
-            sock,
-            handshake(path)
-            + text({"action": "auth", "params": "x"})
-            + text({"action": "subscribe", "params": params}),
-        )
-        reader = cls(sock, rate)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += await asyncio.wait_for(loop.sock_recv(sock, 1), TIMEOUT)
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
-        reader._task = loop.create_task(reader._read())
-        return reader
-
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        allowance, last = 0.0, time.monotonic()
-        while not self.eof:
-            now = time.monotonic()
-            allowance = min(allowance + (now - last) * self.rate, 8 * KIB)
-            last = now
-            if allowance < 512:
-                await asyncio.sleep(0.01)
-                continue
-            try:
-                chunk = await loop.sock_recv(self.sock, int(allowance))
-            except ConnectionError:
-                chunk = b""
-            if not chunk:
-                self.eof = True
-                return
-            allowance -= len(chunk)
-            self.buffer += chunk
-            self._frames()
-
-    def _frames(self) -> None:
-        while len(self.buffer) >= 2:
-            opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-            offset = 2
-            if length == 126:
-                if len(self.buffer) < 4:
-                    return
-                length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
-            elif length == 127:
-                if len(self.buffer) < 10:
-                    return
-                length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
-            if len(self.buffer) < offset + length:
-                return
-            payload = self.buffer[offset : offset + length]
-            self.buffer = self.buffer[offset + length :]
-            if opcode == 0x8:
-                self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            elif opcode == 0x1:
-                for message in orjson.loads(payload):
-                    (self.statuses if message.get("ev") == "status" else self.events).append(message)
-
-    def status_names(self) -> list[str]:
-        return [s["status"] for s in self.statuses]
-
-    async def close(self) -> None:
-        self.eof = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.sock.close()
 
 
 def last_q(events: list[dict[str, Any]], ev: str) -> dict[str, int]:
