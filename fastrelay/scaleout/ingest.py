@@ -120,6 +120,8 @@ class Ingest:
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
+            self._passes_taken += 1  # the last events were dropped: nobody waits for them
+            self._pass_done()
         await self.link.stop()
         await self.relay.stop()
 
@@ -270,8 +272,9 @@ class Ingest:
         as its last value and live, or an older one after a newer).
         """
         target = self._passes_taken + (1 if self._pending else 0)
-        if self._passes_done >= target:
-            return
+        publisher = self._publisher
+        if self._passes_done >= target or publisher is None or publisher.done():
+            return  # nothing waiting, or nothing will publish it (not started, or stopped)
         waiter = asyncio.get_running_loop().create_future()
         self._pass_waiters.append((target, waiter))
         await waiter
