@@ -321,7 +321,8 @@ async def _flood(
     except TimeoutError:
         code = None
     report.close_code = code
-    cut_off = code is not None or client.reset or client.reader.at_eof()
+    report.notes["eof"] = client.reader.at_eof()
+    cut_off = code is not None or client.reset or report.notes["eof"]
     report.closed_after = time.monotonic() - started if cut_off else None
     report.notes["reset"] = client.reset
     report.bytes_received = client.received

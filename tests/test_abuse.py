@@ -222,14 +222,18 @@ async def test_a_flood_of_tiny_frames_before_auth_is_cut_off(tmp_path: Path, kin
 
 async def test_a_frame_flood_through_nginx_is_cut_off(tmp_path: Path) -> None:
     """The same flood through the shipped nginx: nginx passes it on, the relay closes it, and nginx
-    passes the close back (or resets the attacker, when its unread input makes nginx's close a reset)."""
+    ends the attacker's connection too. How the attacker sees that end depends on timing: the close
+    frame passed on; a reset, when its unread input makes nginx's close a reset; or a plain EOF,
+    when the relay's own reset (it stopped reading) made nginx's kernel discard the close frame
+    before nginx read it, and nginx had read everything the attacker sent (CI saw this one)."""
     async with arena(tmp_path, "--trusted-proxies", "127.0.0.1") as a:
         async with running_nginx(tmp_path / "nginx", [a.relay.port]) as nginx:
             before, started = a.observer.count(), time.time_ns()
             report = await a.attack("frame-flood-text", port=nginx.port, duration=3.0)
             await a.unharmed_during(started, before)
-        assert report["close_code"] == 1008 or report["notes"]["reset"], report
-        assert report["closed_after"] < 1.0, report
+        notes = report["notes"]
+        assert report["close_code"] == 1008 or notes["reset"] or notes["eof"], report
+        assert report["closed_after"] is not None and report["closed_after"] < 1.0, report
         assert await a.metric("fastrelay_client_disconnections_total", reason="flood") == 1
 
 
