@@ -223,6 +223,8 @@ class ThrottledReader:
         self.statuses: list[dict[str, Any]] = []
         self.close_code: int | None = None
         self.eof = False
+        self.received = 0  # bytes read
+        self.sent = 0  # bytes sent: the handshake, auth and subscribe
         self.reset = False  # the relay reset the connection (a dropped slow consumer's usual end)
         self.ended_at: float | None = None  # time.monotonic() at the close, reset or EOF
         self._task: asyncio.Task[None] | None = None
@@ -236,13 +238,14 @@ class ThrottledReader:
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await loop.sock_connect(sock, (host, port))
-        await loop.sock_sendall(
-            sock,
+        opening = (
             handshake(path)
             + text({"action": "auth", "params": token})
-            + text({"action": "subscribe", "params": params}),
+            + text({"action": "subscribe", "params": params})
         )
+        await loop.sock_sendall(sock, opening)
         reader = cls(sock, rate)
+        reader.sent = len(opening)
         head = b""
         while b"\r\n\r\n" not in head:
             head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10.0)
@@ -270,6 +273,7 @@ class ThrottledReader:
                 self.ended_at = time.monotonic()
                 return
             allowance -= len(chunk)
+            self.received += len(chunk)
             self.buffer += chunk
             self._frames()
 
@@ -516,6 +520,7 @@ async def slow_readers(
         for _ in range(connections)
     ]
     report.frames_sent = 2 * connections
+    report.bytes_sent = sum(r.sent for r in readers)
     started = time.monotonic()
     while time.monotonic() - started < duration and not all(r.eof for r in readers):
         await asyncio.sleep(0.1)
@@ -524,6 +529,7 @@ async def slow_readers(
     report.notes["closed"] = len(ended)
     report.notes["reset"] = sum(1 for r in readers if r.reset)
     report.notes["events"] = sum(len(r.events) for r in readers)
+    report.bytes_received = sum(r.received for r in readers)
     for reader in readers:
         for name in reader.status_names():
             report.statuses[name] = report.statuses.get(name, 0) + 1

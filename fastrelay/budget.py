@@ -6,9 +6,10 @@ connection has a budget (``ClientBudget``: frames and bytes per second, with
 a burst): the frames it sends, control frames included, and the bytes it sends
 and is answered with (acknowledgements, errors, last values; its data and its
 history replies have their own limits), and the loop time spent on it: on its
-messages, and on its conflated stream while it is behind (conflation.py). A connection over budget is closed
-(``CloseReason.FLOOD``), not answered: an answer per excess message is what
-turns a flood into a denial of service for everyone else.
+messages, and on its conflated stream while it is behind (conflation.py). A
+connection over budget is closed (``CloseReason.FLOOD``; a conflating one
+``SLOW_CONSUMER``), not answered: an answer per excess message is what turns a
+flood into a denial of service for everyone else.
 
 The rest is RFC 6455 as picows leaves it to the application: fragmented
 messages are reassembled under the message cap (``Reassembly``), and a close
