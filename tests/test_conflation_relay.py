@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -9,6 +12,7 @@ import pytest
 
 from bench.attacks import RawClient, ThrottledReader, text
 from fastrelay.app import RunningRelay, running_relay
+from fastrelay.conflation import Conflator
 from fastrelay.server import conflation_wanted
 from fastrelay.sim import Simulator
 from tests.conftest import sim_config
@@ -39,10 +43,27 @@ def cached_last_quotes(relay: RunningRelay) -> dict[str, int]:
     return found
 
 
-async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_latest_quotes() -> None:
-    """/api/socket (conflation on by default), a link at a third of its feed: a conflating status,
-    no drop, every trade in order, quotes never out of order; once the feed stops, the latest quote
-    of every ticker; when its link carries the feed again, caught_up. A client that keeps up gets all."""
+@dataclass
+class SlowLink:
+    """A relay, a client on /api/socket that keeps up, and one on a slow link, now conflating."""
+
+    sim: Simulator
+    relay: RunningRelay
+    fast: Client
+    slow: ThrottledReader
+
+    @property
+    def conflator(self) -> Conflator:
+        conflator = self.relay.relay.hub.conflator
+        assert conflator is not None
+        return conflator
+
+
+@contextlib.asynccontextmanager
+async def slow_link(**relay_settings: Any) -> AsyncIterator[SlowLink]:
+    """Both clients on T.AAPL,Q.* of /api/socket, 600 frames/s of 2 events: the fast one with
+    ?conflate=0 (this busy test loop may let it lag; it must never be the one conflating), the
+    slow one reading LINK bytes/s; yielded once the slow one has its conflating status."""
     async with (
         Simulator(sim_config(rate=600.0, events_per_frame=2)) as sim,
         running_relay(
@@ -52,58 +73,66 @@ async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_lat
                 max_client_buffer=512 * KIB,
                 conflate_above=32 * KIB,
                 metrics_interval=0.1,
+                **relay_settings,
             )
         ) as relay,
     ):
         await wait_until(lambda: relay.ready, what="relay ready")
-        fast = await Client.connect(f"ws://127.0.0.1:{relay.port}/api/socket")
+        fast = await Client.connect(f"ws://127.0.0.1:{relay.port}/api/socket?conflate=0")
         await fast.subscribe("T.AAPL,Q.*")
         slow = await ThrottledReader.open(relay.port, "/api/socket", "T.AAPL,Q.*", LINK)
         try:
-            conflator = relay.relay.hub.conflator
-            assert conflator is not None
             await wait_until(lambda: "conflating" in slow.status_names(), TIMEOUT * 3, "conflating status")
-            assert conflator.stats.episodes == 1 and conflator.stats.conflating == 1
-            # A while on the conflated stream, then the feed stops.
-            seen = len(slow.events)
-            await wait_until(lambda: len(slow.events) > seen + 200, TIMEOUT * 2, "conflated events")
-            sim.fault("slow", "stocks", factor=0.0, delay=0.0)
-            latest: dict[str, int] = {}
-
-            def fast_has_all() -> bool:
-                latest.update(cached_last_quotes(relay))
-                return len(latest) == 4 and last_q(fast.events, "Q") == latest
-
-            await fast.wait_for(fast_has_all, TIMEOUT * 2, "the fast client to have every last quote")
-            await wait_until(lambda: last_q(slow.events, "Q") == latest, TIMEOUT * 3, "the latest quotes")
-            await wait_until(
-                lambda: last_q(slow.events, "T") == last_q(fast.events, "T"), TIMEOUT, "the last trade"
-            )
-            trades = [e for e in slow.events if e["ev"] == "T"]
-            assert trades and sequence_gaps(trades) == []  # every trade, in order
-            for sym in latest:
-                quotes = [e["q"] for e in slow.events if e["ev"] == "Q" and e["sym"] == sym]
-                assert quotes == sorted(set(quotes)), sym  # never an older quote after a newer one
-            fast_quotes = sum(1 for e in fast.events if e["ev"] == "Q")
-            assert sum(1 for e in slow.events if e["ev"] == "Q") < fast_quotes
-            assert conflator.stats.superseded > 0
-            assert sequence_gaps(fast.events) == []
-            # A trickle the link carries: nothing held for CATCH_UP_QUIET, then caught_up.
-            sim.fault("slow", "stocks", factor=0.05, delay=0.0)
-            await wait_until(lambda: "caught_up" in slow.status_names(), TIMEOUT * 2, "caught_up status")
-            assert slow.status_names().count("conflating") == 1
-            assert conflator.stats.conflating == 0 and conflator.stats.caught_up == 1
-            assert slow.close_code is None and not slow.eof
-            assert relay.server.stats.closed["slow_consumer"] == 0
-            assert relay.relay.outbox.stats.slow_consumers == 0
-            text = await scrape(relay)
-            assert value(text, "fastrelay_client_conflating") == 0
-            assert value(text, "fastrelay_client_conflation_episodes_total") == 1
-            assert value(text, "fastrelay_client_conflation_caught_up_total") == 1
-            assert value(text, "fastrelay_client_conflated_events_total") == conflator.stats.superseded > 0
+            yield SlowLink(sim, relay, fast, slow)
         finally:
             await slow.close()
             await fast.close()
+
+
+async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_latest_quotes() -> None:
+    """/api/socket (conflation on by default), a link at a third of its feed: a conflating status,
+    no drop, every trade in order, quotes never out of order; once the feed stops, the latest quote
+    of every ticker; when its link carries the feed again, caught_up. A client that keeps up gets all."""
+    async with slow_link() as link:
+        sim, relay, fast, slow, conflator = link.sim, link.relay, link.fast, link.slow, link.conflator
+        assert conflator.stats.episodes == 1 and conflator.stats.conflating == 1
+        # A while on the conflated stream, then the feed stops.
+        seen = len(slow.events)
+        await wait_until(lambda: len(slow.events) > seen + 200, TIMEOUT * 2, "conflated events")
+        sim.fault("slow", "stocks", factor=0.0, delay=0.0)
+        latest: dict[str, int] = {}
+
+        def fast_has_all() -> bool:
+            latest.update(cached_last_quotes(relay))
+            return len(latest) == 4 and last_q(fast.events, "Q") == latest
+
+        await fast.wait_for(fast_has_all, TIMEOUT * 2, "the fast client to have every last quote")
+        await wait_until(lambda: last_q(slow.events, "Q") == latest, TIMEOUT * 3, "the latest quotes")
+        await wait_until(
+            lambda: last_q(slow.events, "T") == last_q(fast.events, "T"), TIMEOUT, "the last trade"
+        )
+        trades = [e for e in slow.events if e["ev"] == "T"]
+        assert trades and sequence_gaps(trades) == []  # every trade, in order
+        for sym in latest:
+            quotes = [e["q"] for e in slow.events if e["ev"] == "Q" and e["sym"] == sym]
+            assert quotes == sorted(set(quotes)), sym  # never an older quote after a newer one
+        fast_quotes = sum(1 for e in fast.events if e["ev"] == "Q")
+        assert sum(1 for e in slow.events if e["ev"] == "Q") < fast_quotes
+        assert conflator.stats.superseded > 0
+        assert sequence_gaps(fast.events) == []
+        # A trickle the link carries: nothing held for CATCH_UP_QUIET, then caught_up.
+        sim.fault("slow", "stocks", factor=0.05, delay=0.0)
+        await wait_until(lambda: "caught_up" in slow.status_names(), TIMEOUT * 2, "caught_up status")
+        assert slow.status_names().count("conflating") == 1
+        assert conflator.stats.conflating == 0 and conflator.stats.caught_up == 1
+        assert slow.close_code is None and not slow.eof
+        assert relay.server.stats.closed["slow_consumer"] == 0
+        assert relay.relay.outbox.stats.slow_consumers == 0
+        text = await scrape(relay)
+        assert value(text, "fastrelay_client_conflating") == 0
+        assert value(text, "fastrelay_client_conflation_episodes_total") == 1
+        assert value(text, "fastrelay_client_conflation_caught_up_total") == 1
+        assert value(text, "fastrelay_client_conflated_events_total") == conflator.stats.superseded > 0
 
 
 async def test_a_client_that_opts_out_is_dropped_with_1013_as_before() -> None:
@@ -139,44 +168,20 @@ async def test_a_conflated_stream_over_the_clients_loop_time_budget_is_dropped_w
     """The loop time the relay spends on a conflating client is its own: with a budget far under
     what its conflated stream costs, it is dropped (slow_consumer, 1013), counted and exported;
     a client that keeps up, on the same feed and budget, stays."""
-    async with (
-        Simulator(sim_config(rate=600.0, events_per_frame=2)) as sim,
-        running_relay(
-            fast_relay_config(
-                sim.base_url,
-                "sim-key",
-                max_client_buffer=512 * KIB,
-                conflate_above=32 * KIB,
-                max_cpu_ms_per_second=0.01,
-                cpu_burst_ms=20.0,
-                metrics_interval=0.1,
-            )
-        ) as relay,
-    ):
-        await wait_until(lambda: relay.ready, what="relay ready")
-        # Not conflating even if this busy test loop lets it lag: only the slow one is charged.
-        fast = await Client.connect(f"ws://127.0.0.1:{relay.port}/api/socket?conflate=0")
-        await fast.subscribe("T.AAPL,Q.*")
-        slow = await ThrottledReader.open(relay.port, "/api/socket", "T.AAPL,Q.*", LINK)
-        try:
-            conflator = relay.relay.hub.conflator
-            assert conflator is not None
-            await wait_until(lambda: "conflating" in slow.status_names(), TIMEOUT * 3, "conflating status")
-            await wait_until(lambda: conflator.stats.over_budget == 1, TIMEOUT * 3, "the over-budget drop")
-            await wait_until(lambda: slow.eof, TIMEOUT * 2, "the slow client closed")
-            # 1013 when the close frame got through its backlog; the relay resets a dropped
-            # slow consumer's socket rather than keep its backlog, so it may not have.
-            assert slow.close_code in (1013, None)
-            assert relay.server.stats.closed_by_path["/api/socket"]["slow_consumer"] == 1
-            assert conflator.stats.conflating == 0
-            text = await scrape(relay)
-            assert value(text, "fastrelay_client_conflation_over_budget_total") == 1
-            seen = len(fast.events)
-            await fast.wait_for(lambda: len(fast.events) > seen + 100, TIMEOUT, "the fast client still fed")
-            assert sequence_gaps(fast.events) == []
-        finally:
-            await slow.close()
-            await fast.close()
+    async with slow_link(max_cpu_ms_per_second=0.01, cpu_burst_ms=20.0) as link:
+        relay, fast, slow, conflator = link.relay, link.fast, link.slow, link.conflator
+        await wait_until(lambda: conflator.stats.over_budget == 1, TIMEOUT * 3, "the over-budget drop")
+        await wait_until(lambda: slow.eof, TIMEOUT * 2, "the slow client closed")
+        # 1013 when the close frame got through its backlog; the relay resets a dropped
+        # slow consumer's socket rather than keep its backlog, so it may not have.
+        assert slow.close_code in (1013, None)
+        assert relay.server.stats.closed_by_path["/api/socket"]["slow_consumer"] == 1
+        assert conflator.stats.conflating == 0
+        text = await scrape(relay)
+        assert value(text, "fastrelay_client_conflation_over_budget_total") == 1
+        seen = len(fast.events)
+        await fast.wait_for(lambda: len(fast.events) > seen + 100, TIMEOUT, "the fast client still fed")
+        assert sequence_gaps(fast.events) == []
 
 
 async def test_a_bad_conflate_parameter_is_refused_before_the_upgrade(relay: RunningRelay) -> None:

@@ -412,6 +412,11 @@ def test_nats_alerts_evaluate_and_stay_quiet_when_healthy(deployment: Deployment
     assert not any(active.values()), active
 
 
+# Alerts about how busy the machine is, not about a role's state: a shared test machine may
+# lag a loop past its threshold for a moment (CI saw FastrelayEventLoopLagged pending here).
+MACHINE_LOAD = {"FastrelayEventLoopLagged", "FastrelayCpuSaturated", "FastrelayRelayLatencyHigh"}
+
+
 def test_a_standby_ingest_is_not_an_upstream_outage(deployment: Deployment) -> None:
     """Bug: a hot standby ingest holds no Massive connection (fastrelay_upstream_connected 0), and
     FastrelayUpstreamDown went pending for it, to page a minute later. It leaves standbys out; the
@@ -436,7 +441,7 @@ def test_a_standby_ingest_is_not_an_upstream_outage(deployment: Deployment) -> N
     about_ingests = [
         a
         for a in deployment.api("/api/v1/alerts")["alerts"]
-        if a["labels"].get("instance") in (standby, leader)
+        if a["labels"].get("instance") in (standby, leader) and a["labels"]["alertname"] not in MACHINE_LOAD
     ]
     assert not about_ingests, about_ingests
     for name in ("FastrelayNoLeaderIngest", "FastrelayMultipleLeaderIngests", "FastrelayLeaderFlapping"):
