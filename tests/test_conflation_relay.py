@@ -109,7 +109,7 @@ async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_lat
         await fast.wait_for(fast_has_all, TIMEOUT * 2, "the fast client to have every last quote")
         await wait_until(lambda: last_q(slow.events, "Q") == latest, TIMEOUT * 3, "the latest quotes")
         await wait_until(
-            lambda: last_q(slow.events, "T") == last_q(fast.events, "T"), TIMEOUT, "the last trade"
+            lambda: last_q(slow.events, "T") == last_q(fast.events, "T"), TIMEOUT * 3, "the last trade"
         )
         trades = [e for e in slow.events if e["ev"] == "T"]
         assert trades and sequence_gaps(trades) == []  # every trade, in order
