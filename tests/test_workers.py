@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -235,13 +236,30 @@ async def test_kill_9_of_the_supervisor_leaves_no_process_behind(sim: Simulator,
             timeout=TIMEOUT,
             what=f"every worker gone: {workers}",
         )
-    # Nothing holds the client port any more: it can be bound and listened on again.
-    # (SO_REUSEADDR: connections the tree closed first may sit in TIME_WAIT on it, which
-    # holds no process; a socket still listening there would make the bind fail.)
+    # Nothing holds the client port any more: it can be bound and listened on again. The
+    # kernel may take a moment to tear down the sockets of killed processes (CI once found
+    # the port still taken right after the last worker was gone), so this waits for it;
+    # a socket that a live process still listens on would keep it taken.
+    try:
+        await wait_until(lambda: listenable(tree.port), timeout=TIMEOUT, what="the client port")
+    except AssertionError:
+        sockets = subprocess.run(
+            ["ss", "-tanpe", f"sport = :{tree.port}"], capture_output=True, text=True, check=False
+        )
+        raise AssertionError(f"port {tree.port} still taken:\n{sockets.stdout}{sockets.stderr}") from None
+
+
+def listenable(port: int) -> bool:
+    """A socket can bind ``port`` and listen on it (SO_REUSEADDR: connections the tree closed
+    may sit in TIME_WAIT on it, which holds no process; a socket listening there fails it)."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", tree.port))
-        sock.listen()
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
