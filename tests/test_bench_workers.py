@@ -77,11 +77,13 @@ async def test_the_workers_scenario_on_a_tiny_crowd(tmp_path: Path) -> None:
     # The tree is five processes, the one process one: its resident memory shows it.
     assert found["workers2"][0]["server_rss_mib"] > 3 * found["workers1"][0]["server_rss_mib"]
     # Its CPU is every process's, and the JSON has each one's share.
+    # Both are read from /proc a moment apart, in clock ticks (10 ms): equal within a few
+    # ticks over the 1.5 s window (a busy CI machine once put one tick between them).
     for s in found["workers2"]:
         assert set(s["tree_cpu"]) == {"supervisor", "nats", "ingest", "edge-1", "edge-2"}
         assert sum(s["tree_cpu"].values()) == pytest.approx(s["server_cpu"], abs=0.05)
     single = found["workers1"][0]
-    assert single["tree_cpu"] == {"relay": pytest.approx(single["server_cpu"])}
+    assert single["tree_cpu"] == {"relay": pytest.approx(single["server_cpu"], abs=0.05)}
     summaries = [medians([s]) for steps in found.values() for s in steps]
     points = saturation.points(summaries, [scenario])
     assert [p["server"] for p in points] == ["workers1", "workers2"]
