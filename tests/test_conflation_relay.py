@@ -58,6 +58,24 @@ class SlowLink:
         assert conflator is not None
         return conflator
 
+    def describe(self) -> str:
+        """Both clients' last trades and the slow one's state, for a timeout's message."""
+        conflator = self.conflator
+        queued = {
+            "conflating": [
+                (member.buffered(), len(state.pending), state.pending_bytes)
+                for member, state in conflator._states.items()
+            ]
+        }
+        slow = self.slow
+        return (
+            f"fast T {last_q(self.fast.events, 'T')} Q {last_q(self.fast.events, 'Q')}; "
+            f"slow T {last_q(slow.events, 'T')} Q {last_q(slow.events, 'Q')}, "
+            f"statuses {slow.status_names()}, close {slow.close_code} eof {slow.eof} reset {slow.reset}, "
+            f"received {slow.received} B, unparsed {len(slow.buffer)} B; relay {queued}, "
+            f"stats {conflator.stats}, closed {dict(self.relay.server.stats.closed)}"
+        )
+
 
 @contextlib.asynccontextmanager
 async def slow_link(**relay_settings: Any) -> AsyncIterator[SlowLink]:
@@ -107,9 +125,15 @@ async def test_a_client_on_a_slow_link_is_conflated_gets_every_trade_and_the_lat
             return len(latest) == 4 and last_q(fast.events, "Q") == latest
 
         await fast.wait_for(fast_has_all, TIMEOUT * 2, "the fast client to have every last quote")
-        await wait_until(lambda: last_q(slow.events, "Q") == latest, TIMEOUT * 3, "the latest quotes")
         await wait_until(
-            lambda: last_q(slow.events, "T") == last_q(fast.events, "T"), TIMEOUT * 3, "the last trade"
+            lambda: last_q(slow.events, "Q") == latest, TIMEOUT * 3, "the latest quotes", link.describe
+        )
+        # The fast client's stream is read here only: settling takes in what it has been sent.
+        await fast.settle_until(
+            lambda: last_q(slow.events, "T") == last_q(fast.events, "T"),
+            TIMEOUT * 3,
+            "the last trade",
+            link.describe,
         )
         trades = [e for e in slow.events if e["ev"] == "T"]
         assert trades and sequence_gaps(trades) == []  # every trade, in order

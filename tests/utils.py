@@ -49,13 +49,18 @@ def fast_relay_config(upstream: str, api_key: str, **overrides: Any) -> RelayCon
 
 
 async def wait_until(
-    condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition"
+    condition: Callable[[], bool],
+    timeout: float = TIMEOUT,
+    what: str = "condition",
+    detail: Callable[[], str] | None = None,
 ) -> None:
-    """Poll a cheap condition on the loop until it holds (for state with no event to await)."""
+    """Poll a cheap condition on the loop until it holds (for state with no event to await);
+    ``detail`` describes the state on a timeout, for a failure that can be understood from CI's log."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+            described = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}{described}")
         await asyncio.sleep(0.01)
 
 
@@ -143,6 +148,25 @@ class Client:
             except TimeoutError:
                 return
             self._take(frame)
+
+    async def settle_until(
+        self,
+        condition: Callable[[], bool],
+        timeout: float = TIMEOUT,
+        what: str = "condition",
+        detail: Callable[[], str] | None = None,
+    ) -> None:
+        """Settle (take in all the server sent before a ping's pong) until ``condition`` holds:
+        for a condition on what this client has and on something else (another client's
+        stream, the relay's state), when no frame of this client's may be coming to wake it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.settle()
+            if condition():
+                return
+            if time.monotonic() > deadline:
+                described = f": {detail()}" if detail is not None else ""
+                raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}{described}")
 
     async def close(self) -> None:
         await self.ws.close()
